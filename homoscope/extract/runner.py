@@ -1,0 +1,320 @@
+"""The probe runner: texts in, pooled hidden states of every layer out.
+
+For one loaded model and a list of texts, :func:`extract` returns a float32 tensor
+``[L+1, n, d]``: layer 0 is the embedding output, layer i the output of block i, as
+``output_hidden_states=True`` returns them. Rows follow the order of the texts.
+
+Padding never leaks into the statistics:
+
+* texts are tokenized once, sorted by length and batched under a token budget;
+* every batch is padded on the right by default, so real tokens keep their positions, and the
+  attention mask is always passed; with ``padding_side="left"`` position ids are rebuilt from
+  the mask for models whose forward accepts them;
+* pooling weights are zero on pad tokens (and, for ``mean``, on special tokens).
+
+So a text's pooled vector is the same alone or batched with longer texts (to float32
+round-off), which ``tests/test_extract.py`` checks for BERT, GPT-2 and Llama configs.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+POOLINGS = ("mean", "first", "last", "cls")
+PADDING_SIDES = ("right", "left")
+
+
+class NonFiniteHiddenStateError(ValueError):
+    """A model produced NaN or inf in a hidden state of a real token."""
+
+
+@dataclass
+class ExtractStats:
+    """What happened during one extraction (goes into the manifest).
+
+    Attributes: n texts, number truncated to ``max_length``, number of batches, real tokens
+    seen, batch-size reductions after out-of-memory errors, wall seconds.
+    """
+
+    n: int = 0
+    truncated: int = 0
+    batches: int = 0
+    tokens: int = 0
+    oom_retries: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(pooling: str, padding_side: str, max_length: int, batch_tokens: int) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side={padding_side!r} is not one of {', '.join(PADDING_SIDES)}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r} must be an integer >= 2")
+    if not isinstance(batch_tokens, int) or batch_tokens < max_length:
+        raise ValueError(
+            f"batch_tokens={batch_tokens!r} must be an integer >= max_length ({max_length}) "
+            "so that at least one text fits in a batch"
+        )
+
+
+def _model_max_length(model, tokenizer) -> int | None:
+    cfg = getattr(model, "config", None)
+    m = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+    if m is not None and getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "mpnet", "camembert"):
+        m -= 2  # these offset positions by padding_idx + 1
+    tm = getattr(tokenizer, "model_max_length", None)
+    if tm is not None and tm < 1_000_000:
+        m = tm if m is None else min(m, tm)
+    return m
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """Tokenize texts with the model's special tokens, truncated to ``max_length`` tokens.
+
+    Returns (input_ids, special_tokens_mask, n_truncated): ragged lists, one per text.
+    Raises ValueError for a tokenizer without a fast backend (no offsets, no special mask).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; homoscope needs a "
+            "tokenizers-backed (fast) tokenizer"
+        )
+    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    enc = tokenizer(
+        list(texts),
+        add_special_tokens=True,
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=True,
+    )
+    n_trunc = sum(len(f) > max_length for f in full)
+    return enc["input_ids"], enc["special_tokens_mask"], n_trunc
+
+
+def make_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Group text indices into batches under a padded-token budget.
+
+    Texts are sorted by length (longest first, ties by index, so batching is deterministic);
+    a batch holds as many texts as fit with ``len(batch) * longest <= batch_tokens``.
+    Returns lists of original indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if cur and (len(cur) + 1) * new_longest > batch_tokens:
+            batches.append(cur)
+            cur, longest = [], 0
+            new_longest = lengths[i]
+        cur.append(i)
+        longest = new_longest
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def pool_weights(attention_mask: torch.Tensor, special_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pooling weights ``[b, t]`` (float32, rows sum to 1) from masks ``[b, t]`` (1 = real / special).
+
+    ``mean``: uniform over real non-special tokens (all real tokens if a text has only special
+    ones); ``first``: the first real non-special token; ``last``: the last real non-special
+    token; ``cls``: the first real token, which must be a special token (CLS/BOS).
+    Raises ValueError for ``cls`` when the tokenizer adds no special token in front.
+    """
+    real = attention_mask.bool()
+    content = real & ~special_mask.bool()
+    empty = ~content.any(dim=1)
+    if empty.any():
+        content = torch.where(empty[:, None], real, content)
+    t = attention_mask.shape[1]
+    pos = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
+    if pooling == "mean":
+        w = content.float()
+    elif pooling in ("first", "cls"):
+        src = content if pooling == "first" else real
+        big = torch.where(src, pos, torch.full_like(pos, t))
+        idx = big.min(dim=1).values
+        if pooling == "cls":
+            is_special = special_mask.gather(1, idx[:, None]).squeeze(1).bool()
+            if not bool(is_special.all()):
+                raise ValueError(
+                    "pooling='cls' needs a special token (CLS/BOS) at the start of every text, "
+                    "but this tokenizer adds none; use pooling='first' or 'mean'"
+                )
+        w = torch.nn.functional.one_hot(idx, t).float()
+    elif pooling == "last":
+        small = torch.where(content, pos, torch.full_like(pos, -1))
+        idx = small.max(dim=1).values
+        w = torch.nn.functional.one_hot(idx, t).float()
+    else:  # pragma: no cover - checked earlier
+        raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _accepts_position_ids(model) -> bool:
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def extract(
+    loaded,
+    texts: list[str],
+    *,
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_tokens: int = 8192,
+    padding_side: str = "right",
+    progress: bool = True,
+    stats: ExtractStats | None = None,
+) -> torch.Tensor:
+    """Pooled hidden states of every layer for a list of texts.
+
+    Args:
+        loaded: a ``homoscope.models.LoadedModel`` (``.model``, ``.tokenizer``, ``.info.name``).
+        texts: n strings.
+        pooling: ``mean`` (default; masked mean over real, non-special tokens), ``first``,
+            ``last`` (last real non-special token: the usual choice for decoders) or ``cls``.
+        max_length: texts longer than this many tokens (special tokens included) are truncated;
+            the count is in ``stats.truncated``. Capped at the model's maximum length.
+        batch_tokens: padded tokens per forward pass (batch size x longest text); halved
+            automatically after an out-of-memory error, down to one text per batch.
+        padding_side: ``right`` (default) or ``left``; with ``left``, position ids are rebuilt from
+            the attention mask so real tokens keep their positions.
+        progress: show a tqdm bar (texts/s) named after the model.
+        stats: an :class:`ExtractStats` to fill in.
+
+    Returns:
+        float32 CPU tensor ``[L+1, n, d]``: layer 0 = embeddings, layer i = block i.
+
+    Raises:
+        ValueError: empty ``texts``, bad options, a model that returns no hidden states.
+        NonFiniteHiddenStateError: NaN/inf in a real token's hidden state; names layer and count.
+        RuntimeError: out of memory even at one text per batch.
+    """
+    import time
+
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to extract")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    name = getattr(getattr(loaded, "info", None), "name", type(model).__name__)
+    cap = _model_max_length(model, tokenizer)
+    if cap is not None and max_length > cap:
+        max_length = int(cap)
+    _check_options(pooling, padding_side, max_length, batch_tokens)
+    stats = stats if stats is not None else ExtractStats()
+    t0 = time.perf_counter()
+
+    ids, special, n_trunc = tokenize(tokenizer, texts, max_length)
+    stats.n, stats.truncated = len(texts), n_trunc
+    lengths = [len(x) for x in ids]
+    if min(lengths) == 0:
+        bad = lengths.index(0)
+        raise ValueError(f"text {bad} tokenizes to nothing with model {name!r}: {texts[bad][:60]!r}")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pass_positions = padding_side == "left" and _accepts_position_ids(model)
+
+    out: torch.Tensor | None = None
+    budget = batch_tokens
+    queue = make_batches(lengths, budget)
+    bar = tqdm(total=len(texts), desc=f"extract {name}", unit="text", disable=not progress, leave=False)
+    try:
+        while queue:
+            batch = queue.pop(0)
+            try:
+                pooled = _forward_batch(
+                    model, ids, special, batch, pad_id, padding_side, pass_positions, pooling, device, name
+                )
+            except Exception as err:  # noqa: BLE001 - only OOM is handled
+                if not _is_oom(err):
+                    raise
+                if len(batch) == 1:
+                    raise RuntimeError(
+                        f"model {name!r} ran out of memory on a single text of {lengths[batch[0]]} tokens; "
+                        "lower max_length or use a smaller dtype"
+                    ) from err
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                stats.oom_retries += 1
+                half = len(batch) // 2
+                queue[:0] = [batch[:half], batch[half:]]
+                continue
+            if out is None:
+                out = torch.empty(pooled.shape[0], len(texts), pooled.shape[2], dtype=torch.float32)
+            out[:, batch, :] = pooled
+            stats.batches += 1
+            stats.tokens += sum(lengths[i] for i in batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    assert out is not None
+    return out
+
+
+def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positions, pooling, device, name):
+    b = len(batch)
+    t = max(len(ids[i]) for i in batch)
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    spec = torch.zeros((b, t), dtype=torch.long)
+    for r, i in enumerate(batch):
+        k = len(ids[i])
+        sl = slice(0, k) if padding_side == "right" else slice(t - k, t)
+        input_ids[r, sl] = torch.tensor(ids[i], dtype=torch.long)
+        attn[r, sl] = 1
+        spec[r, sl] = torch.tensor(special[i], dtype=torch.long)
+    kwargs = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device)}
+    if pass_positions:
+        kwargs["position_ids"] = (attn.cumsum(dim=1) - 1).clamp(min=0).to(device)
+    with torch.inference_mode():
+        output = model(**kwargs, output_hidden_states=True, return_dict=True)
+    hidden = getattr(output, "hidden_states", None)
+    if hidden is None:
+        raise ValueError(
+            f"model {name!r} returned no hidden states with output_hidden_states=True; "
+            "homoscope needs a model whose forward returns all layers"
+        )
+    w = pool_weights(attn, spec, pooling).to(device)
+    real = attn.bool().to(device)
+    layers = []
+    for li, h in enumerate(hidden):
+        h = h.float()
+        bad = ~torch.isfinite(h[real])
+        if bad.any():
+            raise NonFiniteHiddenStateError(
+                f"model {name!r} produced {int(bad.sum())} non-finite values (NaN/inf) in layer {li} "
+                f"(0 = embeddings) on real tokens; try dtype float32 instead of float16"
+            )
+        layers.append(torch.einsum("btd,bt->bd", h, w))
+    return torch.stack(layers).cpu()
+
+
+def layer_count_check(stack: torch.Tensor, blocks: int | None, name: str) -> None:
+    """Raise ValueError unless ``stack`` has ``blocks + 1`` layers (embeddings + one per block)."""
+    if blocks is not None and stack.shape[0] != blocks + 1:
+        raise ValueError(
+            f"model {name!r} returned {stack.shape[0]} hidden states, expected blocks + 1 = {blocks + 1}"
+        )
+
+
+def suggested_batch_tokens(device: torch.device | str) -> int:
+    """A padded-token budget per forward pass: 65,536 on a GPU, 8,192 on a CPU or MPS."""
+    return 65_536 if torch.device(device).type == "cuda" else 8192

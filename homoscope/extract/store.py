@@ -1,0 +1,114 @@
+"""The representation store: each model's ``[L+1, n, d]`` stack on disk, keyed by a fingerprint.
+
+A stored entry is two files in the store folder:
+
+* ``<model>-<key16>.safetensors`` - the tensor (no pickle), with its key in the metadata;
+* ``<model>-<key16>.json`` - what it is (fingerprint parts, shape, timings) and the sha256 of the
+  tensor file, written after it.
+
+Both are written to a temporary name in the same folder and renamed (``os.replace``), so a
+killed run never leaves a file under its final name; an entry counts only when the json exists
+and the tensor file's size and sha256 match it. The key is the sha256 of the JSON of
+(model weights fingerprint, corpus fingerprint, unit, pooling, max length, dtype, padding side,
+extractor version): change any of them and the entry is computed again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .._paths import homoscope_home, safe_name
+
+EXTRACTOR_VERSION = 1
+
+
+def fingerprint_key(**parts) -> str:
+    """sha256 hex of the sorted JSON of ``parts`` plus the extractor version."""
+    blob = json.dumps({"extractor": EXTRACTOR_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RepresentationStore:
+    """Folder of stored representation stacks (default ``homoscope_home()/representations``).
+
+    Raises ValueError if ``root`` exists and is not a folder.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else homoscope_home() / "representations"
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"store folder {str(self.root)!r} is a file; give a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, model_name: str, key: str) -> tuple[Path, Path]:
+        stem = f"{safe_name(model_name)}-{key[:16]}"
+        return self.root / f"{stem}.safetensors", self.root / f"{stem}.json"
+
+    def get(self, model_name: str, key: str) -> tuple[torch.Tensor, dict] | None:
+        """The stored stack and its record, or None if absent, partial or corrupt."""
+        tpath, jpath = self._paths(model_name, key)
+        if not (tpath.exists() and jpath.exists()):
+            return None
+        try:
+            record = json.loads(jpath.read_text())
+            if record.get("key") != key or tpath.stat().st_size != record.get("size"):
+                return None
+            if _sha256_file(tpath) != record.get("sha256"):
+                return None
+            tensor = load_file(str(tpath))["stack"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None
+        return tensor, record
+
+    def put(self, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
+        """Store ``stack`` ([L+1, n, d], any float dtype, saved contiguous on CPU) atomically."""
+        tpath, jpath = self._paths(model_name, key)
+        fd, tmp = tempfile.mkstemp(prefix=f".{tpath.name}.", suffix=".tmp", dir=self.root)
+        os.close(fd)
+        try:
+            save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, tpath)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        full = {
+            **record,
+            "key": key,
+            "model": model_name,
+            "shape": list(stack.shape),
+            "size": tpath.stat().st_size,
+            "sha256": _sha256_file(tpath),
+        }
+        atomic_write_bytes(jpath, json.dumps(full, indent=2, default=str).encode())
+        return tpath

@@ -1,0 +1,532 @@
+"""Controls next to scores: a permutation null and a bootstrap confidence interval, per layer pair.
+
+- :func:`permutation_null`: shuffle the rows of Y (seeded), recompute the measure, and report the
+  null mean, null standard deviation and a one-sided p-value with the +1 correction,
+  ``p = (1 + #{null at least as alike as observed}) / (1 + n_permutations)``.
+- :func:`bootstrap_ci`: resample units with replacement (whole groups, e.g. documents, when
+  ``groups`` is given), recompute, and report the percentile interval.
+- :func:`with_controls`: both, for several measures at once, sharing the work (one Gram matrix per layer
+  serves ``linear_cka`` and ``debiased_cka``, their nulls and their bootstraps).
+
+Every registered measure works. Fast paths:
+
+- ``linear_cka``, ``debiased_cka``: shuffling Y's rows permutes its centered Gram matrix, so the
+  null for all layer pairs and a chunk of permutations is one GEMM of flattened upper triangles; the
+  bootstrap is computed from the original Grams weighted by resampling counts (no resampled data is
+  formed), one GEMM per chunk of the triangle for all bootstrap replicates.
+- ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``: each is ``<A_a, B_b>`` for per-layer ``[n, n]``
+  matrices, so the null is the same gathered GEMM; their bootstrap recomputes the measure.
+- every other measure recomputes the measure per permutation / replicate (slower).
+
+Permutations and resampling counts come from a CPU ``torch.Generator`` seeded with ``seed``, so the
+same seed gives the same draws on every device and path. The large GEMMs of the fast paths run in
+``precision`` (float32 by default; error below 1e-5 in measure units, tested) and everything else in
+float64. Cost of the CKA fast paths: ``O((La + Lb) n^2)`` memory and ``O(La Lb n^2 (P + B) / 2)``
+multiply-adds.
+
+Bootstrap caveat: a resample repeats units; for neighbour- and RDM-based measures copies of one unit
+are each other's nearest neighbours / zero-distance pairs, which biases their intervals upward.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from . import _linalg as la
+from . import knn as _knn
+from . import rsa as _rsa
+from .cka import _check_positive_self, rbf_centered, unbiased_from_terms
+from ._validate import as_pair, check_min_n, prepare_pair
+from .registry import compute, get_measure
+
+CKA_FAST = ("linear_cka", "debiased_cka")
+PAIR_MATRIX = ("rbf_cka", "mutual_knn", "cknna", "rsa")
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class NullResult:
+    """Permutation null of one measure, per layer pair (each tensor ``[La, Lb]`` float64).
+
+    Attributes:
+        observed: the measure on the unshuffled data.
+        mean: mean of the measure over permutations.
+        std: standard deviation over permutations (n - 1 denominator).
+        p_value: one-sided, ``(1 + #{null >= observed}) / (1 + n_permutations)`` for similarities
+            (``<=`` for distances); never 0.
+        n_permutations: number of permutations drawn.
+    """
+
+    observed: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    p_value: torch.Tensor
+    n_permutations: int
+
+
+class ConfidenceInterval(NamedTuple):
+    """Percentile bootstrap interval per layer pair: ``low``, ``high`` ``[La, Lb]`` float64."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Controlled:
+    """A score with its controls: ``value [La, Lb]``, ``null`` (or None), ``ci`` (or None)."""
+
+    value: torch.Tensor
+    null: NullResult | None
+    ci: ConfidenceInterval | None
+
+
+# ---------------------------------------------------------------------------------------------- draws
+def permutations(n: int, n_permutations: int, seed: int = 0) -> torch.Tensor:
+    """Seeded row permutations ``[n_permutations, n]`` (int64, CPU); row p maps new row i to old row p[i]."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.stack([torch.randperm(n, generator=g) for _ in range(n_permutations)])
+
+
+def bootstrap_weights(n: int, n_boot: int, groups: Any = None, seed: int = 0) -> torch.Tensor:
+    """Resampling counts ``[n_boot, n]`` (float64, CPU): how often each unit appears in each replicate.
+
+    Without ``groups``, n units are drawn with replacement. With ``groups`` (length n, any hashable ids,
+    e.g. document ids), as many groups as there are distinct ids are drawn with replacement and every
+    unit of a drawn group comes along (so replicate sizes vary).
+
+    Raises:
+        ValueError: ``groups`` of the wrong length.
+    """
+    g = torch.Generator().manual_seed(int(seed) + 1_000_003)
+    if groups is None:
+        draws = torch.randint(0, n, (n_boot, n), generator=g)
+        return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(n_boot, n, dtype=torch.float64)
+        )
+    ids = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise ValueError(f"groups must give one id per row (length n={n}); got shape {tuple(ids.shape)}")
+    _, inverse = np.unique(ids, return_inverse=True)
+    inverse = torch.from_numpy(inverse.astype(np.int64))
+    G = int(inverse.max()) + 1
+    draws = torch.randint(0, G, (n_boot, G), generator=g)
+    per_group = torch.zeros(n_boot, G, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(n_boot, G, dtype=torch.float64)
+    )
+    return per_group[:, inverse]
+
+
+def _check_controls_args(n_permutations=None, n_boot=None, level=None) -> None:
+    for name, v in (("n_permutations", n_permutations), ("n_boot", n_boot)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2):
+            raise ValueError(f"{name} must be an integer >= 2 (a spread needs two draws); got {name}={v!r}")
+    if level is not None and not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise ValueError(f"level must be in (0, 1); got level={level!r}")
+
+
+# ---------------------------------------------------------------------------------------------- GEMM cores
+def _triangle(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    iu = torch.triu_indices(n, n, offset=1, device=device)
+    return iu[0], iu[1]
+
+
+def _permuted_inner(
+    A: torch.Tensor, B: torch.Tensor, perms: torch.Tensor, *, symmetric: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """``out[p, a, b] = <A_a, B_b[perm_p][:, perm_p]>`` for ``A [La, n, n]``, ``B [Lb, n, n]``: ``[P, La, Lb]``.
+
+    Gathers the side with fewer layers (the inverse permutation when that is A, which gives the same
+    number). For symmetric matrices only the strict upper triangle is gathered; the diagonal part is a
+    small float64 product.
+    """
+    La, n, _ = A.shape
+    Lb = B.shape[0]
+    device = A.device
+    perms = perms.to(device)
+    swap = La < Lb
+    if swap:
+        A, B = B, A
+        perms = torch.argsort(perms, dim=1)
+    Lbig, Lsmall = A.shape[0], B.shape[0]
+    P = perms.shape[0]
+    out = torch.empty(P, Lbig, Lsmall, dtype=torch.float64, device=device)
+    if symmetric:
+        i0, i1 = _triangle(n, device)
+        Apack = A[:, i0, i1].to(dtype)
+        da, db = A.diagonal(dim1=-2, dim2=-1), B.diagonal(dim1=-2, dim2=-1)
+        base_i, base_j = i0, i1
+        factor = 2.0
+    else:
+        Apack = A.reshape(Lbig, n * n).to(dtype)
+        base_i = torch.arange(n, device=device).repeat_interleave(n)
+        base_j = torch.arange(n, device=device).repeat(n)
+        factor = 1.0
+    Bflat = B.reshape(Lsmall, n * n).to(dtype)
+    N = Apack.shape[1]
+    step = max(1, min(P, la.CHUNK_BYTES // max(N * Lsmall * Apack.element_size(), 1)))
+    for p0 in range(0, P, step):
+        chunk = perms[p0 : p0 + step]
+        c = chunk.shape[0]
+        idx = (chunk[:, base_i] * n + chunk[:, base_j]).reshape(-1)
+        G = Bflat.index_select(1, idx)  # [Lsmall, c * N]
+        part = (Apack @ G.view(Lsmall * c, N).T).view(Lbig, Lsmall, c)
+        out[p0 : p0 + c] = factor * part.permute(2, 0, 1).to(torch.float64)
+    if symmetric:
+        out += torch.einsum("ai,bpi->pab", da, db[:, perms])
+    return out.transpose(1, 2) if swap else out
+
+
+def _weighted_triangle_inner(
+    Kx: torch.Tensor, Ly: torch.Tensor, W: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """``out[a, b, r] = sum_{i<j} W_ri W_rj Kx_a,ij Ly_b,ij`` for symmetric stacks: ``[La, Lb, R]`` float64."""
+    La, n, _ = Kx.shape
+    Lb = Ly.shape[0]
+    R = W.shape[0]
+    i0, i1 = _triangle(n, Kx.device)
+    N = i0.shape[0]
+    Wd = W.to(dtype)
+    acc = torch.zeros(La * Lb, R, dtype=torch.float64, device=Kx.device)
+    step = max(1, la.CHUNK_BYTES // max((La * Lb + R) * torch.finfo(dtype).bits // 8, 1))
+    for t0 in range(0, N, step):
+        a, b = i0[t0 : t0 + step], i1[t0 : t0 + step]
+        kx = Kx[:, a, b].to(dtype)
+        ly = Ly[:, a, b].to(dtype)
+        prod = (kx[:, None, :] * ly[None, :, :]).reshape(La * Lb, -1)
+        w2 = Wd[:, a] * Wd[:, b]  # [R, s]
+        acc += (prod @ w2.T).to(torch.float64)
+    return acc.view(La, Lb, R)
+
+
+def _weighted_triangle_self(K: torch.Tensor, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``out[a, r] = sum_{i<j} W_ri W_rj K_a,ij^2``: ``[L, R]`` float64."""
+    L, n, _ = K.shape
+    R = W.shape[0]
+    i0, i1 = _triangle(n, K.device)
+    Wd = W.to(dtype)
+    acc = torch.zeros(L, R, dtype=torch.float64, device=K.device)
+    step = max(1, la.CHUNK_BYTES // max((L + R) * torch.finfo(dtype).bits // 8, 1))
+    for t0 in range(0, i0.shape[0], step):
+        a, b = i0[t0 : t0 + step], i1[t0 : t0 + step]
+        k = K[:, a, b].to(dtype)
+        acc += ((k * k) @ (Wd[:, a] * Wd[:, b]).T).to(torch.float64)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------- CKA engine
+class _CKAEngine:
+    """Centered linear Grams of both stacks and the terms every CKA control needs."""
+
+    def __init__(self, Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype):
+        self.n = Xs.shape[1]
+        self.dtype = dtype
+        self.K = la.gram(la.center(Xs))
+        self.L = la.gram(la.center(Ys))
+        self.kx = self.K.diagonal(dim1=-2, dim2=-1).clone()
+        self.ky = self.L.diagonal(dim1=-2, dim2=-1).clone()
+        self.sx, self.sy = la.self_inner(self.K), la.self_inner(self.L)
+        self.cross = la.flat_inner(self.K, self.L)
+
+    def values(self, name: str, cross, kl, sx, sy, kx_sum, ky_sum, kk, ll) -> torch.Tensor:
+        """A CKA from (possibly batched) terms; trailing dims broadcast."""
+        if name == "linear_cka":
+            return (cross / torch.sqrt(sx * sy)).clamp(0.0, 1.0)
+        n = self.n
+        c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+        cu = cross - c1 * kl + c2 * kx_sum * ky_sum
+        hx = sx - c1 * kk + c2 * kx_sum * kx_sum
+        hy = sy - c1 * ll + c2 * ky_sum * ky_sum
+        return (cu / torch.sqrt(hx * hy)).clamp(-1.0, 1.0)
+
+    def observed(self, name: str) -> torch.Tensor:
+        if name == "linear_cka":
+            return (self.cross / torch.sqrt(self.sx[:, None] * self.sy[None, :])).clamp(0.0, 1.0)
+        cu, hx, hy = unbiased_from_terms(self.cross, self.sx, self.sy, self.kx, self.ky, self.n)
+        _check_positive_self(hx, "X", name)
+        _check_positive_self(hy, "Y", name)
+        return (cu / torch.sqrt(hx[:, None] * hy[None, :])).clamp(-1.0, 1.0)
+
+    def null(self, names: Sequence[str], perms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Measure values under each permutation of Y's rows: name -> ``[P, La, Lb]``."""
+        # scale to unit norm before the low-precision GEMM (ratios are scale-free)
+        fx, fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
+        Kn, Ln = self.K / fx[:, None, None], self.L / fy[:, None, None]
+        T = _permuted_inner(Kn, Ln, perms, symmetric=True, dtype=self.dtype)
+        T = T * fx[None, :, None] * fy[None, None, :]
+        kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
+        return {name: self._from_T(name, T, kl) for name in names}
+
+    def _from_T(self, name, T, kl):
+        sx, sy = self.sx[None, :, None], self.sy[None, None, :]
+        kxs, kys = self.kx.sum(-1)[None, :, None], self.ky.sum(-1)[None, None, :]
+        kk, ll = (self.kx * self.kx).sum(-1)[None, :, None], (self.ky * self.ky).sum(-1)[None, None, :]
+        return self.values(name, T, kl, sx, sy, kxs, kys, kk, ll)
+
+    def bootstrap(self, names: Sequence[str], W: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Measure values on each resample given by counts ``W [R, n]``: name -> ``[R, La, Lb]``."""
+        W = W.to(self.K.device)
+        m = W.sum(-1)  # [R]
+        fx, fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
+        Kn, Ln = self.K / fx[:, None, None], self.L / fy[:, None, None]
+        # sum_ij w_i w_j K_ij L_ij = diagonal part + 2 * triangle part
+        w2 = W * W
+        T1 = 2 * _weighted_triangle_inner(Kn, Ln, W, self.dtype)
+        T1 += torch.einsum("ai,bi,ri->abr", self.kx / fx[:, None], self.ky / fy[:, None], w2)
+        T1 = T1 * (fx[:, None, None] * fy[None, :, None])
+        Sx = 2 * _weighted_triangle_self(Kn, W, self.dtype)
+        Sy = 2 * _weighted_triangle_self(Ln, W, self.dtype)
+        Sx = (Sx + torch.einsum("ai,ri->ar", (self.kx / fx[:, None]) ** 2, w2)) * (fx * fx)[:, None]
+        Sy = (Sy + torch.einsum("bi,ri->br", (self.ky / fy[:, None]) ** 2, w2)) * (fy * fy)[:, None]
+        Kw = self.K @ W.T  # [La, n, R]
+        Lw = self.L @ W.T  # [Lb, n, R]
+        out = {}
+        for name in names:
+            if name == "linear_cka":
+                # tr(K_b H L_b H) = T1 - (2/m) sum_i w_i (Kw)_i (Lw)_i + (w'Kw)(w'Lw)/m^2
+                T2 = torch.einsum("air,bir,ri->abr", Kw, Lw, W)
+                qx = torch.einsum("air,ri->ar", Kw, W)
+                qy = torch.einsum("bir,ri->br", Lw, W)
+                cross = T1 - 2 / m * T2 + qx[:, None, :] * qy[None, :, :] / (m * m)
+                hx = Sx - 2 / m * torch.einsum("air,ri->ar", Kw * Kw, W) + qx * qx / (m * m)
+                hy = Sy - 2 / m * torch.einsum("bir,ri->br", Lw * Lw, W) + qy * qy / (m * m)
+                val = (cross / torch.sqrt(hx[:, None, :] * hy[None, :, :])).clamp(0.0, 1.0)
+            else:
+                # unbiased HSIC of the resample: copies of a unit at different positions are off-diagonal
+                mm = m
+                tr = T1 - torch.einsum("ai,bi,ri->abr", self.kx, self.ky, W)
+                trx = Sx - torch.einsum("ai,ri->ar", self.kx * self.kx, W)
+                try_ = Sy - torch.einsum("bi,ri->br", self.ky * self.ky, W)
+                ex = Kw - self.kx[:, :, None]  # (K~ 1) at each unit
+                ey = Lw - self.ky[:, :, None]
+                sK = torch.einsum("air,ri->ar", ex, W)
+                sL = torch.einsum("bir,ri->br", ey, W)
+                kl = torch.einsum("air,bir,ri->abr", ex, ey, W)
+                kk = torch.einsum("air,ri->ar", ex * ex, W)
+                ll = torch.einsum("bir,ri->br", ey * ey, W)
+                c2 = 1.0 / ((mm - 1) * (mm - 2))
+                c3 = 2.0 / (mm - 2)
+                cross = tr + sK[:, None, :] * sL[None, :, :] * c2 - c3 * kl
+                hx = trx + sK * sK * c2 - c3 * kk
+                hy = try_ + sL * sL * c2 - c3 * ll
+                val = (cross / torch.sqrt(hx[:, None, :] * hy[None, :, :])).clamp(-1.0, 1.0)
+            out[name] = val.permute(2, 0, 1)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+def _summarise_null(name: str, observed: torch.Tensor, null: torch.Tensor) -> NullResult:
+    P = null.shape[0]
+    if get_measure(name).kind == "similarity":
+        hits = (null >= observed[None] - 1e-12).sum(0)
+    else:
+        hits = (null <= observed[None] + 1e-12).sum(0)
+    p = (1.0 + hits.to(torch.float64)) / (1.0 + P)
+    return NullResult(observed, null.mean(0), null.std(0, correction=1), p, P)
+
+
+def _summarise_boot(values: torch.Tensor, level: float) -> ConfidenceInterval:
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        warnings.warn(
+            f"{int(bad.any(dim=(1, 2)).sum())} of {values.shape[0]} bootstrap replicates were degenerate "
+            "(a resample with a constant layer); they are left out of the interval",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64, device=values.device)
+    lo_hi = torch.nanquantile(values, q, dim=0)
+    return ConfidenceInterval(lo_hi[0], lo_hi[1])
+
+
+def _pair_matrices(name: str, S: torch.Tensor, side: str, options: dict) -> tuple[torch.Tensor, bool]:
+    """Per-layer ``[L, n, n]`` matrices with ``measure = <A_a, B_b>``, and whether they are symmetric."""
+    if name == "rbf_cka":
+        threshold = options.get("threshold", 1.0)
+        debiased = options.get("debiased", False)
+        M = rbf_centered(S, threshold, debiased)
+        norm = torch.sqrt(la.self_inner(M))
+        _check_positive_self(norm * norm, side, name)
+        return M / norm[:, None, None], True
+    if name in ("mutual_knn", "cknna"):
+        return _knn.pair_matrices(S, name, name=side, **options), False
+    if name == "rsa":
+        return _rsa.standardized_rank_rdms(S, side), True
+    raise KeyError(name)
+
+
+def _generic_null(name, Xs, Ys, perms, options) -> torch.Tensor:
+    vals = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in perms:
+            vals.append(compute(name, Xs, Ys[:, p.to(Ys.device)], **options))
+    return torch.stack(vals)
+
+
+def _generic_boot(name, Xs, Ys, W, options) -> torch.Tensor:
+    vals = []
+    base = torch.arange(Xs.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for w in W:
+            rows = base.repeat_interleave(w.to(torch.int64)).to(Xs.device)
+            try:
+                vals.append(compute(name, Xs[:, rows], Ys[:, rows], **options))
+            except ValueError:
+                vals.append(torch.full((Xs.shape[0], Ys.shape[0]), math.nan, dtype=torch.float64, device=Xs.device))
+    return torch.stack(vals)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def with_controls(
+    names: str | Iterable[str],
+    X: Any,
+    Y: Any,
+    *,
+    n_permutations: int | None = 200,
+    n_boot: int | None = 200,
+    groups: Any = None,
+    level: float = 0.95,
+    seed: int = 0,
+    precision: str = "float32",
+    options: dict[str, dict] | None = None,
+) -> dict[str, Controlled]:
+    """Scores with permutation nulls and bootstrap intervals for several measures, sharing work.
+
+    Args:
+        names: a registered measure name or several.
+        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (upcast to float64), any device.
+        Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device. Y's rows are the ones shuffled.
+        n_permutations: permutations for the null (>= 2), or None to skip the null.
+        n_boot: bootstrap replicates (>= 2), or None to skip the interval.
+        groups: optional length-n ids (e.g. document ids); the bootstrap then resamples whole groups.
+        level: confidence level of the percentile interval, in (0, 1).
+        seed: seeds both the permutations and the resampling (CPU generator; device-independent).
+        precision: ``'float32'`` (default) or ``'float64'`` for the large GEMMs of the fast paths.
+        options: per-measure options, e.g. ``{"rbf_cka": {"threshold": 0.5}}``.
+
+    Returns:
+        ``{name: Controlled(value, null, ci)}`` with every tensor ``[La, Lb]`` float64 on X's device.
+
+    Raises:
+        ValueError: unknown measure, any input rule of a measure, ``n_permutations``/``n_boot`` < 2,
+            ``level`` outside (0, 1), ``groups`` of the wrong length, unknown precision.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        get_measure(name)
+    _check_controls_args(n_permutations, n_boot, level)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got precision={precision!r}")
+    dtype = PRECISIONS[precision]
+    options = dict(options or {})
+    Xs, Ys = as_pair(X, Y)
+    n = Xs.shape[1]
+    perms = permutations(n, n_permutations, seed) if n_permutations else None
+    W = bootstrap_weights(n, n_boot, groups, seed) if n_boot else None
+
+    out: dict[str, Controlled] = {}
+    cka_names = [nm for nm in names if nm in CKA_FAST and set(options.get(nm, {})) <= {"route"}]
+    if cka_names:
+        min_n = 4 if "debiased_cka" in cka_names else 2
+        prepare_pair(Xs, Ys, cka_names[0], min_n=min_n, why="the unbiased HSIC estimator divides by n-3"
+                     if min_n == 4 else "centering needs two rows")
+        eng = _CKAEngine(Xs, Ys, dtype)
+        observed = {nm: eng.observed(nm) for nm in cka_names}
+        nulls = eng.null(cka_names, perms) if perms is not None else {}
+        boots = eng.bootstrap(cka_names, W) if W is not None else {}
+        for nm in cka_names:
+            out[nm] = Controlled(
+                observed[nm],
+                _summarise_null(nm, observed[nm], nulls[nm]) if perms is not None else None,
+                _summarise_boot(boots[nm], level) if W is not None else None,
+            )
+    for name in names:
+        if name in out:
+            continue
+        opts = options.get(name, {})
+        value = compute(name, Xs, Ys, **opts)
+        null = ci = None
+        if perms is not None:
+            if name in PAIR_MATRIX:
+                A, sym = _pair_matrices(name, Xs, "X", opts)
+                B, _ = _pair_matrices(name, Ys, "Y", opts)
+                lo, hi = get_measure(name).value_range
+                vals = _permuted_inner(A, B, perms, symmetric=sym, dtype=dtype).clamp_(lo, hi)
+            else:
+                vals = _generic_null(name, Xs, Ys, perms, opts)
+            null = _summarise_null(name, value, vals)
+        if W is not None:
+            ci = _summarise_boot(_generic_boot(name, Xs, Ys, W, opts), level)
+        out[name] = Controlled(value, null, ci)
+    return {nm: out[nm] for nm in names}
+
+
+def permutation_null(
+    name: str, X: Any, Y: Any, n_permutations: int = 200, seed: int = 0, *, precision: str = "float32", **options: Any
+) -> NullResult:
+    """Permutation null of measure ``name`` per layer pair: rows of Y shuffled ``n_permutations`` times.
+
+    Args:
+        name: a registered measure.
+        X: ``[La, n, da]`` or ``[n, da]``; Y: ``[Lb, n, db]`` or ``[n, db]``; any real dtype and device.
+        n_permutations: number of seeded shuffles (>= 2).
+        seed: seed of the CPU generator drawing the permutations.
+        precision: ``'float32'`` or ``'float64'`` for the gathered GEMM of the fast paths.
+        options: the measure's options.
+
+    Returns:
+        :class:`NullResult` with ``observed``, ``mean``, ``std``, ``p_value`` (each ``[La, Lb]`` float64).
+
+    Raises:
+        ValueError: unknown measure, any input rule of the measure, ``n_permutations`` < 2.
+    """
+    _check_controls_args(n_permutations=n_permutations)
+    res = with_controls(name, X, Y, n_permutations=n_permutations, n_boot=None, seed=seed, precision=precision,
+                   options={name: options})
+    return res[name].null
+
+
+def bootstrap_ci(
+    name: str,
+    X: Any,
+    Y: Any,
+    n_boot: int = 200,
+    groups: Any = None,
+    level: float = 0.95,
+    seed: int = 0,
+    *,
+    precision: str = "float32",
+    **options: Any,
+) -> ConfidenceInterval:
+    """Percentile bootstrap confidence interval of measure ``name`` per layer pair.
+
+    Units (rows) are resampled with replacement; with ``groups`` (one id per row, e.g. document ids)
+    whole groups are resampled instead.
+
+    Args:
+        name: a registered measure.
+        X: ``[La, n, da]`` or ``[n, da]``; Y: ``[Lb, n, db]`` or ``[n, db]``; any real dtype and device.
+        n_boot: replicates (>= 2).
+        groups: optional length-n group ids.
+        level: confidence level in (0, 1).
+        seed: seed of the CPU generator drawing the resamples.
+        precision: ``'float32'`` or ``'float64'`` for the weighted GEMM of the CKA fast path.
+        options: the measure's options.
+
+    Returns:
+        :class:`ConfidenceInterval` ``(low, high)``, each ``[La, Lb]`` float64.
+
+    Raises:
+        ValueError: unknown measure, any input rule of the measure, ``n_boot`` < 2, ``level`` outside
+            (0, 1), ``groups`` of the wrong length.
+    """
+    _check_controls_args(n_boot=n_boot, level=level)
+    res = with_controls(name, X, Y, n_permutations=None, n_boot=n_boot, groups=groups, level=level, seed=seed,
+                   precision=precision, options={name: options})
+    return res[name].ci

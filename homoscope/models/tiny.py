@@ -1,0 +1,217 @@
+"""Tiny, deterministic models and tokenizers built locally (no download), for tests and demos.
+
+``tiny_model("bert" | "gpt2" | "llama", seed)`` gives a ``LoadedModel`` with random weights drawn from
+``seed`` and a fast tokenizer built in milliseconds from ``TINY_TEXT``: WordPiece for BERT, byte-level
+BPE for GPT-2, Metaspace BPE with a ``<s>`` prefix for Llama. Same kind and seed, same weights and
+fingerprint; different seeds, different weights. ``save_tiny`` writes one as a local Hugging Face
+folder so folder loading can be exercised offline.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .loading import LoadedModel, from_module
+
+KINDS = ("bert", "gpt2", "llama")
+
+TINY_TEXT: tuple[str, ...] = (
+    "The cat sat on the mat and looked at the dog.",
+    "A dog ran across the park to catch the red ball.",
+    "Models trained on the same data often learn similar features.",
+    "Representations in early layers capture words; later layers capture meaning.",
+    "She read the book twice because the ending surprised her.",
+    "Rain fell all night, so the river rose over its banks.",
+    "The committee approved the budget after a long debate.",
+    "Neural networks map sentences to vectors of numbers.",
+    "He bought bread, milk, cheese and apples at the market.",
+    "Similarity between two models can be measured layer by layer.",
+    "Birds sing in the morning when the sun comes up.",
+    "The old bridge was closed for repairs during the winter.",
+    "Students asked questions, and the teacher answered each one.",
+    "Prices went up in March, then fell again in May.",
+    "It is not what you say, but how you say it.",
+    "Translation between languages remains a hard problem.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Pack my box with five dozen liquor jugs!",
+    "In 2024, 3 of 10 runs (30%) failed; why? Nobody knew.",
+)
+
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()-%&/"
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not a tiny model kind; choose one of {', '.join(KINDS)}")
+    return kind
+
+
+def _wordpiece_vocab(text: list[str], size: int) -> list[str]:
+    """A deterministic WordPiece vocabulary: characters, ``##`` characters, common suffixes, then the
+    most frequent words of ``text`` (ties by spelling), up to ``size`` entries."""
+    import re
+    from collections import Counter
+
+    chars = sorted(set(_ALPHABET.lower()))
+    pieces = chars + ["##" + c for c in chars if c.isalnum()]
+    pieces += [p for p in ("##ed", "##ing", "##ly", "##er", "##est", "##tion") if p not in pieces]
+    words = Counter(w for line in text for w in re.findall(r"[a-z0-9]+", line.lower()) if len(w) > 1)
+    ranked = sorted(words, key=lambda w: (-words[w], w))
+    seen = set(pieces)
+    for w in ranked:
+        if len(pieces) >= size:
+            break
+        if w not in seen:
+            pieces.append(w)
+            seen.add(w)
+    return pieces
+
+
+def tiny_tokenizer(kind: str, vocab_size: int = 300):
+    """Build a fast tokenizer for a tiny model of ``kind``, trained on ``TINY_TEXT`` (deterministic).
+
+    - ``bert``: lowercasing WordPiece (vocabulary built by rule, not trained), ``[CLS] ... [SEP]`` template, pad ``[PAD]``, mask ``[MASK]``.
+    - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
+    - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
+
+    Returns:
+        a transformers fast tokenizer (``is_fast`` True, character offsets available).
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    _check_kind(kind)
+    text = list(TINY_TEXT)
+    if kind == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        pieces = _wordpiece_vocab(text, vocab_size - len(specials))
+        vocab = {t: i for i, t in enumerate(specials + pieces)}
+        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+            sep_token="[SEP]", mask_token="[MASK]", model_max_length=64, padding_side="right",
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
+    if kind == "gpt2":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(text, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>", model_max_length=64, padding_side="right",
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    # llama
+    alphabet = sorted(set("".join(text)) | set(_ALPHABET))
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=alphabet))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=64, padding_side="left", model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, width: int = 32):
+    """A small transformers config of ``kind`` (``blocks`` blocks, hidden size ``width``, 4 heads).
+
+    Raises:
+        ValueError: unknown ``kind``, or ``width`` not divisible by 4.
+    """
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    _check_kind(kind)
+    if width % 4:
+        raise ValueError(f"width={width} must be divisible by 4 (the number of attention heads)")
+    tid = (lambda attr: getattr(tokenizer, attr, None)) if tokenizer is not None else (lambda attr: None)
+    if kind == "bert":
+        return BertConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=blocks,
+                          num_attention_heads=4, intermediate_size=2 * width, max_position_embeddings=64,
+                          type_vocab_size=2, pad_token_id=tid("pad_token_id") or 0)
+    if kind == "gpt2":
+        eos = tid("eos_token_id") or 0
+        return GPT2Config(vocab_size=vocab_size, n_embd=width, n_layer=blocks, n_head=4, n_positions=64,
+                          bos_token_id=eos, eos_token_id=eos)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width,
+                       num_hidden_layers=blocks, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=64, bos_token_id=tid("bos_token_id"),
+                       eos_token_id=tid("eos_token_id"), tie_word_embeddings=False)
+
+
+def _build(kind: str, seed: int, head: bool, blocks: int, width: int):
+    from transformers import (BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM,
+                              LlamaModel)
+
+    tok = tiny_tokenizer(kind)
+    config = tiny_config(kind, len(tok), tok, blocks=blocks, width=width)
+    cls = {
+        ("bert", False): BertModel, ("bert", True): BertForMaskedLM,
+        ("gpt2", False): GPT2Model, ("gpt2", True): GPT2LMHeadModel,
+        ("llama", False): LlamaModel, ("llama", True): LlamaForCausalLM,
+    }[(kind, bool(head))]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = cls(config)
+    model.eval()
+    return model, tok
+
+
+def tiny_model(kind: str, seed: int = 0, *, head: bool = False, blocks: int = 2, width: int = 32) -> LoadedModel:
+    """A tiny random-init model of ``kind`` with a locally built fast tokenizer, as a ``LoadedModel``.
+
+    Deterministic: the same (kind, seed, head, blocks, width) gives the same weights and fingerprint;
+    the global torch RNG is left untouched. Decoders get pad_token = eos_token (set by
+    ``from_module``); GPT-2 pads right, Llama pads left. On CPU, float32, eval mode.
+
+    Args:
+        kind: ``bert``, ``gpt2`` or ``llama``.
+        seed: weight seed.
+        head: with the masked-LM / causal-LM head.
+        blocks: number of blocks L (L + 1 layers).
+        width: hidden size d (divisible by 4).
+
+    Raises:
+        ValueError: unknown ``kind`` or bad ``width``.
+    """
+    model, tok = _build(_check_kind(kind), seed, head, blocks, width)
+    return from_module(model, tok, name=f"tiny-{kind}-s{seed}", license="Apache-2.0",
+                       notes=f"tiny random-init {kind} (seed {seed}) for tests")
+
+
+def save_tiny(kind: str, folder: str | os.PathLike, seed: int = 0, *, head: bool = False, blocks: int = 2,
+              width: int = 32) -> Path:
+    """Save a tiny model of ``kind`` and its tokenizer as a local Hugging Face folder; return the folder.
+
+    The folder holds ``config.json``, ``model.safetensors`` and the fast tokenizer files, so
+    ``load_model(folder)`` works offline.
+    """
+    model, tok = _build(_check_kind(kind), seed, head, blocks, width)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,0 +1,136 @@
+"""Shared floor of the report: frame validation, atomic writes, safe file names, model order."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from hashlib import sha1
+from pathlib import Path
+
+import pandas as pd
+
+from homoscope._paths import safe_name
+
+REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "value")
+KEY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure")
+OPTIONAL_COLUMNS = ("n", "d_a", "d_b", "unit", "ci_low", "ci_high", "null_mean", "null_std", "p_value")
+
+
+def check_frame(frame: pd.DataFrame, *, name: str = "frame") -> None:
+    """Check that ``frame`` is a results frame the report can read.
+
+    Raises:
+        TypeError: ``frame`` is not a pandas DataFrame.
+        ValueError: a required column is missing, a layer index is negative or not an integer, or
+            one (model_a, layer_a, model_b, layer_b, measure) key occurs twice.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{name} lacks columns {missing}; a results frame needs {list(REQUIRED_COLUMNS)} "
+            f"(has {list(frame.columns)})"
+        )
+    for col in ("layer_a", "layer_b"):
+        layers = pd.to_numeric(frame[col], errors="coerce")
+        bad = frame[col][layers.isna() | (layers < 0) | (layers != layers.round())]
+        if len(bad):
+            raise ValueError(f"{name}[{col!r}] must hold integer layer indices >= 0; got {bad.iloc[0]!r}")
+    dup = frame.duplicated(list(KEY_COLUMNS))
+    if dup.any():
+        row = frame.loc[dup.idxmax(), list(KEY_COLUMNS)].to_dict()
+        raise ValueError(f"{name} has more than one row for the key {row}; one row per key is the rule")
+
+
+def select(frame: pd.DataFrame, measure: str, *, name: str = "frame") -> pd.DataFrame:
+    """Rows of ``frame`` for ``measure``; raises ValueError naming the measures present when none match."""
+    sub = frame[frame["measure"] == measure]
+    if sub.empty:
+        raise ValueError(f"{name} has no rows for measure={measure!r}; measures present: {measures_of(frame)}")
+    return sub
+
+
+def measures_of(frame: pd.DataFrame) -> list[str]:
+    """Measure names in order of first appearance."""
+    return list(dict.fromkeys(frame["measure"].tolist()))
+
+
+def model_order(frame: pd.DataFrame, models: Sequence[str] | None = None) -> list[str]:
+    """Models in study order.
+
+    ``models`` given: that order, followed by any model of the frame it leaves out. Otherwise the order
+    of first appearance, reading each row as model_a then model_b (rows put a before b in study order).
+    """
+    seen: dict[str, None] = {}
+    for m in models or ():
+        seen.setdefault(str(m), None)
+    for a, b in zip(frame["model_a"].tolist(), frame["model_b"].tolist()):
+        seen.setdefault(str(a), None)
+        seen.setdefault(str(b), None)
+    return list(seen)
+
+
+def pairs_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """Ordered (model_a, model_b) pairs in order of first appearance."""
+    return list(dict.fromkeys(zip(frame["model_a"].astype(str), frame["model_b"].astype(str))))
+
+
+def file_stems(names: Iterable[str]) -> dict[str, str]:
+    """Map each name to a file-name fragment that is safe and unique among ``names``.
+
+    Uses :func:`homoscope._paths.safe_name`; names that would collide (``a|b`` and ``a/b``) get a short
+    hash of the original name appended, so two models never share a file.
+    """
+    names = list(dict.fromkeys(str(n) for n in names))
+    stems = {n: safe_name(n, max_len=60) for n in names}
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    for n, s in stems.items():
+        if counts[s] > 1:
+            stems[n] = f"{s}-{sha1(n.encode('utf-8')).hexdigest()[:8]}"
+    return stems
+
+
+def inside(path: Path, root: Path) -> Path:
+    """Return ``path`` after checking that it resolves inside ``root``; ValueError otherwise."""
+    rp, rr = Path(path).resolve(), Path(root).resolve()
+    if rp != rr and rr not in rp.parents:
+        raise ValueError(f"path={str(path)!r} would leave the output folder {str(root)!r}")
+    return Path(path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    The parent folder is created. On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+UNIT_PLURAL = {"sentence": "sentences", "word": "words", "token": "tokens"}
+
+
+def first_value(series: pd.Series):
+    """First non-missing value of a series, or None."""
+    s = series.dropna()
+    return None if s.empty else s.iloc[0]

