@@ -8,8 +8,14 @@ command-line options::
     sentences = 1000
     models = ["minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m"]
     measures = ["linear_cka", "debiased_cka"]
-    unit = "sentence"
+    unit = "sentence"           # or "word" (aligned across tokenizers) or "token"
     pooling = "mean"
+
+With ``unit = "word"`` every text is split into words by a rule that knows no model
+(``punctuation = "attach"`` or ``"split"``, see :func:`homoscope.extract.words.split_words`), each
+model's tokens are mapped to words through character offsets, each word's tokens are pooled, and
+words that some model leaves without a token are dropped for all models; ``max_rows`` caps the
+number of rows (a seeded sample). ``unit = "token"`` needs identical tokenizers.
 
 :func:`run_study` loads the corpus, extracts each model in turn (reusing stored
 representations), scores every model pair with every measure at all layer pairs, and writes the
@@ -37,10 +43,11 @@ import torch
 from . import __version__
 from .extract import ExtractStats, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
 from .extract.runner import POOLINGS
+from .extract.words import DEFAULT_MAX_ROWS, PUNCTUATION, ROW_POOLINGS, SPECIAL_TOKENS
 
 PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
-UNITS = ("sentence",)
+UNITS = ("sentence", "word", "token")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PAIRS = ("all", "first-vs-rest")
 
@@ -57,8 +64,17 @@ class Study:
         seed: sampling, permutation and bootstrap seed.
         text_column, label_column, doc_column: column names for .jsonl/.csv corpora.
         measures: measure names from ``homoscope.measures.list_measures()``.
-        unit: ``sentence`` (one pooled row per text).
-        pooling: ``mean`` | ``first`` | ``last`` | ``cls``.
+        unit: ``sentence`` (one pooled row per text), ``word`` (one row per word, aligned across
+            tokenizers through character offsets) or ``token`` (one row per token; only between
+            models whose tokenizers give identical token sequences).
+        pooling: ``mean`` | ``first`` | ``last`` | ``cls`` over a text's tokens; for words ``mean``
+            (default), ``first`` or ``last`` (Wu et al. 2020) over a word's tokens; unused for tokens.
+        punctuation: word rule: ``attach`` (whitespace words, punctuation kept on them) or
+            ``split`` (punctuation marks are words of their own).
+        max_rows: word and token units: rows kept, sampled with ``seed`` (0 = all).
+        special_tokens: ``exclude`` (default) or ``include`` special positions (BOS/CLS/SEP) as
+            token rows and in sentence pooling; words never contain them.
+        outliers: report per layer the top dimension's variance share and the largest-norm row.
         max_length: tokens per text, special tokens included (longer texts are truncated).
         dtype: ``float32`` | ``float16`` | ``bfloat16`` for the forward pass; pooled vectors
             are always float32 and measures accumulate in float64.
@@ -84,6 +100,10 @@ class Study:
     measures: list = field(default_factory=lambda: list(DEFAULT_MEASURES))
     unit: str = "sentence"
     pooling: str = "mean"
+    punctuation: str = "attach"
+    max_rows: int = DEFAULT_MAX_ROWS
+    special_tokens: str = "exclude"
+    outliers: bool = True
     max_length: int = 128
     dtype: str = "float32"
     device: str = "auto"
@@ -120,13 +140,21 @@ class Study:
             raise ValueError(f"unit={self.unit!r} is not one of {', '.join(UNITS)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.unit == "word" and self.pooling not in ROW_POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} does not apply to unit='word'; pool a word's tokens with "
+                f"{', '.join(ROW_POOLINGS)}")
+        if self.punctuation not in PUNCTUATION:
+            raise ValueError(f"punctuation={self.punctuation!r} is not one of {', '.join(PUNCTUATION)}")
+        if self.special_tokens not in SPECIAL_TOKENS:
+            raise ValueError(f"special_tokens={self.special_tokens!r} is not one of {', '.join(SPECIAL_TOKENS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.pairs not in PAIRS:
             raise ValueError(f"pairs={self.pairs!r} is not one of {', '.join(PAIRS)}")
         if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 4):
             raise ValueError(f"sentences={self.sentences!r} must be an integer >= 4 (or omitted for all)")
-        for key in ("permutations", "bootstrap", "batch_tokens"):
+        for key in ("permutations", "bootstrap", "batch_tokens", "max_rows"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{key}={v!r} must be a non-negative integer")
@@ -211,6 +239,8 @@ _TYPES = {
     "bootstrap": (int,),
     "install": (bool,),
     "trust_remote_code": (bool,),
+    "max_rows": (int,),
+    "outliers": (bool,),
 }
 
 
@@ -265,6 +295,7 @@ class StudyResult:
     manifest: dict
     files: dict
     representations: dict = field(default_factory=dict, repr=False)
+    rows: pd.DataFrame | None = field(default=None, repr=False)
 
 
 def versions() -> dict:
@@ -296,12 +327,29 @@ def extract_model(
     device: torch.device,
     progress: bool = True,
     loaded=None,
+    plan=None,
 ) -> tuple[torch.Tensor, dict]:
     """Representations ``[L+1, n, d]`` of one model, from the store when the fingerprint matches.
 
     Loads the model (unless ``loaded`` is given), extracts, stores, and frees it. Returns
-    (stack, record) where record holds the model info, extraction stats and whether it was reused.
+    (stack, record) where record holds the model info, extraction stats, whether it was reused,
+    and the outlier report (``record['outliers']``, one entry per layer) when ``study.outliers``.
+
+    For ``study.unit == 'word'`` the rows follow ``plan`` (a :class:`~homoscope.extract.words.WordPlan`,
+    made from the corpus when None), one per planned word; words this model's tokenizer gives no
+    (untruncated) token are zero rows listed in ``record['uncovered']`` and counted in
+    ``record['extract']['dropped_words']``; :func:`run_study` drops them for every model. For
+    ``'token'`` the rows follow ``plan`` (a :class:`~homoscope.extract.words.TokenPlan`); when None it
+    is made from this model's tokenizer and returned in ``record['plan']``, and a model whose token
+    sequences differ from the plan's raises ValueError suggesting ``unit='word'``. The store key
+    holds the unit and the plan's digest, so stacks of different units never collide.
+
+    Raises:
+        ValueError: a slow tokenizer for word/token units (names the model), token sequences that
+            differ from the plan, a wrong layer count, and the loader's and runner's errors.
     """
+    from .extract import effective_max_length, extract_rows, outlier_report
+    from .extract.words import check_same_tokens, encode_tokens, encode_words, plan_tokens, plan_words, token_groups
     from .models import load_model
 
     t0 = time.perf_counter()
@@ -318,38 +366,102 @@ def extract_model(
     info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
     info["name"] = name
     load_s = time.perf_counter() - t0
-    key = fingerprint_key(
+    unit = study.unit
+    include_special = study.special_tokens == "include"
+    parts = dict(
         model=info.get("fingerprint"),
         corpus=corpus.fingerprint(),
-        unit=study.unit,
+        unit=unit,
         pooling=study.pooling,
         max_length=study.max_length,
         dtype=study.dtype,
         padding="right",
     )
+    if include_special:
+        parts["special_tokens"] = "include"
+    encoding = None
+    if unit == "word":
+        if plan is None:
+            plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
+        parts["plan"] = plan.digest()
+    elif unit == "token":
+        max_len = effective_max_length(loaded, study.max_length)
+        encoding, tokens = encode_tokens(loaded.tokenizer, corpus.texts, max_len, include_special, name)
+        if plan is None:
+            plan = plan_tokens(tokens, include_special=include_special, max_rows=study.max_rows, seed=study.seed,
+                               reference=name)
+        else:
+            check_same_tokens(plan, tokens, name)
+        parts.pop("pooling")
+        parts["plan"] = plan.digest()
+    key = fingerprint_key(**parts)
     hit = store.get(name, key)
     if hit is not None:
         stack, rec = hit
+        uncovered = list(rec.get("uncovered", []))
         record = {"info": info, "reused": True, "key": key, "load_s": load_s, "extract": rec.get("extract", {})}
     else:
         stats = ExtractStats()
-        stack = extract(
-            loaded,
-            corpus.texts,
-            pooling=study.pooling,
-            max_length=study.max_length,
-            batch_tokens=study.batch_tokens or suggested_batch_tokens(device),
-            progress=progress,
-            stats=stats,
-        )
+        batch_tokens = study.batch_tokens or suggested_batch_tokens(device)
+        uncovered = []
+        if unit == "sentence":
+            stack = extract(
+                loaded,
+                corpus.texts,
+                pooling=study.pooling,
+                max_length=study.max_length,
+                batch_tokens=batch_tokens,
+                progress=progress,
+                stats=stats,
+                include_special=include_special,
+            )
+        else:
+            t1 = time.perf_counter()
+            max_len = effective_max_length(loaded, study.max_length)
+            if unit == "word":
+                encoding = encode_words(loaded.tokenizer, corpus.texts, plan, max_len, name)
+                groups = encoding.groups
+                uncovered = encoding.uncovered
+                if len(uncovered) == len(plan.rows):
+                    raise ValueError(f"model {name!r} gives no token to any planned word of the corpus")
+            else:
+                groups = token_groups(plan, encoding)
+            stats.n, stats.truncated = len(corpus.texts), encoding.truncated
+            stats.dropped_words = len(uncovered)
+            rows = extract_rows(
+                loaded,
+                encoding.ids,
+                encoding.special,
+                groups,
+                pooling=study.pooling if unit == "word" else "mean",
+                batch_tokens=max(batch_tokens, max(len(x) for x in encoding.ids)),
+                progress=progress,
+                stats=stats,
+            )
+            if uncovered:
+                stack = torch.zeros(rows.shape[0], len(plan.rows), rows.shape[2], dtype=rows.dtype)
+                gone = set(uncovered)
+                stack[:, [r for r in range(len(plan.rows)) if r not in gone], :] = rows
+            else:
+                stack = rows
+            stats.rows = len(plan.rows)
+            stats.seconds = time.perf_counter() - t1
         blocks = info.get("blocks")
         if blocks is not None and stack.shape[0] != blocks + 1:
             raise ValueError(
                 f"model {name!r} returned {stack.shape[0]} hidden states; expected blocks + 1 = {blocks + 1}"
             )
         ext = dataclasses.asdict(stats)
-        store.put(name, key, stack, {"info": info, "extract": ext})
+        store.put(name, key, stack, {"info": info, "extract": ext, "uncovered": uncovered})
         record = {"info": info, "reused": False, "key": key, "load_s": load_s, "extract": ext}
+    record["uncovered"] = uncovered
+    if plan is not None:
+        record["plan"] = plan
+    if study.outliers:
+        labels = plan.labels(corpus.texts, corpus.ids) if plan is not None else list(corpus.ids)
+        gone = set(uncovered)
+        keep = [r for r in range(stack.shape[1]) if r not in gone] if gone else None
+        record["outliers"] = outlier_report(stack, labels=labels, rows=keep)
     if own:
         del loaded
         gc.collect()

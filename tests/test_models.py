@@ -22,11 +22,11 @@ from homoscope.models import (
     looks_like_hub_id,
     model_kind,
     packaged_status,
+    registry,
     resolve,
     sanitize_max_length,
 )
 from homoscope.models import installer as install_mod
-from homoscope.models import registry
 from homoscope.models.tiny import TINY_TEXT, save_tiny, tiny_model, tiny_tokenizer
 
 
@@ -200,7 +200,7 @@ def test_tiny_is_deterministic_and_leaves_global_rng_alone():
     assert torch.equal(before, after)
     b = tiny_model("gpt2", seed=0)
     assert a.info.fingerprint == b.info.fingerprint
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
     for kind in ("bert", "gpt2", "llama"):
         assert tiny_tokenizer(kind).get_vocab() == tiny_tokenizer(kind).get_vocab()
@@ -479,3 +479,32 @@ def test_zip_parts_join_and_safe_extract(tmp_path):
 def test_model_source_passthrough(tiny_bert_dir):
     src = ModelSource(name="x", spec=str(tiny_bert_dir), kind="local", location=tiny_bert_dir)
     assert load_model(src, device="cpu", progress=False).info.name == "x"
+
+
+def test_convert_gguf_is_exact(tmp_path):
+    """A quantized GGUF converts to a float32 folder whose logits equal the GGUF-loaded model's."""
+    from transformers import AutoModelForCausalLM
+
+    from homoscope.models import convert_gguf
+    from homoscope.models.tiny import save_tiny_gguf
+
+    gguf_path = save_tiny_gguf(tmp_path / "src" / "tiny.Q4_1.gguf")
+    out = tmp_path / "converted"
+    report = convert_gguf(gguf_path, out, progress=False)
+    assert report["identical"] and report["tokens_identical"] and report["max_abs_diff"] == 0.0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+
+    lm = load_model(str(out), device="cpu", head=True, progress=False)
+    assert lm.info.head_loaded is True and lm.info.blocks == 2 and lm.info.final_norm_in_last is True
+    src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                               dtype=torch.float32, local_files_only=True).eval()
+    ids = lm.tokenizer("Similarity between two models.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(src(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+    with pytest.raises(ValueError, match="GGUF"):
+        load_model(str(gguf_path.parent), device="cpu")  # no config.json: not a model folder
+    with pytest.raises(ValueError, match="convert_gguf"):
+        resolve(str(gguf_path))

@@ -36,7 +36,8 @@ EVIL = "../evil|model/x*<b>`[1]_"
 MODELS = [("minilm-l6", 3, 384), (EVIL, 5, 768), ("gemma-3-270m", 7, 640)]  # name, layers incl. 0, width
 PAIRS = [(0, 1), (0, 2), (1, 2)]
 INFO = {  # stands in for the measure registry
-    "linear_cka": {"kind": "similarity", "value_range": (0, 1), "symmetric": True, "reference": "Kornblith et al. 2019"},
+    "linear_cka": {"kind": "similarity", "value_range": (0, 1), "symmetric": True,
+                   "reference": "Kornblith et al. 2019"},
     "debiased_cka": {"kind": "similarity", "value_range": (-1, 1), "symmetric": True, "reference": "Song et al. 2012"},
     "pwcca": {"kind": "similarity", "value_range": (0, 1), "symmetric": False, "reference": "Morcos et al. 2018"},
 }
@@ -217,7 +218,7 @@ def test_summary_table_matches_values_by_hand(frame):
         expected_pairs = [(MODELS[x][0], MODELS[y][0]) for x, y in PAIRS]
         if measure == "pwcca":
             expected_pairs = [p for x, y in PAIRS for p in ((MODELS[x][0], MODELS[y][0]), (MODELS[y][0], MODELS[x][0]))]
-        assert list(zip(table.model_a, table.model_b)) == expected_pairs
+        assert list(zip(table.model_a, table.model_b, strict=True)) == expected_pairs
         for r in table.itertuples():
             best, final, mean = _by_hand(frame, measure, r.model_a, r.model_b)
             assert r.best == best.value

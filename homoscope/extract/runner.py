@@ -14,6 +14,11 @@ Padding never leaks into the statistics:
 
 So a text's pooled vector is the same alone or batched with longer texts (to float32
 round-off), which ``tests/test_extract.py`` checks for BERT, GPT-2 and Llama configs.
+
+A text may also yield several rows: :func:`extract_rows` takes, per text, groups of token
+positions (one group per row: the tokens of a word, or a single token) and pools each group, so
+word- and token-level representations go through the same batching, padding and finite checks
+(see :mod:`homoscope.extract.words`).
 """
 from __future__ import annotations
 
@@ -36,7 +41,10 @@ class ExtractStats:
     """What happened during one extraction (goes into the manifest).
 
     Attributes: n texts, number truncated to ``max_length``, number of batches, real tokens
-    seen, batch-size reductions after out-of-memory errors, wall seconds.
+    seen, batch-size reductions after out-of-memory errors, wall seconds, rows written (n for
+    sentences; words or tokens for the other units), texts that went through the model (texts
+    with no planned row are skipped), planned words this model's tokenizer gave no token
+    (word unit; dropped for every model alike by the study).
     """
 
     n: int = 0
@@ -46,6 +54,9 @@ class ExtractStats:
     oom_retries: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    rows: int = 0
+    texts_run: int = 0
+    dropped_words: int = 0
 
 
 def _check_options(pooling: str, padding_side: str, max_length: int, batch_tokens: int) -> None:
@@ -171,6 +182,18 @@ def _accepts_position_ids(model) -> bool:
         return False
 
 
+def effective_max_length(loaded, max_length: int) -> int:
+    """``max_length`` capped at the model's own limit (positions and tokenizer), as the runner uses it."""
+    cap = _model_max_length(loaded.model, loaded.tokenizer)
+    if cap is not None and max_length > cap:
+        return int(cap)
+    return max_length
+
+
+def _model_name(loaded) -> str:
+    return getattr(getattr(loaded, "info", None), "name", type(loaded.model).__name__)
+
+
 def extract(
     loaded,
     texts: list[str],
@@ -181,6 +204,7 @@ def extract(
     padding_side: str = "right",
     progress: bool = True,
     stats: ExtractStats | None = None,
+    include_special: bool = False,
 ) -> torch.Tensor:
     """Pooled hidden states of every layer for a list of texts.
 
@@ -197,6 +221,8 @@ def extract(
             the attention mask so real tokens keep their positions.
         progress: show a tqdm bar (texts/s) named after the model.
         stats: an :class:`ExtractStats` to fill in.
+        include_special: pool over special positions (BOS/CLS/SEP) too with ``mean``, ``first``
+            and ``last`` (default False: they are excluded; ``cls`` always takes the first one).
 
     Returns:
         float32 CPU tensor ``[L+1, n, d]``: layer 0 = embeddings, layer i = block i.
@@ -210,21 +236,141 @@ def extract(
 
     if len(texts) == 0:
         raise ValueError("texts is empty: nothing to extract")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    name = getattr(getattr(loaded, "info", None), "name", type(model).__name__)
-    cap = _model_max_length(model, tokenizer)
-    if cap is not None and max_length > cap:
-        max_length = int(cap)
+    max_length = effective_max_length(loaded, max_length)
     _check_options(pooling, padding_side, max_length, batch_tokens)
     stats = stats if stats is not None else ExtractStats()
     t0 = time.perf_counter()
 
-    ids, special, n_trunc = tokenize(tokenizer, texts, max_length)
+    ids, special, n_trunc = tokenize(loaded.tokenizer, texts, max_length)
     stats.n, stats.truncated = len(texts), n_trunc
+    check_nonempty(ids, texts, _model_name(loaded))
+
+    def weights(batch, attn, spec):
+        if include_special and pooling != "cls":
+            spec = torch.zeros_like(spec)
+        return pool_weights(attn, spec, pooling)[:, None, :]
+
+    out = _run_batches(loaded, ids, special, list(range(len(texts))), [1] * len(texts), weights,
+                       batch_tokens=batch_tokens, padding_side=padding_side, progress=progress, stats=stats)
+    stats.rows = len(texts)
+    stats.seconds = time.perf_counter() - t0
+    return out
+
+
+def check_nonempty(ids: list[list[int]], texts: list[str], name: str) -> None:
+    """Raise ValueError naming the first text that tokenizes to no token at all."""
     lengths = [len(x) for x in ids]
-    if min(lengths) == 0:
+    if lengths and min(lengths) == 0:
         bad = lengths.index(0)
         raise ValueError(f"text {bad} tokenizes to nothing with model {name!r}: {texts[bad][:60]!r}")
+
+
+def group_weights(groups: list[list[int]], length: int, pooling: str) -> torch.Tensor:
+    """Pooling weights ``[rows, length]`` (float32, rows sum to 1) of token groups of one text.
+
+    ``groups[r]`` holds the (ascending) token positions of row r; ``mean`` spreads the weight
+    evenly over them, ``first`` / ``last`` put it all on the first / last one.
+    Raises ValueError for an empty group, a position outside ``[0, length)`` or another pooling.
+    """
+    if pooling not in ("mean", "first", "last"):
+        raise ValueError(f"pooling={pooling!r} for word or token rows must be one of mean, first, last")
+    w = torch.zeros(len(groups), length, dtype=torch.float32)
+    for r, g in enumerate(groups):
+        if not g:
+            raise ValueError(f"row {r} has no token to pool")
+        if min(g) < 0 or max(g) >= length:
+            raise ValueError(f"row {r} has token positions {g} outside a text of {length} tokens")
+        if pooling == "mean":
+            w[r, g] = 1.0 / len(g)
+        else:
+            w[r, g[0] if pooling == "first" else g[-1]] = 1.0
+    return w
+
+
+def extract_rows(
+    loaded,
+    ids: list[list[int]],
+    special: list[list[int]],
+    groups: list[list[list[int]]],
+    *,
+    pooling: str = "mean",
+    batch_tokens: int = 8192,
+    padding_side: str = "right",
+    progress: bool = True,
+    stats: ExtractStats | None = None,
+) -> torch.Tensor:
+    """Hidden states of every layer pooled over groups of tokens: several rows per text.
+
+    Args:
+        loaded: a ``homoscope.models.LoadedModel``.
+        ids, special: per text, the token ids (special tokens included, already truncated) and the
+            special-tokens mask, as :func:`tokenize` returns them.
+        groups: per text, one list of token positions (indices into ``ids[i]``) per row; a text
+            with no group is not run through the model.
+        pooling: ``mean`` (default), ``first`` or ``last`` over each group's tokens.
+        batch_tokens, padding_side, progress, stats: as for :func:`extract`.
+
+    Returns:
+        float32 CPU tensor ``[L+1, R, d]`` with ``R = sum(len(g) for g in groups)``: the rows of
+        text 0 in group order, then those of text 1, and so on.
+
+    Raises:
+        ValueError: lists of different lengths, no row at all, an empty group or a position
+            outside its text, bad options, a model that returns no hidden states.
+        NonFiniteHiddenStateError, RuntimeError: as for :func:`extract`.
+    """
+    import time
+
+    if not (len(ids) == len(special) == len(groups)):
+        raise ValueError(
+            f"ids, special and groups must have one entry per text; got {len(ids)}, {len(special)}, {len(groups)}")
+    counts = [len(g) for g in groups]
+    if sum(counts) == 0:
+        raise ValueError("groups holds no row: nothing to extract")
+    if pooling not in ("mean", "first", "last"):
+        raise ValueError(f"pooling={pooling!r} for word or token rows must be one of mean, first, last")
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side={padding_side!r} is not one of {', '.join(PADDING_SIDES)}")
+    longest = max(len(x) for x in ids)
+    if not isinstance(batch_tokens, int) or batch_tokens < longest:
+        raise ValueError(
+            f"batch_tokens={batch_tokens!r} must be an integer >= the longest text ({longest} tokens) "
+            "so that every text fits in a batch"
+        )
+    stats = stats if stats is not None else ExtractStats()
+    t0 = time.perf_counter()
+    todo = [i for i in range(len(ids)) if counts[i]]
+    texts_w = {i: group_weights(groups[i], len(ids[i]), pooling) for i in todo}
+
+    def weights(batch, attn, spec):
+        b, t = attn.shape
+        r = max(counts[i] for i in batch)
+        w = torch.zeros(b, r, t, dtype=torch.float32)
+        for j, i in enumerate(batch):
+            k = len(ids[i])
+            off = 0 if padding_side == "right" else t - k
+            w[j, : counts[i], off : off + k] = texts_w[i]
+        return w
+
+    out = _run_batches(loaded, ids, special, todo, counts, weights, batch_tokens=batch_tokens,
+                       padding_side=padding_side, progress=progress, stats=stats)
+    stats.rows = sum(counts)
+    stats.seconds += time.perf_counter() - t0
+    return out
+
+
+def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, padding_side, progress, stats):
+    """Run the texts ``todo`` through the model in length-sorted batches; rows of text i go to the
+    ``counts[i]`` consecutive output rows after those of the texts before it."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    name = _model_name(loaded)
+    offsets = [0] * len(counts)
+    acc = 0
+    for i, c in enumerate(counts):
+        offsets[i] = acc
+        acc += c
+    total = acc
+    lengths = [len(x) for x in ids]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -232,15 +378,14 @@ def extract(
     pass_positions = padding_side == "left" and _accepts_position_ids(model)
 
     out: torch.Tensor | None = None
-    budget = batch_tokens
-    queue = make_batches(lengths, budget)
-    bar = tqdm(total=len(texts), desc=f"extract {name}", unit="text", disable=not progress, leave=False)
+    queue = [[todo[j] for j in b] for b in make_batches([lengths[i] for i in todo], batch_tokens)]
+    bar = tqdm(total=len(todo), desc=f"extract {name}", unit="text", disable=not progress, leave=False)
     try:
         while queue:
             batch = queue.pop(0)
             try:
                 pooled = _forward_batch(
-                    model, ids, special, batch, pad_id, padding_side, pass_positions, pooling, device, name
+                    model, ids, special, batch, pad_id, padding_side, pass_positions, weights, device, name
                 )
             except Exception as err:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(err):
@@ -257,19 +402,22 @@ def extract(
                 queue[:0] = [batch[:half], batch[half:]]
                 continue
             if out is None:
-                out = torch.empty(pooled.shape[0], len(texts), pooled.shape[2], dtype=torch.float32)
-            out[:, batch, :] = pooled
+                out = torch.empty(pooled.shape[0], total, pooled.shape[3], dtype=torch.float32)
+            for j, i in enumerate(batch):
+                out[:, offsets[i] : offsets[i] + counts[i], :] = pooled[:, j, : counts[i], :]
             stats.batches += 1
             stats.tokens += sum(lengths[i] for i in batch)
+            stats.texts_run += len(batch)
             bar.update(len(batch))
     finally:
         bar.close()
-    stats.seconds = time.perf_counter() - t0
     assert out is not None
     return out
 
 
-def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positions, pooling, device, name):
+def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positions, weights, device, name):
+    """One padded forward pass; returns ``[L+1, b, r, d]`` pooled with ``weights(batch, attn, spec)``
+    (``[b, r, t]``, zero on pad positions)."""
     b = len(batch)
     t = max(len(ids[i]) for i in batch)
     input_ids = torch.full((b, t), pad_id, dtype=torch.long)
@@ -292,7 +440,7 @@ def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positi
             f"model {name!r} returned no hidden states with output_hidden_states=True; "
             "homoscope needs a model whose forward returns all layers"
         )
-    w = pool_weights(attn, spec, pooling).to(device)
+    w = weights(batch, attn, spec).to(device)
     real = attn.bool().to(device)
     layers = []
     for li, h in enumerate(hidden):
@@ -303,7 +451,7 @@ def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positi
                 f"model {name!r} produced {int(bad.sum())} non-finite values (NaN/inf) in layer {li} "
                 f"(0 = embeddings) on real tokens; try dtype float32 instead of float16"
             )
-        layers.append(torch.einsum("btd,bt->bd", h, w))
+        layers.append(torch.bmm(w, h))
     return torch.stack(layers).cpu()
 
 

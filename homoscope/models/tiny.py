@@ -71,9 +71,10 @@ def _wordpiece_vocab(text: list[str], size: int) -> list[str]:
 
 
 def tiny_tokenizer(kind: str, vocab_size: int = 300):
-    """Build a fast tokenizer for a tiny model of ``kind``, trained on ``TINY_TEXT`` (deterministic).
+    """Build a fast tokenizer for a tiny model of ``kind`` from ``TINY_TEXT`` (deterministic).
 
-    - ``bert``: lowercasing WordPiece (vocabulary built by rule, not trained), ``[CLS] ... [SEP]`` template, pad ``[PAD]``, mask ``[MASK]``.
+    - ``bert``: lowercasing WordPiece (vocabulary built by rule, not trained), ``[CLS] ... [SEP]``
+      template, pad ``[PAD]``, mask ``[MASK]``.
     - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
     - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
 
@@ -163,8 +164,7 @@ def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, 
 
 
 def _build(kind: str, seed: int, head: bool, blocks: int, width: int):
-    from transformers import (BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM,
-                              LlamaModel)
+    from transformers import BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM, LlamaModel
 
     tok = tiny_tokenizer(kind)
     config = tiny_config(kind, len(tok), tok, blocks=blocks, width=width)
@@ -215,3 +215,87 @@ def save_tiny(kind: str, folder: str | os.PathLike, seed: int = 0, *, head: bool
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def save_tiny_gguf(path: str | os.PathLike, seed: int = 0, *, quant: str = "Q4_1", blocks: int = 2,
+                   width: int = 32) -> Path:
+    """Write a tiny Llama-architecture GGUF file (random weights, byte-level BPE tokenizer); return its path.
+
+    The block matrices are stored quantized as ``quant`` (``Q4_1``, ``Q8_0`` or ``F32``) and norms as F32,
+    like a real quantized checkpoint, so GGUF loading and ``convert_gguf`` can be tested offline in
+    seconds. Deterministic in ``seed``.
+
+    Raises:
+        ValueError: unknown ``quant``, or ``width`` not a multiple of 32 (the quantization block).
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from gguf.quants import quantize
+
+    if quant not in ("Q4_1", "Q8_0", "F32"):
+        raise ValueError(f"quant={quant!r} must be one of Q4_1, Q8_0, F32")
+    if width % 32:
+        raise ValueError(f"width={width} must be a multiple of 32 (the GGUF quantization block)")
+    tok = tiny_tokenizer("gpt2")
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    vocab = backend["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]]
+    eos = vocab["<|endoftext|>"]
+    n_vocab, n_heads, n_kv = len(tokens), 4, 2
+    head_dim, inter = width // n_heads, 2 * width
+    rng = np.random.default_rng(int(seed))
+    qtype = getattr(gguf.GGMLQuantizationType, quant)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(f"tiny-llama-gguf-s{seed}")
+    w.add_context_length(64)
+    w.add_embedding_length(width)
+    w.add_block_count(blocks)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([3 if i == eos else 1 for i in range(n_vocab)])
+    w.add_bos_token_id(eos)
+    w.add_eos_token_id(eos)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        data = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+        if quant == "F32":
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
+
+    def norm(name: str) -> None:
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(width)).astype(np.float32))
+
+    matrix("token_embd.weight", n_vocab, width)
+    for b in range(blocks):
+        norm(f"blk.{b}.attn_norm.weight")
+        matrix(f"blk.{b}.attn_q.weight", width, width)
+        matrix(f"blk.{b}.attn_k.weight", n_kv * head_dim, width)
+        matrix(f"blk.{b}.attn_v.weight", n_kv * head_dim, width)
+        matrix(f"blk.{b}.attn_output.weight", width, width)
+        norm(f"blk.{b}.ffn_norm.weight")
+        matrix(f"blk.{b}.ffn_gate.weight", inter, width)
+        matrix(f"blk.{b}.ffn_up.weight", inter, width)
+        matrix(f"blk.{b}.ffn_down.weight", width, inter)
+    norm("output_norm.weight")
+    matrix("output.weight", n_vocab, width)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

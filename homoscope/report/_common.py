@@ -66,7 +66,7 @@ def model_order(frame: pd.DataFrame, models: Sequence[str] | None = None) -> lis
     seen: dict[str, None] = {}
     for m in models or ():
         seen.setdefault(str(m), None)
-    for a, b in zip(frame["model_a"].tolist(), frame["model_b"].tolist()):
+    for a, b in zip(frame["model_a"].tolist(), frame["model_b"].tolist(), strict=True):
         seen.setdefault(str(a), None)
         seen.setdefault(str(b), None)
     return list(seen)
@@ -74,7 +74,7 @@ def model_order(frame: pd.DataFrame, models: Sequence[str] | None = None) -> lis
 
 def pairs_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """Ordered (model_a, model_b) pairs in order of first appearance."""
-    return list(dict.fromkeys(zip(frame["model_a"].astype(str), frame["model_b"].astype(str))))
+    return list(dict.fromkeys(zip(frame["model_a"].astype(str), frame["model_b"].astype(str), strict=True)))
 
 
 def file_stems(names: Iterable[str]) -> dict[str, str]:

@@ -196,12 +196,19 @@ def plot_layer_heatmap(
         cax = fig.add_axes(((width - right + 0.14) / width, bottom / height, 0.14 / width, ax_h / height))
         im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", cmap=_cmap(info), norm=Normalize(lo, hi),
                        aspect="auto", interpolation="nearest")
+        if n_a <= 10 and n_b <= 10:  # few cells: print the values too (below the markers)
+            cmap, norm = im.get_cmap(), im.norm
+            for i in range(n_a):
+                for j in range(n_b):
+                    if np.isfinite(mat[i, j]):
+                        ax.text(j, i - 0.3, _fmt(mat[i, j], 2), ha="center", va="center", fontsize=6.5,
+                                color=_text_colour(cmap(norm(mat[i, j]))), zorder=5)
         # equal relative depth: layer_a / (n_a - 1) == layer_b / (n_b - 1)
         ax.plot([0, n_b - 1], [0, n_a - 1], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95, zorder=2)
         size = float(np.clip(900.0 / max(n_a, n_b), 6, 36))
-        dots = [(j, i) for i, j in zip(rows_ok, best_cols) if (i, j) != star]
+        dots = [(j, i) for i, j in zip(rows_ok, best_cols, strict=True) if (i, j) != star]
         if dots:
-            xs, ys = zip(*dots)
+            xs, ys = zip(*dots, strict=True)
             ax.scatter(xs, ys, s=size, c="white", edgecolors="black", linewidths=0.6, zorder=3)
         if star is not None:
             ax.scatter([star[1]], [star[0]], s=size * 4.0, marker="*", c="white", edgecolors="black",
@@ -424,7 +431,8 @@ def plot_dendrogram(
             ax.spines[side].set_visible(False)
         ax.tick_params(axis="y", length=0)
         what = f"{info.identity:g} \u2212 {_txt(measure)}" if info.higher_is_better else _txt(measure)
-        ax.set_xlabel(f"{what}  ({_HOW_TITLE[how]}; average linkage)")
+        both = "; mean of both directions" if not info.symmetric else ""
+        ax.set_xlabel(f"{what}  ({_HOW_TITLE[how]}{both}; average linkage)")
         ax.set_title(f"models clustered by {_txt(measure)}", fontweight="bold", fontsize=10)
         ax.set_xlim(left=0)
         return _save(fig, path, dpi)

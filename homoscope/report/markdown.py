@@ -20,7 +20,14 @@ import pandas as pd
 from homoscope._paths import safe_name
 
 from ._common import (
-    UNIT_PLURAL, atomic_write_text, check_frame, file_stems, first_value, measures_of, model_order, pairs_of,
+    UNIT_PLURAL,
+    atomic_write_text,
+    check_frame,
+    file_stems,
+    first_value,
+    measures_of,
+    model_order,
+    pairs_of,
 )
 from ._measures import MeasureInfo, manifest_measure_info, resolve_measure_info
 from .tables import summary_table
@@ -149,13 +156,15 @@ def _summary_sentence(table: pd.DataFrame, info: MeasureInfo) -> str:
             txt += f", CI {_fmt(r['best_ci_low'])}\u2013{_fmt(r['best_ci_high'])}"
         return txt
 
-    lead = f"Under {name}" + (f" ({escape_md(info.reference)})" if info.reference else "")
+    lead = f"Under {name}"
     if len(ok) == 1:
         s = f"{lead}, the one pair, {_pair_txt(top['model_a'], top['model_b'], info)}, reaches {at(top)} at best"
     else:
         s = (f"{lead}, the most alike pair is {_pair_txt(top['model_a'], top['model_b'], info)} "
              f"({at(top)}) and the least alike is {_pair_txt(low['model_a'], low['model_b'], info)} "
              f"({at(low)}), comparing each pair at its best-matching layers")
+    if len(ok) > 2:
+        s += f"; averaged over the {len(ok)} pairs, the best value is {_fmt(ok['best'].mean())}"
     fin = table[np.isfinite(table["final"].astype(float))]
     if len(fin) > 1:
         s += (f"; final layer against final layer, values run from {_fmt(fin['final'].min())} to "
@@ -183,7 +192,8 @@ def write_report_md(
             ``warnings``, ``commands``, ``created``; any may be missing).
         out_dir: output folder; figure links are written relative to it.
         figures: ``{'heatmaps': [...], 'summaries': [...], ...}`` paths of figures already written
-            (absolute, relative to the working folder, or relative to ``out_dir``); heatmaps and summaries named as :func:`write_outputs` names them are placed next to their
+            (absolute, relative to the working folder, or relative to ``out_dir``); heatmaps and
+            summaries named as :func:`write_outputs` names them are placed next to their
             measure, any other figure is listed at the end. Only figures in ``figures`` are linked.
         measure_info: callable ``name -> dict-like`` describing a measure (default:
             ``manifest['measures'][name]`` where recorded, else the registry, else the built-in table).
@@ -266,8 +276,12 @@ def write_report_md(
     unit_line = [f"unit: **{escape_md(unit)}**" if unit else None,
                  f"pooling: **{escape_md(study['pooling'])}**" if study.get("pooling") else None,
                  f"max length: {_int(study['max_length'])} tokens" if study.get("max_length") else None,
-                 f"n per score: {_int(n_rows)}" if n_rows is not None else None]
-    lines += ["Representation: " + "; ".join(x for x in unit_line if x) + ".", ""]
+                 f"n per score: {_int(n_rows)}" if n_rows is not None else None,
+                 f"dtype: {escape_md(study['dtype'])}" if study.get("dtype") else None,
+                 f"device: {escape_md(manifest.get('device') or study.get('device'))}"
+                 if manifest.get("device") or study.get("device") else None]
+    if any(unit_line):
+        lines += ["Representation: " + "; ".join(x for x in unit_line if x) + ".", ""]
     labels = corpus.get("labels") or {}
     if isinstance(labels, Mapping) and labels:
         items = sorted(labels.items(), key=lambda kv: (-_num(kv[1]), str(kv[0])))
@@ -295,7 +309,8 @@ def write_report_md(
         m = meta_by_name.get(name, {})
         fn = m.get("final_norm_in_last")
         rows.append([
-            f"**{escape_md(name)}**", escape_md(m.get("architecture") or "\u2013"), escape_md(m.get("kind") or "\u2013"),
+            f"**{escape_md(name)}**", escape_md(m.get("architecture") or "\u2013"),
+            escape_md(m.get("kind") or "\u2013"),
             _int(m.get("blocks")), _int(m.get("width")), _params(m.get("n_params")),
             escape_md(m.get("dtype") or "\u2013"), "\u2013" if fn is None else ("yes" if fn else "no"),
             escape_md(m.get("license") or "\u2013"), escape_md(m.get("notes") or ""),

@@ -102,8 +102,8 @@ def layer_matrix(
     ib = rows[lb].astype(int).to_numpy()
     m = np.full((ia.max() + 1, ib.max() + 1), np.nan)
     m[ia, ib] = rows["value"].astype(float).to_numpy()
-    out = pd.DataFrame(m, index=pd.RangeIndex(m.shape[0], name="layer_a"), columns=pd.RangeIndex(m.shape[1], name="layer_b"))
-    return out
+    return pd.DataFrame(m, index=pd.RangeIndex(m.shape[0], name="layer_a"),
+                        columns=pd.RangeIndex(m.shape[1], name="layer_b"))
 
 
 def _pick(values: np.ndarray, info: MeasureInfo) -> int | None:

@@ -1,0 +1,304 @@
+"""Linear probes: one logistic regression per model and layer on pooled representations.
+
+A probe is ``StandardScaler`` (fit on the training rows) followed by a multinomial
+``LogisticRegression`` (lbfgs, L2 penalty ``C``, at most ``max_iter`` iterations), as in the usual
+probing set-up (Alain and Bengio 2016; Hewitt and Liang 2019 for the caveats). Representations are
+upcast to float64 first. BLAS is held to one thread per fit (many small fits run faster that way
+on shared machines); ``n_jobs`` fits layers in parallel threads.
+
+The best layer of each model is chosen without looking at the test rows: with
+``select='validation'`` (the default) the training rows are split again by document
+(:func:`split_by_document`, 25 % held out), every layer's probe is fit on the inner training part
+and scored on the held-out part, and the layer with the highest held-out accuracy wins (ties: the
+lower layer). ``select='test'`` picks by test accuracy instead (optimistic; for comparison only).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .split import split_by_document
+
+Z95 = 1.959963984540054
+SELECT = ("validation", "test")
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); 95 % by default.
+
+    Raises:
+        ValueError: ``n < 1`` or ``successes`` outside ``[0, n]``.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1 for a confidence interval")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} must lie in [0, n={n}]")
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+@dataclass
+class ProbeResult:
+    """Probes of several models on one train/test split.
+
+    Attributes:
+        classes: the label names, in class-code order (code c <-> ``classes[c]``).
+        train_idx, test_idx: row positions (int64) used for training and testing.
+        y_test: true class codes of the test rows, int64 ``[n_test]``.
+        layers: ``{model: [layer, ...]}`` probed.
+        predictions: ``{(model, layer): int64 [n_test]}`` predicted class codes.
+        proba: ``{(model, layer): float64 [n_test, C]}`` predicted class distributions.
+        best_layers: ``{model: layer}`` chosen as the module docstring says.
+        frame: one row per model and layer: ``model, layer, measure ('probe_accuracy'), value,
+            ci_low, ci_high`` (95 % Wilson interval over test rows), ``n`` (test rows), ``n_train``,
+            ``d``, ``n_classes``, ``chance`` (accuracy of always predicting the most frequent
+            training label), ``val_accuracy`` (held-out accuracy used for selection; NaN with
+            ``select='test'``), ``best`` (bool), ``converged`` (lbfgs stopped before
+            ``max_iter``), ``n_iter``.
+        select: how ``best_layers`` were chosen.
+    """
+
+    classes: np.ndarray
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    y_test: np.ndarray
+    layers: dict
+    predictions: dict
+    proba: dict
+    best_layers: dict
+    frame: pd.DataFrame
+    select: str = "validation"
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        """Model names in the order given."""
+        return list(self.layers)
+
+    def accuracy(self, model: str, layer: int) -> float:
+        """Test accuracy of one probe."""
+        return float(np.mean(self.predictions[(model, layer)] == self.y_test))
+
+
+def _check_stacks(stacks: Mapping, n: int | None = None) -> dict[str, torch.Tensor]:
+    if not isinstance(stacks, Mapping) or not stacks:
+        raise ValueError("stacks must be a non-empty {model name: [L+1, n, d] tensor} mapping")
+    out = {}
+    for name, S in stacks.items():
+        if isinstance(S, np.ndarray):
+            S = torch.from_numpy(S)
+        if not isinstance(S, torch.Tensor):
+            raise ValueError(f"stacks[{name!r}] is a {type(S).__name__}; give a [L+1, n, d] tensor")
+        if S.ndim == 2:
+            S = S.unsqueeze(0)
+        if S.ndim != 3 or min(S.shape) == 0:
+            raise ValueError(f"stacks[{name!r}] must be [L+1, n, d] with no empty axis; got {tuple(S.shape)}")
+        if n is not None and S.shape[1] != n:
+            raise ValueError(f"stacks[{name!r}] has n={S.shape[1]} rows but there are {n} labels")
+        out[str(name)] = S
+    return out
+
+
+def _resolve_layers(layers, n_layers: int, name: str) -> list[int]:
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(n_layers))
+        if layers == "last":
+            return [n_layers - 1]
+        raise ValueError(f"layers={layers!r} must be 'all', 'last' or a list of layer indices")
+    if isinstance(layers, Mapping):
+        if name not in layers:
+            raise ValueError(f"layers has no entry for model {name!r}")
+        return _resolve_layers(layers[name], n_layers, name)
+    try:
+        items = [int(x) for x in layers]
+    except (TypeError, ValueError):
+        raise ValueError(f"layers={layers!r} must be 'all', 'last' or a list of layer indices") from None
+    if not items:
+        raise ValueError("layers is an empty list; give at least one layer index")
+    out = []
+    for li in items:
+        j = li + n_layers if li < 0 else li
+        if not 0 <= j < n_layers:
+            raise ValueError(
+                f"layer {li} is out of range for model {name!r} with {n_layers} layers (0..{n_layers - 1}, "
+                "or negative from the end)"
+            )
+        if j not in out:
+            out.append(j)
+    return out
+
+
+def _check_indices(idx, n: int, name: str) -> np.ndarray:
+    a = np.asarray(idx)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of row positions; got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer row positions; got dtype {a.dtype}")
+    if a.min() < 0 or a.max() >= n:
+        raise ValueError(f"{name} has a row position outside [0, {n})")
+    if np.unique(a).size != a.size:
+        raise ValueError(f"{name} repeats a row position")
+    return a.astype(np.int64)
+
+
+def _fit_one(X: np.ndarray, y: np.ndarray, train: np.ndarray, evals: Sequence[np.ndarray], n_classes: int,
+             C: float, max_iter: int, seed: int):
+    """Fit scaler + logistic regression on ``train``; return (proba per eval set, n_iter)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scaler = StandardScaler().fit(X[train])
+        clf = LogisticRegression(C=C, max_iter=max_iter, tol=1e-4, random_state=seed)
+        clf.fit(scaler.transform(X[train]), y[train])
+        outs = []
+        for ev in evals:
+            P = np.zeros((ev.size, n_classes))
+            P[:, clf.classes_] = clf.predict_proba(scaler.transform(X[ev]))
+            outs.append(P)
+    return outs, int(np.max(clf.n_iter_))
+
+
+def fit_probes(
+    stacks: Mapping[str, torch.Tensor],
+    labels: Sequence,
+    train_idx,
+    test_idx,
+    layers="all",
+    seed: int = 0,
+    *,
+    select: str = "validation",
+    groups: Sequence | None = None,
+    C: float = 1.0,
+    max_iter: int = 200,
+    n_jobs: int = 1,
+) -> ProbeResult:
+    """Fit one linear probe per model per layer on the training rows; predict the test rows.
+
+    Args:
+        stacks: ``{model: tensor [L+1, n, d]}`` pooled representations (any float dtype, CPU or
+            GPU; copied to float64 numpy one layer at a time).
+        labels: n labels (strings or ints); class codes follow ``numpy.unique`` order.
+        train_idx, test_idx: disjoint int row positions (e.g. from :func:`split_by_document`).
+        layers: ``'all'`` (default), ``'last'``, a list of indices (negative from the end) used for
+            every model, or ``{model: list}``.
+        seed: seed of the probes and of the inner validation split.
+        select: ``'validation'`` (default) or ``'test'``: how the best layer is chosen (module doc).
+        groups: n document ids for the inner validation split (default: split by row).
+        C: inverse L2 strength of the logistic regression.
+        max_iter: lbfgs iteration cap (probes that hit it are marked ``converged = False``).
+        n_jobs: layers fitted in parallel threads.
+
+    Returns:
+        :class:`ProbeResult`.
+
+    Raises:
+        ValueError: empty or ill-shaped stacks, stacks whose n differs from ``len(labels)``,
+            overlapping or out-of-range indices, fewer than two classes among the training labels,
+            non-finite representations, unknown ``select``, or a bad layer index.
+    """
+    if select not in SELECT:
+        raise ValueError(f"select={select!r} is not one of {', '.join(SELECT)}")
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence; got shape {lab.shape}")
+    n = lab.size
+    S = _check_stacks(stacks, n)
+    train = _check_indices(train_idx, n, "train_idx")
+    test = _check_indices(test_idx, n, "test_idx")
+    if np.intersect1d(train, test).size:
+        raise ValueError("train_idx and test_idx share rows; a probe must not be tested on its training rows")
+    classes, y = np.unique(lab.astype(str) if lab.dtype.kind not in "iu" else lab, return_inverse=True)
+    y = y.astype(np.int64)
+    K = len(classes)
+    if np.unique(y[train]).size < 2:
+        raise ValueError(
+            f"the training rows hold {np.unique(y[train]).size} distinct label(s); a probe needs at least two"
+        )
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r} must be a positive integer")
+    if not C > 0:
+        raise ValueError(f"C={C!r} must be positive")
+
+    inner_tr = inner_val = None
+    if select == "validation":
+        if groups is not None:
+            g = np.asarray(groups)
+            if g.size != n:
+                raise ValueError(f"groups has {g.size} entries but there are {n} labels")
+            try:
+                a, b = split_by_document(g[train], 0.25, seed, labels=y[train])
+            except ValueError as err:
+                raise ValueError(
+                    f"select='validation' needs at least two training documents to hold some out ({err}); "
+                    "use select='test' for tiny corpora"
+                ) from None
+        else:
+            a, b = split_by_document(np.arange(train.size), 0.25, seed, labels=y[train])
+        inner_tr, inner_val = train[a], train[b]
+        if np.unique(y[inner_tr]).size < 2:
+            raise ValueError("the inner training part holds a single label; use select='test' or more data")
+
+    per_model = {name: _resolve_layers(layers, St.shape[0], name) for name, St in S.items()}
+    majority = int(np.argmax(np.bincount(y[train], minlength=K)))
+    chance = float(np.mean(y[test] == majority))
+
+    def job(name: str, li: int):
+        X = S[name][li].detach().to("cpu", torch.float64).numpy()
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"stacks[{name!r}] layer {li} holds non-finite values (NaN or inf)")
+        (P_test,), it = _fit_one(X, y, train, [test], K, C, max_iter, seed)
+        val = float("nan")
+        if select == "validation":
+            (P_val,), _ = _fit_one(X, y, inner_tr, [inner_val], K, C, max_iter, seed)
+            val = float(np.mean(P_val.argmax(axis=1) == y[inner_val]))
+        return name, li, P_test, it, val
+
+    tasks = [(name, li) for name, ls in per_model.items() for li in ls]
+    if n_jobs and n_jobs != 1:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(job)(nm, li) for nm, li in tasks)
+    else:
+        results = [job(nm, li) for nm, li in tasks]
+
+    predictions, proba, rows = {}, {}, []
+    y_test = y[test]
+    for name, li, P, it, val in results:
+        pred = P.argmax(axis=1).astype(np.int64)
+        predictions[(name, li)] = pred
+        proba[(name, li)] = P
+        correct = int(np.sum(pred == y_test))
+        lo, hi = wilson_interval(correct, test.size)
+        rows.append({
+            "model": name, "layer": li, "measure": "probe_accuracy", "value": correct / test.size,
+            "ci_low": lo, "ci_high": hi, "n": int(test.size), "n_train": int(train.size),
+            "d": int(S[name].shape[2]), "n_classes": K, "chance": chance, "val_accuracy": val,
+            "best": False, "converged": it < max_iter, "n_iter": it,
+        })
+    frame = pd.DataFrame(rows)
+    best = {}
+    for name in per_model:
+        sub = frame[frame.model == name].sort_values("layer", kind="stable")
+        score = sub["val_accuracy"] if select == "validation" else sub["value"]
+        best[name] = int(sub["layer"].to_numpy()[int(np.argmax(score.to_numpy()))])
+        frame.loc[(frame.model == name) & (frame.layer == best[name]), "best"] = True
+    return ProbeResult(
+        classes=classes, train_idx=train, test_idx=test, y_test=y_test, layers=per_model,
+        predictions=predictions, proba=proba, best_layers=best, frame=frame, select=select,
+        settings={"C": C, "max_iter": max_iter, "seed": seed, "select": select, "scaler": "standard",
+                  "classifier": "LogisticRegression(lbfgs, multinomial, l2)"},
+    )
