@@ -24,8 +24,15 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
     g.add_argument("--text-column", dest="text_column", help="text column of a .jsonl/.csv corpus")
     g.add_argument("--label-column", dest="label_column", help="label column of a .jsonl/.csv corpus")
     g.add_argument("--doc-column", dest="doc_column", help="document id column of a .jsonl/.csv corpus")
-    g.add_argument("--unit", help="unit of a row: sentence (default)")
-    g.add_argument("--pooling", help="mean (default) | first | last | cls")
+    g.add_argument("--unit", help="unit of a row: sentence (default) | word (aligned across tokenizers through "
+                                  "character offsets) | token (identical tokenizers only)")
+    g.add_argument("--pooling", help="mean (default) | first | last | cls (sentence only)")
+    g.add_argument("--punctuation", help="word rule: attach (default; whitespace words) | split (punctuation "
+                                         "marks are words of their own)")
+    g.add_argument("--max-rows", dest="max_rows", type=int,
+                   help="word/token units: rows kept, a seeded sample (default 20000; 0 = all)")
+    g.add_argument("--special-tokens", dest="special_tokens",
+                   help="exclude (default) | include special positions (BOS/CLS/SEP)")
     g.add_argument("--measures", type=_csv_list, help="comma-separated measure names (default linear_cka,debiased_cka)")
     g.add_argument("--max-length", dest="max_length", type=int, help="tokens per text (default 128)")
     g.add_argument("--dtype", help="float32 (default) | float16 | bfloat16")
@@ -40,8 +47,8 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
 
 
 _STUDY_KEYS = ("corpus", "sentences", "seed", "text_column", "label_column", "doc_column", "unit", "pooling",
-               "measures", "max_length", "dtype", "device", "permutations", "bootstrap", "store",
-               "trust_remote_code", "out")
+               "punctuation", "max_rows", "special_tokens", "measures", "max_length", "dtype", "device",
+               "permutations", "bootstrap", "store", "trust_remote_code", "out")
 
 
 def _overrides(args) -> dict:
@@ -77,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--force", action="store_true", help="assemble again even if present")
 
     sub.add_parser("measures", help="list the measures with their metadata")
+
+    p = sub.add_parser("report", help="rebuild report.md, report.html and the figures of a results folder "
+                                      "(no model is loaded)")
+    p.add_argument("results", help="a folder a study wrote (similarity.parquet or .csv, manifest.json)")
+    p.add_argument("--out", default=None, help="write the rebuilt report here (default: the results folder)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -90,7 +103,7 @@ def _print_outputs(result) -> None:
         shown = ", ".join(str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p) for p in paths[:3])
         more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
         print(f"  {kind:<10} {shown}{more}")
-    print(f"open {out / 'report.md'} for the report")
+    print(f"open {out / 'report.html'} or {out / 'report.md'} for the report")
 
 
 def _run(study, args, commands) -> int:
@@ -185,12 +198,23 @@ def cmd_measures(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import rebuild_report
+
+    files = rebuild_report(args.results, args.out, progress=not args.quiet)
+    out = Path(args.out or args.results)
+    n = sum(len(v) for v in files.values())
+    print(f"rebuilt {n} files in {out}/")
+    print(f"open {out / 'report.html'} (or report.md) for the report")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``homoscope`` command. Returns the exit status (2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"demo": cmd_demo, "run": cmd_run, "compare": cmd_compare, "models": cmd_models,
-                "measures": cmd_measures}
+                "measures": cmd_measures, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except ValueError as err:

@@ -595,16 +595,36 @@ def run_study(
 
         device = best_device(study.device)
         store = RepresentationStore(study.store)
+        plan = None
+        if study.unit == "word":
+            from .extract.words import plan_words
+
+            t0 = time.perf_counter()
+            plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
+            timings["plan_words"] = time.perf_counter() - t0
+            sampled = f", {len(plan.rows)} sampled (max_rows={study.max_rows})" if plan.sampled else ""
+            log(f"words: {plan.total} in {len(corpus)} texts (punctuation={study.punctuation}){sampled}")
         stacks: dict[str, torch.Tensor] = {}
         model_records = []
+        what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
         for name, spec in study.model_specs():
             given = (loaded_models or {}).get(name)
-            stack, rec = extract_model(study, name, spec, corpus, store, device, progress, loaded=given)
+            stack, rec = extract_model(study, name, spec, corpus, store, device, progress, loaded=given, plan=plan)
+            if plan is None and study.unit == "token":
+                plan = rec["plan"]
             stacks[name] = stack
             model_records.append(rec)
             timings[f"extract/{name}"] = rec["seconds"]
             how = "reused stored representations" if rec["reused"] else f"extracted in {rec['seconds']:.1f} s"
-            log(f"model {name}: {stack.shape[0]} layers x {stack.shape[1]} texts x width {stack.shape[2]}, {how}")
+            lost = f", {len(rec['uncovered'])} planned words without a token" if rec.get("uncovered") else ""
+            log(f"model {name}: {stack.shape[0]} layers x {stack.shape[1]} {what} x width {stack.shape[2]}, {how}{lost}")
+
+        rows_table, rows_meta, groups = None, None, corpus.doc_ids
+        if plan is not None:
+            stacks, rows_table, rows_meta, groups = _align_rows(plan, corpus, stacks, model_records)
+            if rows_meta["dropped_words"]:
+                log(f"dropped {rows_meta['dropped_words']} words that some model gives no token; "
+                    f"n = {rows_meta['n']} {what} for every model")
 
         t0 = time.perf_counter()
         names = [n for n, _ in study.model_specs()]
@@ -615,7 +635,7 @@ def run_study(
             unit=study.unit,
             permutations=study.permutations,
             bootstrap=study.bootstrap,
-            groups=corpus.doc_ids,
+            groups=groups,
             seed=study.seed,
             device=device,
             progress=progress,
@@ -627,7 +647,8 @@ def run_study(
         "study": {**dataclasses.asdict(study), "name": study.name},
         "corpus": corpus.describe(),
         "models": [
-            {**r["info"], "reused": r["reused"], "store_key": r["key"], "extract": r["extract"]}
+            {**r["info"], "reused": r["reused"], "store_key": r["key"], "extract": r["extract"],
+             **({"outliers": r["outliers"]} if "outliers" in r else {})}
             for r in model_records
         ],
         "measures": {m: _measure_meta(get_measure(m)) for m in study.measures},
@@ -639,16 +660,59 @@ def run_study(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
     }
+    if rows_meta is not None:
+        manifest["rows"] = rows_meta
     (out / "study.toml").write_text(study.to_toml())
+    if rows_table is not None:
+        rows_table.to_csv(out / "rows.csv", index=False)
     t0 = time.perf_counter()
     files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)), progress=progress)
+    if rows_table is not None:
+        files = {**files, "rows": [out / "rows.csv"]}
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     # the manifest on disk gets the final timings
     from .extract.store import atomic_write_bytes
 
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
-    return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks)
+    return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
+                       rows=rows_table)
+
+
+def _align_rows(plan, corpus, stacks: dict, records: list[dict]):
+    """Drop the planned rows any model left uncovered, for every model alike.
+
+    Returns (stacks with the kept rows, row table of the kept rows renumbered from 0, the manifest's
+    ``rows`` entry, per-row bootstrap groups: the text's document id, else the text index, so words of
+    one text are resampled together).
+    """
+    dropped = sorted({r for rec in records for r in rec.get("uncovered", [])})
+    table = plan.row_table(corpus.texts, corpus.ids).rename(columns={"row": "planned_row"})
+    examples = []
+    if dropped:
+        gone = set(dropped)
+        keep = [r for r in range(len(plan.rows)) if r not in gone]
+        index = torch.tensor(keep, dtype=torch.long)
+        stacks = {name: s.index_select(1, index) for name, s in stacks.items()}
+        labels = plan.labels(corpus.texts, corpus.ids)
+        examples = [labels[r] for r in dropped[:10]]
+        table = table.iloc[keep].reset_index(drop=True)
+    table.insert(0, "row", range(len(table)))
+    n = len(table)
+    if n < 2:
+        raise ValueError(f"only {n} {plan.unit} rows remain after dropping words some model gives no token; "
+                         "use more sentences")
+    ti = table["text_index"].tolist()
+    groups = [corpus.doc_ids[i] for i in ti] if corpus.doc_ids is not None else [str(i) for i in ti]
+    meta = {
+        **plan.describe(),
+        "n": n,
+        "dropped_words": len(dropped),
+        "dropped_by_model": {rec["info"]["name"]: len(rec.get("uncovered", [])) for rec in records},
+        "dropped_examples": examples,
+        "file": "rows.csv",
+    }
+    return stacks, table, meta, groups
 
 
 def _measure_meta(info) -> dict:

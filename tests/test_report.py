@@ -1,4 +1,8 @@
-"""The report package: tables, figures, manifest and report.md from a synthetic results frame."""
+"""The report package: tables, figures, controls, findings, manifest and report.md from a synthetic results frame.
+
+The data builders here (``make_frame``, ``make_manifest``, ``make_extra``, ``rendered``) are shared with
+test_report_html.py, so that one set of outputs serves both.
+"""
 from __future__ import annotations
 
 import json
@@ -32,7 +36,8 @@ from homoscope.report import (  # noqa: E402
 from homoscope.report._common import check_frame, file_stems  # noqa: E402
 from homoscope.report.figures import _colour_scale  # noqa: E402
 
-EVIL = "../evil|model/x*<b>`[1]_"
+EVIL = "../evil|model/x*<b>`[1]_<script>alert(\"x\")</script>&'q'"
+CORPUS_NAME = 'demo <script>alert("c")</script> & "news"'
 MODELS = [("minilm-l6", 3, 384), (EVIL, 5, 768), ("gemma-3-270m", 7, 640)]  # name, layers incl. 0, width
 PAIRS = [(0, 1), (0, 2), (1, 2)]
 INFO = {  # stands in for the measure registry
@@ -48,7 +53,8 @@ def measure_info(name):
 
 
 def make_frame(seed: int = 0, ci: bool = True) -> pd.DataFrame:
-    """3 models (3, 5, 7 layers); linear_cka with CI/null/p, debiased_cka without, pwcca both directions."""
+    """3 models (3, 5, 7 layers); linear_cka with CI/null/p/random-init (the pair EVIL-gemma not above its
+    null anywhere), pwcca without controls, in both directions."""
     rng = np.random.default_rng(seed)
     rows = []
 
@@ -61,15 +67,14 @@ def make_frame(seed: int = 0, ci: bool = True) -> pd.DataFrame:
                            n=64, d_a=da, d_b=db, unit="sentence")
                 if ci:
                     nan = float("nan")
+                    p = (0.001 if v > 0.5 and (x, y) != (1, 2) else 0.3) if with_ci else nan
                     row.update(ci_low=v - 0.03 if with_ci else nan, ci_high=v + 0.03 if with_ci else nan,
                                null_mean=0.05 if with_ci else nan, null_std=0.01 if with_ci else nan,
-                               p_value=(0.001 if v > 0.5 else 0.3) if with_ci else nan)
+                               p_value=p, random_init=0.4 + 0.1 * (i + j) / (la + lb) if with_ci else nan)
                 rows.append(row)
 
     for x, y in PAIRS:
         add("linear_cka", x, y, True)
-    for x, y in PAIRS:
-        add("debiased_cka", x, y, False)
     for x, y in PAIRS:
         add("pwcca", x, y, False)
         add("pwcca", y, x, False)
@@ -80,9 +85,9 @@ def make_manifest() -> dict:
     return {
         "study": {"corpus": "demo", "sentences": 64, "seed": 0, "unit": "sentence", "pooling": "mean",
                   "max_length": 128, "dtype": "float32", "device": "cpu",
-                  "measures": ["linear_cka", "debiased_cka", "pwcca"], "out": "results/demo"},
-        "corpus": {"name": "demo-sentences", "source": "packaged", "n": 64, "n_docs": 8,
-                   "labels": {"sport": 30, "science|tech": 34}, "meta": {"language": "en"}},
+                  "measures": ["linear_cka", "pwcca"], "out": "results/demo"},
+        "corpus": {"name": CORPUS_NAME, "source": "packaged", "n": 64, "n_docs": 8,
+                   "labels": {"sport": 30, "science|tech": 34, "<b>arts</b> & 'co'": 5}, "meta": {"language": "en"}},
         "models": [
             {"name": "minilm-l6", "spec": "minilm-l6", "architecture": "BertModel", "kind": "encoder", "blocks": 2,
              "width": 384, "n_params": 22_713_216, "dtype": "float32", "license": "Apache-2.0",
@@ -101,7 +106,43 @@ def make_manifest() -> dict:
         "warnings": ["gemma-3-270m: 2 texts truncated"],
         "commands": ["homoscope run results/demo/study.toml"],
         "created": "2025-01-01T00:00:00+00:00",
+        "measures": {k: {**v, "value_range": list(v["value_range"])} for k, v in INFO.items()},
     }
+
+
+def make_extra() -> dict:
+    """Prediction-agreement frames in the layout the agreement package writes."""
+    probes = pd.DataFrame([
+        dict(model=name, layer=k, measure="probe_accuracy", value=0.4 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1),
+             ci_low=0.35 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1), ci_high=0.45 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1),
+             n=120, chance=0.5, best=(k == L - 2), unit="sentence")
+        for name, L, _ in MODELS for k in range(L)])
+    pairs = [(MODELS[x][0], MODELS[x][1] - 2, MODELS[y][0], MODELS[y][1] - 2) for x, y in PAIRS]
+    agreement = pd.DataFrame([
+        dict(model_a=a, layer_a=la, model_b=b, layer_b=lb, measure=m, value=v, n=120, expected_independent=ind,
+             ci_low=v - 0.05, ci_high=v + 0.05, selection="best")
+        for a, la, b, lb in pairs for m, v, ind in (("agreement", 0.81, 0.62), ("cohen_kappa", 0.6, 0.0),
+                                                    ("error_overlap", 0.5, 0.2), ("jsd", 0.08, float("nan")))])
+    homogenization = pd.DataFrame([
+        dict(selection="best", models=",".join(m for m, _, _ in MODELS), layers="1,3,5", k=3, groups=g, measure=m,
+             value=v, expected_independent=ind, null_mean=nm, p_value=pv, n=120)
+        for g, m, v, ind, nm, pv in (("instances", "fleiss_kappa", 0.58, 0.1, float("nan"), float("nan")),
+                                     ("instances", "h_avg", 2.4, 1.0, 1.02, 0.001),
+                                     ("labels", "h_worst", 3.1, 1.3, 1.3, 0.01))])
+    return {"probes": probes, "agreement": agreement, "homogenization": homogenization}
+
+
+_RENDERED: dict = {}
+
+
+def rendered(tmp_path_factory):
+    """Outputs of the full synthetic study, written once per session and shared by the report tests."""
+    if "out" not in _RENDERED:
+        out = tmp_path_factory.mktemp("report") / "out"
+        files = write_outputs(make_frame(), make_manifest(), out, measure_info=measure_info, progress=False,
+                              extra=make_extra(), dpi=72)
+        _RENDERED["out"] = (out, files)
+    return _RENDERED["out"]
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +151,8 @@ def frame():
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory, frame):
-    out = tmp_path_factory.mktemp("report") / "out"
-    files = write_outputs(frame, make_manifest(), out, measure_info=measure_info, progress=False)
-    return out, files
+def outputs(tmp_path_factory):
+    return rendered(tmp_path_factory)
 
 
 def _by_hand(frame, measure, a, b):
@@ -128,11 +167,15 @@ def _by_hand(frame, measure, a, b):
 
 def test_write_outputs_writes_every_file_inside_out_dir(outputs):
     out, files = outputs
-    assert set(files) == {"tables", "heatmaps", "summaries", "manifest", "report"}
-    assert len(files["heatmaps"]) == 3 + 3 + 6  # two symmetric measures, one asymmetric (both directions)
-    assert len(files["summaries"]) == 3 * 2 + 3  # best + final per measure, a dendrogram per measure
+    assert set(files) == {"tables", "heatmaps", "summaries", "controls", "agreement", "manifest", "report"}
+    assert len(files["heatmaps"]) == 3 + 6  # one symmetric measure, one asymmetric (both directions)
+    assert len(files["summaries"]) == 2 * 2 + 2  # best + final per measure, a dendrogram per measure
+    assert [p.name for p in files["controls"]] == ["controls_linear_cka.png"]  # the only measure with controls
+    assert [p.name for p in files["agreement"]] == ["probes.png"]
+    assert [p.name for p in files["report"]] == ["report.md", "report.html"]
     names = {p.name for p in files["tables"]}
-    assert {"similarity.parquet", "similarity.csv"} <= names
+    assert {"similarity.parquet", "similarity.csv", "summary.csv", "probes.csv", "agreement.csv",
+            "homogenization.csv"} <= names
     root = out.resolve()
     for paths in files.values():
         for p in paths:
@@ -168,11 +211,11 @@ def test_manifest_json_round_trips(outputs):
 
 def test_heatmaps_are_valid_images(outputs):
     _, files = outputs
-    for p in files["heatmaps"] + files["summaries"]:
+    for p in files["heatmaps"] + files["summaries"] + files["controls"] + files["agreement"]:
         img = mpimg.imread(p)
         h, w = img.shape[:2]
         assert img.ndim == 3 and img.shape[2] in (3, 4)
-        assert 300 <= h <= 2500 and 300 <= w <= 2500, (p.name, img.shape)
+        assert 150 <= h <= 1200 and 250 <= w <= 1200, (p.name, img.shape)  # 72 dpi
         assert float(img[..., :3].std()) > 0.05, f"{p.name} looks blank"
 
 
@@ -186,13 +229,14 @@ def test_report_md_escapes_names_and_links_resolve(outputs, frame):
                  "2 texts truncated", "science\\|tech", "load\\_corpus", "22.7M"):
         assert word in report, word
     links = re.findall(r"!\[(?:\\.|[^\]\\])*\]\(([^)\s]+)\)", report)
-    assert len(links) == len(files["heatmaps"]) + len(files["summaries"])
+    assert len(links) == sum(len(files[k]) for k in ("heatmaps", "summaries", "controls", "agreement"))
     for link in links:
         assert not link.startswith("/") and ".." not in Path(link).parts
         assert (out / link).is_file(), link
     assert "](heatmaps/" in report
     # every table row of the models table has the same number of cells as its header
-    table = [ln for ln in report.splitlines() if ln.startswith("| **") and "total" not in ln]
+    models_section = report.split("### Models")[1].split("###")[0]
+    table = [ln for ln in models_section.splitlines() if ln.startswith("| **")]
     assert len(table) == 3
     assert {len(re.split(r"(?<!\\)\|", ln)) for ln in table} == {len(re.split(r"(?<!\\)\|", table[0]))}
 
@@ -212,7 +256,7 @@ def test_report_summary_paragraph_names_most_and_least_similar(outputs, frame):
 
 
 def test_summary_table_matches_values_by_hand(frame):
-    for measure in ("linear_cka", "debiased_cka", "pwcca"):
+    for measure in ("linear_cka", "pwcca"):
         table = summary_table(frame, measure, measure_info=measure_info)
         assert list(table.columns) == SUMMARY_COLUMNS
         expected_pairs = [(MODELS[x][0], MODELS[y][0]) for x, y in PAIRS]
@@ -229,7 +273,7 @@ def test_summary_table_matches_values_by_hand(frame):
             assert r.n == 64
     cka = summary_table(frame, "linear_cka", measure_info=measure_info)
     assert (cka.best_ci_high - cka.best_ci_low).round(6).eq(0.06).all()
-    assert summary_table(frame, "debiased_cka", measure_info=measure_info).best_ci_low.isna().all()
+    assert summary_table(frame, "pwcca", measure_info=measure_info).best_ci_low.isna().all()
 
 
 def test_summary_table_takes_min_for_a_distance(frame):

@@ -14,7 +14,8 @@ individual is its own group; ``groups = labels``: one group per true label). Wit
 
 homogenization compares the observed rate of *systemic* failure (every system fails the same
 individual) to the rate expected if the systems failed independently at their own rates,
-``prod_i fail(h_i)``. The paper's three weightings, as in the authors' reference code:
+``prod_i fail(h_i)``. The paper's three weightings, as in the authors' reference code
+(github.com/rishibommasani/HomogenizationNeurIPS2022, ``src/homogenization.py``):
 
 - average case: ``H_avg = sum_g prod_i [freq(g, i) fail_g(h_i)] / (prod_i fail(h_i) * sum_g prod_i freq(g, i))``
   ``= sum_g p_g^k prod_i fail_g(h_i) / (prod_i fail(h_i) * sum_g p_g^k)``;

@@ -27,6 +27,7 @@ and homogenization over positions (Bommasani et al. 2022, groups = instances).
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -325,7 +326,7 @@ def native_head_agreement(
                               "expected_independent": ea * eb / (ea + eb - ea * eb)})
     agreement = pd.DataFrame(pair_rows).reindex(columns=AGREEMENT_COLUMNS)
     failures = np.stack([pred[m] != y for m in names])
-    base = {"selection": "head", "models": ",".join(names), "layers": ",".join(str(layer[m]) for m in names),
+    base = {"selection": "head", "models": json.dumps(names, ensure_ascii=False), "layers": json.dumps([layer[m] for m in names]),
             "k": len(names), "n": P, "unit": "token", "task": task}
     sets = pd.DataFrame(failure_rows(failures, base, ("instances",), y, permutations, seed, "native heads"))
     sets = sets.reindex(columns=SET_COLUMNS)

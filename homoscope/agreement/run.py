@@ -1,6 +1,7 @@
 """The entry point a study calls after extraction: probes, agreement and homogenization in one go."""
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,7 @@ def _set_rows(
     C = len(probes.classes)
     preds = np.stack([probes.predictions[(m, chosen[m])] for m in names])
     base = {
-        "selection": selection, "models": ",".join(names), "layers": ",".join(str(chosen[m]) for m in names),
+        "selection": selection, "models": json.dumps(names, ensure_ascii=False), "layers": json.dumps([int(chosen[m]) for m in names]),
         "k": len(names), "n": int(y.size), "unit": unit, "task": "probe",
     }
     rows = []
@@ -178,7 +179,8 @@ def run_agreement(
         - ``agreement``: ``model_a, layer_a, model_b, layer_b, measure, value, n, d_a, d_b, unit,
           expected_independent, ci_low, ci_high, selection, task`` with measures ``agreement,
           cohen_kappa, error_overlap, error_overlap_conditional`` (both directions) and ``jsd``;
-        - ``homogenization``: ``selection, models, layers, k, groups, measure, value,
+        - ``homogenization`` (``models`` and ``layers`` are JSON lists, in the same order):
+          ``selection, models, layers, k, groups, measure, value,
           expected_independent, systemic_rate, independent_rate, null_mean, p_value, n,
           n_groups, unit, task`` with measures ``fleiss_kappa, systemic_failure, h_avg, h_unif,
           h_worst``.

@@ -3,15 +3,44 @@
 Every measure takes stacks ``X [La, n, da]`` and ``Y [Lb, n, db]`` of the same n units (a single
 ``[n, d]`` matrix is a stack of one), on any torch device and in any real dtype (float16/bfloat16 are
 upcast to float64 before any Gram matrix or norm), and returns a ``[La, Lb]`` float64 tensor on X's
-device. Measures are named by string through the registry::
+device. Pure tensor code: no model or I/O imports.
+
+Registry (a study names measures by string; the report and CLI read the metadata)::
 
     from homoscope.measures import compute, get_measure, list_measures
     S = compute("linear_cka", X, Y)           # [La, Lb]
-    info = get_measure("linear_cka")          # kind, symmetric, value_range, invariances, min_n, ...
+    info = get_measure("linear_cka")          # MeasureInfo: name, fn, kind, symmetric, value_range,
+                                              # invariances, min_n, reference, description, options, ...
 
-Bad input (row counts that differ, too few rows, NaN/inf, constant layers, out-of-range options)
-raises a ValueError naming the argument, the value and the rule.
+Measures (one file per family): ``linear_cka``, ``debiased_cka``, ``rbf_cka``, ``minibatch_cka``
+(cka.py); ``cca_rho``, ``cca_r2``, ``svcca``, ``pwcca`` (cca.py; pwcca is asymmetric, weights from X);
+``procrustes``, ``procrustes_distance`` (procrustes.py); ``mutual_knn``, ``cknna`` (knn.py); ``rsa``
+(rsa.py).
+
+Controls (controls.py), for every registered measure, fast paths for the CKA family, kNN and RSA::
+
+    null = permutation_null("debiased_cka", X, Y, n_permutations=200, seed=0)
+    null.observed, null.mean, null.std, null.p_value        # each [La, Lb]; p has the +1 correction
+    low, high = bootstrap_ci("debiased_cka", X, Y, n_boot=200, groups=doc_ids, level=0.95, seed=0)
+    res = with_controls(["linear_cka", "debiased_cka"], X, Y)   # both controls, shared Gram work
+    res["linear_cka"].value, res["linear_cka"].null, res["linear_cka"].ci
+
+Y's rows are the ones shuffled; ``groups`` (one id per row, e.g. document ids) makes the bootstrap
+resample whole groups. Consecutive control calls on the same X and Y tensors reuse one cached set of
+Gram matrices (``controls.clear_cache()`` frees it).
+
+Streaming (streaming.py): exact accumulators from sums, mergeable in any order::
+
+    acc = StreamingMeasure("debiased_cka")    # or CrossMoments() for several measures at once
+    for x, y in chunks:
+        acc.update(x, y)                      # [La, m, da], [Lb, m, db]
+    shard.merge(other_shard); acc.compute()   # [La, Lb], equal to the one-shot value within 1e-10
+
+Bad input (row counts that differ, too few rows for an estimator, n <= d for CCA, k out of range,
+NaN/inf, constant layers, out-of-range options) raises a ValueError naming the argument, the value
+and the rule; never a silent NaN.
 """
+
 from .cca import cca_r2, cca_rho, pwcca, svcca
 from .cka import debiased_cka, linear_cka, minibatch_cka, rbf_cka
 from .controls import (
@@ -20,9 +49,9 @@ from .controls import (
     NullResult,
     bootstrap_ci,
     bootstrap_weights,
-    with_controls,
     permutation_null,
     permutations,
+    with_controls,
 )
 from .knn import cknna, mutual_knn
 from .procrustes import procrustes, procrustes_distance

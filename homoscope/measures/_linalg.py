@@ -3,6 +3,7 @@
 All helpers work on stacks ``[L, n, d]`` (or Gram stacks ``[L, n, n]``) and keep the input dtype;
 callers pass float64.
 """
+
 from __future__ import annotations
 
 import torch

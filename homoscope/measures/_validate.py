@@ -5,6 +5,7 @@ bad input never turns into a silent NaN further down.  Inputs are upcast to the 
 (float64) *before* any Gram matrix, norm or mean is formed, so float16/bfloat16 representations
 are safe.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,9 +53,7 @@ def as_stack(
     if X.ndim == 2:
         X = X.unsqueeze(0)
     elif X.ndim != 3:
-        raise ValueError(
-            f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got shape {tuple(X.shape)}"
-        )
+        raise ValueError(f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got shape {tuple(X.shape)}")
     L, n, d = X.shape
     if L == 0 or n == 0 or d == 0:
         raise ValueError(f"{name} must have at least one layer, row and column; got shape [L={L}, n={n}, d={d}]")
@@ -80,8 +79,7 @@ def as_pair(X: Any, Y: Any, *, dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[torc
     Ys = as_stack(Y, "Y", device=Xs.device, dtype=dtype)
     if Xs.shape[1] != Ys.shape[1]:
         raise ValueError(
-            f"X and Y must have the same number of rows (units): X has n={Xs.shape[1]} rows, "
-            f"Y has n={Ys.shape[1]} rows"
+            f"X and Y must have the same number of rows (units): X has n={Xs.shape[1]} rows, Y has n={Ys.shape[1]} rows"
         )
     return Xs, Ys
 

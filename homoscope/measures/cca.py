@@ -15,6 +15,7 @@ Rules: constant columns are dropped (they carry no variance); the plain CCA meas
 than non-constant columns (n > max(d_x, d_y)); when retained dimensions of a pair sum to n or more,
 at least ``r_x + r_y - n + 1`` canonical correlations are forced to 1 and a warning is issued.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -94,8 +95,9 @@ def _check_n_vs_d(n: int, bx: Bases, by: Bases, measure: str) -> None:
         d = int(b.d_eff.max())
         if n <= d:
             raise ValueError(
-                f"{measure} needs more rows than non-constant columns (n > max(d_x, d_y)): n={n} <= d_{name.lower()}={d}; "
-                f"canonical correlations would be forced to 1. Use more rows, or svcca to reduce dimensions first"
+                f"{measure} needs more rows than non-constant columns (n > max(d_x, d_y)): "
+                f"n={n} <= d_{name.lower()}={d}; canonical correlations would be forced to 1. "
+                "Use more rows, or svcca to reduce dimensions first"
             )
 
 
@@ -214,7 +216,7 @@ def svcca(X: Any, Y: Any, *, variance_kept: float = 0.99) -> torch.Tensor:
 
     Raises:
         ValueError: non-finite values, row counts that differ, a constant layer, ``variance_kept``
-            outside (0, 1], or kept dimensions ``>= n`` (n must exceed the kept dimensions).
+            outside (0, 1]. (Wide layers are fine: at most n - 1 directions can be kept.)
 
     Warns:
         RuntimeWarning: when kept dimensions of a pair sum to n or more.
@@ -224,13 +226,6 @@ def svcca(X: Any, Y: Any, *, variance_kept: float = 0.99) -> torch.Tensor:
     Xs, _, bx, by = _prepare(X, Y, "svcca")
     n = Xs.shape[1]
     bx, by = svcca_truncate(bx, float(variance_kept)), svcca_truncate(by, float(variance_kept))
-    for name, b in (("X", bx), ("Y", by)):
-        k = int(b.rank.max())
-        if n <= k:
-            raise ValueError(
-                f"svcca needs more rows than kept dimensions (n > k): n={n} <= k_{name.lower()}={k} "
-                f"(variance_kept={variance_kept}); lower variance_kept or use more rows"
-            )
     _warn_forced(n, bx.rank, by.rank, "svcca")
     rho = canonical_correlations(bx, by)
     return (rho.sum(dim=-1) / _pair_count(bx.rank, by.rank)).clamp_(0.0, 1.0)

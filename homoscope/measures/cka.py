@@ -16,6 +16,7 @@ All layer pairs come from one GEMM: either of flattened ``[n, n]`` Gram matrices
 concatenated ``[n, d]`` features (feature route, ``||X_a^T Y_b||_F^2`` per block). The route is picked
 from n and d by estimated cost; both give the same number up to float64 rounding (~1e-12).
 """
+
 from __future__ import annotations
 
 import math
@@ -193,7 +194,10 @@ def rbf_cka(X: Any, Y: Any, *, threshold: float = 1.0, debiased: bool = False) -
     check_option_positive(threshold, "threshold", "rbf_cka")
     min_n = 4 if debiased else 2
     Xs, Ys, _, _ = prepare_pair(
-        X, Y, "rbf_cka", min_n=min_n,
+        X,
+        Y,
+        "rbf_cka",
+        min_n=min_n,
         why="the unbiased HSIC estimator divides by n-3" if debiased else "centering needs two rows",
     )
     Km, Lm = rbf_centered(Xs, threshold, debiased), rbf_centered(Ys, threshold, debiased)
@@ -262,9 +266,13 @@ def minibatch_cka(X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = Tru
         ValueError: non-finite values, row counts that differ, a constant layer, a batch smaller than
             the estimator needs.
     """
-    Xs, Ys, _, _ = prepare_pair(X, Y, "minibatch_cka", min_n=4 if debiased else 2,
-                                why="each batch needs 4 rows for the unbiased estimator" if debiased
-                                else "each batch needs 2 rows")
+    Xs, Ys, _, _ = prepare_pair(
+        X,
+        Y,
+        "minibatch_cka",
+        min_n=4 if debiased else 2,
+        why="each batch needs 4 rows for the unbiased estimator" if debiased else "each batch needs 2 rows",
+    )
     min_batch = 4 if debiased else 2
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < min_batch:
         raise ValueError(f"minibatch_cka: batch_size must be an integer >= {min_batch}; got batch_size={batch_size!r}")

@@ -13,7 +13,7 @@ Every registered measure works. Fast paths:
 - ``linear_cka``, ``debiased_cka``: shuffling Y's rows permutes its centered Gram matrix, so the
   null for all layer pairs and a chunk of permutations is one GEMM of flattened upper triangles; the
   bootstrap is computed from the original Grams weighted by resampling counts (no resampled data is
-  formed), one GEMM per chunk of the triangle for all bootstrap replicates.
+  formed), one GEMM per square block of the upper triangle for all bootstrap replicates at once.
 - ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``: each is ``<A_a, B_b>`` for per-layer ``[n, n]``
   matrices, so the null is the same gathered GEMM; their bootstrap recomputes the measure.
 - every other measure recomputes the measure per permutation / replicate (slower).
@@ -27,10 +27,12 @@ multiply-adds.
 Bootstrap caveat: a resample repeats units; for neighbour- and RDM-based measures copies of one unit
 are each other's nearest neighbours / zero-distance pairs, which biases their intervals upward.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -40,8 +42,8 @@ import torch
 from . import _linalg as la
 from . import knn as _knn
 from . import rsa as _rsa
+from ._validate import as_pair, prepare_pair
 from .cka import _check_positive_self, rbf_centered, unbiased_from_terms
-from ._validate import as_pair, check_min_n, prepare_pair
 from .registry import compute, get_measure
 
 CKA_FAST = ("linear_cka", "debiased_cka")
@@ -243,8 +245,10 @@ class _CKAEngine:
         self.ky = self.L.diagonal(dim1=-2, dim2=-1).clone()
         self.sx, self.sy = la.self_inner(self.K), la.self_inner(self.L)
         self.cross = la.flat_inner(self.K, self.L)
-        # unit-norm copies for the low-precision GEMMs (CKA is scale-free; scales restored in float64)
+        # norms: the low-precision GEMMs run on unit-norm Grams (CKA is scale-free; scales restored in float64)
         self.fx, self.fy = torch.sqrt(self.sx), torch.sqrt(self.sy)
+        # the null GEMM and the bootstrap sums are shared by both CKAs: keep the last of each
+        self._null_key = self._null_T = self._boot_key = self._boot_sums = None
 
     def _unbiased(self, cross, kl, sx, sy, kxs, kys, kk, ll):
         n = self.n
@@ -267,9 +271,13 @@ class _CKAEngine:
 
         ``<K, P L P^T>`` is shared by both CKAs; the unbiased estimator adds ``k . P l`` (float64).
         """
-        Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
-        T = _permuted_inner(Kn, Ln, perms, symmetric=True, dtype=self.dtype)
-        T = T * (self.fx[:, None] * self.fy[None, :])[None]
+        if self._null_key is not None and torch.equal(self._null_key, perms):
+            T = self._null_T
+        else:
+            Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
+            T = _permuted_inner(Kn, Ln, perms, symmetric=True, dtype=self.dtype)
+            T = T * (self.fx[:, None] * self.fy[None, :])[None]
+            self._null_key, self._null_T = perms.clone(), T
         out = {}
         for name in names:
             if name == "linear_cka":
@@ -277,9 +285,14 @@ class _CKAEngine:
             else:
                 kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
                 out[name] = self._unbiased(
-                    T, kl, self.sx[None, :, None], self.sy[None, None, :],
-                    self.kx.sum(-1)[None, :, None], self.ky.sum(-1)[None, None, :],
-                    (self.kx * self.kx).sum(-1)[None, :, None], (self.ky * self.ky).sum(-1)[None, None, :],
+                    T,
+                    kl,
+                    self.sx[None, :, None],
+                    self.sy[None, None, :],
+                    self.kx.sum(-1)[None, :, None],
+                    self.ky.sum(-1)[None, None, :],
+                    (self.kx * self.kx).sum(-1)[None, :, None],
+                    (self.ky * self.ky).sum(-1)[None, None, :],
                 )
         return out
 
@@ -293,8 +306,12 @@ class _CKAEngine:
         """
         W = W.to(self.K.device)
         m = W.sum(-1)[:, None, None]  # [R, 1, 1]
-        Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
-        full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
+        if self._boot_key is not None and torch.equal(self._boot_key, W):
+            full, fullx, fully = self._boot_sums
+        else:
+            Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
+            full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
+            self._boot_key, self._boot_sums = W.clone(), (full, fullx, fully)
         # sum_ij w_i w_j (.)_ij in original scale: [R, La, Lb], [R, La], [R, Lb]
         T1 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None]
         Sx = fullx.T * (self.fx * self.fx)[None]
@@ -331,6 +348,31 @@ class _CKAEngine:
                 hy = try_ + sL * sL / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * ll
                 out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(-1.0, 1.0)
         return out
+
+
+_ENGINE_CACHE: dict[str, Any] = {}
+
+
+def _cached_engine(X: Any, Y: Any, Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype) -> _CKAEngine:
+    """One-entry cache: consecutive control calls on the same (unmodified) X and Y tensors share the
+    Gram matrices, the null GEMM and the bootstrap sums (e.g. permutation_null then bootstrap_ci, for
+    linear_cka then debiased_cka). Keyed by tensor identity and in-place version; weak references only."""
+    key = None
+    if isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor):
+        key = (X._version, Y._version, dtype)
+        c = _ENGINE_CACHE
+        if c and c["x"]() is X and c["y"]() is Y and c["key"] == key:
+            return c["engine"]
+    eng = _CKAEngine(Xs, Ys, dtype)
+    _ENGINE_CACHE.clear()
+    if key is not None:
+        _ENGINE_CACHE.update(x=weakref.ref(X), y=weakref.ref(Y), key=key, engine=eng)
+    return eng
+
+
+def clear_cache() -> None:
+    """Drop the cached Gram matrices of the last control call (frees ``O((La + Lb) n^2)`` memory)."""
+    _ENGINE_CACHE.clear()
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -417,8 +459,8 @@ def with_controls(
         names: a registered measure name or several.
         X: ``[La, n, da]`` or ``[n, da]``; any real dtype (upcast to float64), any device.
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device. Y's rows are the ones shuffled.
-        n_permutations: permutations for the null (>= 2), or None to skip the null.
-        n_boot: bootstrap replicates (>= 2), or None to skip the interval.
+        n_permutations: permutations for the null (>= 2), or None / 0 to skip the null.
+        n_boot: bootstrap replicates (>= 2), or None / 0 to skip the interval.
         groups: optional length-n ids (e.g. document ids); the bootstrap then resamples whole groups.
         level: confidence level of the percentile interval, in (0, 1).
         seed: seeds both the permutations and the resampling (CPU generator; device-independent).
@@ -427,6 +469,12 @@ def with_controls(
 
     Returns:
         ``{name: Controlled(value, null, ci)}`` with every tensor ``[La, Lb]`` float64 on X's device.
+        ``value`` equals :func:`~homoscope.measures.registry.compute` of the measure.
+
+    The Gram matrices, the null GEMM and the bootstrap sums of the last (X, Y) tensors are cached
+    (one entry, weak references, invalidated by in-place changes), so ``permutation_null`` followed by
+    ``bootstrap_ci``, for ``linear_cka`` and then ``debiased_cka``, builds them once; see
+    :func:`clear_cache`.
 
     Raises:
         ValueError: unknown measure, any input rule of a measure, ``n_permutations``/``n_boot`` < 2,
@@ -435,7 +483,7 @@ def with_controls(
     names = [names] if isinstance(names, str) else list(names)
     for name in names:
         get_measure(name)
-    _check_controls_args(n_permutations, n_boot, level)
+    _check_controls_args(n_permutations or None, n_boot or None, level)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got precision={precision!r}")
     dtype = PRECISIONS[precision]
@@ -448,10 +496,11 @@ def with_controls(
     out: dict[str, Controlled] = {}
     cka_names = [nm for nm in names if nm in CKA_FAST and set(options.get(nm, {})) <= {"route"}]
     if cka_names:
-        min_n = 4 if "debiased_cka" in cka_names else 2
-        prepare_pair(Xs, Ys, cka_names[0], min_n=min_n, why="the unbiased HSIC estimator divides by n-3"
-                     if min_n == 4 else "centering needs two rows")
-        eng = _CKAEngine(Xs, Ys, dtype)
+        if "debiased_cka" in cka_names:
+            prepare_pair(Xs, Ys, "debiased_cka", min_n=4, why="the unbiased HSIC estimator divides by n-3")
+        else:
+            prepare_pair(Xs, Ys, "linear_cka", min_n=2, why="centering needs two rows")
+        eng = _cached_engine(X, Y, Xs, Ys, dtype)
         observed = {nm: eng.observed(nm) for nm in cka_names}
         nulls = eng.null(cka_names, perms) if perms is not None else {}
         boots = eng.bootstrap(cka_names, W) if W is not None else {}
@@ -502,8 +551,9 @@ def permutation_null(
         ValueError: unknown measure, any input rule of the measure, ``n_permutations`` < 2.
     """
     _check_controls_args(n_permutations=n_permutations)
-    res = with_controls(name, X, Y, n_permutations=n_permutations, n_boot=None, seed=seed, precision=precision,
-                   options={name: options})
+    res = with_controls(
+        name, X, Y, n_permutations=n_permutations, n_boot=None, seed=seed, precision=precision, options={name: options}
+    )
     return res[name].null
 
 
@@ -542,6 +592,16 @@ def bootstrap_ci(
             (0, 1), ``groups`` of the wrong length.
     """
     _check_controls_args(n_boot=n_boot, level=level)
-    res = with_controls(name, X, Y, n_permutations=None, n_boot=n_boot, groups=groups, level=level, seed=seed,
-                   precision=precision, options={name: options})
+    res = with_controls(
+        name,
+        X,
+        Y,
+        n_permutations=None,
+        n_boot=n_boot,
+        groups=groups,
+        level=level,
+        seed=seed,
+        precision=precision,
+        options={name: options},
+    )
     return res[name].ci

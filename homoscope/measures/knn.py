@@ -16,6 +16,7 @@ default, as in the paper), self excluded, ties broken deterministically by the l
 Pairs are scored from neighbour lists by comparing index sets (cost ``La Lb n k^2``) or, when
 ``k^2 > n``, as one GEMM of dense ``[n, n]`` neighbour matrices.
 """
+
 from __future__ import annotations
 
 import math

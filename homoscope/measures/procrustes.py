@@ -12,6 +12,7 @@ Each layer is reduced once to ``F = U diag(S)`` from its thin SVD (``F^T F`` has
 ``Xc^T Xc``, with at most ``min(n, d)`` columns); ``||A^T B||_*`` is then the nuclear norm of
 ``F_a^T F_b / (||S_a|| ||S_b||)``, one batched SVD per chunk of layer pairs.
 """
+
 from __future__ import annotations
 
 from typing import Any

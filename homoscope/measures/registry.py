@@ -8,6 +8,7 @@ Invariance vocabulary used in :attr:`MeasureInfo.invariances`:
 - ``permutation``: reordering features (columns).
 - ``invertible_linear``: right-multiplying by any invertible matrix (at full column rank).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -110,68 +111,219 @@ def compute(name: str, X: Any, Y: Any, **options: Any) -> torch.Tensor:
 _T = ("translation", "isotropic_scaling", "orthogonal", "permutation")
 _KORNBLITH = "Kornblith, Norouzi, Lee & Hinton 2019, Similarity of Neural Network Representations Revisited (ICML)"
 
-register(MeasureInfo(
-    "linear_cka", _cka.linear_cka, "similarity", True, (0.0, 1.0), _T, 2, _KORNBLITH,
-    "linear CKA, biased HSIC estimator", {"route": "auto"}, "cka", True))
-register(MeasureInfo(
-    "debiased_cka", _cka.debiased_cka, "similarity", True, (-1.0, 1.0), _T, 4,
-    "Song, Smola, Gretton, Bedo & Borgwardt 2012, Feature Selection via Dependence Maximization (JMLR); "
-    "CKA as in " + _KORNBLITH,
-    "linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)", {"route": "auto"}, "cka", True))
-register(MeasureInfo(
-    "rbf_cka", _cka.rbf_cka, "similarity", True, (-1.0, 1.0), _T, 2, _KORNBLITH,
-    "CKA with a Gaussian kernel, bandwidth = threshold x median pairwise distance",
-    {"threshold": 1.0, "debiased": False}, "cka", False))
-register(MeasureInfo(
-    "minibatch_cka", _cka.minibatch_cka, "similarity", True, (-1.0, 1.0), _T, 4,
-    "Nguyen, Raghu & Kornblith 2021, Do Wide and Deep Networks Learn the Same Things? (ICLR)",
-    "linear CKA from HSIC sums accumulated over minibatches", {"batch_size": 256, "debiased": True}, "cka", True))
+register(
+    MeasureInfo(
+        "linear_cka",
+        _cka.linear_cka,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        _T,
+        2,
+        _KORNBLITH,
+        "linear CKA, biased HSIC estimator",
+        {"route": "auto"},
+        "cka",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "debiased_cka",
+        _cka.debiased_cka,
+        "similarity",
+        True,
+        (-1.0, 1.0),
+        _T,
+        4,
+        "Song, Smola, Gretton, Bedo & Borgwardt 2012, Feature Selection via Dependence Maximization (JMLR); "
+        "CKA as in " + _KORNBLITH,
+        "linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)",
+        {"route": "auto"},
+        "cka",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "rbf_cka",
+        _cka.rbf_cka,
+        "similarity",
+        True,
+        (-1.0, 1.0),
+        _T,
+        2,
+        _KORNBLITH,
+        "CKA with a Gaussian kernel, bandwidth = threshold x median pairwise distance",
+        {"threshold": 1.0, "debiased": False},
+        "cka",
+        False,
+    )
+)
+register(
+    MeasureInfo(
+        "minibatch_cka",
+        _cka.minibatch_cka,
+        "similarity",
+        True,
+        (-1.0, 1.0),
+        _T,
+        4,
+        "Nguyen, Raghu & Kornblith 2021, Do Wide and Deep Networks Learn the Same Things? (ICLR)",
+        "linear CKA from HSIC sums accumulated over minibatches",
+        {"batch_size": 256, "debiased": True},
+        "cka",
+        True,
+    )
+)
 
 _CCA_INV = ("translation", "isotropic_scaling", "orthogonal", "permutation", "invertible_linear")
-register(MeasureInfo(
-    "cca_rho", _cca.cca_rho, "similarity", True, (0.0, 1.0), _CCA_INV, 2,
-    "Hotelling 1936, Relations Between Two Sets of Variates (Biometrika); as used by Raghu et al. 2017",
-    "mean canonical correlation (needs n > d)", {}, "cca", True))
-register(MeasureInfo(
-    "cca_r2", _cca.cca_r2, "similarity", True, (0.0, 1.0), _CCA_INV, 2,
-    "Hotelling 1936; mean squared canonical correlation (Kornblith et al. 2019, R^2_CCA)",
-    "mean squared canonical correlation (needs n > d)", {}, "cca", True))
-register(MeasureInfo(
-    "svcca", _cca.svcca, "similarity", True, (0.0, 1.0), _T, 2,
-    "Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017, SVCCA: Singular Vector Canonical Correlation Analysis "
-    "for Deep Learning Dynamics and Interpretability (NeurIPS)",
-    "mean canonical correlation after keeping the top singular directions holding 99% of the variance",
-    {"variance_kept": 0.99}, "cca", True))
-register(MeasureInfo(
-    "pwcca", _cca.pwcca, "similarity", False, (0.0, 1.0), ("translation", "isotropic_scaling", "permutation"), 2,
-    "Morcos, Raghu & Bengio 2018, Insights on representational similarity in neural networks with "
-    "canonical correlation (NeurIPS)",
-    "projection-weighted mean canonical correlation, weights from X (the first argument) unless weights_from='y'",
-    {"weights_from": "x"}, "cca", True))
-register(MeasureInfo(
-    "procrustes", _procrustes.procrustes, "similarity", True, (0.0, 1.0), _T, 2,
-    "Schoenemann 1966; Ding, Denain & Steinhardt 2021, Grounding Representation Similarity with "
-    "Statistical Testing (NeurIPS)",
-    "orthogonal Procrustes similarity: nuclear norm of the cross-covariance of centered, unit-norm inputs",
-    {}, "procrustes", True))
-register(MeasureInfo(
-    "procrustes_distance", _procrustes.procrustes_distance, "distance", True, (0.0, 2.0), _T, 2,
-    "Ding, Denain & Steinhardt 2021, Grounding Representation Similarity with Statistical Testing (NeurIPS)",
-    "squared orthogonal Procrustes distance 2 - 2 * procrustes (0 = same up to rotation, scale, shift)",
-    {}, "procrustes", True))
+register(
+    MeasureInfo(
+        "cca_rho",
+        _cca.cca_rho,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        _CCA_INV,
+        2,
+        "Hotelling 1936, Relations Between Two Sets of Variates (Biometrika); as used by Raghu et al. 2017",
+        "mean canonical correlation (needs n > d)",
+        {},
+        "cca",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "cca_r2",
+        _cca.cca_r2,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        _CCA_INV,
+        2,
+        "Hotelling 1936; mean squared canonical correlation (Kornblith et al. 2019, R^2_CCA)",
+        "mean squared canonical correlation (needs n > d)",
+        {},
+        "cca",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "svcca",
+        _cca.svcca,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        _T,
+        2,
+        "Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017, SVCCA: Singular Vector Canonical Correlation Analysis "
+        "for Deep Learning Dynamics and Interpretability (NeurIPS)",
+        "mean canonical correlation after keeping the top singular directions holding 99% of the variance",
+        {"variance_kept": 0.99},
+        "cca",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "pwcca",
+        _cca.pwcca,
+        "similarity",
+        False,
+        (0.0, 1.0),
+        ("translation", "isotropic_scaling", "permutation"),
+        2,
+        "Morcos, Raghu & Bengio 2018, Insights on representational similarity in neural networks with "
+        "canonical correlation (NeurIPS)",
+        "projection-weighted mean canonical correlation, weights from X (the first argument) unless weights_from='y'",
+        {"weights_from": "x"},
+        "cca",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "procrustes",
+        _procrustes.procrustes,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        _T,
+        2,
+        "Schoenemann 1966; Ding, Denain & Steinhardt 2021, Grounding Representation Similarity with "
+        "Statistical Testing (NeurIPS)",
+        "orthogonal Procrustes similarity: nuclear norm of the cross-covariance of centered, unit-norm inputs",
+        {},
+        "procrustes",
+        True,
+    )
+)
+register(
+    MeasureInfo(
+        "procrustes_distance",
+        _procrustes.procrustes_distance,
+        "distance",
+        True,
+        (0.0, 2.0),
+        _T,
+        2,
+        "Ding, Denain & Steinhardt 2021, Grounding Representation Similarity with Statistical Testing (NeurIPS)",
+        "squared orthogonal Procrustes distance 2 - 2 * procrustes (0 = same up to rotation, scale, shift)",
+        {},
+        "procrustes",
+        True,
+    )
+)
 _HUH = "Huh, Cheung, Wang & Isola 2024, The Platonic Representation Hypothesis (ICML)"
-register(MeasureInfo(
-    "mutual_knn", _knn.mutual_knn, "similarity", True, (0.0, 1.0),
-    ("isotropic_scaling", "orthogonal", "permutation"), 3, _HUH,
-    "share of each unit's k cosine nearest neighbours found in both representations",
-    {"k": 10, "center": False}, "knn", False))
-register(MeasureInfo(
-    "cknna", _knn.cknna, "similarity", True, (-1.0, 1.0),
-    ("isotropic_scaling", "orthogonal", "permutation"), 3, _HUH,
-    "centered kernel alignment restricted to mutual k-nearest-neighbour pairs", {"k": 10, "center": False},
-    "knn", False))
-register(MeasureInfo(
-    "rsa", _rsa.rsa, "similarity", True, (-1.0, 1.0), ("isotropic_scaling", "permutation"), 3,
-    "Kriegeskorte, Mur & Bandettini 2008, Representational similarity analysis - connecting the branches "
-    "of systems neuroscience (Front. Syst. Neurosci.)",
-    "Spearman correlation of correlation-distance RDMs", {}, "rsa", False))
+register(
+    MeasureInfo(
+        "mutual_knn",
+        _knn.mutual_knn,
+        "similarity",
+        True,
+        (0.0, 1.0),
+        ("isotropic_scaling", "orthogonal", "permutation"),
+        3,
+        _HUH,
+        "share of each unit's k cosine nearest neighbours found in both representations",
+        {"k": 10, "center": False},
+        "knn",
+        False,
+    )
+)
+register(
+    MeasureInfo(
+        "cknna",
+        _knn.cknna,
+        "similarity",
+        True,
+        (-1.0, 1.0),
+        ("isotropic_scaling", "orthogonal", "permutation"),
+        3,
+        _HUH,
+        "centered kernel alignment restricted to mutual k-nearest-neighbour pairs",
+        {"k": 10, "center": False},
+        "knn",
+        False,
+    )
+)
+register(
+    MeasureInfo(
+        "rsa",
+        _rsa.rsa,
+        "similarity",
+        True,
+        (-1.0, 1.0),
+        ("isotropic_scaling", "permutation"),
+        3,
+        "Kriegeskorte, Mur & Bandettini 2008, Representational similarity analysis - connecting the branches "
+        "of systems neuroscience (Front. Syst. Neurosci.)",
+        "Spearman correlation of correlation-distance RDMs",
+        {},
+        "rsa",
+        False,
+    )
+)

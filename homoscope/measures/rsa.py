@@ -7,6 +7,7 @@ compared by the Spearman correlation of their upper triangles (ties get average 
 ``scipy.stats.spearmanr``). All layer pairs are one GEMM of standardised rank vectors.
 Cost and memory are ``O(L n^2)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ._validate import as_pair, check_min_n, check_variance
 from . import _linalg as la
+from ._validate import as_pair, check_min_n, check_variance
 
 EPS = torch.finfo(torch.float64).eps
 

@@ -392,6 +392,34 @@ def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = No
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=None)
 
 
+def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """The same architecture and tokenizer as ``loaded`` with freshly initialised random weights.
+
+    This is the ``random-init`` control of DESIGN.md: run through the same pipeline, it tells what
+    a similarity score is worth before any training. The weights are drawn by the architecture's
+    own initialiser (``AutoModel.from_config``) under ``torch.manual_seed(seed)``, without touching
+    the global random state; the model gets the same dtype and device as ``loaded.model``.
+
+    Returns a ``LoadedModel`` named ``"<name> (random-init)"`` whose fingerprint hashes the new
+    weights. Raises ValueError if ``loaded.model`` has no transformers config.
+    """
+    from transformers import AutoModel
+
+    base = loaded.model
+    config = getattr(base, "config", None)
+    if config is None:
+        raise ValueError(f"model {loaded.info.name!r} has no transformers config; cannot build a random-init copy")
+    param = next(base.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = AutoModel.from_config(config)
+    model = model.to(device=param.device, dtype=param.dtype)
+    out = from_module(model, loaded.tokenizer, f"{loaded.info.name} (random-init)",
+                      spec=f"random-init:{loaded.info.spec}", license=loaded.info.license,
+                      notes=f"random weights (seed {seed}), architecture of {loaded.info.name}")
+    return out
+
+
 def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
                auto_install: bool = False, name: str | None = None, head: bool = False,

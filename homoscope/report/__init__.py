@@ -1,12 +1,16 @@
-"""Tables, figures and the markdown report of a homoscope study.
+"""Tables, figures and the markdown and html reports of a homoscope study.
 
-Everything derives from two inputs and never recomputes a measure:
+Everything derives from these inputs and never recomputes a measure:
 
 - the tidy results frame: one row per (model_a, layer_a, model_b, layer_b, measure) with ``value``,
   ``n``, ``d_a``, ``d_b``, ``unit`` and, where computed, ``ci_low``, ``ci_high``, ``null_mean``,
-  ``null_std``, ``p_value``. Layer 0 is the embedding output. Pairs are distinct models in study order;
-  an asymmetric measure carries both directions as separate rows;
-- the study manifest (corpus, models, versions, timings, warnings, commands).
+  ``null_std``, ``p_value``, ``random_init``. Layer 0 is the embedding output. Pairs are distinct
+  models in study order; an asymmetric measure carries both directions as separate rows;
+- the study manifest (corpus, models, versions, timings, warnings, commands);
+- optionally the prediction-agreement frames (``probes``, ``agreement``, ``homogenization``).
+
+:func:`write_outputs` writes tables, figures, ``report.md`` and a self-contained ``report.html``;
+:func:`rebuild_report` does the same from a results folder (:func:`load_results`), without a model.
 
 How to read a measure (similarity or distance, its range, symmetry, reference) comes from a
 ``measure_info(name)`` callable, by default the measure registry or a built-in table.
@@ -14,9 +18,19 @@ How to read a measure (similarity or distance, its range, symmetry, reference) c
 from __future__ import annotations
 
 from ._measures import BUILTIN_MEASURES, MeasureInfo, builtin_measure_info, resolve_measure_info
-from .figures import plot_dendrogram, plot_layer_heatmap, plot_summary_heatmap
+from .analysis import (
+    INDEX_DEFINITION,
+    NULL_RULE,
+    HomogenizationIndex,
+    compare_view,
+    controls_table,
+    findings,
+    homogenization_index,
+)
+from .figures import plot_controls, plot_dendrogram, plot_layer_heatmap, plot_probes, plot_summary_heatmap
+from .html import write_report_html
 from .markdown import escape_md, write_report_md
-from .outputs import write_manifest, write_outputs
+from .outputs import EXTRA_TABLES, load_results, rebuild_report, write_manifest, write_outputs
 from .tables import SUMMARY_COLUMNS, layer_matrix, summary_matrix, summary_table, write_tables
 
 __all__ = [
@@ -27,9 +41,22 @@ __all__ = [
     "summary_table",
     "summary_matrix",
     "layer_matrix",
+    "plot_controls",
+    "plot_probes",
     "write_report_md",
+    "write_report_html",
     "write_manifest",
     "write_outputs",
+    "load_results",
+    "rebuild_report",
+    "EXTRA_TABLES",
+    "controls_table",
+    "homogenization_index",
+    "HomogenizationIndex",
+    "findings",
+    "compare_view",
+    "INDEX_DEFINITION",
+    "NULL_RULE",
     "escape_md",
     "MeasureInfo",
     "BUILTIN_MEASURES",

@@ -1,20 +1,27 @@
 """Shared floor of the report: frame validation, atomic writes, safe file names, model order."""
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import sha1
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from homoscope._paths import safe_name
 
 REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "value")
 KEY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure")
-OPTIONAL_COLUMNS = ("n", "d_a", "d_b", "unit", "ci_low", "ci_high", "null_mean", "null_std", "p_value")
+OPTIONAL_COLUMNS = ("n", "d_a", "d_b", "unit", "ci_low", "ci_high", "null_mean", "null_std", "p_value",
+                    "random_init")
+
+#: Significance level of every "distinguishable from its null" statement in the report.
+ALPHA = 0.05
 
 
 def check_frame(frame: pd.DataFrame, *, name: str = "frame") -> None:
@@ -134,3 +141,56 @@ def first_value(series: pd.Series):
     """First non-missing value of a series, or None."""
     s = series.dropna()
     return None if s.empty else s.iloc[0]
+
+
+def num(v: Any) -> float:
+    """``v`` as a float; NaN for None, pandas NA, text and anything else that is not a number."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def finite(*values: Any) -> bool:
+    """True when every value is a finite number."""
+    return all(math.isfinite(num(v)) for v in values)
+
+
+def bh_adjust(p: Any) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of one family of tests.
+
+    Args:
+        p: p-values, any shape; NaN entries are not tests: they stay NaN and do not count in the
+            family size.
+
+    Returns:
+        float64 array of the shape of ``p``: ``q_(i) = min_{j >= i} m p_(j) / j`` over the sorted
+        finite p-values, clipped to at most 1 (Benjamini and Hochberg 1995).
+    """
+    arr = np.asarray(p, dtype=float)
+    flat = arr.ravel()
+    q = np.full(flat.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(flat))
+    m = ok.size
+    if m:
+        order = ok[np.argsort(flat[ok], kind="stable")]
+        ranked = flat[order] * m / np.arange(1, m + 1)
+        q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    return q.reshape(arr.shape)
+
+
+def column(rows: pd.DataFrame, col: str) -> np.ndarray:
+    """Column ``col`` of ``rows`` as float64 (NaN where missing or where the frame lacks the column)."""
+    if col not in rows:
+        return np.full(len(rows), np.nan)
+    return pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+
+
+CONTROL_COLUMNS = ("random_init", "null_mean", "p_value", "ci_low", "ci_high")
+
+
+def has_controls(frame: pd.DataFrame, measure: str | None = None) -> bool:
+    """True when the frame (the rows of ``measure`` where given) has any control column with a value."""
+    sub = frame if measure is None else frame[frame["measure"] == measure]
+    return any(c in sub and sub[c].notna().any() for c in CONTROL_COLUMNS)

@@ -19,14 +19,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib import patheffects
+from matplotlib.collections import PatchCollection
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
-from ._common import UNIT_PLURAL, atomic_path, check_frame, first_value, select
+from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, select
 from ._measures import MeasureInfo, resolve_measure_info
 from .tables import layer_matrix, pair_rows, summary_matrix
 
-__all__ = ["plot_layer_heatmap", "plot_summary_heatmap", "plot_dendrogram", "DPI"]
+__all__ = ["plot_layer_heatmap", "plot_summary_heatmap", "plot_dendrogram", "plot_controls", "plot_probes", "DPI"]
 
 #: Default resolution of every figure.
 DPI = 150
@@ -70,9 +72,12 @@ def _fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}f}".replace("-", "\u2212")
 
 
-def _colour_scale(info: MeasureInfo, values: np.ndarray) -> tuple[float, float, str]:
-    """(vmin, vmax, colourbar extend) from the measure's range; infinite bounds fall back to the data."""
-    lo, hi = info.colour_range
+def _colour_scale(
+    info: MeasureInfo, values: np.ndarray, vlim: tuple[float, float] | None = None,
+) -> tuple[float, float, str]:
+    """(vmin, vmax, colourbar extend) from ``vlim`` or the measure's range; infinite bounds fall back
+    to the data."""
+    lo, hi = vlim if vlim is not None else info.colour_range
     finite = values[np.isfinite(values)]
     if not math.isfinite(lo):
         lo = float(finite.min()) if finite.size else 0.0
@@ -132,14 +137,20 @@ def _series_int(rows: pd.DataFrame, col: str):
 def plot_layer_heatmap(
     frame: pd.DataFrame, model_a: str, model_b: str, measure: str, path: str | os.PathLike, *,
     measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+    vlim: tuple[float, float] | None = None, relative: bool | None = None, alpha: float = ALPHA,
 ) -> Path:
     """Draw one measure for one pair of models over all layer pairs and save it as a PNG.
 
     Rows (y) are ``model_a``'s layers, columns (x) ``model_b``'s, layer 0 (embeddings) at the origin.
-    The colour scale is fixed to the measure's range, not to the data; the colourbar names the measure.
-    A dot marks each row's best-matching column (max for a similarity, min for a distance), a star the
-    best layer pair overall, and a dashed line the layers of equal relative depth. A caption gives n,
-    d_a and d_b, the best and final values, and the CI and permutation null where the frame has them.
+    Where the two models have different numbers of layers the axes are relative depth (layer / last
+    layer, 0 = embeddings, 1 = last layer), so that the dashed diagonal is equal relative depth; minor
+    ticks mark every layer. The colour scale is the measure's range (``vlim`` overrides it: pass one
+    scale for all pairs of an unbounded measure); the colourbar names the measure. The best-matching
+    path is drawn on top: for each row the best column (max for a similarity, min for a distance),
+    joined by a line; a star marks the best layer pair overall. Where the frame has permutation
+    p-values, cells whose Benjamini-Hochberg adjusted p (over this pair's layer pairs) is >= ``alpha``
+    are hatched: not distinguishable from the null. A caption gives n, d_a and d_b, the best and final
+    values, and the bootstrap interval, permutation null and random-init control where present.
 
     Args:
         frame: the tidy results frame (only rows of this pair and measure are read).
@@ -149,6 +160,11 @@ def plot_layer_heatmap(
         measure_info: callable ``name -> dict-like`` describing the measure (kind, value_range,
             symmetric, reference); default: the measure registry or the built-in table.
         dpi: resolution.
+        vlim: ``(vmin, vmax)`` of the colour scale; default the measure's (display) range, falling back
+            to this pair's values where the range is unbounded.
+        relative: axes in relative depth (True), in layer indices (False), or relative exactly when the
+            layer counts differ (None, default).
+        alpha: significance level of the hatching.
 
     Returns:
         ``Path(path)``.
@@ -161,8 +177,11 @@ def plot_layer_heatmap(
     rows, transposed = pair_rows(frame, model_a, model_b, measure, info)
     mat = layer_matrix(rows, model_a, model_b, measure, measure_info=lambda _n: info).to_numpy()
     n_a, n_b = mat.shape
-    lo, hi, extend = _colour_scale(info, mat)
+    lo, hi, extend = _colour_scale(info, mat, vlim)
     better = np.nanargmax if info.higher_is_better else np.nanargmin
+    qmat = _cell_matrix(rows, "p_value", mat.shape, transposed)
+    qmat = bh_adjust(qmat)
+    ns_cells = np.isfinite(qmat) & (qmat >= alpha)
 
     d_a, d_b = _series_int(rows, "d_a"), _series_int(rows, "d_b")
     if transposed:
@@ -173,7 +192,11 @@ def plot_layer_heatmap(
     rows_ok = [i for i in range(n_a) if np.isfinite(mat[i]).any()]
     best_cols = [int(better(mat[i])) for i in rows_ok]
     star = divmod(int(better(mat)), n_b) if rows_ok else None
-    lines = _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b)
+    lines = _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat, alpha)
+
+    rel = (n_a != n_b) if relative is None else bool(relative)
+    sy = 1.0 / max(n_a - 1, 1) if rel else 1.0
+    sx = 1.0 / max(n_b - 1, 1) if rel else 1.0
 
     title = (f"{_txt(model_a)}  vs  {_txt(model_b)}" if len(str(model_a)) + len(str(model_b)) < 56
              else f"{_wrap(model_a, 64)}\nvs  {_wrap(model_b, 64)}")
@@ -187,40 +210,60 @@ def plot_layer_heatmap(
     ax_h = 3.5 * min(max(n_a / n_b, 0.6), 1.25)
     top = 0.16 + 0.19 * (title.count("\n") + 1) + 0.16 * (sub.count("\n") + 1) + 0.06
     cap_h = 0.1 + 0.165 * len(lines)
-    legend_h, xlab_h = 0.3, 0.62
+    legend_h, xlab_h = 0.3 + (0.18 if ns_cells.any() else 0.0), 0.62
     bottom = cap_h + legend_h + xlab_h
     height = top + ax_h + bottom
     fig = _new_figure((width, height), dpi, layout=None)
     with matplotlib.rc_context(_RC):
         ax = fig.add_axes((left / width, bottom / height, (width - left - right) / width, ax_h / height))
         cax = fig.add_axes(((width - right + 0.14) / width, bottom / height, 0.14 / width, ax_h / height))
+        extent = (-sx / 2, (n_b - 1) * sx + sx / 2, -sy / 2, (n_a - 1) * sy + sy / 2)
         im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", cmap=_cmap(info), norm=Normalize(lo, hi),
-                       aspect="auto", interpolation="nearest")
+                       aspect="auto", interpolation="nearest", extent=extent)
+        if ns_cells.any():
+            rects = [Rectangle((j * sx - sx / 2, i * sy - sy / 2), sx, sy) for i, j in np.argwhere(ns_cells)]
+            ax.add_collection(PatchCollection(rects, facecolor=(1, 1, 1, 0.55), edgecolor="0.3", hatch="////",
+                                              linewidth=0, zorder=1.5))
         if n_a <= 10 and n_b <= 10:  # few cells: print the values too (below the markers)
             cmap, norm = im.get_cmap(), im.norm
             for i in range(n_a):
                 for j in range(n_b):
                     if np.isfinite(mat[i, j]):
-                        ax.text(j, i - 0.3, _fmt(mat[i, j], 2), ha="center", va="center", fontsize=6.5,
-                                color=_text_colour(cmap(norm(mat[i, j]))), zorder=5)
+                        colour = "0.15" if ns_cells[i, j] else _text_colour(cmap(norm(mat[i, j])))
+                        ax.text(j * sx, (i - 0.3) * sy, _fmt(mat[i, j], 2), ha="center", va="center",
+                                fontsize=6.5, color=colour, zorder=5)
         # equal relative depth: layer_a / (n_a - 1) == layer_b / (n_b - 1)
-        ax.plot([0, n_b - 1], [0, n_a - 1], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95, zorder=2)
+        ax.plot([0, (n_b - 1) * sx], [0, (n_a - 1) * sy], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95,
+                zorder=2)
         size = float(np.clip(900.0 / max(n_a, n_b), 6, 36))
+        if len(rows_ok) > 1:  # the best-matching path: each row's best column, joined
+            ax.plot([j * sx for j in best_cols], [i * sy for i in rows_ok], color="white", lw=1.3, zorder=3,
+                    path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()])
         dots = [(j, i) for i, j in zip(rows_ok, best_cols, strict=True) if (i, j) != star]
         if dots:
             xs, ys = zip(*dots, strict=True)
-            ax.scatter(xs, ys, s=size, c="white", edgecolors="black", linewidths=0.6, zorder=3)
-        if star is not None:
-            ax.scatter([star[1]], [star[0]], s=size * 4.0, marker="*", c="white", edgecolors="black",
+            ax.scatter([x * sx for x in xs], [y * sy for y in ys], s=size, c="white", edgecolors="black",
                        linewidths=0.6, zorder=4)
+        if star is not None:
+            ax.scatter([star[1] * sx], [star[0] * sy], s=size * 4.0, marker="*", c="white", edgecolors="black",
+                       linewidths=0.6, zorder=4.5)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
 
-        ax.set_xticks(_ticks(n_b))
-        ax.set_yticks(_ticks(n_a))
-        ax.set_xticks(range(n_b), minor=True)
-        ax.set_yticks(range(n_a), minor=True)
+        if rel:
+            for axis, count in ((ax.xaxis, n_b), (ax.yaxis, n_a)):
+                axis.set_ticks([0, 0.25, 0.5, 0.75, 1.0], ["0", ".25", ".5", ".75", "1"])
+                axis.set_ticks([k / max(count - 1, 1) for k in range(count)], minor=True)
+            ax.set_xlabel(f"{_txt(model_b, 56)}\nrelative depth (layer / {n_b - 1})")
+            ax.set_ylabel(f"{_txt(model_a, 40)}\nrelative depth (layer / {n_a - 1})")
+        else:
+            ax.set_xticks(_ticks(n_b))
+            ax.set_yticks(_ticks(n_a))
+            ax.set_xticks(range(n_b), minor=True)
+            ax.set_yticks(range(n_a), minor=True)
+            ax.set_xlabel(f"{_txt(model_b, 56)}\nlayer (0 = embeddings)")
+            ax.set_ylabel(f"{_txt(model_a, 40)}\nlayer (0 = embeddings)")
         ax.tick_params(which="minor", length=2)
-        ax.set_xlabel(f"{_txt(model_b, 56)}\nlayer (0 = embeddings)")
-        ax.set_ylabel(f"{_txt(model_a, 40)}\nlayer (0 = embeddings)")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
 
@@ -232,20 +275,35 @@ def plot_layer_heatmap(
         cb.outline.set_linewidth(0.5)
 
         handles = [
-            Line2D([], [], ls="none", marker="o", mfc="white", mec="black", mew=0.6, ms=5,
+            Line2D([], [], color="white", lw=1.3, marker="o", mfc="white", mec="black", mew=0.6, ms=5,
+                   path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()],
                    label="best match per row"),
             Line2D([], [], ls="none", marker="*", mfc="white", mec="black", mew=0.6, ms=9, label="best overall"),
             Line2D([], [], color="0.35", lw=1.1, ls=(0, (5, 3)), label="equal relative depth"),
         ]
+        if ns_cells.any():
+            handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="////", lw=0,
+                                 label=f"n.s.: not above null (BH q \u2265 {alpha:g})"))
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (cap_h + legend_h) / height),
-                   ncols=3, frameon=False, handletextpad=0.4, columnspacing=1.4, borderaxespad=0.0)
+                   ncols=2 if len(handles) > 3 else 3, frameon=False, handletextpad=0.4, columnspacing=1.4,
+                   borderaxespad=0.0)
         fig.text(0.5, 0.08 / height, "\n".join(lines), ha="center", va="bottom", fontsize=7.5, color="0.2",
                  linespacing=1.5)
         return _save(fig, path, dpi, tight=False)
 
 
-def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b) -> list[str]:
-    """Caption lines under a layer heatmap: n and d, the best and final values, CI, null and p-values."""
+def _cell_matrix(rows: pd.DataFrame, col: str, shape: tuple[int, int], transposed: bool) -> np.ndarray:
+    """Column ``col`` of one pair's rows as a [layers of a, layers of b] matrix (NaN where missing)."""
+    m = np.full(shape, np.nan)
+    if col not in rows:
+        return m
+    la, lb = ("layer_b", "layer_a") if transposed else ("layer_a", "layer_b")
+    m[rows[la].astype(int).to_numpy(), rows[lb].astype(int).to_numpy()] = column(rows, col)
+    return m
+
+
+def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat=None, alpha=ALPHA) -> list[str]:
+    """Caption lines under a layer heatmap: n and d, the best and final values, CI, controls, p-values."""
     n_a, n_b = mat.shape
     parts = []
     if n is not None:
@@ -260,18 +318,25 @@ def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b) -> list[str]:
         i, j = star
         best_line = f"best {_fmt(mat[i, j])} at layers ({i}, {j})"
         brow = _row_at(rows, i, j, transposed)
+        controls = []
         if brow is not None:
             lo_ci, hi_ci = _num(brow.get("ci_low")), _num(brow.get("ci_high"))
             if np.isfinite(lo_ci) and np.isfinite(hi_ci):
-                best_line += f", CI [{_fmt(lo_ci)}, {_fmt(hi_ci)}]"
+                best_line += f", 95% CI [{_fmt(lo_ci)}, {_fmt(hi_ci)}]"
+            ri = _num(brow.get("random_init"))
+            if np.isfinite(ri):
+                controls.append(f"random-init {_fmt(ri)}")
             nm, ns = _num(brow.get("null_mean")), _num(brow.get("null_std"))
             if np.isfinite(nm):
-                best_line += f", null {_fmt(nm)}" + (f" \u00b1 {_fmt(ns)}" if np.isfinite(ns) else "")
+                controls.append(f"null {_fmt(nm)}" + (f" \u00b1 {_fmt(ns)}" if np.isfinite(ns) else ""))
         best_line += f"   \u00b7   final {_fmt(mat[n_a - 1, n_b - 1])}"
         lines.append(best_line)
+        if controls:
+            lines.append("at the best pair: " + ", ".join(controls))
     if "p_value" in rows and rows["p_value"].notna().any():
-        p = rows["p_value"].astype(float)
-        lines.append(f"p < 0.05 in {int((p < 0.05).sum())} of {int(p.notna().sum())} layer pairs (permutation test)")
+        q = qmat[np.isfinite(qmat)] if qmat is not None else np.array([])
+        lines.append(f"above the permutation null in {int((q < alpha).sum())} of {q.size} layer pairs "
+                     f"(Benjamini-Hochberg q < {alpha:g})")
     if np.isnan(mat).any():
         lines.append("grey: layer pair not measured")
     return lines
@@ -292,7 +357,7 @@ def _row_at(rows: pd.DataFrame, i: int, j: int, transposed: bool) -> pd.Series |
 
 def plot_summary_heatmap(
     frame: pd.DataFrame, measure: str, path: str | os.PathLike, *, models: Sequence[str] | None = None,
-    how: str = "best", measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+    how: str = "best", measure_info: Callable[[str], Any] | None = None, dpi: int = DPI, alpha: float = ALPHA,
 ) -> Path:
     """Draw the model-by-model matrix of one measure and save it as a PNG.
 
@@ -300,7 +365,10 @@ def plot_summary_heatmap(
     distance); ``how='final'``: last layer vs last layer. The diagonal is the identity (1 for a
     similarity, 0 for a distance), drawn hatched. Cells are annotated with their values; the colour
     scale is fixed to the measure's range. Models appear in the order given (default: study order).
-    For an asymmetric measure a cell reads "row model to column model".
+    For an asymmetric measure a cell reads "row model to column model". Where the frame has permutation
+    p-values, a cell whose value is not distinguishable from its null (Benjamini-Hochberg q >= ``alpha``
+    over that pair's layer pairs, at the cell's layer pair) is hatched, greyed and marked "n.s."; a
+    pair that was not measured (e.g. two references in a comparison) reads "not measured".
 
     Args:
         frame: the tidy results frame.
@@ -321,6 +389,9 @@ def plot_summary_heatmap(
     mat_df = summary_matrix(frame, measure, models=models, how=how, measure_info=lambda _n: info)
     names = list(mat_df.index)
     mat = mat_df.to_numpy(dtype=float)
+    qm = summary_matrix(frame, measure, models=models, how=how, measure_info=lambda _n: info,
+                        field=f"{how}_q_value").to_numpy(dtype=float)
+    ns_cells = np.isfinite(qm) & (qm >= alpha)
     k = len(names)
     off = mat[~np.eye(k, dtype=bool)] if k > 1 else np.array([])
     lo, hi, extend = _colour_scale(info, off)
@@ -335,7 +406,7 @@ def plot_summary_heatmap(
     side = cell * k
     label_w = 0.3 + 0.068 * max((len(x) for x in labels), default=4)
     left, bottom = label_w + (0.3 if not info.symmetric else 0.0), 0.6 * label_w + 0.55
-    width, height = left + side + 1.35, bottom + side + 0.56
+    width, height = left + side + 1.35, bottom + side + 0.56 + (0.17 if ns_cells.any() else 0.0)
     fig = _new_figure((width, height), dpi)
     with matplotlib.rc_context(_RC):
         ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
@@ -343,6 +414,7 @@ def plot_summary_heatmap(
                             0.9 * side / height))
         shown = mat.copy()
         np.fill_diagonal(shown, np.nan)
+        shown[ns_cells] = np.nan  # never coloured as similarity
         im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, aspect="equal", interpolation="nearest")
         digits = 3 if k <= 6 else 2
         fs = float(np.clip(10.5 - 0.45 * k, 5.5, 9))
@@ -354,11 +426,16 @@ def plot_summary_heatmap(
                                                               edgecolor="#bdbdbd", hatch="////", lw=0))
                     ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=fs, color="0.35",
                             style="italic")
+                elif np.isfinite(v) and ns_cells[i, j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f7f7f7", edgecolor="#9e9e9e",
+                                           hatch="////", lw=0))
+                    ax.text(j, i, f"{_fmt(v, digits)}\nn.s.", ha="center", va="center", fontsize=fs * 0.9,
+                            color="0.3", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
                 elif np.isfinite(v):
                     ax.text(j, i, _fmt(v, digits), ha="center", va="center", fontsize=fs,
                             color=_text_colour(cmap(norm(v))))
                 else:
-                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=fs * 0.85, color="0.4")
+                    ax.text(j, i, "not\nmeasured", ha="center", va="center", fontsize=fs * 0.7, color="0.4")
         ax.set_xticks(range(k), labels, rotation=35, ha="right", rotation_mode="anchor")
         ax.set_yticks(range(k), labels)
         ax.tick_params(length=0)
@@ -381,7 +458,10 @@ def plot_summary_heatmap(
         parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
         if n is not None:
             parts.insert(0, f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
-        ax.set_title("   \u00b7   ".join(parts), fontsize=7.5, color="0.25", pad=5)
+        note = "   \u00b7   ".join(parts)
+        if ns_cells.any():
+            note += f"\nn.s. = not distinguishable from its permutation null (BH q \u2265 {alpha:g})"
+        ax.set_title(note, fontsize=7.5, color="0.25", pad=5)
         return _save(fig, path, dpi)
 
 
@@ -435,4 +515,140 @@ def plot_dendrogram(
         ax.set_xlabel(f"{what}  ({_HOW_TITLE[how]}{both}; average linkage)")
         ax.set_title(f"models clustered by {_txt(measure)}", fontweight="bold", fontsize=10)
         ax.set_xlim(left=0)
+        return _save(fig, path, dpi)
+
+
+def plot_controls(
+    frame: pd.DataFrame, measure: str, path: str | os.PathLike, *, models: Sequence[str] | None = None,
+    measure_info: Callable[[str], Any] | None = None, dpi: int = DPI,
+) -> Path:
+    """Draw each pair's score beside its controls and save it as a PNG.
+
+    One row per model pair: the score at the best-matching layer pair (filled circle, with its bootstrap
+    95% interval) and at the final layers (diamond), the random-init control at the best layer pair
+    (open square) and the permutation null there (grey cross, bar = mean +- 1.96 null std). A score not
+    distinguishable from its null (Benjamini-Hochberg q >= 0.05 over the pair's layer pairs) is drawn
+    hollow and its row is labelled "n.s.". Rows follow the order of ``models`` (default: study order).
+
+    Raises:
+        ValueError: invalid frame or no rows for ``measure``.
+    """
+    from .analysis import VERDICT_NS, controls_table
+
+    info = resolve_measure_info(measure, measure_info)
+    table = controls_table(frame, measure, info)
+    if models is not None:
+        rank = {m: k for k, m in enumerate(dict.fromkeys(str(x) for x in models))}
+        table = table.assign(_r=[(rank.get(a, 1e9), rank.get(b, 1e9)) for a, b in
+                                 zip(table.model_a, table.model_b, strict=True)]).sort_values("_r", kind="stable")
+    k = len(table)
+    arrow = " \u2192 " if not info.symmetric else " vs "
+    labels = [_txt(f"{a}{arrow}{b}", 44) + ("   (n.s.)" if v == VERDICT_NS else "")
+              for a, b, v in zip(table.model_a, table.model_b, table.best_verdict, strict=True)]
+    left = 0.3 + 0.062 * max((len(x) for x in labels), default=8)
+    ax_w, row_h = 4.0, 0.34
+    ax_h = max(row_h * k, 0.9)
+    width, height = left + ax_w + 0.3, ax_h + 1.75
+    values = np.concatenate([table[c].astype(float).to_numpy() for c in
+                             ("best", "final", "best_ci_low", "best_ci_high", "best_random_init", "best_null_mean")])
+    lo, hi, _ = _colour_scale(info, values)
+    fig = _new_figure((width, height), dpi)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_axes((left / width, 1.05 / height, ax_w / width, ax_h / height))
+        y = np.arange(k)[::-1].astype(float)
+        blue, orange = "#31688e", "#e08214"
+        for yi, r in zip(y, table.itertuples(index=False), strict=True):
+            ns = r.best_verdict == VERDICT_NS
+            ax.axhline(yi, color="0.92", lw=0.6, zorder=0)
+            nm, nsd = _num(r.best_null_mean), _num(r.best_null_std)
+            if np.isfinite(nm):
+                if np.isfinite(nsd):
+                    ax.plot([nm - 1.96 * nsd, nm + 1.96 * nsd], [yi - 0.18] * 2, color="0.55", lw=2.2,
+                            solid_capstyle="butt", zorder=1)
+                ax.scatter([nm], [yi - 0.18], marker="x", s=22, c="0.4", linewidths=1.0, zorder=2)
+            ri = _num(r.best_random_init)
+            if np.isfinite(ri):
+                ax.scatter([ri], [yi], marker="s", s=26, facecolors="white", edgecolors="black", linewidths=0.9,
+                           zorder=3)
+            if np.isfinite(_num(r.final)):
+                flo, fhi = _num(r.final_ci_low), _num(r.final_ci_high)
+                if np.isfinite(flo) and np.isfinite(fhi):
+                    ax.plot([flo, fhi], [yi + 0.18] * 2, color=orange, lw=1.0, zorder=3)
+                ax.scatter([r.final], [yi + 0.18], marker="D", s=18, c=orange, zorder=4)
+            blo, bhi = _num(r.best_ci_low), _num(r.best_ci_high)
+            if np.isfinite(blo) and np.isfinite(bhi):
+                ax.plot([blo, bhi], [yi] * 2, color=blue, lw=1.4, zorder=4)
+            if np.isfinite(_num(r.best)):
+                ax.scatter([r.best], [yi], marker="o", s=34, facecolors="white" if ns else blue,
+                           edgecolors=blue, linewidths=1.2, zorder=5)
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.7, k - 0.3)
+        pad = 0.03 * (hi - lo)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel(f"{_txt(measure)} ({'higher' if info.higher_is_better else 'lower'} = more alike)")
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.set_title(f"{_txt(measure)}: each score beside its controls", fontweight="bold", fontsize=10)
+        handles = [
+            Line2D([], [], color=blue, lw=1.4, marker="o", ms=5, label="best layer pair (95% CI)"),
+            Line2D([], [], color=orange, lw=1.0, marker="D", ms=4, label="final layers (95% CI)"),
+            Line2D([], [], ls="none", marker="s", mfc="white", mec="black", ms=5, label="random-init at best"),
+            Line2D([], [], color="0.55", lw=2.2, marker="x", mec="0.4", ms=5, label="null mean \u00b1 1.96 sd"),
+            Line2D([], [], ls="none", marker="o", mfc="white", mec=blue, ms=5, label="n.s.: not above null"),
+        ]
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncols=3, frameon=False,
+                   handletextpad=0.4, columnspacing=1.2, fontsize=7.5)
+        return _save(fig, path, dpi)
+
+
+def plot_probes(
+    probes: pd.DataFrame, path: str | os.PathLike, *, models: Sequence[str] | None = None, dpi: int = DPI,
+) -> Path:
+    """Draw probe accuracy against relative depth, one line per model with its 95% band, and save it.
+
+    ``probes`` has columns ``model, layer, accuracy`` (or ``value``) and optionally ``ci_low, ci_high,
+    chance, best``. Relative depth = layer / the model's last probed layer; a star marks each model's best
+    layer (``best`` where given, else the most accurate); a dashed line marks chance where given.
+
+    Raises:
+        ValueError: ``probes`` lacks model, layer or accuracy.
+    """
+    from .analysis import normalize_extra, probe_best
+
+    probes = normalize_extra({"probes": probes}).get("probes")
+    if probes is None:
+        raise ValueError("probes is empty: there is no probe accuracy to draw")
+    order = [m for m in dict.fromkeys([*(models or []), *probes["model"].astype(str)]) if
+             m in set(probes["model"].astype(str))]
+    best = probe_best(probes).set_index("model")
+    fig = _new_figure((5.6, 3.4), dpi)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_axes((0.1, 0.16, 0.58, 0.74))
+        cmap = matplotlib.colormaps["tab10"]
+        for k, m in enumerate(order):
+            g = probes[probes["model"].astype(str) == m].sort_values("layer")
+            layers = g["layer"].astype(float).to_numpy()
+            depth = layers / max(layers.max(), 1.0)
+            acc = column(g, "accuracy")
+            colour = cmap(k % 10)
+            lo_, hi_ = column(g, "ci_low"), column(g, "ci_high")
+            if np.isfinite(lo_).all() and np.isfinite(hi_).all():
+                ax.fill_between(depth, lo_, hi_, color=colour, alpha=0.18, lw=0)
+            ax.plot(depth, acc, color=colour, lw=1.3, marker="o", ms=2.5, label=_txt(m, 28))
+            if m in best.index:
+                b = best.loc[m]
+                ax.scatter([b["layer"] / max(layers.max(), 1.0)], [b["accuracy"]], marker="*", s=70,
+                           c=[colour], edgecolors="black", linewidths=0.5, zorder=5)
+        chance = column(probes, "chance") if "chance" in probes else np.array([])
+        chance = chance[np.isfinite(chance)]
+        if chance.size:
+            ax.axhline(float(np.median(chance)), color="0.4", ls="--", lw=0.9, label="chance")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("relative depth (layer / last layer)")
+        ax.set_ylabel("probe accuracy (test)")
+        ax.set_title("linear probe accuracy by depth (95% band; star = best layer)", fontsize=9)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         return _save(fig, path, dpi)

@@ -21,6 +21,7 @@ from homoscope._paths import safe_name
 
 from ._common import (
     UNIT_PLURAL,
+    has_controls,
     atomic_write_text,
     check_frame,
     file_stems,
@@ -30,9 +31,37 @@ from ._common import (
     pairs_of,
 )
 from ._measures import MeasureInfo, manifest_measure_info, resolve_measure_info
-from .tables import summary_table
+from .analysis import (
+    INDEX_DEFINITION,
+    MEAN_INTERVAL_RULE,
+    NULL_RULE,
+    VERDICT_NS,
+    CompareView,
+    Text,
+    compare_view,
+    controls_table,
+    findings,
+    homogenization_index,
+    index_reading,
+    normalize_extra,
+    p_txt,
+    probe_best,
+)
+from .tables import summary_cache, summary_table
 
-__all__ = ["write_report_md", "escape_md", "heatmap_relpath", "summary_relpath", "dendrogram_relpath"]
+__all__ = ["write_report_md", "escape_md", "text_md", "heatmap_relpath", "summary_relpath", "dendrogram_relpath",
+           "controls_relpath", "probes_relpath", "AGREEMENT_LABELS"]
+
+#: What each pairwise prediction-agreement measure is, for table notes.
+AGREEMENT_LABELS = {
+    "agreement": "share of identical predictions",
+    "cohen_kappa": "agreement beyond chance (Cohen 1960)",
+    "error_overlap": "shared errors / errors of either model (Jaccard)",
+    "error_overlap_jaccard": "shared errors / errors of either model (Jaccard)",
+    "error_overlap_conditional": "P(second model wrong | first model wrong)",
+    "p_b_wrong_given_a_wrong": "P(second model wrong | first model wrong)",
+    "jsd": "Jensen-Shannon divergence of predictive distributions (bits; lower = more alike)",
+}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>|#!~&$])")
 _LEADING = re.compile(r"^(\s*)([+\-]|\d{1,9}[.)])(?=\s|$)")
@@ -84,6 +113,40 @@ def summary_relpath(measure: str, how: str) -> str:
 def dendrogram_relpath(measure: str) -> str:
     """Relative path of a dendrogram: ``dendrogram_<measure>.png``."""
     return f"dendrogram_{safe_name(measure, max_len=40)}.png"
+
+
+def controls_relpath(measure: str) -> str:
+    """Relative path of a controls figure: ``controls_<measure>.png``."""
+    return f"controls_{safe_name(measure, max_len=40)}.png"
+
+
+def probes_relpath() -> str:
+    """Relative path of the probe-accuracy figure: ``probes.png``."""
+    return "probes.png"
+
+
+_MD_LIGHT = re.compile(r"([\\`*_\[\]<>|$~#&])")
+
+
+def text_md(text: Text) -> str:
+    """Render a :class:`~homoscope.report.analysis.Text` as markdown: data escaped with
+    :func:`escape_md` (bold for model names), code as inline code, fixed wording lightly escaped."""
+    out = []
+    for kind, s in text.runs:
+        if kind == "b":
+            out.append(f"**{escape_md(s)}**")
+        elif kind == "c":
+            out.append(_code(s))
+        elif kind == "d":
+            out.append(escape_md(s))
+        else:
+            out.append(_light(s))
+    return "".join(out)
+
+
+def _light(s: str) -> str:
+    """Escape fixed wording for markdown: only the characters that would start markup."""
+    return _MD_LIGHT.sub(r"\\\1", re.sub(r"[\r\n\t]", " ", str(s)))
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -177,14 +240,20 @@ def _summary_sentence(table: pd.DataFrame, info: MeasureInfo) -> str:
 def write_report_md(
     frame: pd.DataFrame, manifest: Mapping[str, Any], out_dir: str | os.PathLike,
     figures: Mapping[str, Sequence[str | os.PathLike]], *, measure_info: Callable[[str], Any] | None = None,
+    extra: Mapping[str, pd.DataFrame] | None = None,
 ) -> Path:
     """Write ``report.md`` into ``out_dir`` (atomically) and return its path.
 
     Sections: title; a summary paragraph generated from the numbers (most and least alike pair per
-    measure with values); the study (corpus with n and labels, unit, pooling, configuration, a models
-    table with architecture, kind, blocks, width, parameters, licence and notes); the measures with
-    their references; per measure the summary figures and summary table; the layer-by-layer heatmaps;
-    timings per stage; versions; fingerprints; warnings; and the commands to reproduce.
+    measure with values); findings (plain sentences citing numbers and intervals, the homogenization
+    index with its definition); for a comparison (``manifest['study']['pairs'] == 'first-vs-rest'``) the
+    new model against each reference, layer by layer, with a verdict; the study (corpus with n and
+    labels, unit, pooling, configuration, a models table with architecture, kind, blocks, width,
+    parameters, licence and notes); the measures with their references; per measure the summary
+    figures and summary table; the layer-by-layer heatmaps; the controls (random-init baseline,
+    permutation null, p and q, bootstrap intervals); prediction agreement and outcome homogenization
+    (from ``extra``; a one-line note where absent); provenance: timings per stage, versions,
+    fingerprints, warnings and the commands to reproduce.
 
     Args:
         frame: the tidy results frame.
@@ -197,11 +266,19 @@ def write_report_md(
             measure, any other figure is listed at the end. Only figures in ``figures`` are linked.
         measure_info: callable ``name -> dict-like`` describing a measure (default:
             ``manifest['measures'][name]`` where recorded, else the registry, else the built-in table).
+        extra: optional prediction-agreement frames ``{'probes', 'agreement', 'homogenization'}``
+            (see :func:`homoscope.report.write_outputs`).
 
     Raises:
-        ValueError / TypeError: ``frame`` is not a valid results frame.
+        ValueError / TypeError: ``frame`` is not a valid results frame, or an extra frame is malformed.
     """
+    with summary_cache():
+        return _write_report_md(frame, manifest, out_dir, figures, measure_info, extra)
+
+
+def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> Path:
     check_frame(frame)
+    extra = normalize_extra(extra)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {}
@@ -252,10 +329,28 @@ def write_report_md(
     lines += [" ".join([intro] + [_summary_sentence(tables[m], infos[m]) for m in measures]), ""]
     if manifest.get("created"):
         lines += [f"*Created {escape_md(manifest['created'])}.*", ""]
-    outputs = [(n, n) for n in ("similarity.csv", "similarity.parquet", "summary.csv", "manifest.json")
+    outputs = [(n, n) for n in ("report.html", "similarity.csv", "similarity.parquet", "summary.csv", "manifest.json",
+                                "probes.csv", "agreement.csv", "homogenization.csv")
                if (out / n).is_file()]
     if outputs:
         lines += ["Data: " + ", ".join(f"[{escape_md(t)}]({_link(p)})" for t, p in outputs) + ".", ""]
+
+    # findings
+    index = homogenization_index(frame, manifest, infos)
+    lines += ["## Findings", ""]
+    if index.computed:
+        iv = (f"interval {_fmt(index.low)}\u2013{_fmt(index.high)}" if math.isfinite(index.low)
+              else "no interval (no bootstrap)")
+        lines += [f"**Homogenization index H = {_fmt(index.value)}** ({iv}; {index.n_pairs} model pair"
+                  f"{'s' if index.n_pairs != 1 else ''}; primary measure {_code(index.measure)}; "
+                  f"{_light(index.note)}). {_light(index_reading(index.value))}", ""]
+    else:
+        lines += [f"Homogenization index: {_light(index.note)}.", ""]
+    lines += [f"- {text_md(t)}" for t in findings(frame, manifest, infos, extra, index=index, include_index=False)]
+    lines += ["", f"*Definitions.* {_light(INDEX_DEFINITION)} {_light(MEAN_INTERVAL_RULE)} {_light(NULL_RULE)}", ""]
+    view = compare_view(frame, manifest, infos)
+    if view is not None:
+        lines += _compare_md(view, infos)
 
     # study
     lines += ["## Study", ""]
@@ -344,6 +439,7 @@ def write_report_md(
         links = [x for x in links if x]
         if links:
             lines += ["\n".join(links), ""]
+        ctable = controls_table(frame, m, info)
         has_ci = np.isfinite(table["best_ci_low"].astype(float)).any()
         has_p = np.isfinite(table["best_p_value"].astype(float)).any()
         arrow = " \u2192 " if not info.symmetric else " vs "
@@ -352,8 +448,9 @@ def write_report_md(
         header += ["p at best"] if has_p else []
         header += ["final", "mean", "n", "d (a, b)"]
         rows = []
-        for r in table.itertuples(index=False):
-            row = [f"{escape_md(r.model_a)}{arrow}{escape_md(r.model_b)}", f"**{_fmt(r.best)}**",
+        for r, c in zip(table.itertuples(index=False), ctable.itertuples(index=False), strict=True):
+            best_txt = f"{_fmt(r.best)} (n.s.)" if c.best_verdict == VERDICT_NS else f"**{_fmt(r.best)}**"
+            row = [f"{escape_md(r.model_a)}{arrow}{escape_md(r.model_b)}", best_txt,
                    f"{_int(r.best_layer_a)} / {r.layers_a - 1}, {_int(r.best_layer_b)} / {r.layers_b - 1}",
                    f"{_fmt(r.best_depth_a, 2)}, {_fmt(r.best_depth_b, 2)}"]
             if has_ci:
@@ -361,13 +458,14 @@ def write_report_md(
                            if math.isfinite(float(r.best_ci_low)) else "\u2013")
             if has_p:
                 row.append(_p(r.best_p_value))
-            row += [_fmt(r.final), _fmt(r.mean), _int(r.n), f"{_int(r.d_a)}, {_int(r.d_b)}"]
+            final_txt = f"{_fmt(r.final)} (n.s.)" if c.final_verdict == VERDICT_NS else _fmt(r.final)
+            row += [final_txt, _fmt(r.mean), _int(r.n), f"{_int(r.d_a)}, {_int(r.d_b)}"]
             rows.append(row)
         align = "lrll" + ("r" if has_ci else "") + ("r" if has_p else "") + "rrrr"
         lines += _table(header, rows, align)
         best_word = "largest" if info.higher_is_better else "smallest"
         lines += ["", f"best = {best_word} value over all layer pairs; final = last layer vs last layer; "
-                  f"mean = mean over all layer pairs.", ""]
+                  f"mean = mean over all layer pairs; n.s. = not distinguishable from its permutation null.", ""]
 
     # layer heatmaps
     heat_lines: list[str] = []
@@ -381,9 +479,13 @@ def write_report_md(
             heat_lines += [f"### {escape_md(m)}", "", "\n".join(imgs), ""]
     if heat_lines:
         lines += ["## Layer by layer", "",
-                  "Rows: first model's layers; columns: second model's; layer 0 (embeddings) at the origin. "
-                  "Dots mark each row's best-matching layer, the star the best pair, the dashed line equal "
-                  "relative depth.", ""] + heat_lines
+                  "Rows: first model's layers; columns: second model's; layer 0 (embeddings) at the origin; where "
+                  "the two depths differ, the axes are relative depth (layer / last layer). One colour scale per "
+                  "measure. The line joins each row's best-matching layer, the star marks the best pair, the "
+                  "dashed line equal relative depth; hatched cells are not distinguishable from their "
+                  "permutation null.", ""] + heat_lines
+    lines += _controls_md(frame, measures, infos, fig_link)
+    lines += _agreement_md(extra, manifest, models, fig_link)
     others = [p for k, p in given.items() if k not in placed]
     if others:
         lines += ["## Other figures", ""]
@@ -392,14 +494,16 @@ def write_report_md(
             lines += [f"![{escape_md(Path(rel).stem)}]({_link(rel)})", ""]
 
     # provenance
-    lines += ["## Run", ""]
+    lines += ["## Provenance", ""]
     timings = manifest.get("timings") or {}
     if isinstance(timings, Mapping) and timings:
         lines += ["### Timings", ""]
         secs = {str(k): _num(v) for k, v in timings.items()}
+        recorded = secs.pop("total", math.nan)
         # a sub-stage ("extract/model") counts toward the total unless its parent stage is listed too
         total = sum(v for k, v in secs.items()
                     if math.isfinite(v) and ("/" not in k or k.split("/")[0] not in secs))
+        total = recorded if math.isfinite(recorded) else total
         rows = [[escape_md(k), f"{v:,.2f}" if math.isfinite(v) else "\u2013",
                  f"{100 * v / total:.1f}%" if total > 0 and math.isfinite(v) else "\u2013"] for k, v in secs.items()]
         rows.append(["**total**", f"**{total:,.2f}**", "100%" if total > 0 else "\u2013"])
@@ -448,3 +552,144 @@ def _p(v: Any) -> str:
     if not math.isfinite(f):
         return "\u2013"
     return "< 0.001" if f < 0.001 else f"{f:.3f}"
+
+
+def _ci_md(lo: Any, hi: Any) -> str:
+    return f"{_fmt(lo)}\u2013{_fmt(hi)}" if math.isfinite(_num(lo)) and math.isfinite(_num(hi)) else "\u2013"
+
+
+def _compare_md(view: CompareView, infos: Mapping[str, MeasureInfo]) -> list[str]:
+    lines = [f"## Comparison: {escape_md(view.new)} against the references", ""]
+    lines += [" ".join(text_md(t) for t in view.verdict), ""]
+    rows = []
+    for m, t in view.overall.items():
+        for r in t.itertuples(index=False):
+            ref = r.model_b if r.model_a == view.new else r.model_a
+            best = f"{_fmt(r.best)} (n.s.)" if r.best_verdict == VERDICT_NS else f"**{_fmt(r.best)}**"
+            rows.append([_code(m), f"**{escape_md(ref)}**", best, _ci_md(r.best_ci_low, r.best_ci_high),
+                         f"{_int(r.best_layer_a)} / {r.layers_a - 1}, {_int(r.best_layer_b)} / {r.layers_b - 1}",
+                         _fmt(r.best_random_init), _fmt(r.best_null_mean), p_txt(r.best_q_value), r.best_verdict,
+                         _fmt(r.final)])
+    lines += ["### Overall similarity to each reference", ""]
+    lines += _table(["measure", "reference", "best", "95% CI", "layers (new, ref)", "random-init", "null mean", "q",
+                     "verdict", "final"], rows, "llrrlrrrlr") + [""]
+    if not view.per_layer.empty:
+        refs = list(dict.fromkeys(view.per_layer["reference"]))
+        by = {(r.reference, int(r.layer)): r for r in view.per_layer.itertuples(index=False)}
+        rows = []
+        for i in sorted(set(view.per_layer["layer"].astype(int))):
+            depth = next((r.depth for (_ref, li), r in by.items() if li == i), math.nan)
+            row = [str(i), _fmt(depth, 2)]
+            for ref in refs:
+                r = by.get((ref, i))
+                if r is None:
+                    row.append("\u2013")
+                    continue
+                ns = math.isfinite(_num(r.q_value)) and _num(r.q_value) >= 0.05
+                cell = f"{int(r.best_layer)} ({_fmt(r.best_depth, 2)}): {_fmt(r.value)}" + (" n.s." if ns else "")
+                if math.isfinite(_num(r.ci_low)):
+                    cell += f" \\[{_ci_md(r.ci_low, r.ci_high)}\\]"
+                row.append(cell)
+            rows.append(row)
+        lines += [f"### Each layer of {escape_md(view.new)}: best-matching layer of each reference "
+                  f"({_code(view.measure)})", ""]
+        lines += _table(["layer", "depth"] + [escape_md(r) for r in refs], rows, "rr" + "l" * len(refs)) + [""]
+        order = "; ".join(f"{escape_md(r)}: {_fmt(v, 2)}" for r, v in view.order.items())
+        lines += ["Cell: best-matching reference layer (relative depth): score \\[95% CI\\]. Spearman rho of layer "
+                  f"against best-matching layer (1 = same processing order): {order or '-'}.", ""]
+    return lines
+
+
+def _controls_md(frame: pd.DataFrame, measures: Sequence[str], infos: Mapping[str, MeasureInfo], fig_link) -> list[str]:
+    lines = ["## Controls", ""]
+    have = [c for c in ("random_init", "null_mean", "p_value", "ci_low") if c in frame and frame[c].notna().any()]
+    if not have:
+        return lines + ["No controls in this study: no random-init baseline, permutation null or bootstrap interval "
+                        "was computed.", ""]
+    lines += [_light(NULL_RULE) + " The random-init baseline is the same measure between random-weight versions "
+              "of the two architectures at the same layers.", ""]
+    if "random_init" not in have:
+        lines += ["The random-init control was not run in this study.", ""]
+    for m in measures:
+        info = infos[m]
+        lines += [f"### {escape_md(m)}", ""]
+        if not has_controls(frame, m):
+            lines += [f"No control computed for {_code(m)}.", ""]
+            continue
+        t = controls_table(frame, m, info)
+        link = fig_link(controls_relpath(m), f"{m}: scores beside their controls")
+        if link:
+            lines += [link, ""]
+        arrow = " \u2192 " if not info.symmetric else " vs "
+        rows = []
+        for r in t.itertuples(index=False):
+            best = f"{_fmt(r.best)} (n.s.)" if r.best_verdict == VERDICT_NS else f"**{_fmt(r.best)}**"
+            null = (f"{_fmt(r.best_null_mean)} \u00b1 {_fmt(r.best_null_std)}"
+                    if math.isfinite(_num(r.best_null_std)) else _fmt(r.best_null_mean))
+            rows.append([f"{escape_md(r.model_a)}{arrow}{escape_md(r.model_b)}", best,
+                         _ci_md(r.best_ci_low, r.best_ci_high), _fmt(r.best_random_init), r.best_vs_random or "\u2013",
+                         null, p_txt(r.best_p_value), p_txt(r.best_q_value), r.best_verdict,
+                         f"{_fmt(r.final)} (n.s.)" if r.final_verdict == VERDICT_NS else _fmt(r.final),
+                         _ci_md(r.final_ci_low, r.final_ci_high), _fmt(r.final_random_init)])
+        lines += _table(["pair", "best", "95% CI", "random-init", "vs random-init", "null mean \u00b1 sd", "p", "q",
+                         "verdict", "final", "final 95% CI", "final random-init"], rows, "lrrrlrrrlrrr") + [""]
+    return lines
+
+
+def _agreement_md(extra: Mapping[str, pd.DataFrame], manifest: Mapping[str, Any], models: Sequence[str],
+                  fig_link) -> list[str]:
+    lines = ["## Prediction agreement and outcome homogenization", ""]
+    if not any(k in extra for k in ("probes", "agreement", "homogenization")):
+        return lines + ["Not computed in this study: no probe, agreement or homogenization tables were given.", ""]
+    probes = extra.get("probes")
+    if probes is not None:
+        lines += ["### Probe accuracy", ""]
+        link = fig_link(probes_relpath(), "probe accuracy by relative depth")
+        if link:
+            lines += [link, ""]
+        best = probe_best(probes)
+        order = {m: k for k, m in enumerate(models)}
+        best = best.sort_values("model", key=lambda c: c.map(lambda x: order.get(x, 1e9)), kind="stable")
+        rows = [[f"**{escape_md(r.model)}**", f"{r.layer} / {r.last_layer}", f"**{_fmt(r.accuracy)}**",
+                 _ci_md(r.ci_low, r.ci_high), _fmt(r.final_accuracy), _fmt(r.chance), _int(r.n_test)]
+                for r in best.itertuples(index=False)]
+        lines += _table(["model", "best layer", "accuracy", "95% CI", "final-layer accuracy", "chance", "n test"],
+                        rows, "lrrrrrr") + [""]
+    agree = extra.get("agreement")
+    if agree is not None:
+        lines += ["### Pairwise agreement of predictions", ""]
+        measures = list(dict.fromkeys(agree["measure"].astype(str)))
+        keys = [c for c in ("selection", "model_a", "layer_a", "model_b", "layer_b") if c in agree]
+        rows = []
+        for key, g in agree.groupby(keys, sort=False, dropna=False):
+            kd = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+            pair = (f"{escape_md(kd.get('model_a'))}" + (f" ({_int(kd['layer_a'])})" if "layer_a" in kd else "")
+                    + f" \u2192 {escape_md(kd.get('model_b'))}" + (f" ({_int(kd['layer_b'])})" if "layer_b" in kd else ""))
+            by_m = {str(r["measure"]): r for r in g.to_dict("records")}
+            row = [escape_md(kd.get("selection", "\u2013")), pair]
+            for m in measures:
+                r = by_m.get(m)
+                if r is None:
+                    row.append("\u2013")
+                    continue
+                cell = _fmt(r.get("value"))
+                if math.isfinite(_num(r.get("expected_independent"))):
+                    cell += f" ({_fmt(r.get('expected_independent'))})"
+                row.append(cell)
+            rows.append(row)
+        lines += _table(["layers", "pair (layer)"] + [_code(m) for m in measures], rows,
+                        "ll" + "r" * len(measures)) + [""]
+        notes = "; ".join(f"{_code(m)}: {escape_md(AGREEMENT_LABELS[m])}" for m in measures if m in AGREEMENT_LABELS)
+        lines += ["In parentheses: the value expected if the two models erred independently at their own error rates."
+                  + (f" {notes}." if notes else ""), ""]
+    sets = extra.get("homogenization")
+    if sets is not None:
+        lines += ["### Agreement over all models and outcome homogenization", ""]
+        rows = [[escape_md(r.get("selection", "\u2013")), _code(r.get("measure")), escape_md(r.get("groups", "\u2013")),
+                 f"**{_fmt(r.get('value'))}**", _fmt(r.get("expected_independent")), _fmt(r.get("null_mean")),
+                 p_txt(r.get("p_value")), _int(r.get("k")), _int(r.get("n"))] for r in sets.to_dict("records")]
+        lines += _table(["layers", "measure", "groups", "value", "if independent", "null mean", "p", "k models", "n"],
+                        rows, "lllrrrrrr") + [""]
+        lines += ["h\\_avg, h\\_unif, h\\_worst: outcome homogenization (Bommasani et al. 2022), the rate at which all "
+                  "models fail together over the rate expected if they failed independently; 1 = independent.", ""]
+    return lines

@@ -1,4 +1,5 @@
-"""Everything a study writes after its measures: tables, figures, manifest and the markdown report."""
+"""Everything a study writes after its measures: tables, figures, manifest, report.md and report.html;
+and reading a results folder back to rebuild them without any model."""
 from __future__ import annotations
 
 import json
@@ -10,16 +11,48 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._common import atomic_path, atomic_write_text, check_frame, file_stems, inside, measures_of, model_order, pairs_of
-from ._measures import manifest_measure_info, resolve_measure_info
-from .figures import plot_dendrogram, plot_layer_heatmap, plot_summary_heatmap
-from .markdown import dendrogram_relpath, heatmap_relpath, summary_relpath, write_report_md
-from .tables import summary_table, write_tables
+from homoscope._paths import safe_name
 
-__all__ = ["write_outputs", "write_manifest"]
+from ._common import (
+    atomic_path,
+    atomic_write_text,
+    check_frame,
+    file_stems,
+    has_controls,
+    inside,
+    measures_of,
+    model_order,
+    pairs_of,
+)
+from ._measures import manifest_measure_info, resolve_measure_info
+from .analysis import normalize_extra
+from .figures import (
+    DPI,
+    _colour_scale,
+    plot_controls,
+    plot_dendrogram,
+    plot_layer_heatmap,
+    plot_probes,
+    plot_summary_heatmap,
+)
+from .html import write_report_html
+from .markdown import (
+    controls_relpath,
+    dendrogram_relpath,
+    heatmap_relpath,
+    probes_relpath,
+    summary_relpath,
+    write_report_md,
+)
+from .tables import summary_cache, summary_table, write_tables
+
+__all__ = ["write_outputs", "write_manifest", "load_results", "rebuild_report", "EXTRA_TABLES"]
 
 #: Show a progress bar for the figure loop from this many figures on.
 PROGRESS_MIN_FIGURES = 12
+
+#: The optional prediction-agreement frames and the csv each is written to.
+EXTRA_TABLES = {"probes": "probes.csv", "agreement": "agreement.csv", "homogenization": "homogenization.csv"}
 
 
 def write_manifest(manifest: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
@@ -43,19 +76,31 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _extra_name(key: str) -> str:
+    """File name of an extra frame: the known ones by :data:`EXTRA_TABLES`, others ``extra_<key>.csv``."""
+    return EXTRA_TABLES.get(key) or f"extra_{safe_name(key, max_len=40)}.csv"
+
+
 def write_outputs(
     frame: pd.DataFrame, manifest: Mapping[str, Any], out_dir: str | os.PathLike, *,
-    measure_info: Callable[[str], Any] | None = None, progress: bool = True,
+    extra: Mapping[str, pd.DataFrame] | None = None, measure_info: Callable[[str], Any] | None = None,
+    progress: bool = True, dpi: int = DPI, html: bool = True,
 ) -> dict[str, list[Path]]:
     """Write every output of a study into ``out_dir``.
 
     - ``similarity.parquet``, ``similarity.csv``: the results frame; ``summary.csv``: one row per
-      model pair and measure (see :func:`summary_table`);
+      model pair and measure (see :func:`summary_table`), with the controls at the best and final cells;
+    - ``probes.csv``, ``agreement.csv``, ``homogenization.csv``: the prediction-agreement frames of
+      ``extra`` where given (another key ``k`` is written as ``extra_<k>.csv``);
     - ``heatmaps/<measure>__<a>__vs__<b>.png``: one layer-by-layer heatmap per pair and measure
-      (both directions for an asymmetric measure);
+      (both directions for an asymmetric measure), one colour scale per measure, relative-depth axes
+      where the depths differ, the best-matching path on top;
     - ``summary_<measure>_best.png``, ``summary_<measure>_final.png``: model-by-model matrices, and
       ``dendrogram_<measure>.png`` where there are 3 or more models and every pair has a value;
-    - ``manifest.json`` (indent 2) and ``report.md``.
+    - ``controls_<measure>.png`` for each measure with any control (random_init, null_mean, p_value,
+      ci_low, ci_high);
+      ``probes.png`` where ``extra`` has probes;
+    - ``manifest.json`` (indent 2), ``report.md`` and the self-contained ``report.html``.
 
     Model and measure names are sanitized in file names (``homoscope._paths.safe_name``; names that
     would collide get a short hash) and every path is checked to stay inside ``out_dir``. Each file is
@@ -64,23 +109,40 @@ def write_outputs(
 
     Args:
         frame: the tidy results frame: model_a, layer_a, model_b, layer_b, measure, value, n, d_a, d_b,
-            unit, and optionally ci_low, ci_high, null_mean, null_std, p_value.
-        manifest: the study manifest (JSON-able dict; see :func:`write_report_md`).
+            unit, and optionally ci_low, ci_high, null_mean, null_std, p_value, random_init.
+        manifest: the study manifest (JSON-able dict; see :func:`write_report_md`). A comparison has
+            ``manifest['study']['pairs'] == 'first-vs-rest'`` and the new model first in ``models``.
         out_dir: output folder, created if missing.
+        extra: optional prediction-agreement frames: ``'probes'`` (model, layer, accuracy or value,
+            ci_low, ci_high, n_test or n; optionally best, chance), ``'agreement'`` (model_a, layer_a,
+            model_b, layer_b, measure, value, expected_independent, n; optionally ci_low, ci_high,
+            selection), ``'homogenization'`` (measure in fleiss_kappa, h_avg, h_unif, h_worst, ...,
+            groups, value; optionally selection, k, expected_independent, null_mean, p_value). A frame
+            that is None or empty counts as absent; the report then says so in one line.
         measure_info: callable ``name -> dict-like`` describing a measure (kind, value_range,
             symmetric, reference); default: ``manifest['measures'][name]`` where recorded, else
             ``homoscope.measures.get_measure``, else the built-in table.
         progress: show a tqdm bar over the figures when there are many.
+        dpi: resolution of every figure.
+        html: also write ``report.html``.
 
     Returns:
-        ``{'tables': [...], 'heatmaps': [...], 'summaries': [...], 'manifest': [...], 'report': [...]}``.
+        ``{'tables': [...], 'heatmaps': [...], 'summaries': [...], 'controls': [...], 'agreement': [...],
+        'manifest': [...], 'report': [...]}`` (report: report.md, then report.html).
 
     Raises:
-        ValueError / TypeError: ``frame`` is not a valid results frame, or it is empty.
+        ValueError / TypeError: ``frame`` is not a valid results frame, it is empty, or an extra frame
+            is malformed (named).
     """
+    with summary_cache():
+        return _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi, html)
+
+
+def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi, html) -> dict[str, list[Path]]:
     check_frame(frame)
     if frame.empty:
         raise ValueError("frame is empty: there is nothing to report")
+    extra = normalize_extra(extra)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {}
@@ -91,34 +153,49 @@ def write_outputs(
     measures = measures_of(frame)
     infos = {m: resolve_measure_info(m, measure_info) for m in measures}
 
-    result: dict[str, list[Path]] = {"tables": [], "heatmaps": [], "summaries": [], "manifest": [], "report": []}
+    result: dict[str, list[Path]] = {"tables": [], "heatmaps": [], "summaries": [], "controls": [], "agreement": [],
+                                     "manifest": [], "report": []}
     result["tables"] += write_tables(frame, out)
     summary = pd.concat([summary_table(frame, m, measure_info=lambda _n, i=infos[m]: i) for m in measures],
                         ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     result["tables"].append(out / "summary.csv")
+    for key, df in extra.items():
+        path = inside(out / _extra_name(key), out)
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        result["tables"].append(path)
 
     # one job per figure; each gets only its own rows so that validation stays cheap
-    jobs: list[tuple[str, Callable[[], Path]]] = []
+    jobs: list[tuple[str, Callable[[], Path | None]]] = []
     for m in measures:
         info = infos[m]
         sub = frame[frame["measure"] == m]
+        vlim = _colour_scale(info, sub["value"].astype(float).to_numpy())[:2]  # one scale for all pairs
         by_pair = dict(tuple(sub.groupby(["model_a", "model_b"], sort=False)))
         for a, b in pairs_of(sub):
             path = inside(out / heatmap_relpath(m, a, b, stems), out)
             rows = by_pair[(a, b)]
-            jobs.append(("heatmaps", lambda rows=rows, a=a, b=b, m=m, path=path, info=info: plot_layer_heatmap(
-                rows, a, b, m, path, measure_info=lambda _n: info)))
+            jobs.append(("heatmaps", lambda rows=rows, a=a, b=b, m=m, path=path, info=info, vlim=vlim:
+                         plot_layer_heatmap(rows, a, b, m, path, measure_info=lambda _n: info, dpi=dpi, vlim=vlim)))
         present = [x for x in order if x in set(model_order(sub))]
         for how in ("best", "final"):
             path = inside(out / summary_relpath(m, how), out)
             jobs.append(("summaries", lambda sub=sub, m=m, path=path, how=how, info=info, present=present:
-                         plot_summary_heatmap(sub, m, path, models=present, how=how, measure_info=lambda _n: info)))
+                         plot_summary_heatmap(sub, m, path, models=present, how=how, measure_info=lambda _n: info,
+                                              dpi=dpi)))
         if len(present) >= 3:
             path = inside(out / dendrogram_relpath(m), out)
             jobs.append(("summaries", lambda sub=sub, m=m, path=path, info=info, present=present:
-                         _maybe_dendrogram(sub, m, path, present, info)))
+                         _maybe_dendrogram(sub, m, path, present, info, dpi)))
+        if has_controls(sub):
+            path = inside(out / controls_relpath(m), out)
+            jobs.append(("controls", lambda sub=sub, m=m, path=path, info=info, present=present:
+                         plot_controls(sub, m, path, models=present, measure_info=lambda _n: info, dpi=dpi)))
+    if "probes" in extra:
+        path = inside(out / probes_relpath(), out)
+        jobs.append(("agreement", lambda path=path: plot_probes(extra["probes"], path, models=order, dpi=dpi)))
 
     bar = tqdm(jobs, desc="figures", unit="fig", disable=not (progress and len(jobs) >= PROGRESS_MIN_FIGURES),
                leave=False)
@@ -128,14 +205,88 @@ def write_outputs(
             result[key].append(path)
 
     result["manifest"].append(write_manifest(manifest, out))
-    figures = {"heatmaps": result["heatmaps"], "summaries": result["summaries"]}
-    result["report"].append(write_report_md(frame, manifest, out, figures, measure_info=lambda n: infos[n]))
+    figures = {k: result[k] for k in ("heatmaps", "summaries", "controls", "agreement")}
+    result["report"].append(write_report_md(frame, manifest, out, figures, measure_info=lambda n: infos[n],
+                                            extra=extra))
+    if html:
+        result["report"].append(write_report_html(frame, manifest, out, figures, measure_info=lambda n: infos[n],
+                                                  extra=extra))
     return result
 
 
-def _maybe_dendrogram(sub: pd.DataFrame, measure: str, path: Path, models: list[str], info) -> Path | None:
+def _maybe_dendrogram(sub: pd.DataFrame, measure: str, path: Path, models: list[str], info, dpi: int) -> Path | None:
     """A dendrogram where every pair of models has a value; None (nothing written) otherwise."""
     try:
-        return plot_dendrogram(sub, measure, path, models=models, measure_info=lambda _n: info)
+        return plot_dendrogram(sub, measure, path, models=models, measure_info=lambda _n: info, dpi=dpi)
     except ValueError:
         return None
+
+
+def load_results(
+    results_dir: str | os.PathLike,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, pd.DataFrame]]:
+    """Read a results folder back: the frame, the manifest and the prediction-agreement frames.
+
+    Reads ``similarity.parquet`` (``similarity.csv`` where the parquet is missing or unreadable),
+    ``manifest.json`` (an empty manifest where missing) and ``probes.csv``, ``agreement.csv``,
+    ``homogenization.csv`` where present. Loads no model and computes no measure.
+
+    Returns:
+        ``(frame, manifest, extra)``.
+
+    Raises:
+        ValueError: the folder does not exist, holds neither similarity file, the manifest is not valid
+            JSON, or the frame is not a results frame.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ValueError(f"results_dir={str(root)!r} is not a folder; give the folder a study wrote")
+    parquet, csv = root / "similarity.parquet", root / "similarity.csv"
+    frame = None
+    if parquet.is_file():
+        try:
+            frame = pd.read_parquet(parquet)
+        except (OSError, ValueError, ImportError):
+            frame = None
+    if frame is None:
+        if not csv.is_file():
+            raise ValueError(f"{str(root)!r} holds neither similarity.parquet nor similarity.csv; is it a results "
+                             "folder?")
+        frame = pd.read_csv(csv)
+    check_frame(frame, name=f"{root.name}/similarity")
+    manifest: dict[str, Any] = {}
+    mpath = root / "manifest.json"
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{str(mpath)!r} is not valid JSON: {err}") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{str(mpath)!r} must hold a JSON object, got {type(manifest).__name__}")
+    extra = {}
+    for key, name in EXTRA_TABLES.items():
+        path = root / name
+        if path.is_file() and path.stat().st_size > 0:
+            try:
+                extra[key] = pd.read_csv(path)
+            except pd.errors.EmptyDataError:
+                continue
+    return frame, manifest, extra
+
+
+def rebuild_report(
+    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
+    dpi: int = DPI,
+) -> dict[str, list[Path]]:
+    """Rebuild every table, figure, ``report.md`` and ``report.html`` of a results folder, without a model.
+
+    Reads the folder with :func:`load_results` and writes with :func:`write_outputs` into ``out_dir``
+    (default: the results folder itself; the frame, manifest and extra tables are written back unchanged).
+
+    Raises:
+        ValueError: as :func:`load_results` and :func:`write_outputs`.
+    """
+    frame, manifest, extra = load_results(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    return write_outputs(frame, manifest, out, extra=extra, progress=progress, dpi=dpi)
+

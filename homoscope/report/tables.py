@@ -7,25 +7,32 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ._common import atomic_path, check_frame, model_order, pairs_of, select
+from ._common import atomic_path, bh_adjust, check_frame, column, model_order, pairs_of, select
 from ._measures import MeasureInfo, resolve_measure_info
 
-__all__ = ["write_tables", "summary_table", "layer_matrix", "summary_matrix", "SUMMARY_COLUMNS"]
+__all__ = ["write_tables", "summary_table", "summary_cache", "layer_matrix", "summary_matrix", "SUMMARY_COLUMNS"]
 
 #: Columns of :func:`summary_table`, in order.
 SUMMARY_COLUMNS = [
     "model_a", "model_b", "measure", "kind", "unit", "n", "d_a", "d_b", "layers_a", "layers_b",
     "best", "best_layer_a", "best_layer_b", "best_depth_a", "best_depth_b",
-    "best_ci_low", "best_ci_high", "best_p_value",
-    "final", "final_layer_a", "final_layer_b", "mean",
+    "best_ci_low", "best_ci_high", "best_p_value", "best_q_value", "best_null_mean", "best_null_std",
+    "best_random_init",
+    "final", "final_layer_a", "final_layer_b", "final_ci_low", "final_ci_high", "final_p_value", "final_q_value",
+    "final_null_mean", "final_null_std", "final_random_init", "mean",
 ]
+
+#: Per-cell control columns carried into the summary at the best and at the final layer pair.
+_CELL_COLUMNS = ("ci_low", "ci_high", "p_value", "q_value", "null_mean", "null_std", "random_init")
 
 
 def write_tables(frame: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -112,12 +119,24 @@ def _pick(values: np.ndarray, info: MeasureInfo) -> int | None:
     return int(np.nanargmax(values) if info.higher_is_better else np.nanargmin(values))
 
 
-def _opt(row: pd.Series, col: str) -> float:
-    v = row.get(col, np.nan)
+_CACHE: ContextVar[dict | None] = ContextVar("homoscope_summary_cache", default=None)
+
+
+@contextmanager
+def summary_cache() -> Iterator[None]:
+    """Within this block, :func:`summary_table` computes each (frame, measure, description) once.
+
+    The report reads the same summaries for tables, figures, findings and both report formats; the
+    frame must not change inside the block. Nested blocks share the outer cache.
+    """
+    if _CACHE.get() is not None:
+        yield
+        return
+    token = _CACHE.set({})
     try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+        yield
+    finally:
+        _CACHE.reset(token)
 
 
 def summary_table(
@@ -133,15 +152,32 @@ def summary_table(
 
     Columns (see :data:`SUMMARY_COLUMNS`): model_a, model_b, measure, kind, unit, n, d_a, d_b,
     layers_a, layers_b (number of layers incl. embeddings), best, best_layer_a, best_layer_b,
-    best_depth_a, best_depth_b, best_ci_low, best_ci_high, best_p_value (NaN where not computed),
-    final, final_layer_a, final_layer_b, mean. Rows follow the order of first appearance in the frame.
+    best_depth_a, best_depth_b, best_ci_low, best_ci_high (bootstrap interval), best_p_value
+    (permutation test), best_q_value (Benjamini-Hochberg adjusted p over all layer pairs of this model
+    pair and measure), best_null_mean, best_null_std (permutation null), best_random_init (the
+    random-init control at the same layers), final, final_layer_a, final_layer_b, the same seven
+    control columns at the final layer pair (``final_*``), mean. Control columns are NaN where the
+    frame does not have them. Rows follow the order of first appearance in the frame.
 
     Raises:
         ValueError: the frame is invalid or has no rows for ``measure``.
     """
     check_frame(frame)
-    sub = select(frame, measure)
+    select(frame, measure)  # a frame without the measure fails before the measure is looked up
+    cache = _CACHE.get()
     info = resolve_measure_info(measure, measure_info)
+    key = (id(frame), measure, info)
+    if cache is not None and key in cache and cache[key][0] is frame:
+        return cache[key][1].copy()
+    out = _summary_table(frame, measure, info)
+    if cache is not None:
+        cache[key] = (frame, out)
+        return out.copy()
+    return out
+
+
+def _summary_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.DataFrame:
+    sub = select(frame, measure)
     records = []
     for (a, b), g in sub.groupby(["model_a", "model_b"], sort=False):
         g = g.reset_index(drop=True)
@@ -150,8 +186,9 @@ def summary_table(
         lb = g["layer_b"].astype(int).to_numpy()
         last_a, last_b = int(la.max()), int(lb.max())
         k = _pick(values, info)
-        best = g.iloc[k] if k is not None else None
         fin = np.flatnonzero((la == last_a) & (lb == last_b))
+        cells = {c: column(g, c) for c in _CELL_COLUMNS if c != "q_value"}
+        cells["q_value"] = bh_adjust(cells["p_value"])
         rec = {
             "model_a": str(a),
             "model_b": str(b),
@@ -168,14 +205,14 @@ def summary_table(
             "best_layer_b": int(lb[k]) if k is not None else pd.NA,
             "best_depth_a": la[k] / last_a if k is not None and last_a else (0.0 if k is not None else math.nan),
             "best_depth_b": lb[k] / last_b if k is not None and last_b else (0.0 if k is not None else math.nan),
-            "best_ci_low": _opt(best, "ci_low") if best is not None else math.nan,
-            "best_ci_high": _opt(best, "ci_high") if best is not None else math.nan,
-            "best_p_value": _opt(best, "p_value") if best is not None else math.nan,
             "final": float(values[fin[0]]) if len(fin) else math.nan,
             "final_layer_a": last_a,
             "final_layer_b": last_b,
             "mean": float(np.nanmean(values)) if np.isfinite(values).any() else math.nan,
         }
+        for c in _CELL_COLUMNS:
+            rec[f"best_{c}"] = float(cells[c][k]) if k is not None else math.nan
+            rec[f"final_{c}"] = float(cells[c][fin[0]]) if len(fin) else math.nan
         records.append(rec)
     out = pd.DataFrame.from_records(records, columns=SUMMARY_COLUMNS)
     for col in ("n", "d_a", "d_b", "best_layer_a", "best_layer_b"):
@@ -187,7 +224,7 @@ def summary_table(
 
 def summary_matrix(
     frame: pd.DataFrame, measure: str, *, models: Sequence[str] | None = None, how: str = "best",
-    measure_info: Callable[[str], Any] | None = None,
+    measure_info: Callable[[str], Any] | None = None, field: str | None = None,
 ) -> pd.DataFrame:
     """Model-by-model matrix of one measure.
 
@@ -196,7 +233,8 @@ def summary_matrix(
     for a symmetric measure a missing (j, i) is mirrored from (i, j). The diagonal holds the identity
     value (1 for a bounded similarity, 0 for a distance). Missing pairs are NaN. Rows and columns
     are exactly ``models`` in the order given (pairs with other models are left out), else all
-    models of the frame in study order.
+    models of the frame in study order. ``field`` picks another column of :func:`summary_table` for
+    the cells (e.g. ``'best_q_value'``); its diagonal is NaN.
 
     Raises:
         ValueError: ``how`` is not 'best' or 'final', or no rows for ``measure``.
@@ -210,12 +248,15 @@ def summary_matrix(
     table = summary_table(sub, measure, measure_info=lambda _name: info)
     m = pd.DataFrame(np.nan, index=pd.Index(order, name="model_a"), columns=pd.Index(order, name="model_b"))
     table = table[table["model_a"].isin(order) & table["model_b"].isin(order)]
+    key = field or how
+    if key not in table.columns:
+        raise ValueError(f"field={field!r} is not a column of the summary table; columns: {SUMMARY_COLUMNS}")
     for rec in table.itertuples(index=False):
-        m.loc[rec.model_a, rec.model_b] = getattr(rec, how)
+        m.loc[rec.model_a, rec.model_b] = getattr(rec, key)
     if info.symmetric:
         for rec in table.itertuples(index=False):
             if pd.isna(m.loc[rec.model_b, rec.model_a]):
-                m.loc[rec.model_b, rec.model_a] = getattr(rec, how)
+                m.loc[rec.model_b, rec.model_a] = getattr(rec, key)
     for name in order:
-        m.loc[name, name] = info.identity
+        m.loc[name, name] = info.identity if field is None else np.nan
     return m

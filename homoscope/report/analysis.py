@@ -1,0 +1,818 @@
+"""What the report says in words, computed from the results frame: controls, the homogenization index,
+the depth profile, the findings and the comparison of one new model with references.
+
+Nothing here recomputes a measure: every number is a value, an interval, a control or a p-value of the
+results frame (and of the optional prediction-agreement frames), combined by the rules stated in
+:data:`INDEX_DEFINITION`, :data:`NULL_RULE` and :data:`MEAN_INTERVAL_RULE`, which the report prints.
+
+Sentences are :class:`Text` objects: runs of fixed wording, data (model names, labels) and code
+(measure names), so that each output format escapes data its own way.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._common import ALPHA, bh_adjust, column, finite, measures_of, model_order, num
+from ._measures import MeasureInfo
+from .tables import pair_rows, summary_table
+
+__all__ = [
+    "Text", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
+    "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra",
+    "INDEX_DEFINITION", "NULL_RULE", "MEAN_INTERVAL_RULE", "VERDICT_ABOVE", "VERDICT_NS", "VERDICT_NONE",
+]
+
+VERDICT_ABOVE = "above its null"
+VERDICT_NS = "not distinguishable from its null"
+VERDICT_NONE = "no null computed"
+
+#: How "not distinguishable from its null" is decided; printed in the report.
+NULL_RULE = (
+    f"A score is not distinguishable from its permutation null when its Benjamini-Hochberg adjusted p-value "
+    f"(q, over all layer pairs of one model pair and measure) is at least {ALPHA:g}. Such a score is shown as "
+    "n.s., never as similarity. p-values come from the permutation test (rows of one side shuffled); with P "
+    "permutations the smallest possible p is 1 / (P + 1)."
+)
+
+#: How an interval of a mean over pairs is formed; printed in the report.
+MEAN_INTERVAL_RULE = (
+    "An interval of a mean over model pairs is the mean of the pairs' bootstrap 95% bounds. It treats the "
+    "pairs' errors as moving together, so it is at least as wide as the interval of the mean of independent "
+    "pairs: a conservative interval."
+)
+
+#: The homogenization index, as the report defines it.
+INDEX_DEFINITION = (
+    "Homogenization index H of the model set: the mean over the model pairs of "
+    "max(0, (s \u2212 b) / (1 \u2212 b)), clipped to [0, 1], for the primary measure (the first similarity "
+    "measure of the study). s is the pair's score at its best-matching layer pair, b the random-init control "
+    "at the same layers (the same measure between random-weight versions of the two architectures, run "
+    "through the same pipeline), and 1 the score of identical representations. H = 0: no pair is more alike "
+    "than untrained networks of the same shapes; H = 1: every pair is identical at its best layers. A pair "
+    "whose score is not distinguishable from its permutation null counts 0. Interval: the same formula "
+    "applied to each pair's bootstrap 95% bounds (b held fixed), averaged over the pairs (conservative, see "
+    "above). Where a pair lacks the random-init control, the permutation null mean at the same layers "
+    "stands in for b, and the report says so."
+)
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+@dataclass(frozen=True)
+class Text:
+    """A sentence in runs: ``('t', fixed wording)``, ``('b', data shown in bold)``, ``('d', data)``,
+    ``('c', code such as a measure name)``. Each output format escapes the runs its own way."""
+
+    runs: tuple[tuple[str, str], ...] = ()
+
+    def plain(self) -> str:
+        """The sentence without markup."""
+        return "".join(s for _, s in self.runs)
+
+    def __add__(self, other: Text) -> Text:
+        return Text(self.runs + other.runs)
+
+
+def T(*parts: Any) -> Text:
+    """Build a :class:`Text`: a str is fixed wording, a ``(kind, str)`` tuple a run, a Text is spliced."""
+    runs: list[tuple[str, str]] = []
+    for p in parts:
+        if p is None:
+            continue
+        if isinstance(p, Text):
+            runs += list(p.runs)
+        elif isinstance(p, tuple):
+            runs.append((p[0], str(p[1])))
+        else:
+            runs.append(("t", str(p)))
+    return Text(tuple(runs))
+
+
+def B(s: Any) -> tuple[str, str]:
+    """Data shown in bold (a model name)."""
+    return ("b", str(s))
+
+
+def C(s: Any) -> tuple[str, str]:
+    """Code (a measure name)."""
+    return ("c", str(s))
+
+
+def D(s: Any) -> tuple[str, str]:
+    """Data shown plain (a label, a task)."""
+    return ("d", str(s))
+
+
+def f3(v: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; an en dash where it is missing."""
+    f = num(v)
+    return f"{f:.{digits}f}" if math.isfinite(f) else "\u2013"
+
+
+def interval(lo: Any, hi: Any, what: str = "95% CI") -> str:
+    """``'95% CI 0.801–0.861'``, or ``'no interval'`` where a bound is missing."""
+    return f"{what} {f3(lo)}\u2013{f3(hi)}" if finite(lo, hi) else "no interval"
+
+
+def p_txt(v: Any) -> str:
+    f = num(v)
+    if not math.isfinite(f):
+        return "\u2013"
+    return "< 0.001" if f < 0.001 else f"{f:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def model_kinds(manifest: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{model name: 'encoder' | 'decoder' | ...}`` from ``manifest['models']`` (lower case)."""
+    out = {}
+    for m in (manifest or {}).get("models") or []:
+        if isinstance(m, Mapping) and m.get("name") is not None and m.get("kind"):
+            out[str(m["name"])] = str(m["kind"]).lower()
+    return out
+
+
+def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
+                    infos: Mapping[str, MeasureInfo]) -> str | None:
+    """The primary measure: the first similarity measure in the study's order
+    (``manifest['study']['measures']``, else the frame's order); None where every measure is a distance."""
+    present = measures_of(frame)
+    study = ((manifest or {}).get("study") or {}).get("measures") or []
+    order = [m for m in study if m in present] + [m for m in present if m not in study]
+    for m in order:
+        if infos[m].higher_is_better:
+            return m
+    return None
+
+
+def _better(a: float, b: float, info: MeasureInfo) -> bool:
+    """True when ``a`` is more alike than ``b``."""
+    return a > b if info.higher_is_better else a < b
+
+
+def _verdict(q: float, p: float) -> str:
+    if math.isfinite(q):
+        return VERDICT_NS if q >= ALPHA else VERDICT_ABOVE
+    if math.isfinite(p):
+        return VERDICT_NS if p >= ALPHA else VERDICT_ABOVE
+    return VERDICT_NONE
+
+
+def controls_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.DataFrame:
+    """The summary table of ``measure`` with the verdicts of its controls.
+
+    Adds to :func:`homoscope.report.summary_table`, for ``where`` in ``best`` and ``final``:
+    ``{where}_verdict`` (:data:`VERDICT_ABOVE`, :data:`VERDICT_NS` or :data:`VERDICT_NONE`, by
+    :data:`NULL_RULE`), ``{where}_baseline`` (the random-init control, else NaN) and
+    ``{where}_vs_random`` (``'above'``, ``'within'`` or ``''``: above = the bootstrap interval, or the
+    value where there is none, is on the more-alike side of the random-init control).
+    """
+    table = summary_table(frame, measure, measure_info=lambda _n: info)
+    for where in ("best", "final"):
+        verdicts, vs = [], []
+        for r in table.itertuples(index=False):
+            verdicts.append(_verdict(num(getattr(r, f"{where}_q_value")), num(getattr(r, f"{where}_p_value"))))
+            ri = num(getattr(r, f"{where}_random_init"))
+            v = num(getattr(r, where))
+            lo, hi = num(getattr(r, f"{where}_ci_low")), num(getattr(r, f"{where}_ci_high"))
+            if not (math.isfinite(ri) and math.isfinite(v)):
+                vs.append("")
+                continue
+            edge = (lo if info.higher_is_better else hi) if math.isfinite(lo) and math.isfinite(hi) else v
+            vs.append("above" if _better(edge, ri, info) else "within")
+        table[f"{where}_verdict"] = verdicts
+        table[f"{where}_vs_random"] = vs
+    return table
+
+
+# ------------------------------------------------------------------------------------------ the index
+
+
+@dataclass
+class HomogenizationIndex:
+    """The homogenization index of a model set (see :data:`INDEX_DEFINITION`).
+
+    Attributes:
+        measure: the primary measure, or None.
+        value, low, high: the index and its interval (NaN where not computed / no bootstrap).
+        baseline: ``'random-init'``, ``'permutation null mean'``, ``'random-init and permutation null mean'``
+            or ``''`` (not computed).
+        n_pairs: pairs averaged; n_missing: pairs left out for want of any baseline.
+        pairs: one row per pair: model_a, model_b, best, baseline, baseline_kind, verdict, term,
+            term_low, term_high.
+        note: one line on how it was computed, or why not.
+    """
+
+    measure: str | None
+    value: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    baseline: str = ""
+    n_pairs: int = 0
+    n_missing: int = 0
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    note: str = ""
+
+    @property
+    def computed(self) -> bool:
+        return math.isfinite(self.value)
+
+
+def _term(s: float, b: float, top: float) -> float:
+    if not (math.isfinite(s) and math.isfinite(b)):
+        return math.nan
+    if top - b <= 0:
+        return 0.0
+    return float(np.clip((s - b) / (top - b), 0.0, 1.0))
+
+
+def homogenization_index(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
+                         infos: Mapping[str, MeasureInfo]) -> HomogenizationIndex:
+    """Compute the homogenization index of :data:`INDEX_DEFINITION` from the results frame."""
+    measure = primary_measure(frame, manifest, infos)
+    if measure is None:
+        return HomogenizationIndex(None, note="not computed: every measure of the study is a distance; the index "
+                                               "is defined for a similarity")
+    info = infos[measure]
+    table = controls_table(frame, measure, info)
+    top = info.identity
+    rows, kinds = [], set()
+    for r in table.itertuples(index=False):
+        ri, nm = num(r.best_random_init), num(r.best_null_mean)
+        if math.isfinite(ri):
+            b, kind = ri, "random-init"
+        elif math.isfinite(nm):
+            b, kind = nm, "permutation null mean"
+        else:
+            b, kind = math.nan, ""
+        s = num(r.best)
+        t, lo, hi = _term(s, b, top), _term(num(r.best_ci_low), b, top), _term(num(r.best_ci_high), b, top)
+        if r.best_verdict == VERDICT_NS and math.isfinite(t):  # never counted as similarity
+            t, lo = 0.0, (0.0 if math.isfinite(lo) else lo)
+        if kind:
+            kinds.add(kind)
+        rows.append({"model_a": r.model_a, "model_b": r.model_b, "best": s, "baseline": b, "baseline_kind": kind,
+                     "verdict": r.best_verdict, "term": t, "term_low": lo, "term_high": hi})
+    pairs = pd.DataFrame(rows, columns=["model_a", "model_b", "best", "baseline", "baseline_kind", "verdict",
+                                        "term", "term_low", "term_high"])
+    ok = pairs[np.isfinite(pairs["term"].astype(float))]
+    missing = len(pairs) - len(ok)
+    if ok.empty:
+        return HomogenizationIndex(measure, pairs=pairs, n_missing=missing,
+                                   note="not computed: the study has neither the random-init control nor a "
+                                        "permutation null, and the index is not defined without a baseline")
+    value = float(ok["term"].mean())
+    has_ci = np.isfinite(ok["term_low"].astype(float)).all() and np.isfinite(ok["term_high"].astype(float)).all()
+    low = float(ok["term_low"].mean()) if has_ci else math.nan
+    high = float(ok["term_high"].mean()) if has_ci else math.nan
+    if kinds == {"random-init"}:
+        baseline = "random-init"
+        note = "baseline: the random-init control"
+    elif kinds == {"permutation null mean"}:
+        baseline = "permutation null mean"
+        note = ("baseline: the permutation null mean, standing in for the random-init control, which this study "
+                "did not run")
+    else:
+        baseline = "random-init and permutation null mean"
+        n_null = int((ok["baseline_kind"] == "permutation null mean").sum())
+        note = (f"baseline: the random-init control, and the permutation null mean for the {n_null} pair(s) "
+                "without it")
+    if missing:
+        note += f"; {missing} pair(s) without any baseline left out"
+    if not has_ci:
+        note += "; no interval (the study ran no bootstrap)"
+    return HomogenizationIndex(measure, value, low, high, baseline, len(ok), missing, pairs, note)
+
+
+# ------------------------------------------------------------------------------------------ depth profile
+
+
+def depth_profile(frame: pd.DataFrame, measure: str, info: MeasureInfo, bins: int = 5) -> pd.DataFrame:
+    """The measure along equal relative depth, averaged over model pairs, in ``bins`` depth bins.
+
+    For each pair, each layer of the model with more layers is matched with the layer of the other at the
+    nearest relative depth (layer / last layer); the matched values are averaged within each bin of
+    relative depth, then over pairs (each pair weighs the same). ``low``/``high`` average the matched
+    cells' bootstrap bounds in the same way (see :data:`MEAN_INTERVAL_RULE`); NaN where any is missing.
+
+    Returns a frame with columns ``bin_low, bin_high, mean, low, high, n_pairs``.
+    """
+    sub = frame[frame["measure"] == measure]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    per_pair = []
+    for (_a, _b), g in sub.groupby(["model_a", "model_b"], sort=False):
+        la, lb = g["layer_a"].astype(int).to_numpy(), g["layer_b"].astype(int).to_numpy()
+        na, nb = int(la.max()) + 1, int(lb.max()) + 1
+        vals = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(la, lb, strict=True))}
+        v, lo, hi = column(g, "value"), column(g, "ci_low"), column(g, "ci_high")
+        rows = []
+        if na >= nb:
+            for i in range(na):
+                d = i / max(na - 1, 1)
+                rows.append((d, vals.get((i, int(round(d * (nb - 1)))))))
+        else:
+            for j in range(nb):
+                d = j / max(nb - 1, 1)
+                rows.append((d, vals.get((int(round(d * (na - 1))), j))))
+        rec = []
+        for d, k in rows:
+            if k is None or not math.isfinite(v[k]):
+                continue
+            rec.append((min(int(d * bins), bins - 1), v[k], lo[k], hi[k]))
+        if rec:
+            per_pair.append(pd.DataFrame(rec, columns=["bin", "value", "low", "high"]).groupby("bin").mean())
+    out = []
+    for b in range(bins):
+        parts = [p.loc[b] for p in per_pair if b in p.index]
+        if not parts:
+            out.append((edges[b], edges[b + 1], math.nan, math.nan, math.nan, 0))
+            continue
+        df = pd.DataFrame(parts)
+        lo_ok = np.isfinite(df["low"]).all() and np.isfinite(df["high"]).all()
+        out.append((edges[b], edges[b + 1], float(df["value"].mean()),
+                    float(df["low"].mean()) if lo_ok else math.nan,
+                    float(df["high"].mean()) if lo_ok else math.nan, len(df)))
+    return pd.DataFrame(out, columns=["bin_low", "bin_high", "mean", "low", "high", "n_pairs"])
+
+
+# ------------------------------------------------------------------------------------------ extra frames
+
+
+def normalize_extra(extra: Mapping[str, pd.DataFrame] | None) -> dict[str, pd.DataFrame]:
+    """The prediction-agreement frames in one shape, whatever the writer named the columns.
+
+    ``probes``: ``accuracy`` (from ``value`` where absent) and ``n_test`` (from ``n``); ``agreement`` and
+    ``homogenization`` as given. Frames that are None or empty are dropped. Other keys pass through.
+
+    Raises:
+        TypeError: a value is not a DataFrame.
+        ValueError: a known frame lacks a column it cannot do without (named).
+    """
+    out: dict[str, pd.DataFrame] = {}
+    for key, df in (extra or {}).items():
+        if df is None:
+            continue
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"extra[{key!r}] must be a pandas DataFrame, got {type(df).__name__}")
+        if df.empty:
+            continue
+        df = df.copy()
+        if key == "probes":
+            if "accuracy" not in df and "value" in df:
+                df["accuracy"] = df["value"]
+            if "n_test" not in df and "n" in df:
+                df["n_test"] = df["n"]
+            need = ["model", "layer", "accuracy"]
+        elif key == "agreement":
+            need = ["model_a", "model_b", "measure", "value"]
+        elif key == "homogenization":
+            need = ["measure", "value"]
+        else:
+            need = []
+        lacking = [c for c in need if c not in df]
+        if lacking:
+            raise ValueError(f"extra[{key!r}] lacks columns {lacking}; it needs {need} (has {list(df.columns)})")
+        out[str(key)] = df
+    return out
+
+
+def _sel(df: pd.DataFrame, selection: str = "best") -> pd.DataFrame:
+    if "selection" in df and (df["selection"] == selection).any():
+        return df[df["selection"] == selection]
+    return df
+
+
+def probe_best(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: the probe at its best layer (``best`` column where given, else top accuracy)."""
+    rows = []
+    for model, g in probes.groupby("model", sort=False):
+        if "best" in g and g["best"].fillna(False).astype(bool).any():
+            r = g[g["best"].fillna(False).astype(bool)].iloc[0]
+        else:
+            r = g.loc[pd.to_numeric(g["accuracy"], errors="coerce").idxmax()]
+        last = int(pd.to_numeric(g["layer"], errors="coerce").max())
+        fin = g[pd.to_numeric(g["layer"], errors="coerce") == last]
+        rows.append({"model": model, "layer": int(r["layer"]), "last_layer": last, "accuracy": num(r["accuracy"]),
+                     "ci_low": num(r.get("ci_low")), "ci_high": num(r.get("ci_high")),
+                     "final_accuracy": num(fin["accuracy"].iloc[0]) if len(fin) else math.nan,
+                     "chance": num(r.get("chance")), "n_test": num(r.get("n_test"))})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ findings
+
+
+def _pair_text(a: str, b: str, info: MeasureInfo) -> Text:
+    return T(B(a), " \u2192 " if not info.symmetric else " and ", B(b))
+
+
+def _mean_ci(df: pd.DataFrame, col: str, lo: str, hi: str) -> tuple[float, float, float]:
+    v = df[col].astype(float)
+    lo_v, hi_v = df[lo].astype(float), df[hi].astype(float)
+    ok = np.isfinite(lo_v).all() and np.isfinite(hi_v).all()
+    return float(v.mean()), (float(lo_v.mean()) if ok else math.nan), (float(hi_v.mean()) if ok else math.nan)
+
+
+def findings(
+    frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos: Mapping[str, MeasureInfo],
+    extra: Mapping[str, pd.DataFrame] | None = None, index: HomogenizationIndex | None = None,
+    include_index: bool = True,
+) -> list[Text]:
+    """Plain sentences generated from the numbers, each citing its value and interval.
+
+    In order: the homogenization index (unless ``include_index`` is False: a report that shows it
+    apart); the most and least alike pair under the primary measure;
+    the controls (pairs above their random-init baseline, pairs not distinguishable from their null);
+    encoders against decoders (where the manifest gives each model's kind and both kinds have pairs);
+    the relative depth at which models agree most; final layers against best layers; whether the other
+    measures agree with the primary one on the most alike pair; and, where the agreement frames are given,
+    probes, pairwise agreement, Fleiss' kappa and outcome homogenization.
+    """
+    manifest = manifest or {}
+    out: list[Text] = []
+    index = index if index is not None else homogenization_index(frame, manifest, infos)
+    m = index.measure or primary_measure(frame, manifest, infos) or measures_of(frame)[0]
+    info = infos[m]
+    if not include_index:
+        pass
+    elif index.computed:
+        ci = (f" (interval {f3(index.low)}\u2013{f3(index.high)})" if finite(index.low, index.high)
+              else " (no interval: no bootstrap)")
+        out.append(T("Homogenization index H = ", f3(index.value), ci, f" over {index.n_pairs} model pair"
+                     f"{'s' if index.n_pairs != 1 else ''} under ", C(m), f"; {index.note}. ",
+                     index_reading(index.value)))
+    else:
+        out.append(T("Homogenization index: ", index.note, "."))
+
+    table = controls_table(frame, m, info)
+    ok = table[np.isfinite(table["best"].astype(float))]
+    if not ok.empty:
+        sig = ok[ok["best_verdict"] != VERDICT_NS]
+        hi = info.higher_is_better
+        if sig.empty:
+            out.append(T("No pair's best score under ", C(m), " is distinguishable from its permutation null: "
+                         "the data do not show these models to be alike."))
+        else:
+            top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
+            out.append(T("Most alike: ", _pair_text(top.model_a, top.model_b, info), ", ", C(m), " ",
+                         f3(top.best), f" ({interval(top.best_ci_low, top.best_ci_high)}) at layers "
+                         f"{_int(top.best_layer_a)} of {top.layers_a - 1} and {_int(top.best_layer_b)} of "
+                         f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
+                         f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), "."))
+            if len(ok) > 1:
+                low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
+                if (low.model_a, low.model_b) != (top.model_a, top.model_b):
+                    ns = " (not distinguishable from its null)" if low.best_verdict == VERDICT_NS else ""
+                    out.append(T("Least alike: ", _pair_text(low.model_a, low.model_b, info), ", ", C(m), " ",
+                                 f3(low.best), f" ({interval(low.best_ci_low, low.best_ci_high)}) at their "
+                                 f"best-matching layers{ns}."))
+        with_ri = ok[ok["best_vs_random"] != ""]
+        if not with_ri.empty:
+            above = int((with_ri["best_vs_random"] == "above").sum())
+            out.append(T(f"{above} of {len(with_ri)} pairs score above their random-init baseline at their best "
+                         f"layers (mean baseline {f3(with_ri['best_random_init'].mean())}, mean score "
+                         f"{f3(with_ri['best'].mean())}); a score within its baseline says as much about the "
+                         "architectures and the data as about training."))
+        tested = ok[ok["best_verdict"] != VERDICT_NONE]
+        if not tested.empty:
+            ns = tested[tested["best_verdict"] == VERDICT_NS]
+            if ns.empty:
+                out.append(T(f"All {len(tested)} pairs' best scores are distinguishable from their permutation "
+                             f"null (BH q < {ALPHA:g})."))
+            else:
+                names = [_pair_text(r.model_a, r.model_b, info) for r in ns.head(3).itertuples(index=False)]
+                listed = T()
+                for k, t in enumerate(names):
+                    listed = listed + (T(", ") if k else T()) + t
+                more = f" and {len(ns) - 3} more" if len(ns) > 3 else ""
+                out.append(T(f"{len(ns)} of {len(tested)} pairs' best scores are not distinguishable from their "
+                             "permutation null: ", listed, more, "."))
+        out += _kind_finding(ok, manifest, m, info)
+        prof = depth_profile(frame, m, info)
+        prof = prof[np.isfinite(prof["mean"])]
+        if len(prof) >= 2:
+            best_bin = prof.loc[prof["mean"].idxmax() if hi else prof["mean"].idxmin()]
+            worst_bin = prof.loc[prof["mean"].idxmin() if hi else prof["mean"].idxmax()]
+            out.append(T("Along equal relative depth, models agree most at relative depth "
+                         f"{best_bin.bin_low:.1f}\u2013{best_bin.bin_high:.1f} (mean ", C(m), " ", f3(best_bin["mean"]),
+                         f", {interval(best_bin.low, best_bin.high, 'interval')}) and least at "
+                         f"{worst_bin.bin_low:.1f}\u2013{worst_bin.bin_high:.1f} ({f3(worst_bin['mean'])}); "
+                         f"best-matching layers lie at a mean relative depth of "
+                         f"{f3(((ok['best_depth_a'] + ok['best_depth_b']) / 2).mean(), 2)}."))
+        fin = ok[np.isfinite(ok["final"].astype(float))]
+        if not fin.empty:
+            fm, flo, fhi = _mean_ci(fin, "final", "final_ci_low", "final_ci_high")
+            bm, blo, bhi = _mean_ci(fin, "best", "best_ci_low", "best_ci_high")
+            word = "less" if _better(bm, fm, info) and abs(bm - fm) > 1e-9 else "as"
+            out.append(T(f"Final layers are {word} alike {'than' if word == 'less' else 'as'} the best-matching "
+                         "layers: mean ", C(m), f" {f3(fm)} ({interval(flo, fhi, 'interval')}) final against final, "
+                         f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs."))
+    out += _measures_agree(frame, m, infos)
+    out += _agreement_findings(normalize_extra(extra))
+    return out
+
+
+def _int(v: Any) -> str:
+    f = num(v)
+    return str(int(f)) if math.isfinite(f) else "?"
+
+
+def index_reading(h: float) -> str:
+    """One sentence reading a homogenization index value."""
+    if h < 0.1:
+        return "The models are barely more alike than untrained networks of the same shapes."
+    if h < 0.4:
+        return "Training makes the models somewhat more alike than untrained networks of the same shapes."
+    if h < 0.7:
+        return "Training makes the models substantially more alike than untrained networks of the same shapes."
+    return "The models are close to identical at their best-matching layers, well above untrained networks."
+
+
+def _controls_clause(r: Any, where: str) -> str:
+    parts = []
+    ri = num(getattr(r, f"{where}_random_init"))
+    if math.isfinite(ri):
+        parts.append(f"random-init {f3(ri)}")
+    nm = num(getattr(r, f"{where}_null_mean"))
+    if math.isfinite(nm):
+        parts.append(f"null {f3(nm)}, q {p_txt(getattr(r, f'{where}_q_value'))}")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: MeasureInfo) -> list[Text]:
+    kinds = model_kinds(manifest)
+    if not kinds:
+        return []
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(ok.itertuples(index=False)):
+        ka, kb = kinds.get(str(r.model_a)), kinds.get(str(r.model_b))
+        if ka is None or kb is None:
+            continue
+        key = ka if ka == kb else "mixed"
+        groups.setdefault(key, []).append(k)
+    if not ("decoder" in groups and "encoder" in groups):
+        present = sorted(set(kinds.values()))
+        if len(present) == 1 and len(ok) > 0:
+            return [T(f"All models are {present[0]}s, so decoders and encoders cannot be compared here.")]
+        return []
+    stats = {}
+    for key, idx in groups.items():
+        sub = ok.iloc[idx]
+        stats[key] = (*_mean_ci(sub, "best", "best_ci_low", "best_ci_high"), len(sub))
+    dm, dlo, dhi, dn = stats["decoder"]
+    em, elo, ehi, en = stats["encoder"]
+    more = _better(dm, em, info)
+    overlap = finite(dlo, dhi, elo, ehi) and not (dlo > ehi or elo > dhi)
+    tail = (" The intervals overlap, so the difference is not established." if overlap
+            else (" The intervals do not overlap." if finite(dlo, dhi, elo, ehi) else ""))
+    mixed = (f" Mixed encoder\u2013decoder pairs: {f3(stats['mixed'][0])} over {stats['mixed'][3]}."
+             if "mixed" in stats else "")
+    return [T(f"Decoders resemble each other {'more' if more else 'less'} than encoders do: mean best ", C(m),
+              f" {f3(dm)} ({interval(dlo, dhi, 'interval')}) over {dn} decoder pair{'s' if dn != 1 else ''} "
+              f"against {f3(em)} ({interval(elo, ehi, 'interval')}) over {en} encoder pair{'s' if en != 1 else ''}.",
+              mixed, tail)]
+
+
+def _measures_agree(frame: pd.DataFrame, primary: str, infos: Mapping[str, MeasureInfo]) -> list[Text]:
+    others = [x for x in measures_of(frame) if x != primary]
+    if not others:
+        return []
+    tops = {}
+    for x in [primary, *others]:
+        t = summary_table(frame, x, measure_info=lambda _n, i=infos[x]: i)
+        t = t[np.isfinite(t["best"].astype(float))]
+        if t.empty:
+            continue
+        r = t.loc[t["best"].idxmax() if infos[x].higher_is_better else t["best"].idxmin()]
+        tops[x] = frozenset((r.model_a, r.model_b)) if infos[x].symmetric else (r.model_a, r.model_b)
+    if primary not in tops or len(tops) < 2:
+        return []
+    same = [x for x in others if x in tops and tops[x] == tops[primary]]
+    differ = [x for x in others if x in tops and tops[x] != tops[primary]]
+    if not differ:
+        return [T(f"The other measure{'s' if len(same) > 1 else ''} (", *_join_code(same),
+                  ") agree on the most alike pair.")]
+    return [T("The measures disagree on the most alike pair: ", *_join_code(differ),
+              " pick" if len(differ) > 1 else " picks", " a different pair than ", C(primary), ".")]
+
+
+def _join_code(names: Sequence[str]) -> list:
+    parts: list = []
+    for k, x in enumerate(names):
+        if k:
+            parts.append(", ")
+        parts.append(C(x))
+    return parts
+
+
+def _agreement_findings(extra: Mapping[str, pd.DataFrame]) -> list[Text]:
+    out: list[Text] = []
+    probes = extra.get("probes")
+    if probes is not None:
+        best = probe_best(probes)
+        best = best[np.isfinite(best["accuracy"])]
+        if not best.empty:
+            hi, lo = best.loc[best["accuracy"].idxmax()], best.loc[best["accuracy"].idxmin()]
+            chance = f"; chance {f3(hi.chance)}" if math.isfinite(hi.chance) else ""
+            out.append(T("Linear probes at each model's best layer reach accuracy from ", f3(lo.accuracy),
+                         f" ({interval(lo.ci_low, lo.ci_high)}; ", B(lo.model), f", layer {lo.layer}) to ",
+                         f3(hi.accuracy), f" ({interval(hi.ci_low, hi.ci_high)}; ", B(hi.model),
+                         f", layer {hi.layer}){chance}."))
+    agree = extra.get("agreement")
+    if agree is not None:
+        a = _sel(agree)
+        for measure, label in (("cohen_kappa", "Cohen's kappa"), ("agreement", "agreement")):
+            g = a[a["measure"] == measure]
+            if g.empty:
+                continue
+            v = pd.to_numeric(g["value"], errors="coerce")
+            ind = pd.to_numeric(g["expected_independent"], errors="coerce") if "expected_independent" in g else None
+            ind_txt = (f"; {f3(ind.mean())} if the models erred independently at their own rates"
+                       if ind is not None and np.isfinite(ind).any() else "")
+            lo_hi = ""
+            if {"ci_low", "ci_high"} <= set(g.columns):
+                lo_v, hi_v = pd.to_numeric(g["ci_low"], errors="coerce"), pd.to_numeric(g["ci_high"], errors="coerce")
+                if np.isfinite(lo_v).all() and np.isfinite(hi_v).all():
+                    lo_hi = f", interval {f3(lo_v.mean())}\u2013{f3(hi_v.mean())}"
+            out.append(T(f"Probe predictions: mean pairwise {label} {f3(v.mean())} over {len(g)} pairs"
+                         f"{lo_hi}{ind_txt}."))
+            break
+    sets = extra.get("homogenization")
+    if sets is not None:
+        s = _sel(sets)
+        fk = s[s["measure"] == "fleiss_kappa"]
+        if not fk.empty:
+            r = fk.iloc[0]
+            k = f" over all {int(num(r.get('k')))} models" if math.isfinite(num(r.get("k"))) else ""
+            ind = num(r.get("expected_independent"))
+            out.append(T(f"Fleiss' kappa{k}: {f3(r['value'])}"
+                         + (f" (independent errors would give {f3(ind)})" if math.isfinite(ind) else "") + "."))
+        h = s[s["measure"] == "h_avg"]
+        if "groups" in h:
+            h = h[h["groups"] == "instances"] if (h["groups"] == "instances").any() else h
+        if not h.empty:
+            r = h.iloc[0]
+            extra_txt = ""
+            if math.isfinite(num(r.get("null_mean"))):
+                extra_txt = f"; null mean {f3(r.get('null_mean'))}, p = {p_txt(r.get('p_value'))}"
+            reading = ("failures concentrate on the same instances more than independent models' would"
+                       if num(r["value"]) > 1 else "failures are no more shared than independent models' would be")
+            out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
+                         f"independent{extra_txt}): {reading}."))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+@dataclass
+class CompareView:
+    """One new model against references (``manifest['study']['pairs'] == 'first-vs-rest'``).
+
+    Attributes:
+        new: the new model (first of ``manifest['models']``); references: the others, in order.
+        measure: the measure of the per-layer table (the primary measure).
+        per_layer: one row per layer of the new model and reference: reference, layer, depth,
+            best_layer, best_depth, value, ci_low, ci_high, q_value, random_init.
+        overall: per measure, :func:`controls_table` rows of the pairs (new, reference).
+        order: per reference, Spearman's rho between the new model's layer and its best-matching
+            reference layer (NaN where undefined).
+        verdict: the verdict paragraph.
+    """
+
+    new: str
+    references: list[str]
+    measure: str
+    per_layer: pd.DataFrame
+    overall: dict[str, pd.DataFrame]
+    order: dict[str, float]
+    verdict: list[Text]
+
+
+def compare_view(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
+                 infos: Mapping[str, MeasureInfo]) -> CompareView | None:
+    """The comparison of the first model with the others, where the study is a comparison
+    (``manifest['study']['pairs'] == 'first-vs-rest'``); None otherwise."""
+    manifest = manifest or {}
+    if str((manifest.get("study") or {}).get("pairs") or "") != "first-vs-rest":
+        return None
+    names = [str(m.get("name")) for m in manifest.get("models") or [] if isinstance(m, Mapping) and m.get("name")]
+    order_ = model_order(frame, names)
+    if len(order_) < 2:
+        return None
+    new, refs = order_[0], order_[1:]
+    m = primary_measure(frame, manifest, infos) or measures_of(frame)[0]
+    info = infos[m]
+    better = np.nanargmax if info.higher_is_better else np.nanargmin
+    rows, spear = [], {}
+    for ref in refs:
+        try:
+            g, transposed = pair_rows(frame, new, ref, m, info)
+        except ValueError:
+            continue
+        la, lb = ("layer_b", "layer_a") if transposed else ("layer_a", "layer_b")
+        ia, ib = g[la].astype(int).to_numpy(), g[lb].astype(int).to_numpy()
+        na, nb = int(ia.max()) + 1, int(ib.max()) + 1
+        cols = {c: np.full((na, nb), np.nan) for c in ("value", "ci_low", "ci_high", "p_value", "random_init")}
+        for c in cols:
+            cols[c][ia, ib] = column(g, c)
+        q = bh_adjust(cols["p_value"])
+        path = []
+        for i in range(na):
+            if not np.isfinite(cols["value"][i]).any():
+                continue
+            j = int(better(cols["value"][i]))
+            path.append((i, j))
+            rows.append({"reference": ref, "layer": i, "depth": i / max(na - 1, 1), "best_layer": j,
+                         "best_depth": j / max(nb - 1, 1), "value": cols["value"][i, j],
+                         "ci_low": cols["ci_low"][i, j], "ci_high": cols["ci_high"][i, j], "q_value": q[i, j],
+                         "random_init": cols["random_init"][i, j]})
+        spear[ref] = _spearman([p[0] for p in path], [p[1] for p in path])
+    per_layer = pd.DataFrame(rows, columns=["reference", "layer", "depth", "best_layer", "best_depth", "value",
+                                            "ci_low", "ci_high", "q_value", "random_init"])
+    overall = {}
+    for x in measures_of(frame):
+        t = controls_table(frame, x, infos[x])
+        keep = [(r.model_a == new and r.model_b in refs) or (infos[x].symmetric and r.model_b == new
+                                                                and r.model_a in refs)
+                for r in t.itertuples(index=False)]
+        overall[x] = t[keep].reset_index(drop=True)
+    view = CompareView(new, refs, m, per_layer, overall, spear, [])
+    view.verdict = _compare_verdict(view, info)
+    return view
+
+
+def _spearman(x: Sequence[int], y: Sequence[int]) -> float:
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
+    t = view.overall.get(view.measure)
+    if t is None or t.empty:
+        return [T("No reference has scores against ", B(view.new), ".")]
+    ok = t[np.isfinite(t["best"].astype(float))].copy()
+    ok["ref"] = [r.model_b if r.model_a == view.new else r.model_a for r in ok.itertuples(index=False)]
+    sig = ok[ok["best_verdict"] != VERDICT_NS]
+    ns = ok[ok["best_verdict"] == VERDICT_NS]
+    hi = info.higher_is_better
+    out: list[Text] = []
+    if sig.empty:
+        out.append(T(B(view.new), " is not distinguishable from its permutation null against any reference under ",
+                     C(view.measure), ": the data do not show it to resemble them."))
+        return out
+    top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
+    s = T(B(view.new), " is most alike ", B(top.ref), " under ", C(view.measure), ": ", f3(top.best),
+          f" ({interval(top.best_ci_low, top.best_ci_high)}) at its layer {_int(top.best_layer_a)} of "
+          f"{top.layers_a - 1} and layer {_int(top.best_layer_b)} of {top.layers_b - 1} of the reference",
+          _controls_clause(top, "best"), ".")
+    if top.best_vs_random == "within":
+        s = s + T(" That is within the random-init baseline: untrained networks of these shapes are as alike.")
+    elif top.best_vs_random == "above":
+        s = s + T(" That is above the random-init baseline.")
+    out.append(s)
+    if len(ok) > 1:
+        low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
+        if low.ref != top.ref:
+            out.append(T("It is least alike ", B(low.ref), f": {f3(low.best)} "
+                         f"({interval(low.best_ci_low, low.best_ci_high)})"
+                         + (", not distinguishable from its null" if low.best_verdict == VERDICT_NS else "") + "."))
+    fin = ok[np.isfinite(ok["final"].astype(float))]
+    if not fin.empty:
+        ftop = fin.loc[fin["final"].idxmax() if hi else fin["final"].idxmin()]
+        out.append(T("Final layer against final layer it is closest to ", B(ftop.ref),
+                     f" ({f3(ftop.final)}, {interval(ftop.final_ci_low, ftop.final_ci_high)})."))
+    rho = view.order.get(top.ref, math.nan)
+    if math.isfinite(rho):
+        how = ("in the same order" if rho >= 0.8 else "roughly in order" if rho >= 0.4
+               else "out of order")
+        out.append(T("Its layers map onto ", B(top.ref), f"'s {how} (Spearman rho {rho:.2f} between its layer and "
+                     "the best-matching reference layer)."))
+    if not ns.empty:
+        names = T()
+        for k, r in enumerate(ns.itertuples(index=False)):
+            names = names + (T(", ") if k else T()) + T(B(r.ref))
+        out.append(T("Not distinguishable from the null against: ", names, "."))
+    return out
+
+
+def extra_or_none(extra: Mapping[str, pd.DataFrame] | None, key: str) -> pd.DataFrame | None:
+    """``extra[key]`` where present and not empty, else None."""
+    df = (extra or {}).get(key)
+    return df if isinstance(df, pd.DataFrame) and not df.empty else None
+
+
+def infos_for(frame: pd.DataFrame, resolve: Callable[[str], MeasureInfo]) -> dict[str, MeasureInfo]:
+    """``{measure: MeasureInfo}`` for every measure of the frame."""
+    return {m: resolve(m) for m in measures_of(frame)}

@@ -1,0 +1,149 @@
+"""Permutation null and bootstrap intervals: fast paths equal the plain definitions."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from homoscope.measures import (
+    bootstrap_ci,
+    bootstrap_weights,
+    compute,
+    get_measure,
+    list_measures,
+    permutation_null,
+    permutations,
+    with_controls,
+)
+from homoscope.measures.controls import clear_cache
+
+
+def _data(seed=0, n=48):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(2, n, 5, generator=g, dtype=torch.float64)
+    Y = torch.randn(3, n, 4, generator=g, dtype=torch.float64)
+    Y[2] += X[1, :, :4]
+    return X, Y
+
+
+def _plain_null(name, X, Y, P, seed):
+    vals = torch.stack([compute(name, X, Y[:, p]) for p in permutations(X.shape[1], P, seed)])
+    return vals
+
+
+def _plain_boot(name, X, Y, B, groups, seed, level=0.95):
+    base = torch.arange(X.shape[1])
+    vals = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for w in bootstrap_weights(X.shape[1], B, groups, seed):
+            rows = base.repeat_interleave(w.long())
+            vals.append(compute(name, X[:, rows], Y[:, rows]))
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+    return torch.quantile(torch.stack(vals), q, dim=0)
+
+
+@pytest.mark.parametrize("name", list_measures())
+def test_null_equals_plain_permutation_loop(name):
+    X, Y = _data()
+    res = permutation_null(name, X, Y, n_permutations=12, seed=3, precision="float64")
+    vals = _plain_null(name, X, Y, 12, 3)
+    obs = compute(name, X, Y)
+    torch.testing.assert_close(res.observed, obs, atol=1e-12, rtol=0)
+    torch.testing.assert_close(res.mean, vals.mean(0), atol=1e-12, rtol=0)
+    torch.testing.assert_close(res.std, vals.std(0), atol=1e-12, rtol=0)
+    sim = get_measure(name).kind == "similarity"
+    hits = (vals >= obs - 1e-12).sum(0) if sim else (vals <= obs + 1e-12).sum(0)
+    torch.testing.assert_close(res.p_value, (1.0 + hits.double()) / 13.0, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["linear_cka", "debiased_cka", "rsa", "procrustes"])
+def test_bootstrap_equals_plain_resampling(name):
+    X, Y = _data()
+    lo, hi = bootstrap_ci(name, X, Y, n_boot=10, seed=5, precision="float64")
+    want = _plain_boot(name, X, Y, 10, None, 5)
+    torch.testing.assert_close(lo, want[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(hi, want[1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["linear_cka", "debiased_cka"])
+def test_group_bootstrap_resamples_whole_documents(name):
+    X, Y = _data(n=60)
+    docs = [f"doc{i // 5}" for i in range(60)]
+    W = bootstrap_weights(60, 6, docs, 1)
+    # every unit of a document has the same count, and 12 documents are drawn each time
+    assert torch.equal(W.view(6, 12, 5), W.view(6, 12, 5)[:, :, :1].expand(6, 12, 5))
+    assert torch.equal(W.sum(1), torch.full((6,), 60.0, dtype=torch.float64))
+    lo, hi = bootstrap_ci(name, X, Y, n_boot=8, groups=docs, seed=1, precision="float64")
+    want = _plain_boot(name, X, Y, 8, docs, 1)
+    torch.testing.assert_close(lo, want[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(hi, want[1], atol=1e-10, rtol=0)
+
+
+def test_float32_fast_path_error_bound():
+    X, Y = _data(n=80)
+    for name in ("linear_cka", "debiased_cka", "rbf_cka", "cknna"):
+        r32 = with_controls(name, X, Y, n_permutations=10, n_boot=10, precision="float32")[name]
+        r64 = with_controls(name, X, Y, n_permutations=10, n_boot=10, precision="float64")[name]
+        for a, b in ((r32.null.mean, r64.null.mean), (r32.null.std, r64.null.std)):
+            assert (a - b).abs().max() < 1e-5
+        for a, b in zip(r32.ci, r64.ci):
+            assert (a - b).abs().max() < 1e-5
+
+
+def test_with_controls_shares_work_and_matches_single_calls():
+    X, Y = _data()
+    clear_cache()
+    both = with_controls(["linear_cka", "debiased_cka"], X, Y, n_permutations=8, n_boot=8, seed=2)
+    for name in ("linear_cka", "debiased_cka"):
+        clear_cache()
+        null = permutation_null(name, X, Y, n_permutations=8, seed=2)
+        lo, hi = bootstrap_ci(name, X, Y, n_boot=8, seed=2)
+        torch.testing.assert_close(both[name].null.mean, null.mean, atol=1e-12, rtol=0)
+        torch.testing.assert_close(both[name].ci.low, lo, atol=1e-12, rtol=0)
+        torch.testing.assert_close(both[name].value, compute(name, X, Y), atol=1e-12, rtol=0)
+
+
+def test_cache_is_invalidated_by_in_place_changes():
+    X, Y = _data()
+    a = permutation_null("linear_cka", X, Y, n_permutations=6)
+    Y[0] = X[0, :, :4]
+    b = permutation_null("linear_cka", X, Y, n_permutations=6)
+    torch.testing.assert_close(b.observed, compute("linear_cka", X, Y), atol=1e-12, rtol=0)
+    assert (a.observed - b.observed).abs().max() > 0.1
+
+
+def test_related_pairs_get_small_p_values_and_seeds_reproduce():
+    X, Y = _data(n=60)
+    res = permutation_null("debiased_cka", X, Y, n_permutations=50, seed=0)
+    assert res.p_value[1, 2].item() == pytest.approx(1 / 51)
+    assert res.p_value.min() > 0
+    again = permutation_null("debiased_cka", X, Y, n_permutations=50, seed=0)
+    assert torch.equal(res.p_value, again.p_value)
+    lo, hi = bootstrap_ci("debiased_cka", X, Y, n_boot=30)
+    assert (lo <= res.observed + 1e-12).all() or (hi >= res.observed).all()
+    assert (lo <= hi).all()
+
+
+def test_distance_p_values_count_smaller_values():
+    X, Y = _data(n=60)
+    res = permutation_null("procrustes_distance", X, Y, n_permutations=20)
+    assert res.p_value[1, 2].item() == pytest.approx(1 / 21)
+
+
+def test_controls_argument_errors():
+    X, Y = _data()
+    with pytest.raises(ValueError, match="n_permutations must be an integer >= 2"):
+        permutation_null("linear_cka", X, Y, n_permutations=1)
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 2"):
+        bootstrap_ci("linear_cka", X, Y, n_boot=0)
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\); got level=1.5"):
+        bootstrap_ci("linear_cka", X, Y, level=1.5)
+    with pytest.raises(ValueError, match=r"groups must give one id per row \(length n=48\)"):
+        bootstrap_ci("linear_cka", X, Y, groups=[0, 1, 2])
+    with pytest.raises(ValueError, match="unknown measure 'cka'"):
+        permutation_null("cka", X, Y)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        with_controls("linear_cka", X, Y, precision="float16")

@@ -1,0 +1,105 @@
+"""The registry: names, metadata the report and CLI read, compute by name, devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from homoscope import measures
+from homoscope.measures import (
+    MeasureInfo,
+    compute,
+    get_measure,
+    list_measures,
+    register,
+)
+from homoscope.measures.streaming import STREAMING_MEASURES
+
+EXPECTED = {
+    "linear_cka",
+    "debiased_cka",
+    "rbf_cka",
+    "minibatch_cka",
+    "cca_rho",
+    "cca_r2",
+    "svcca",
+    "pwcca",
+    "procrustes",
+    "procrustes_distance",
+    "mutual_knn",
+    "cknna",
+    "rsa",
+}
+VOCABULARY = {"translation", "isotropic_scaling", "orthogonal", "permutation", "invertible_linear"}
+
+
+def test_all_measures_registered_with_complete_metadata():
+    assert set(list_measures()) == EXPECTED
+    for name in list_measures():
+        info = get_measure(name)
+        assert isinstance(info, MeasureInfo) and info.name == name
+        assert info.kind in ("similarity", "distance")
+        assert isinstance(info.symmetric, bool)
+        lo, hi = info.value_range
+        assert lo < hi
+        assert set(info.invariances) <= VOCABULARY
+        assert isinstance(info.min_n, int) and info.min_n >= 2
+        assert info.reference and info.description
+        params = inspect.signature(info.fn).parameters
+        for opt, default in info.options.items():
+            assert params[opt].default == default, (name, opt)
+        assert info.streaming == (name in STREAMING_MEASURES or name == "minibatch_cka")
+        assert info.fn.__doc__ and "Raises" in info.fn.__doc__
+
+
+def test_only_distances_say_so_and_only_pwcca_is_asymmetric():
+    assert [m for m in list_measures() if get_measure(m).kind == "distance"] == ["procrustes_distance"]
+    assert [m for m in list_measures() if not get_measure(m).symmetric] == ["pwcca"]
+
+
+def test_compute_by_name_equals_direct_call():
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(2, 30, 4, generator=g), torch.randn(30, 3, generator=g)
+    torch.testing.assert_close(compute("rbf_cka", X, Y, threshold=0.5), measures.rbf_cka(X, Y, threshold=0.5))
+
+
+def test_register_a_custom_measure():
+    def neg_linear(X, Y):
+        return -measures.linear_cka(X, Y)
+
+    info = register(MeasureInfo("tmp_neg", neg_linear, "similarity", True, (-1.0, 0.0), (), 2, "none", "test"))
+    try:
+        assert "tmp_neg" in list_measures()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            info.kind = "distance"
+        with pytest.raises(ValueError, match="kind must be one of"):
+            register(MeasureInfo("bad", neg_linear, "score", True, (0.0, 1.0), (), 2, "", ""))
+    finally:
+        from homoscope.measures import registry
+
+        registry._REGISTRY.pop("tmp_neg", None)
+
+
+def test_numpy_and_list_inputs_and_output_device():
+    import numpy as np
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    Y = X.tolist()
+    out = compute("linear_cka", X, Y)
+    assert out.item() == pytest.approx(1.0) and out.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_inputs_give_output_on_x_device():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 64, 8, generator=g)
+    Y = torch.randn(3, 64, 6, generator=g)
+    for name in list_measures():
+        cpu = compute(name, X, Y)
+        gpu = compute(name, X.cuda().half(), Y.cuda())
+        assert gpu.device.type == "cuda"
+        torch.testing.assert_close(gpu.cpu(), compute(name, X.half(), Y), atol=1e-8, rtol=0)
+        assert cpu.shape == gpu.shape
