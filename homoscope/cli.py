@@ -89,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(no model is loaded)")
     p.add_argument("results", help="a folder a study wrote (similarity.parquet or .csv, manifest.json)")
     p.add_argument("--out", default=None, help="write the rebuilt report here (default: the results folder)")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("doctor", help="report versions, device, cache and packaged models, and check that each "
+                                      "installed model loads and runs (exit status 1 if a check fails)")
+    p.add_argument("--no-load", dest="no_load", action="store_true", help="list the packaged models without "
+                                                                          "loading them")
+    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -201,7 +209,7 @@ def cmd_measures(args) -> int:
 def cmd_report(args) -> int:
     from .report import rebuild_report
 
-    files = rebuild_report(args.results, args.out, progress=not args.quiet)
+    files = rebuild_report(args.results, args.out, progress=not args.quiet, dpi=args.dpi)
     out = Path(args.out or args.results)
     n = sum(len(v) for v in files.values())
     print(f"rebuilt {n} files in {out}/")
@@ -209,17 +217,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(load=not args.no_load, device=args.device, as_json=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``homoscope`` command. Returns the exit status (2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"demo": cmd_demo, "run": cmd_run, "compare": cmd_compare, "models": cmd_models,
-                "measures": cmd_measures, "report": cmd_report}
+                "measures": cmd_measures, "report": cmd_report, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except ValueError as err:
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, no permission: one line, not a traceback
+        print(f"homoscope: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("homoscope: interrupted; finished models are kept in the store and reused on the next run",
               file=sys.stderr)

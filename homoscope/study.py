@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import gc
 import json
+import os
 import platform
 import re
 import sys
+import tempfile
 import time
 import tomllib
 import warnings
@@ -50,6 +53,44 @@ DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
 UNITS = ("sentence", "word", "token")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PAIRS = ("all", "first-vs-rest")
+
+
+class StudyWriteError(OSError):
+    """Writing the representation store or a study's outputs failed (disk full, no permission, ...).
+
+    The message names the folder, the system's reason and what to do. What was written before stays
+    whole: stored models are reused by the next run, and each output file is either its earlier
+    version or the new one, never a partial file.
+    """
+
+
+def _os_reason(err: OSError) -> str:
+    """``'No space left on device (ENOSPC)'`` from an OSError."""
+    code = errno.errorcode.get(err.errno, "") if isinstance(err.errno, int) else ""
+    text = err.strerror or str(err) or type(err).__name__
+    return f"{text} ({code})" if code else text
+
+
+def check_writable(folder: str | Path, what: str, hint: str) -> None:
+    """Raise ValueError unless a file can be created in ``folder``.
+
+    A folder that does not exist yet is checked at its nearest existing parent (it will be created
+    there). ``what`` names the setting (``out``, ``store``) and ``hint`` says what to do instead.
+    The check creates and removes one empty temporary file.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{what}={str(folder)!r}: {str(probe)!r} is a file, not a folder; {hint}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".homoscope-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        where = "" if probe == folder else f" (checked at {str(probe)!r}, where it would be created)"
+        raise ValueError(f"{what}={str(folder)!r} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
 @dataclass
@@ -213,8 +254,12 @@ class Study:
         for key, value in data.items():
             where = _line_of(text, key)
             if key not in fields:
+                import difflib
+
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(
-                    f"{source}{where}: unknown key {key!r}; valid keys: {', '.join(sorted(fields))}"
+                    f"{source}{where}: unknown key {key!r}{hint}; valid keys: {', '.join(sorted(fields))}"
                 )
             expected = _expected_types(key)
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
@@ -222,6 +267,7 @@ class Study:
                 raise ValueError(
                     f"{source}{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}"
                 )
+            _check_entries(key, value, f"{source}{where}")
             kwargs[key] = value
         if "models" not in kwargs and text is not None:
             raise ValueError(f"{source}: missing key 'models' (a list of model specs)")
@@ -248,10 +294,33 @@ def _expected_types(key: str) -> tuple:
     return _TYPES.get(key, (str,))
 
 
+def _check_entries(key: str, value, where: str) -> None:
+    """The entries of the list keys: ``models`` holds specs or ``{name, spec}`` tables, ``measures`` names."""
+    if key == "measures":
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"{where}: key 'measures' holds {type(item).__name__} {item!r}; "
+                                 "each entry must be a measure name (a string)")
+    elif key == "models":
+        for item in value:
+            if isinstance(item, dict):
+                extra = sorted(set(item) - {"name", "spec"})
+                if extra or not isinstance(item.get("spec"), str) or not isinstance(item.get("name", ""), str):
+                    raise ValueError(f"{where}: key 'models' holds the table {item!r}; a model table has a "
+                                     "string 'spec' and an optional string 'name', nothing else"
+                                     + (f" (unknown: {', '.join(map(repr, extra))})" if extra else ""))
+            elif not isinstance(item, str):
+                raise ValueError(f"{where}: key 'models' holds {type(item).__name__} {item!r}; each entry must "
+                                 "be a model spec (a string) or a {name = \"...\", spec = \"...\"} table")
+
+
 def _line_of(text: str | None, key: str) -> str:
+    """`` line N`` of ``key = ...`` (bare or quoted) or of a ``[key]`` table header; '' if not found."""
     if not text:
         return ""
-    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, flags=re.M)
+    k = re.escape(key)
+    # [ \t]* rather than \s*: a match must not start on an earlier blank line
+    m = re.search(rf"^[ \t]*(?:{k}|\"{k}\"|'{k}')[ \t]*=|^[ \t]*\[\[?[ \t]*{k}[ \t]*\]", text, flags=re.M)
     return f" line {text.count(chr(10), 0, m.start()) + 1}" if m else ""
 
 
@@ -368,15 +437,15 @@ def extract_model(
     load_s = time.perf_counter() - t0
     unit = study.unit
     include_special = study.special_tokens == "include"
-    parts = dict(
-        model=info.get("fingerprint"),
-        corpus=corpus.fingerprint(),
-        unit=unit,
-        pooling=study.pooling,
-        max_length=study.max_length,
-        dtype=study.dtype,
-        padding="right",
-    )
+    parts = {
+        "model": info.get("fingerprint"),
+        "corpus": corpus.fingerprint(),
+        "unit": unit,
+        "pooling": study.pooling,
+        "max_length": study.max_length,
+        "dtype": study.dtype,
+        "padding": "right",
+    }
     if include_special:
         parts["special_tokens"] = "include"
     encoding = None
@@ -452,7 +521,16 @@ def extract_model(
                 f"model {name!r} returned {stack.shape[0]} hidden states; expected blocks + 1 = {blocks + 1}"
             )
         ext = dataclasses.asdict(stats)
-        store.put(name, key, stack, {"info": info, "extract": ext, "uncovered": uncovered})
+        # the length texts were cut to (the study's max_length capped at the model's limit)
+        ext["max_length_used"] = effective_max_length(loaded, study.max_length)
+        try:
+            store.put(name, key, stack, {"info": info, "extract": ext, "uncovered": uncovered})
+        except OSError as err:
+            raise StudyWriteError(
+                f"could not write the representations of model {name!r} to the store {str(store.root)!r}: "
+                f"{_os_reason(err)}; free space or fix permissions there, or pass another --store; models "
+                "stored before this one are kept and reused by the next run"
+            ) from err
         record = {"info": info, "reused": False, "key": key, "load_s": load_s, "extract": ext}
     record["uncovered"] = uncovered
     if plan is not None:
@@ -575,6 +653,9 @@ def run_study(
     log = log or (lambda *_a, **_k: None)
     study.validate()
     out = Path(study.out)
+    # fail before hours of extraction, not after: a folder we cannot write, a spec that names nothing
+    check_writable(out, "out", "choose another output folder with --out (or 'out' in the study file)")
+    _resolve_specs(study, loaded_models)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     caught: list[str] = []
@@ -594,7 +675,14 @@ def run_study(
         log(f"corpus: {corpus.source}, {len(corpus)} texts")
 
         device = best_device(study.device)
-        store = RepresentationStore(study.store)
+        store_hint = "pass another folder with --store (or 'store' in the study file)"
+        if study.store is not None:
+            check_writable(Path(study.store), "store", store_hint)
+        try:
+            store = RepresentationStore(study.store)
+        except OSError as err:
+            raise ValueError(f"store={study.store!r} cannot be created: {_os_reason(err)}; {store_hint}") from None
+        check_writable(store.root, "store", store_hint)
         plan = None
         if study.unit == "word":
             from .extract.words import plan_words
@@ -617,6 +705,10 @@ def run_study(
             timings[f"extract/{name}"] = rec["seconds"]
             how = "reused stored representations" if rec["reused"] else f"extracted in {rec['seconds']:.1f} s"
             lost = f", {len(rec['uncovered'])} planned words without a token" if rec.get("uncovered") else ""
+            cut = rec["extract"].get("truncated") or 0
+            if cut:
+                lost += (f", {cut} of {len(corpus)} texts truncated to "
+                         f"{rec['extract'].get('max_length_used', study.max_length)} tokens")
             log(f"model {name}: {stack.shape[0]} layers x {stack.shape[1]} {what} x width {stack.shape[2]}, {how}{lost}")
 
         rows_table, rows_meta, groups = None, None, corpus.doc_ids
@@ -662,21 +754,40 @@ def run_study(
     }
     if rows_meta is not None:
         manifest["rows"] = rows_meta
-    (out / "study.toml").write_text(study.to_toml())
-    if rows_table is not None:
-        rows_table.to_csv(out / "rows.csv", index=False)
-    t0 = time.perf_counter()
-    files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)), progress=progress)
-    if rows_table is not None:
-        files = {**files, "rows": [out / "rows.csv"]}
-    timings["report"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    # the manifest on disk gets the final timings
     from .extract.store import atomic_write_bytes
 
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    try:
+        # every file goes to a temporary name first: a failure keeps the earlier version whole
+        atomic_write_bytes(out / "study.toml", study.to_toml().encode())
+        if rows_table is not None:
+            atomic_write_bytes(out / "rows.csv", rows_table.to_csv(index=False).encode())
+        t0 = time.perf_counter()
+        files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)),
+                              progress=progress)
+        if rows_table is not None:
+            files = {**files, "rows": [out / "rows.csv"]}
+        timings["report"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_all
+        # the manifest on disk gets the final timings
+        atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    except OSError as err:
+        raise StudyWriteError(
+            f"could not write the study outputs to {str(out)!r}: {_os_reason(err)}; free space or fix permissions "
+            f"there, or pass another --out; the representations of all {len(model_records)} models are kept in "
+            f"the store {str(store.root)!r}, so a rerun recomputes none of them"
+        ) from err
     return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
                        rows=rows_table)
+
+
+def _resolve_specs(study: Study, loaded_models: dict | None) -> None:
+    """Resolve every model spec the study will load (no loading, no network), so that a typo in the
+    last model fails before the first is extracted. Raises the resolver's ValueError (what was tried)."""
+    from .models import resolve
+
+    for name, spec in study.model_specs():
+        if name not in (loaded_models or {}):
+            resolve(spec, must_exist=not study.install)
 
 
 def _align_rows(plan, corpus, stacks: dict, records: list[dict]):

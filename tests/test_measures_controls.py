@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_measures_reference as ref  # noqa: E402
 
 from homoscope.measures import (
     bootstrap_ci,
@@ -33,14 +39,58 @@ def _plain_null(name, X, Y, P, seed):
     return vals
 
 
-def _plain_boot(name, X, Y, B, groups, seed, level=0.95):
+def _copy_pairs(rows):
+    return (rows[:, None] == rows[None, :]) & ~torch.eye(len(rows), dtype=torch.bool)
+
+
+def _boot_reference(name, X, Y, rows):
+    """The measure on one resample, straight from the definitions (numpy/scipy), copies of one unit
+    never compared with each other: zero kernel entry on the originally centered data for CKA, left
+    out of the RDM for RSA, not a neighbour for kNN."""
+    import scipy.spatial.distance
+    import scipy.stats
+
+    same = _copy_pairs(rows).numpy()
+    out = np.zeros((X.shape[0], Y.shape[0]))
+    for a in range(X.shape[0]):
+        for b in range(Y.shape[0]):
+            x, y = X[a].numpy(), Y[b].numpy()
+            if name in ("linear_cka", "debiased_cka"):
+                xc, yc = (x - x.mean(0))[rows], (y - y.mean(0))[rows]
+                K, L = xc @ xc.T, yc @ yc.T
+                K[same], L[same] = 0.0, 0.0
+                f = ref._hc if name == "linear_cka" else ref._uc
+                out[a, b] = max(ref._cka_from_grams(f(K), f(L)), 0.0 if name == "linear_cka" else -1.0)
+            elif name == "rsa":
+                iu = np.triu_indices(len(rows), 1)
+                keep = ~same[iu]
+                dx = scipy.spatial.distance.pdist(x[rows], "correlation")[keep]
+                dy = scipy.spatial.distance.pdist(y[rows], "correlation")[keep]
+                out[a, b] = scipy.stats.spearmanr(dx, dy)[0]
+            elif name == "mutual_knn":
+                out[a, b] = _knn_with_copies(x[rows], y[rows], rows.numpy(), 5)
+            else:
+                out[a, b] = ref.REFERENCES[name](x[rows], y[rows])
+    return out
+
+
+def _knn_with_copies(x, y, ids, k):
+    def sets(z):
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        S = z @ z.T
+        return [[j for j in np.argsort(-S[i], kind="stable") if ids[j] != ids[i]][:k] for i in range(len(z))]
+
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(sets(x), sets(y))]))
+
+
+def _plain_boot(name, X, Y, B, groups, seed, level=0.95, **opts):
     base = torch.arange(X.shape[1])
     vals = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for w in bootstrap_weights(X.shape[1], B, groups, seed):
             rows = base.repeat_interleave(w.long())
-            vals.append(compute(name, X[:, rows], Y[:, rows]))
+            vals.append(torch.from_numpy(_boot_reference(name, X, Y, rows)))
     q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
     return torch.quantile(torch.stack(vals), q, dim=0)
 
@@ -59,10 +109,11 @@ def test_null_equals_plain_permutation_loop(name):
     torch.testing.assert_close(res.p_value, (1.0 + hits.double()) / 13.0, atol=1e-15, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["linear_cka", "debiased_cka", "rsa", "procrustes"])
-def test_bootstrap_equals_plain_resampling(name):
+@pytest.mark.parametrize("name", ["linear_cka", "debiased_cka", "rsa", "mutual_knn", "procrustes"])
+def test_bootstrap_equals_resampling_reference(name):
     X, Y = _data()
-    lo, hi = bootstrap_ci(name, X, Y, n_boot=10, seed=5, precision="float64")
+    opts = {"k": 5} if name == "mutual_knn" else {}
+    lo, hi = bootstrap_ci(name, X, Y, n_boot=10, seed=5, precision="float64", **opts)
     want = _plain_boot(name, X, Y, 10, None, 5)
     torch.testing.assert_close(lo, want[0], atol=1e-10, rtol=0)
     torch.testing.assert_close(hi, want[1], atol=1e-10, rtol=0)
@@ -147,3 +198,27 @@ def test_controls_argument_errors():
         permutation_null("cka", X, Y)
     with pytest.raises(ValueError, match="precision must be one of"):
         with_controls("linear_cka", X, Y, precision="float16")
+
+
+def test_bootstrap_intervals_are_centred_on_the_estimate():
+    """Copies of a unit are not compared with each other, so resampling does not inflate the scores."""
+    g = torch.Generator().manual_seed(9)
+    n = 200
+    Z = torch.randn(n, 10, generator=g, dtype=torch.float64)
+    X = torch.stack(
+        [
+            torch.randn(n, 20, generator=g, dtype=torch.float64),
+            Z @ torch.randn(10, 20, generator=g, dtype=torch.float64),
+        ]
+    )
+    Y = torch.stack(
+        [
+            torch.randn(n, 15, generator=g, dtype=torch.float64),
+            Z @ torch.randn(10, 15, generator=g, dtype=torch.float64),
+        ]
+    )
+    Y[1] += torch.randn(n, 15, generator=g, dtype=torch.float64)
+    for name in ("linear_cka", "debiased_cka", "rbf_cka", "mutual_knn", "cknna", "rsa"):
+        res = with_controls(name, X, Y, n_permutations=None, n_boot=40, seed=1)[name]
+        value, (lo, hi) = res.value.diagonal(), (res.ci.low.diagonal(), res.ci.high.diagonal())
+        assert ((lo <= value) & (value <= hi)).all(), name

@@ -390,3 +390,198 @@ def test_single_plots_and_report_with_given_figures(tmp_path, frame):
     text = report.read_text(encoding="utf-8")
     assert "](figs/h.png)" in text and "## Other figures" in text
     assert plt.get_fignums() == []
+
+
+# -------------------------------------------------------------------------- controls, index and findings
+
+from homoscope.report import compare_view, controls_table, findings, homogenization_index  # noqa: E402
+from homoscope.report._common import bh_adjust  # noqa: E402
+from homoscope.report.analysis import VERDICT_ABOVE, VERDICT_NONE, VERDICT_NS, depth_profile  # noqa: E402
+
+
+def _infos(frame):
+    return {m: resolve_measure_info(m, measure_info) for m in frame.measure.unique()}
+
+
+def _cells(frame, measure, a, b):
+    return frame[(frame.measure == measure) & (frame.model_a == a) & (frame.model_b == b)]
+
+
+def test_bh_adjust_matches_scipy_and_skips_missing():
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 0.2, size=(4, 6))
+    np.testing.assert_allclose(bh_adjust(p), false_discovery_control(p.ravel(), method="bh").reshape(4, 6))
+    with_nan = p.copy()
+    with_nan[0, :3] = np.nan
+    q = bh_adjust(with_nan)
+    assert np.isnan(q[0, :3]).all()
+    np.testing.assert_allclose(q[np.isfinite(q)], false_discovery_control(with_nan[np.isfinite(with_nan)], method="bh"))
+
+
+def test_summary_table_carries_the_controls_of_the_best_and_final_cells(frame):
+    table = summary_table(frame, "linear_cka", measure_info=measure_info)
+    for r in table.itertuples():
+        g = _cells(frame, "linear_cka", r.model_a, r.model_b).reset_index(drop=True)
+        k = int(g.value.idxmax())
+        q = bh_adjust(g.p_value.to_numpy())
+        assert r.best_random_init == g.random_init[k] and r.best_null_mean == g.null_mean[k]
+        assert r.best_q_value == pytest.approx(q[k]) and r.best_p_value == g.p_value[k]
+        fin = int(np.flatnonzero((g.layer_a == g.layer_a.max()) & (g.layer_b == g.layer_b.max()))[0])
+        assert r.final_random_init == g.random_init[fin] and r.final_ci_low == g.ci_low[fin]
+        assert r.final_q_value == pytest.approx(q[fin])
+
+
+def test_controls_verdicts_follow_the_stated_rule(frame):
+    info = resolve_measure_info("linear_cka", measure_info)
+    t = controls_table(frame, "linear_cka", info).set_index(["model_a", "model_b"])
+    assert t.loc[(EVIL, MODELS[2][0]), "best_verdict"] == VERDICT_NS  # p = 0.3 in every cell
+    assert t.loc[(MODELS[0][0], EVIL), "best_verdict"] == VERDICT_ABOVE
+    assert (t.best_vs_random == "above").all()  # CI low (value - 0.03) lies above random-init (0.4..0.5)
+    high = frame.assign(random_init=np.where(frame.measure == "linear_cka", 0.99, np.nan))
+    assert (controls_table(high, "linear_cka", info).best_vs_random == "within").all()
+    pw = controls_table(frame, "pwcca", resolve_measure_info("pwcca", measure_info))
+    assert (pw.best_verdict == VERDICT_NONE).all() and (pw.best_vs_random == "").all()
+
+
+def test_homogenization_index_by_hand(frame):
+    idx = homogenization_index(frame, make_manifest(), _infos(frame))
+    assert idx.measure == "linear_cka" and idx.baseline == "random-init" and idx.n_pairs == 3
+    terms, lows, highs = [], [], []
+    for x, y in PAIRS:
+        g = _cells(frame, "linear_cka", MODELS[x][0], MODELS[y][0])
+        best = g.loc[g.value.idxmax()]
+
+        def h(s, r=best.random_init):
+            return min(max((s - r) / (1 - r), 0.0), 1.0)
+
+        ns = (x, y) == (1, 2)  # never above its null: counts 0, never as similarity
+        terms.append(0.0 if ns else h(best.value))
+        lows.append(0.0 if ns else h(best.ci_low))
+        highs.append(h(best.ci_high))
+    assert idx.value == pytest.approx(np.mean(terms))
+    assert (idx.low, idx.high) == (pytest.approx(np.mean(lows)), pytest.approx(np.mean(highs)))
+    assert idx.low <= idx.value <= idx.high
+
+
+def test_homogenization_index_without_random_init_says_what_it_used(frame):
+    infos = _infos(frame)
+    nulls = homogenization_index(frame.drop(columns="random_init"), make_manifest(), infos)
+    assert nulls.computed and nulls.baseline == "permutation null mean" and "did not run" in nulls.note
+    bare = make_frame(ci=False)
+    none = homogenization_index(bare, make_manifest(), infos)
+    assert not none.computed and "not computed" in none.note
+    assert findings(bare, make_manifest(), infos)[0].plain().startswith("Homogenization index: not computed")
+
+
+def test_findings_cite_numbers_and_intervals(frame):
+    texts = [t.plain() for t in findings(frame, make_manifest(), _infos(frame), make_extra())]
+    table = summary_table(frame, "linear_cka", measure_info=measure_info)
+    sig = table[~((table.model_a == EVIL) & (table.model_b == MODELS[2][0]))]
+    top = sig.loc[sig.best.idxmax()]
+    most = next(t for t in texts if t.startswith("Most alike"))
+    assert top.model_a in most and top.model_b in most
+    assert f"{top.best:.3f} (95% CI {top.best_ci_low:.3f}\u2013{top.best_ci_high:.3f})" in most
+    assert any("1 of 3 pairs' best scores are not distinguishable" in t and EVIL in t for t in texts)
+    assert any(t.startswith("3 of 3 pairs score above their random-init baseline") for t in texts)
+    assert any("relative depth" in t and "agree most" in t for t in texts)
+    assert any("Fleiss' kappa over all 3 models: 0.580" in t for t in texts)
+    assert any("h_avg = 2.400" in t and "p < 0.001" in t for t in texts)
+    assert any("Cohen's kappa 0.600" in t for t in texts)
+
+
+def _tiny(models, values, kinds=None, ci=0.05):
+    """A frame with 2 x 2 layer pairs per model pair; the best cell (1, 1) holds ``values[pair]``."""
+    rows = []
+    for (a, b), v in values.items():
+        for i in range(2):
+            for j in range(2):
+                val = v if (i, j) == (1, 1) else v / 2
+                rows.append(dict(model_a=a, layer_a=i, model_b=b, layer_b=j, measure="linear_cka", value=val,
+                                 n=50, d_a=8, d_b=8, unit="sentence", ci_low=val - ci, ci_high=val + ci))
+    manifest = {"models": [{"name": m, "kind": (kinds or {}).get(m)} for m in models]}
+    return pd.DataFrame(rows), manifest
+
+
+def test_findings_compare_decoders_with_encoders():
+    models = ["enc-a", "enc-b", "dec-a", "dec-b"]
+    kinds = {"enc-a": "encoder", "enc-b": "encoder", "dec-a": "decoder", "dec-b": "decoder"}
+    values = {("enc-a", "enc-b"): 0.5, ("dec-a", "dec-b"): 0.9, ("enc-a", "dec-a"): 0.3, ("enc-a", "dec-b"): 0.3,
+              ("enc-b", "dec-a"): 0.3, ("enc-b", "dec-b"): 0.3}
+    f, manifest = _tiny(models, values, kinds)
+    texts = [t.plain() for t in findings(f, manifest, _infos(f))]
+    kind = next(t for t in texts if t.startswith("Decoders resemble each other"))
+    assert "more than encoders do" in kind and "0.900 (interval 0.850\u20130.950)" in kind
+    assert "0.500 (interval 0.450\u20130.550)" in kind and "do not overlap" in kind and "Mixed" in kind
+    f2, _ = _tiny(models, {**values, ("enc-a", "enc-b"): 0.88}, kinds)
+    assert any("not established" in t.plain() for t in findings(f2, manifest, _infos(f2)))
+
+
+def test_depth_profile_matches_layers_at_equal_relative_depth():
+    rows = []
+    for i in range(3):  # a: 3 layers; b: 5 layers; value = 1 - |depth_a - depth_b| / 2, peak at depth .5 and a boost
+        for j in range(5):
+            da, db = i / 2, j / 4
+            v = 1 - abs(da - db) / 2 - (0.3 if da != 0.5 else 0.0)
+            rows.append(dict(model_a="a", layer_a=i, model_b="b", layer_b=j, measure="linear_cka", value=v))
+    f = pd.DataFrame(rows)
+    info = resolve_measure_info("linear_cka", measure_info)
+    prof = depth_profile(f, "linear_cka", info, bins=5)
+    assert prof.n_pairs.tolist() == [1, 1, 1, 1, 1]
+    # each layer of b (the deeper model) is matched with a's layer at the nearest relative depth
+    expected = {0: 0.7, 1: np.mean([1 - 0.25 / 2 - 0.3]), 2: 1.0, 3: np.mean([1 - 0.25 / 2 - 0.3]), 4: 0.7}
+    for b, v in expected.items():
+        assert prof["mean"][b] == pytest.approx(v), b
+    assert prof[["low", "high"]].isna().all().all()
+
+
+def test_compare_view_finds_each_layers_best_match(frame):
+    new, refs = MODELS[0][0], [MODELS[1][0], MODELS[2][0]]
+    sub = frame[frame.model_a == new]
+    manifest = {**make_manifest(), "study": {**make_manifest()["study"], "pairs": "first-vs-rest"}}
+    view = compare_view(sub, manifest, _infos(sub))
+    assert view.new == new and view.references == refs and view.measure == "linear_cka"
+    for ref in refs:
+        g = _cells(sub, "linear_cka", new, ref)
+        got = view.per_layer[view.per_layer.reference == ref].set_index("layer")
+        for layer, cells in g.groupby("layer_a"):
+            best = cells.loc[cells.value.idxmax()]
+            assert got.loc[layer, "best_layer"] == best.layer_b and got.loc[layer, "value"] == best.value
+    assert set(view.overall) == {"linear_cka", "pwcca"}
+    assert len(view.overall["pwcca"]) == 2  # the new model's direction of the asymmetric measure
+    verdict = " ".join(t.plain() for t in view.verdict)
+    top = summary_table(sub, "linear_cka", measure_info=measure_info).sort_values("best").iloc[-1]
+    assert verdict.startswith(f"{new} is most alike {top.model_b}") and f"{top.best:.3f}" in verdict
+    assert compare_view(frame, make_manifest(), _infos(frame)) is None  # not a comparison
+
+
+def test_layer_heatmap_relative_axes_shared_scale_path_and_hatching(tmp_path, frame, monkeypatch):
+    from homoscope.report import figures
+
+    seen = {}
+    original = figures._save
+
+    def spy(fig, path, dpi, **kw):
+        ax = fig.axes[0]
+        seen[Path(path).name] = {
+            "xticks": [t.get_text() for t in ax.get_xticklabels()],
+            "norm": (ax.images[0].norm.vmin, ax.images[0].norm.vmax),
+            "path": max(len(ln.get_xdata()) for ln in ax.get_lines()),
+            "hatched": sum(len(c.get_paths()) for c in ax.collections if c.get_hatch()),
+        }
+        return original(fig, path, dpi, **kw)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    a, b, c = (m[0] for m in MODELS)
+    plot_layer_heatmap(frame, a, c, "linear_cka", tmp_path / "rel.png", measure_info=measure_info, dpi=40)
+    plot_layer_heatmap(frame, b, c, "linear_cka", tmp_path / "ns.png", measure_info=measure_info, dpi=40,
+                       vlim=(0.2, 0.8), relative=False)
+    rel, ns = seen["rel.png"], seen["ns.png"]
+    assert rel["xticks"] == ["0", ".25", ".5", ".75", "1"]  # 3 vs 7 layers: relative depth
+    assert rel["norm"] == (0.0, 1.0) and ns["norm"] == (0.2, 0.8)
+    assert rel["path"] == 3 and ns["path"] == 5  # one point per row of the best-matching path
+    g = _cells(frame, "linear_cka", a, c)
+    assert rel["hatched"] == int((bh_adjust(g.p_value.to_numpy()) >= 0.05).sum()) > 0
+    assert ns["hatched"] == 5 * 7  # nothing of this pair is above its null
+    assert ns["xticks"][:2] == ["0", "1"]  # layer indices

@@ -286,9 +286,9 @@ def test_token_unit_needs_identical_tokenizers(corpus_file, models, tmp_path):
 
 def test_token_plan_with_special_positions():
     tok = tiny_tokenizer("bert")
-    enc, tokens = encode_tokens(tok, [CENSUS], 64, include_special=True)
+    _, tokens = encode_tokens(tok, [CENSUS], 64, include_special=True)
     assert tokens[0][0] == "[CLS]" and tokens[0][-1] == "[SEP]"
-    enc2, tokens2 = encode_tokens(tok, [CENSUS], 64)
+    _, tokens2 = encode_tokens(tok, [CENSUS], 64)
     assert len(tokens2[0]) == len(tokens[0]) - 2
     plan = plan_tokens(tokens2, reference="x")
     check_same_tokens(plan, tokens2, "y")

@@ -234,13 +234,17 @@ def _bmm_weighted(U: torch.Tensor, V: torch.Tensor, W: torch.Tensor) -> torch.Te
 
 # ---------------------------------------------------------------------------------------------- CKA engine
 class _CKAEngine:
-    """Centered linear Grams of both stacks and the terms every CKA control needs."""
+    """Centered Gram matrices of both stacks and the terms every CKA control needs.
 
-    def __init__(self, Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype):
-        self.n = Xs.shape[1]
+    ``K [La, n, n]`` and ``L [Lb, n, n]`` are double-centered kernel Grams (``K 1 = 0``): linear
+    (``Xc Xc^T``) or RBF (``H K H``). Estimators are named ``"biased"`` (HSIC with centering) and
+    ``"unbiased"`` (U-statistic of Song et al. 2012).
+    """
+
+    def __init__(self, K: torch.Tensor, L: torch.Tensor, dtype: torch.dtype):
+        self.n = K.shape[-1]
         self.dtype = dtype
-        self.K = la.gram(la.center(Xs))
-        self.L = la.gram(la.center(Ys))
+        self.K, self.L = K, L
         self.kx = self.K.diagonal(dim1=-2, dim2=-1).clone()
         self.ky = self.L.diagonal(dim1=-2, dim2=-1).clone()
         self.sx, self.sy = la.self_inner(self.K), la.self_inner(self.L)
@@ -258,12 +262,12 @@ class _CKAEngine:
         hy = sy - c1 * ll + c2 * kys * kys
         return (cu / torch.sqrt(hx * hy)).clamp(-1.0, 1.0)
 
-    def observed(self, name: str) -> torch.Tensor:
-        if name == "linear_cka":
+    def observed(self, name: str, measure: str) -> torch.Tensor:
+        if name == "biased":
             return (self.cross / torch.sqrt(self.sx[:, None] * self.sy[None, :])).clamp(0.0, 1.0)
         cu, hx, hy = unbiased_from_terms(self.cross, self.sx, self.sy, self.kx, self.ky, self.n)
-        _check_positive_self(hx, "X", name)
-        _check_positive_self(hy, "Y", name)
+        _check_positive_self(hx, "X", measure)
+        _check_positive_self(hy, "Y", measure)
         return (cu / torch.sqrt(hx[:, None] * hy[None, :])).clamp(-1.0, 1.0)
 
     def null(self, names: Sequence[str], perms: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -280,7 +284,7 @@ class _CKAEngine:
             self._null_key, self._null_T = perms.clone(), T
         out = {}
         for name in names:
-            if name == "linear_cka":
+            if name == "biased":
                 out[name] = (T / torch.sqrt(self.sx[:, None] * self.sy[None, :])[None]).clamp(0.0, 1.0)
             else:
                 kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
@@ -299,58 +303,97 @@ class _CKAEngine:
     def bootstrap(self, names: Sequence[str], W: torch.Tensor) -> dict[str, torch.Tensor]:
         """Measure values on each resample given by counts ``W [R, n]``: name -> ``[R, La, Lb]``.
 
-        The resampled data's centered Gram is never formed: with counts w (sum m),
-        ``tr(K_b H L_b H) = sum_ij w_i w_j K_ij L_ij - (2/m) sum_i w_i (Kw)_i (Lw)_i + (w'Kw)(w'Lw)/m^2``,
-        and the unbiased HSIC of the resample (copies of a unit at different positions count as
-        distinct rows) follows from the same sums with the diagonal terms removed.
+        A resample repeats units. Two copies of one unit are not compared with each other: their
+        kernel entry is 0 (the expected inner product of two distinct units of centered data), not the
+        unit's self-similarity; otherwise copies inflate both estimators (the unbiased one would no
+        longer be centred on 0 for unrelated data). Each replicate is then the measure on the
+        resampled Gram ``K_b = S K0 S^T + diag(k[idx])`` (``K0`` = the centered Gram with zero
+        diagonal, ``S`` the row selection), computed from sums over the original Grams weighted by
+        the counts w (sum m); the resampled data are never formed:
+
+        - ``sum_kl (S K0 S^T)_kl (S L0 S^T)_kl = sum_ij w_i w_j K0_ij L0_ij`` (one GEMM per block),
+        - row sums ``(S K0 S^T 1)_k = (K0 w)_i``, totals ``w' K0 w``, and diagonal terms in ``w k``.
         """
         W = W.to(self.K.device)
         m = W.sum(-1)[:, None, None]  # [R, 1, 1]
+        mm = m[:, :, 0]  # [R, 1]
         if self._boot_key is not None and torch.equal(self._boot_key, W):
             full, fullx, fully = self._boot_sums
         else:
             Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
             full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
             self._boot_key, self._boot_sums = W.clone(), (full, fullx, fully)
-        # sum_ij w_i w_j (.)_ij in original scale: [R, La, Lb], [R, La], [R, Lb]
-        T1 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None]
-        Sx = fullx.T * (self.fx * self.fx)[None]
-        Sy = fully.T * (self.fy * self.fy)[None]
+        kx, ky = self.kx, self.ky  # [La, n], [Lb, n] diagonals
+        w2 = W * W
+        # sum_ij w_i w_j K0_ij L0_ij = full sum minus its diagonal terms: [R, La, Lb], [R, La], [R, Lb]
+        T0 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None] - (w2[:, None, :] * kx[None]) @ ky.T
+        S0x = fullx.T * (self.fx * self.fx)[None] - w2 @ (kx * kx).T
+        S0y = fully.T * (self.fy * self.fy)[None] - w2 @ (ky * ky).T
         Wt64 = W.T.contiguous()  # [n, R]
         Wt = Wt64.to(self.dtype)
-        Kw = (self.K.to(self.dtype) @ Wt).to(torch.float64)  # [La, n, R]
-        Lw = (self.L.to(self.dtype) @ Wt).to(torch.float64)  # [Lb, n, R]
+        # (K0 w)_i = (K w)_i - w_i k_i: row sums of the resample's K0 part, [L, n, R]
+        ex = (self.K.to(self.dtype) @ Wt).to(torch.float64) - kx[:, :, None] * Wt64[None]
+        ey = (self.L.to(self.dtype) @ Wt).to(torch.float64) - ky[:, :, None] * Wt64[None]
+        qx = (ex * Wt64[None]).sum(1).T  # w' K0 w  [R, La]
+        qy = (ey * Wt64[None]).sum(1).T  # [R, Lb]
+        exy = _bmm_weighted(ex, ey, W)  # sum_i w_i (K0 w)_i (L0 w)_i  [R, La, Lb]
+        exx = (ex * ex * Wt64[None]).sum(1).T
+        eyy = (ey * ey * Wt64[None]).sum(1).T
         out = {}
         for name in names:
-            if name == "linear_cka":
-                T2 = _bmm_weighted(Kw, Lw, W)
-                qx = (Kw * Wt64[None]).sum(1).T
-                qy = (Lw * Wt64[None]).sum(1).T
-                mm = m[:, :, 0]
-                cross = T1 - 2 / m * T2 + qx[:, :, None] * qy[:, None, :] / (m * m)
-                hx = Sx - 2 / mm * (Kw * Kw * Wt64[None]).sum(1).T + qx * qx / (mm * mm)
-                hy = Sy - 2 / mm * (Lw * Lw * Wt64[None]).sum(1).T + qy * qy / (mm * mm)
+            if name == "biased":
+                # tr((A + Da) H (B + Db) H) with A = S K0 S^T, a = k[idx]; see the docstring
+                wk, wl = W @ kx.T, W @ ky.T  # sum_i w_i k_i  [R, La], [R, Lb]
+                wkl = (W[:, None, :] * kx[None]) @ ky.T  # sum_i w_i k_i l_i  [R, La, Lb]
+                lk = torch.bmm(ex.permute(2, 0, 1), (W.T[None] * ky[:, :, None]).permute(2, 1, 0))  # sum w (K0w) l
+                kl_ = torch.bmm((W.T[None] * kx[:, :, None]).permute(2, 0, 1), ey.permute(2, 1, 0))  # sum w k (L0w)
+                cross = (
+                    T0
+                    - 2 / m * exy
+                    + qx[:, :, None] * qy[:, None, :] / (m * m)
+                    - 2 / m * lk
+                    + qx[:, :, None] * wl[:, None, :] / (m * m)
+                    - 2 / m * kl_
+                    + wk[:, :, None] * qy[:, None, :] / (m * m)
+                    + (1 - 2 / m) * wkl
+                    + wk[:, :, None] * wl[:, None, :] / (m * m)
+                )
+                wkk, wll = W @ (kx * kx).T, W @ (ky * ky).T
+                ekx = (ex * (W.T[None] * kx[:, :, None])).sum(1).T  # sum_i w_i (K0w)_i k_i  [R, La]
+                ely = (ey * (W.T[None] * ky[:, :, None])).sum(1).T
+                hx = (
+                    S0x
+                    - 2 / mm * exx
+                    + qx * qx / (mm * mm)
+                    - 4 / mm * ekx
+                    + 2 * qx * wk / (mm * mm)
+                    + (1 - 2 / mm) * wkk
+                    + wk * wk / (mm * mm)
+                )
+                hy = (
+                    S0y
+                    - 2 / mm * eyy
+                    + qy * qy / (mm * mm)
+                    - 4 / mm * ely
+                    + 2 * qy * wl / (mm * mm)
+                    + (1 - 2 / mm) * wll
+                    + wl * wl / (mm * mm)
+                )
                 out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(0.0, 1.0)
             else:
-                ex = Kw - self.kx[:, :, None]  # (K~ 1)_i: row sums of the resample's zero-diagonal Gram
-                ey = Lw - self.ky[:, :, None]
-                tr = T1 - (W[:, None, :] * self.kx[None]) @ self.ky.T
-                trx = Sx - W @ (self.kx * self.kx).T
-                try_ = Sy - W @ (self.ky * self.ky).T
-                sK = (ex * Wt64[None]).sum(1).T
-                sL = (ey * Wt64[None]).sum(1).T
-                kl = _bmm_weighted(ex, ey, W)
-                kk = (ex * ex * Wt64[None]).sum(1).T
-                ll = (ey * ey * Wt64[None]).sum(1).T
-                mm = m[:, :, 0]
-                cross = tr + sK[:, :, None] * sL[:, None, :] / ((m - 1) * (m - 2)) - 2 / (m - 2) * kl
-                hx = trx + sK * sK / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * kk
-                hy = try_ + sL * sL / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * ll
+                # unbiased HSIC on the zero-diagonal resampled Gram S K0 S^T
+                cross = T0 + qx[:, :, None] * qy[:, None, :] / ((m - 1) * (m - 2)) - 2 / (m - 2) * exy
+                hx = S0x + qx * qx / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * exx
+                hy = S0y + qy * qy / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * eyy
                 out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(-1.0, 1.0)
         return out
 
 
 _ENGINE_CACHE: dict[str, Any] = {}
+
+
+def _linear_engine(Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype) -> _CKAEngine:
+    return _CKAEngine(la.gram(la.center(Xs)), la.gram(la.center(Ys)), dtype)
 
 
 def _cached_engine(X: Any, Y: Any, Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype) -> _CKAEngine:
@@ -363,7 +406,7 @@ def _cached_engine(X: Any, Y: Any, Xs: torch.Tensor, Ys: torch.Tensor, dtype: to
         c = _ENGINE_CACHE
         if c and c["x"]() is X and c["y"]() is Y and c["key"] == key:
             return c["engine"]
-    eng = _CKAEngine(Xs, Ys, dtype)
+    eng = _linear_engine(Xs, Ys, dtype)
     _ENGINE_CACHE.clear()
     if key is not None:
         _ENGINE_CACHE.update(x=weakref.ref(X), y=weakref.ref(Y), key=key, engine=eng)
@@ -426,6 +469,8 @@ def _generic_null(name, Xs, Ys, perms, options) -> torch.Tensor:
 
 
 def _generic_boot(name, Xs, Ys, W, options) -> torch.Tensor:
+    """The measure on each resample; for kNN and RSA measures copies of one unit are not each other's
+    neighbours / compared pairs (like a unit and itself)."""
     vals = []
     base = torch.arange(Xs.shape[1])
     with warnings.catch_warnings():
@@ -433,7 +478,18 @@ def _generic_boot(name, Xs, Ys, W, options) -> torch.Tensor:
         for w in W:
             rows = base.repeat_interleave(w.to(torch.int64)).to(Xs.device)
             try:
-                vals.append(compute(name, Xs[:, rows], Ys[:, rows], **options))
+                if name in ("mutual_knn", "cknna"):
+                    k = _knn._check_k(options.get("k", 10), rows.shape[0], name)
+                    center = options.get("center", False)
+                    Zx = _knn.unit_rows(Xs[:, rows], "X", name, center)
+                    Zy = _knn.unit_rows(Ys[:, rows], "Y", name, center)
+                    vals.append(_knn.knn_scores(name, Zx, Zy, k, ids=rows))
+                elif name == "rsa":
+                    rx = _rsa.rank_vectors(Xs[:, rows], "X", ids=rows)
+                    ry = _rsa.rank_vectors(Ys[:, rows], "Y", ids=rows)
+                    vals.append((rx @ ry.T).clamp_(-1.0, 1.0))
+                else:
+                    vals.append(compute(name, Xs[:, rows], Ys[:, rows], **options))
             except ValueError:
                 vals.append(torch.full((Xs.shape[0], Ys.shape[0]), math.nan, dtype=torch.float64, device=Xs.device))
     return torch.stack(vals)
@@ -494,6 +550,7 @@ def with_controls(
     W = bootstrap_weights(n, n_boot, groups, seed) if n_boot else None
 
     out: dict[str, Controlled] = {}
+    estimator = {"linear_cka": "biased", "debiased_cka": "unbiased"}
     cka_names = [nm for nm in names if nm in CKA_FAST and set(options.get(nm, {})) <= {"route"}]
     if cka_names:
         if "debiased_cka" in cka_names:
@@ -501,20 +558,17 @@ def with_controls(
         else:
             prepare_pair(Xs, Ys, "linear_cka", min_n=2, why="centering needs two rows")
         eng = _cached_engine(X, Y, Xs, Ys, dtype)
-        observed = {nm: eng.observed(nm) for nm in cka_names}
-        nulls = eng.null(cka_names, perms) if perms is not None else {}
-        boots = eng.bootstrap(cka_names, W) if W is not None else {}
-        for nm in cka_names:
-            out[nm] = Controlled(
-                observed[nm],
-                _summarise_null(nm, observed[nm], nulls[nm]) if perms is not None else None,
-                _summarise_boot(boots[nm], level) if W is not None else None,
-            )
+        out.update(_engine_controls(eng, {nm: estimator[nm] for nm in cka_names}, perms, W, level))
     for name in names:
         if name in out:
             continue
         opts = options.get(name, {})
-        value = compute(name, Xs, Ys, **opts)
+        value = compute(name, Xs, Ys, **opts)  # validates the input and the options
+        if name == "rbf_cka":
+            threshold, debiased = opts.get("threshold", 1.0), opts.get("debiased", False)
+            eng = _CKAEngine(rbf_centered(Xs, threshold, False), rbf_centered(Ys, threshold, False), dtype)
+            out.update(_engine_controls(eng, {name: "unbiased" if debiased else "biased"}, perms, W, level))
+            continue
         null = ci = None
         if perms is not None:
             if name in PAIR_MATRIX:
@@ -529,6 +583,22 @@ def with_controls(
             ci = _summarise_boot(_generic_boot(name, Xs, Ys, W, opts), level)
         out[name] = Controlled(value, null, ci)
     return {nm: out[nm] for nm in names}
+
+
+def _engine_controls(eng: _CKAEngine, est: dict[str, str], perms, W, level) -> dict[str, Controlled]:
+    """Controls of CKA measures (name -> 'biased' / 'unbiased') from one engine."""
+    kinds = sorted(set(est.values()))
+    nulls = eng.null(kinds, perms) if perms is not None else {}
+    boots = eng.bootstrap(kinds, W) if W is not None else {}
+    out = {}
+    for name, kind in est.items():
+        obs = eng.observed(kind, name)
+        out[name] = Controlled(
+            obs,
+            _summarise_null(name, obs, nulls[kind]) if perms is not None else None,
+            _summarise_boot(boots[kind], level) if W is not None else None,
+        )
+    return out
 
 
 def permutation_null(

@@ -49,11 +49,14 @@ def unit_rows(Xs: torch.Tensor, name: str, measure: str, center: bool) -> torch.
     return Z / norms[..., None]
 
 
-def neighbours(Z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbours(Z: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most cosine-similar rows of each row, self excluded, ties to the lower index.
 
     Args:
         Z: ``[L, n, d]`` unit rows.
+        k: neighbours per row.
+        ids: optional ``[n]`` unit ids (a bootstrap resample repeats units): rows with the same id
+            as row i are excluded like i itself.
 
     Returns:
         ``(idx, sim)``: ``[L, n, k]`` neighbour indices and their cosine similarities, most similar first.
@@ -66,6 +69,8 @@ def neighbours(Z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         S = Z[:, r0:r1] @ Z.transpose(1, 2)  # [L, c, n]
         rows = torch.arange(r1 - r0, device=Z.device)
         S[:, rows, rows + r0] = -math.inf
+        if ids is not None:
+            S.masked_fill_((ids[r0:r1, None] == ids[None, :])[None], -math.inf)
         vals, order = torch.sort(S, dim=-1, descending=True, stable=True)
         idx_out.append(order[..., :k])
         sim_out.append(vals[..., :k])
@@ -138,9 +143,16 @@ def mutual_knn(X: Any, Y: Any, *, k: int = 10, center: bool = False) -> torch.Te
             a zero row.
     """
     Zx, Zy, k = _prepare(X, Y, k, "mutual_knn", center)
+    return knn_scores("mutual_knn", Zx, Zy, k)
+
+
+def knn_scores(measure: str, Zx: torch.Tensor, Zy: torch.Tensor, k: int, ids: torch.Tensor | None = None):
+    """``mutual_knn`` or ``cknna`` values ``[La, Lb]`` from unit-row stacks (``ids``: see :func:`neighbours`)."""
+    if measure == "cknna":
+        return cknna_parts(Zx, Zy, k, ids)[0]
     n = Zx.shape[1]
-    ix, _ = neighbours(Zx, k)
-    iy, _ = neighbours(Zy, k)
+    ix, _ = neighbours(Zx, k, ids)
+    iy, _ = neighbours(Zy, k, ids)
     if _use_dense(n, k):
         counts = la.flat_inner(dense_neighbour_matrix(ix), dense_neighbour_matrix(iy))
     else:
@@ -195,11 +207,11 @@ def _self_alignment(v: torch.Tensor, name: str) -> torch.Tensor:
     return s
 
 
-def cknna_parts(Zx: torch.Tensor, Zy: torch.Tensor, k: int):
+def cknna_parts(Zx: torch.Tensor, Zy: torch.Tensor, k: int, ids: torch.Tensor | None = None):
     """CKNNA values ``[La, Lb]`` and the neighbour data used, from unit-row stacks."""
     n = Zx.shape[1]
-    ix, sx = neighbours(Zx, k)
-    iy, sy = neighbours(Zy, k)
+    ix, sx = neighbours(Zx, k, ids)
+    iy, sy = neighbours(Zy, k, ids)
     vx, vy = centered_neighbour_values(Zx, sx), centered_neighbour_values(Zy, sy)
     hx, hy = _self_alignment(vx, "X"), _self_alignment(vy, "Y")
     if _use_dense(n, k):

@@ -62,10 +62,12 @@ def average_ranks(v: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def rank_vectors(Xs: torch.Tensor, name: str = "X") -> torch.Tensor:
+def rank_vectors(Xs: torch.Tensor, name: str = "X", ids: torch.Tensor | None = None) -> torch.Tensor:
     """Upper-triangle RDM ranks ``[L, N]`` (``N = n(n-1)/2``), centered and scaled to unit norm.
 
-    ``rsa(X, Y)[a, b]`` is the inner product of rows ``a`` and ``b`` of these.
+    ``rsa(X, Y)[a, b]`` is the inner product of rows ``a`` and ``b`` of these. With ``ids`` (``[n]``
+    unit ids, as in a bootstrap resample that repeats units) pairs of rows with the same id are left
+    out, like the diagonal.
 
     Raises:
         ValueError: constant rows, or an RDM whose entries are all equal.
@@ -73,6 +75,8 @@ def rank_vectors(Xs: torch.Tensor, name: str = "X") -> torch.Tensor:
     n = Xs.shape[1]
     D = correlation_rdms(Xs, name)
     iu = torch.triu_indices(n, n, offset=1, device=Xs.device)
+    if ids is not None:
+        iu = iu[:, ids[iu[0]] != ids[iu[1]]]
     r = average_ranks(D[:, iu[0], iu[1]])
     r = r - r.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(r, dim=1)

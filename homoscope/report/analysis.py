@@ -122,10 +122,17 @@ def interval(lo: Any, hi: Any, what: str = "95% CI") -> str:
 
 
 def p_txt(v: Any) -> str:
+    """A p- or q-value for a table cell: ``'< 0.001'``, ``'0.012'`` or an en dash."""
     f = num(v)
     if not math.isfinite(f):
         return "\u2013"
     return "< 0.001" if f < 0.001 else f"{f:.3f}"
+
+
+def p_is(name: str, v: Any) -> str:
+    """A p- or q-value in a sentence: ``'p < 0.001'`` or ``'p = 0.012'``."""
+    t = p_txt(v)
+    return f"{name} {t}" if t.startswith("<") else f"{name} = {t}"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -543,7 +550,7 @@ def _controls_clause(r: Any, where: str) -> str:
         parts.append(f"random-init {f3(ri)}")
     nm = num(getattr(r, f"{where}_null_mean"))
     if math.isfinite(nm):
-        parts.append(f"null {f3(nm)}, q {p_txt(getattr(r, f'{where}_q_value'))}")
+        parts.append(f"null {f3(nm)}, {p_is('q', getattr(r, f'{where}_q_value'))}")
     return f"; {', '.join(parts)}" if parts else ""
 
 
@@ -662,7 +669,7 @@ def _agreement_findings(extra: Mapping[str, pd.DataFrame]) -> list[Text]:
             r = h.iloc[0]
             extra_txt = ""
             if math.isfinite(num(r.get("null_mean"))):
-                extra_txt = f"; null mean {f3(r.get('null_mean'))}, p = {p_txt(r.get('p_value'))}"
+                extra_txt = f"; null mean {f3(r.get('null_mean'))}, {p_is('p', r.get('p_value'))}"
             reading = ("failures concentrate on the same instances more than independent models' would"
                        if num(r["value"]) > 1 else "failures are no more shared than independent models' would be")
             out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
