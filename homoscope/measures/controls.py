@@ -10,12 +10,13 @@
 
 Every registered measure works. Fast paths:
 
-- ``linear_cka``, ``debiased_cka``: shuffling Y's rows permutes its centered Gram matrix, so the
-  null for all layer pairs and a chunk of permutations is one GEMM of flattened upper triangles; the
-  bootstrap is computed from the original Grams weighted by resampling counts (no resampled data is
-  formed), one GEMM per square block of the upper triangle for all bootstrap replicates at once.
-- ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``: each is ``<A_a, B_b>`` for per-layer ``[n, n]``
-  matrices, so the null is the same gathered GEMM; their bootstrap recomputes the measure.
+- ``linear_cka``, ``debiased_cka``, ``rbf_cka``: shuffling Y's rows permutes its centered Gram
+  matrix, so the null for all layer pairs and a chunk of permutations is one GEMM of flattened upper
+  triangles (``linear_cka`` and ``debiased_cka`` share it); the bootstrap is computed from the
+  original Grams weighted by the resampling counts (no resampled data is formed), one GEMM per square
+  block of the upper triangle for all replicates at once.
+- ``mutual_knn``, ``cknna``, ``rsa``: each is ``<A_a, B_b>`` for per-layer ``[n, n]`` matrices, so the
+  null is the same gathered GEMM; their bootstrap recomputes the measure per replicate.
 - every other measure recomputes the measure per permutation / replicate (slower).
 
 Permutations and resampling counts come from a CPU ``torch.Generator`` seeded with ``seed``, so the
@@ -24,8 +25,15 @@ same seed gives the same draws on every device and path. The large GEMMs of the 
 float64. Cost of the CKA fast paths: ``O((La + Lb) n^2)`` memory and ``O(La Lb n^2 (P + B) / 2)``
 multiply-adds.
 
-Bootstrap caveat: a resample repeats units; for neighbour- and RDM-based measures copies of one unit
-are each other's nearest neighbours / zero-distance pairs, which biases their intervals upward.
+Bootstrap and repeated units: a resample repeats units, and two copies of one unit look perfectly
+alike, which would inflate every pairwise measure (the unbiased CKA of unrelated data would no longer
+be centred on 0). So copies of one unit are never compared with each other, as a unit is not compared
+with itself: for the CKA family their kernel entry is 0 (the expected inner product of two distinct
+units of centered data), for RSA their pair is left out of the RDMs, for kNN measures they are not
+each other's neighbours. The RBF bandwidth is kept from the full sample. The intervals of the CCA
+family, Procrustes and minibatch CKA come from plain resampling; repeated units lower the effective
+sample size, which shifts these biased estimators upward, so read their intervals as spread rather
+than location.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from .cka import _check_positive_self, rbf_centered, unbiased_from_terms
 from .registry import compute, get_measure
 
 CKA_FAST = ("linear_cka", "debiased_cka")
-PAIR_MATRIX = ("rbf_cka", "mutual_knn", "cknna", "rsa")
+PAIR_MATRIX = ("mutual_knn", "cknna", "rsa")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -445,13 +453,6 @@ def _summarise_boot(values: torch.Tensor, level: float) -> ConfidenceInterval:
 
 def _pair_matrices(name: str, S: torch.Tensor, side: str, options: dict) -> tuple[torch.Tensor, bool]:
     """Per-layer ``[L, n, n]`` matrices with ``measure = <A_a, B_b>``, and whether they are symmetric."""
-    if name == "rbf_cka":
-        threshold = options.get("threshold", 1.0)
-        debiased = options.get("debiased", False)
-        M = rbf_centered(S, threshold, debiased)
-        norm = torch.sqrt(la.self_inner(M))
-        _check_positive_self(norm * norm, side, name)
-        return M / norm[:, None, None], True
     if name in ("mutual_knn", "cknna"):
         return _knn.pair_matrices(S, name, name=side, **options), False
     if name == "rsa":
@@ -642,7 +643,8 @@ def bootstrap_ci(
     """Percentile bootstrap confidence interval of measure ``name`` per layer pair.
 
     Units (rows) are resampled with replacement; with ``groups`` (one id per row, e.g. document ids)
-    whole groups are resampled instead.
+    whole groups are resampled instead. Copies of one unit within a replicate are not compared with
+    each other (see the module docstring); the interval is the percentile interval of the replicates.
 
     Args:
         name: a registered measure.
