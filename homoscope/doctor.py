@@ -13,16 +13,16 @@ Nothing here downloads anything or installs a model.
 from __future__ import annotations
 
 import gc
-import importlib.metadata as metadata
 import json
 import os
 import re
 import shutil
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
-__all__ = ["diagnose", "format_report", "main", "check_packaged_model"]
+__all__ = ["check_packaged_model", "diagnose", "format_report", "main"]
 
 PROBE_TEXTS = ("The cat sat on the mat, and then it slept.", "Prices went up in March.")
 
@@ -55,7 +55,7 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
-def human_bytes(n: int | float) -> str:
+def human_bytes(n: float) -> str:
     """``1536`` -> ``'1.5 KiB'``."""
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

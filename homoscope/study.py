@@ -675,7 +675,10 @@ def run_study(
         log: where one-line progress messages go (``print`` by default; None = silent).
 
     Returns a :class:`StudyResult`. Raises ValueError for bad configuration (see
-    :meth:`Study.validate`), the corpus and model loaders' errors, and the measures' errors.
+    :meth:`Study.validate`; an output or store folder that cannot be written and a model spec that
+    resolves to nothing are found before any model runs), the corpus and model loaders' errors, and
+    the measures' errors; :class:`StudyWriteError` when writing the store or the outputs fails
+    (disk full, permissions), keeping what was written before.
     """
     from .corpora import load_corpus
     from .measures import get_measure

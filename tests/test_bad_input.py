@@ -43,9 +43,22 @@ def corpus(tmp_path):
     return path
 
 
+@pytest.fixture()
+def tables_only(monkeypatch):
+    """Write only the results tables (no figures, no report) where the report is not under test:
+    the numbers are what these tests compare, and the figures cost seconds per run."""
+    from homoscope import report
+    from homoscope.report.tables import write_tables
+
+    def write_outputs(frame, manifest, out, **_kw):
+        return {"tables": write_tables(frame, out)}
+
+    monkeypatch.setattr(report, "write_outputs", write_outputs)
+
+
 def _study(tmp_path, corpus, **kw):
-    base = dict(models=["bert", "gpt2"], corpus=str(corpus), sentences=None, out=str(tmp_path / "out"),
-                store=str(tmp_path / "store"), measures=["linear_cka"], outliers=False)
+    base = {"models": ["bert", "gpt2"], "corpus": str(corpus), "sentences": None, "out": str(tmp_path / "out"),
+            "store": str(tmp_path / "store"), "measures": ["linear_cka"], "outliers": False}
     base.update(kw)
     return Study(**base)
 
@@ -100,7 +113,7 @@ def test_corpus_not_utf8_names_line_and_byte(tmp_path, models):
 
 
 # ------------------------------------------------------------------------------- text too long
-def test_text_longer_than_the_model_is_truncated_and_counted(tmp_path, models):
+def test_text_longer_than_the_model_is_truncated_and_counted(tmp_path, models, tables_only):
     """max_length above the models' limit (64 positions) and a text far longer than both: no crash,
     the texts are cut to the model's limit, and the manifest counts them per model."""
     long_text = " ".join(["the cat sat on the mat"] * 60)  # ~360 tokens
@@ -197,8 +210,8 @@ def test_toml_unknown_table_names_its_line(tmp_path):
     ('models = ["a", "b"]\noutliers = 1\n', 2, "key 'outliers' must be bool, got int 1"),
     ('models = ["a", "b"]\nmeasures = "linear_cka"\n', 2, "key 'measures' must be list, got str"),
     ('name = "x"\nmodels = ["a", 2]\n', 2, "key 'models' holds int 2; each entry must be a model spec"),
-    ('models = ["a", {name = "b"}]\n', 1, "key 'models' holds the table {'name': 'b'}; a model table has a "
-                                          "string 'spec'"),
+    ('models = ["a", {name = "b"}]\n', 1,
+     "key 'models' holds the table {'name': 'b'}; a model table has a string 'spec'"),
     ('models = ["a", {spec = "b", dtype = "x"}]\n', 1, "(unknown: 'dtype')"),
     ('models = ["a", "b"]\n\nmeasures = ["linear_cka", 3]\n', 3, "key 'measures' holds int 3"),
 ])
@@ -324,7 +337,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, model_folders, case):
     assert not (tmp_path / "store").exists() or list((tmp_path / "store").iterdir()) == []
 
 
-def test_corpus_helpers_agree_with_the_study(tmp_path):
+def test_corpus_loader_gives_the_same_messages(tmp_path):
     """The corpus loader alone gives the same messages (used by every corpus kind)."""
     p = tmp_path / "blank.csv"
     p.write_text("text,label\n ,a\n", encoding="utf-8")

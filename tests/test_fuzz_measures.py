@@ -18,10 +18,10 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from homoscope.measures import compute, get_measure, list_measures  # noqa: E402
+from homoscope.measures import compute, get_measure, list_measures
 
 MEASURES = list_measures()
 EXAMPLES = int(os.environ.get("HOMOSCOPE_FUZZ_EXAMPLES", "40"))

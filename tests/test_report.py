@@ -112,10 +112,12 @@ def make_manifest() -> dict:
 
 def make_extra() -> dict:
     """Prediction-agreement frames in the layout the agreement package writes."""
+    def acc(k, layers):  # rises with depth, drops at the last layer
+        return 0.4 + 0.4 * k / (layers - 1) - 0.1 * (k == layers - 1)
+
     probes = pd.DataFrame([
-        dict(model=name, layer=k, measure="probe_accuracy", value=0.4 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1),
-             ci_low=0.35 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1), ci_high=0.45 + 0.4 * k / (L - 1) - 0.1 * (k == L - 1),
-             n=120, chance=0.5, best=(k == L - 2), unit="sentence")
+        dict(model=name, layer=k, measure="probe_accuracy", value=acc(k, L), ci_low=acc(k, L) - 0.05,
+             ci_high=acc(k, L) + 0.05, n=120, chance=0.5, best=(k == L - 2), unit="sentence")
         for name, L, _ in MODELS for k in range(L)])
     pairs = [(MODELS[x][0], MODELS[x][1] - 2, MODELS[y][0], MODELS[y][1] - 2) for x, y in PAIRS]
     agreement = pd.DataFrame([
@@ -136,7 +138,7 @@ _RENDERED: dict = {}
 
 
 def rendered(tmp_path_factory):
-    """Outputs of the full synthetic study, written once per session and shared by the report tests."""
+    """Outputs of the full synthetic study, written once per test run and shared by the report tests."""
     if "out" not in _RENDERED:
         out = tmp_path_factory.mktemp("report") / "out"
         files = write_outputs(make_frame(), make_manifest(), out, measure_info=measure_info, progress=False,
@@ -407,17 +409,25 @@ def _cells(frame, measure, a, b):
     return frame[(frame.measure == measure) & (frame.model_a == a) & (frame.model_b == b)]
 
 
-def test_bh_adjust_matches_scipy_and_skips_missing():
-    from scipy.stats import false_discovery_control
+def _bh_by_hand(p):
+    """Benjamini-Hochberg by its definition: q_i = min over p_j >= p_i of m p_j / rank(p_j), at most 1."""
+    p = np.asarray(p, dtype=float)
+    m = p.size
+    rank = {k: r + 1 for r, k in enumerate(np.argsort(p, kind="stable"))}
+    return np.array([min(min(m * p[j] / rank[j] for j in range(m) if p[j] >= p[i]), 1.0) for i in range(m)])
 
+
+def test_bh_adjust_matches_the_definition_and_skips_missing():
     rng = np.random.default_rng(3)
     p = rng.uniform(0, 0.2, size=(4, 6))
-    np.testing.assert_allclose(bh_adjust(p), false_discovery_control(p.ravel(), method="bh").reshape(4, 6))
+    p[1, 2] = p[2, 3]  # a tie
+    np.testing.assert_allclose(bh_adjust(p), _bh_by_hand(p.ravel()).reshape(4, 6))
     with_nan = p.copy()
     with_nan[0, :3] = np.nan
     q = bh_adjust(with_nan)
     assert np.isnan(q[0, :3]).all()
-    np.testing.assert_allclose(q[np.isfinite(q)], false_discovery_control(with_nan[np.isfinite(with_nan)], method="bh"))
+    np.testing.assert_allclose(q[np.isfinite(q)], _bh_by_hand(with_nan[np.isfinite(with_nan)]))
+    assert bh_adjust([0.9, 0.95]).max() <= 1.0 and bh_adjust([]).size == 0
 
 
 def test_summary_table_carries_the_controls_of_the_best_and_final_cells(frame):
@@ -487,7 +497,7 @@ def test_findings_cite_numbers_and_intervals(frame):
     assert any(t.startswith("3 of 3 pairs score above their random-init baseline") for t in texts)
     assert any("relative depth" in t and "agree most" in t for t in texts)
     assert any("Fleiss' kappa over all 3 models: 0.580" in t for t in texts)
-    assert any("h_avg = 2.400" in t and "p < 0.001" in t for t in texts)
+    assert any("h_avg = 2.400" in t and "null mean 1.020, p = 0.001" in t for t in texts)
     assert any("Cohen's kappa 0.600" in t for t in texts)
 
 

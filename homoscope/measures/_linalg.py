@@ -17,6 +17,17 @@ def center(X: torch.Tensor) -> torch.Tensor:
     return X - X.mean(dim=-2, keepdim=True)
 
 
+def pow2_scale(X: torch.Tensor) -> torch.Tensor:
+    """Scale each layer of ``[L, n, d]`` by a power of two so its largest magnitude lies in [0.5, 1).
+
+    Multiplying by a power of two is exact in floating point, so scale-invariant measures give the same
+    bits as without it, while Gram matrices of extreme inputs (1e-150 or 1e150) stay finite and normal.
+    """
+    amax = X.abs().amax(dim=(1, 2))
+    _, e = torch.frexp(amax)
+    return X * torch.ldexp(torch.ones_like(amax), -e)[:, None, None]
+
+
 def gram(Xc: torch.Tensor) -> torch.Tensor:
     """Linear Gram matrices ``X X^T``: ``[L, n, d] -> [L, n, n]``."""
     return Xc @ Xc.transpose(-1, -2)

@@ -132,18 +132,25 @@ def prepare_pair(
     """Validate a pair of stacks for ``measure`` and return ``(X, Y, Xc, Yc)`` in float64.
 
     ``Xc``/``Yc`` are the column-centered stacks (the inputs themselves when ``center`` is False).
+    Each layer is multiplied by a power of two (exact) so that its largest entry lies in [0.5, 1);
+    callers must be invariant to isotropic scaling of a layer.
 
     Raises:
         ValueError: non-finite values, bad shapes, row counts that differ, ``n < min_n`` or a layer
             with zero variance after centering.
     """
     from ._linalg import center as _center
+    from ._linalg import pow2_scale
 
     Xs, Ys = as_pair(X, Y)
     check_min_n(Xs.shape[1], min_n, measure, why)
+    # exact power-of-two rescaling per layer (every measure here is scale-invariant): keeps Gram
+    # entries and their squares inside the float64 range for inputs of any magnitude
+    Xs, Ys = pow2_scale(Xs), pow2_scale(Ys)
     Xc, Yc = _center(Xs), _center(Ys)
     check_variance(Xc, Xs, "X", measure)
     check_variance(Yc, Ys, "Y", measure)
+    Xc, Yc = pow2_scale(Xc), pow2_scale(Yc)
     if not center:
         return Xs, Ys, Xs, Ys
     return Xs, Ys, Xc, Yc

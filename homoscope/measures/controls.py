@@ -174,22 +174,34 @@ def _permuted_inner(
     if symmetric:
         i0, i1 = _triangle(n, device)
         Apack = _pack(A, i0, i1, dtype)
-        base_i, base_j, factor = i0.to(torch.int32), i1.to(torch.int32), 2.0
+        base_i, base_j, factor = i0, i1, 2.0
     else:
         Apack = A.reshape(Lbig, n * n).to(dtype)
-        ar = torch.arange(n, device=device, dtype=torch.int32)
+        ar = torch.arange(n, device=device)
         base_i, base_j, factor = ar.repeat_interleave(n), ar.repeat(n), 1.0
     Bflat = B.reshape(Lsmall, n * n).to(dtype)
     N = Apack.shape[1]
     step = max(1, min(P, la.CHUNK_BYTES // max(N * Lsmall * Apack.element_size(), 1)))
-    perms32 = perms.to(torch.int32)
+    itype = torch.int32 if n * n < 2**31 else torch.int64  # flat positions; int32 halves the index traffic
+    perms32 = perms.to(itype)
+    base_i, base_j = base_i.to(itype), base_j.to(itype)
+    # reused buffers: fresh large allocations (page faults) cost more than the gather itself
+    ibuf = torch.empty(step, N, dtype=itype, device=device)
+    jbuf = torch.empty(step, N, dtype=itype, device=device)
+    gbuf = torch.empty(Lsmall * step * N, dtype=dtype, device=device)
+    obuf = torch.empty(Lbig, Lsmall * step, dtype=dtype, device=device)
     for p0 in range(0, P, step):
         chunk = perms32[p0 : p0 + step]
         c = chunk.shape[0]
-        idx = ((chunk * n)[:, base_i] + chunk[:, base_j]).reshape(-1)  # flat (p_i, p_j) positions
-        G = Bflat.index_select(1, idx)  # [Lsmall, c * N]
-        part = (Apack @ G.view(Lsmall * c, N).T).view(Lbig, Lsmall, c)
-        out[p0 : p0 + c] = factor * part.permute(2, 0, 1).to(torch.float64)
+        idx, jdx = ibuf[:c], jbuf[:c]
+        torch.index_select(chunk * n, 1, base_i, out=idx)
+        torch.index_select(chunk, 1, base_j, out=jdx)
+        idx.add_(jdx)  # flat positions (p_i, p_j)
+        G = gbuf[: Lsmall * c * N].view(Lsmall, c * N)
+        torch.index_select(Bflat, 1, idx.view(-1), out=G)
+        part = obuf[:, : Lsmall * c]
+        torch.mm(Apack, G.view(Lsmall * c, N).T, out=part)
+        out[p0 : p0 + c] = factor * part.view(Lbig, Lsmall, c).permute(2, 0, 1).to(torch.float64)
     if symmetric:
         da, db = A.diagonal(dim1=-2, dim2=-1), B.diagonal(dim1=-2, dim2=-1)
         out += torch.einsum("ai,bpi->pab", da, db[:, perms])
@@ -308,6 +320,28 @@ class _CKAEngine:
                 )
         return out
 
+    def _boot_terms(self, W: torch.Tensor):
+        """Weighted sums shared by both estimators for counts ``W [R, n]`` (see :meth:`bootstrap`)."""
+        Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
+        full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
+        kx, ky = self.kx, self.ky
+        w2 = W * W
+        # sum_ij w_i w_j K0_ij L0_ij = full sum minus its diagonal terms: [R, La, Lb], [R, La], [R, Lb]
+        T0 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None] - (w2[:, None, :] * kx[None]) @ ky.T
+        S0x = fullx.T * (self.fx * self.fx)[None] - w2 @ (kx * kx).T
+        S0y = fully.T * (self.fy * self.fy)[None] - w2 @ (ky * ky).T
+        Wt64 = W.T.contiguous()  # [n, R]
+        Wt = Wt64.to(self.dtype)
+        # (K0 w)_i = (K w)_i - w_i k_i: row sums of the resample's K0 part, [L, n, R]
+        ex = (self.K.to(self.dtype) @ Wt).to(torch.float64) - kx[:, :, None] * Wt64[None]
+        ey = (self.L.to(self.dtype) @ Wt).to(torch.float64) - ky[:, :, None] * Wt64[None]
+        qx = (ex * Wt64[None]).sum(1).T  # w' K0 w  [R, La]
+        qy = (ey * Wt64[None]).sum(1).T  # [R, Lb]
+        exy = _bmm_weighted(ex, ey, W)  # sum_i w_i (K0 w)_i (L0 w)_i  [R, La, Lb]
+        exx = (ex * ex * Wt64[None]).sum(1).T
+        eyy = (ey * ey * Wt64[None]).sum(1).T
+        return T0, S0x, S0y, ex, ey, qx, qy, exy, exx, eyy
+
     def bootstrap(self, names: Sequence[str], W: torch.Tensor) -> dict[str, torch.Tensor]:
         """Measure values on each resample given by counts ``W [R, n]``: name -> ``[R, La, Lb]``.
 
@@ -326,27 +360,12 @@ class _CKAEngine:
         m = W.sum(-1)[:, None, None]  # [R, 1, 1]
         mm = m[:, :, 0]  # [R, 1]
         if self._boot_key is not None and torch.equal(self._boot_key, W):
-            full, fullx, fully = self._boot_sums
+            terms = self._boot_sums
         else:
-            Kn, Ln = self.K / self.fx[:, None, None], self.L / self.fy[:, None, None]
-            full, fullx, fully = _weighted_block_sums(Kn, Ln, W, self.dtype)
-            self._boot_key, self._boot_sums = W.clone(), (full, fullx, fully)
+            terms = self._boot_terms(W)
+            self._boot_key, self._boot_sums = W.clone(), terms
+        T0, S0x, S0y, ex, ey, qx, qy, exy, exx, eyy = terms
         kx, ky = self.kx, self.ky  # [La, n], [Lb, n] diagonals
-        w2 = W * W
-        # sum_ij w_i w_j K0_ij L0_ij = full sum minus its diagonal terms: [R, La, Lb], [R, La], [R, Lb]
-        T0 = full.permute(2, 0, 1) * (self.fx[:, None] * self.fy[None, :])[None] - (w2[:, None, :] * kx[None]) @ ky.T
-        S0x = fullx.T * (self.fx * self.fx)[None] - w2 @ (kx * kx).T
-        S0y = fully.T * (self.fy * self.fy)[None] - w2 @ (ky * ky).T
-        Wt64 = W.T.contiguous()  # [n, R]
-        Wt = Wt64.to(self.dtype)
-        # (K0 w)_i = (K w)_i - w_i k_i: row sums of the resample's K0 part, [L, n, R]
-        ex = (self.K.to(self.dtype) @ Wt).to(torch.float64) - kx[:, :, None] * Wt64[None]
-        ey = (self.L.to(self.dtype) @ Wt).to(torch.float64) - ky[:, :, None] * Wt64[None]
-        qx = (ex * Wt64[None]).sum(1).T  # w' K0 w  [R, La]
-        qy = (ey * Wt64[None]).sum(1).T  # [R, Lb]
-        exy = _bmm_weighted(ex, ey, W)  # sum_i w_i (K0 w)_i (L0 w)_i  [R, La, Lb]
-        exx = (ex * ex * Wt64[None]).sum(1).T
-        eyy = (ey * ey * Wt64[None]).sum(1).T
         out = {}
         for name in names:
             if name == "biased":
@@ -401,7 +420,8 @@ _ENGINE_CACHE: dict[str, Any] = {}
 
 
 def _linear_engine(Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype) -> _CKAEngine:
-    return _CKAEngine(la.gram(la.center(Xs)), la.gram(la.center(Ys)), dtype)
+    Xc, Yc = la.pow2_scale(la.center(la.pow2_scale(Xs))), la.pow2_scale(la.center(la.pow2_scale(Ys)))
+    return _CKAEngine(la.gram(Xc), la.gram(Yc), dtype)
 
 
 def _cached_engine(X: Any, Y: Any, Xs: torch.Tensor, Ys: torch.Tensor, dtype: torch.dtype) -> _CKAEngine:

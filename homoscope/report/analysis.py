@@ -24,7 +24,7 @@ from .tables import pair_rows, summary_table
 
 __all__ = [
     "Text", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
-    "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra",
+    "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra", "agreement_rows",
     "INDEX_DEFINITION", "NULL_RULE", "MEAN_INTERVAL_RULE", "VERDICT_ABOVE", "VERDICT_NS", "VERDICT_NONE",
 ]
 
@@ -324,11 +324,11 @@ def depth_profile(frame: pd.DataFrame, measure: str, info: MeasureInfo, bins: in
         if na >= nb:
             for i in range(na):
                 d = i / max(na - 1, 1)
-                rows.append((d, vals.get((i, int(round(d * (nb - 1)))))))
+                rows.append((d, vals.get((i, round(d * (nb - 1))))))
         else:
             for j in range(nb):
                 d = j / max(nb - 1, 1)
-                rows.append((d, vals.get((int(round(d * (na - 1))), j))))
+                rows.append((d, vals.get((round(d * (na - 1)), j))))
         rec = []
         for d, k in rows:
             if k is None or not math.isfinite(v[k]):
@@ -414,6 +414,32 @@ def probe_best(probes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def agreement_rows(agree: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """The pairwise agreement frame as one row per selection and unordered pair of (model, layer).
+
+    Returns ``(measures, rows)``: the measures in order of appearance, and rows with ``selection``,
+    ``a`` and ``b`` (``(model, layer)``, in the order first seen) and ``cells``: ``{measure: (forward,
+    reverse)}`` where each is a record dict (``value``, ``expected_independent``, ``ci_low``, ``ci_high``)
+    or None; ``reverse`` is the b -> a row of a directional measure.
+    """
+    measures = list(dict.fromkeys(agree["measure"].astype(str)))
+    has_layers = "layer_a" in agree and "layer_b" in agree
+    rows: dict[tuple, dict] = {}
+    for r in agree.to_dict("records"):
+        a = (str(r["model_a"]), int(num(r["layer_a"])) if has_layers and finite(r["layer_a"]) else None)
+        b = (str(r["model_b"]), int(num(r["layer_b"])) if has_layers and finite(r["layer_b"]) else None)
+        sel = str(r.get("selection")) if r.get("selection") is not None and str(r.get("selection")) != "nan" else ""
+        key = (sel, frozenset((a, b)))
+        row = rows.setdefault(key, {"selection": sel, "a": a, "b": b, "cells": {}})
+        fwd, rev = row["cells"].get(str(r["measure"]), (None, None))
+        if (a, b) == (row["a"], row["b"]):
+            fwd = r
+        else:
+            rev = r
+        row["cells"][str(r["measure"])] = (fwd, rev)
+    return measures, list(rows.values())
+
+
 # ------------------------------------------------------------------------------------------ findings
 
 
@@ -455,7 +481,7 @@ def findings(
               else " (no interval: no bootstrap)")
         out.append(T("Homogenization index H = ", f3(index.value), ci, f" over {index.n_pairs} model pair"
                      f"{'s' if index.n_pairs != 1 else ''} under ", C(m), f"; {index.note}. ",
-                     index_reading(index.value)))
+                     index_reading(index.value, index.baseline)))
     else:
         out.append(T("Homogenization index: ", index.note, "."))
 
@@ -473,7 +499,9 @@ def findings(
                          f3(top.best), f" ({interval(top.best_ci_low, top.best_ci_high)}) at layers "
                          f"{_int(top.best_layer_a)} of {top.layers_a - 1} and {_int(top.best_layer_b)} of "
                          f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
-                         f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), "."))
+                         f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), ".",
+                         " That is not above its random-init baseline: untrained networks of these shapes are as "
+                         "alike." if top.best_vs_random == "within" else None))
             if len(ok) > 1:
                 low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
                 if (low.model_a, low.model_b) != (top.model_a, top.model_b):
@@ -492,8 +520,10 @@ def findings(
         if not tested.empty:
             ns = tested[tested["best_verdict"] == VERDICT_NS]
             if ns.empty:
-                out.append(T(f"All {len(tested)} pairs' best scores are distinguishable from their permutation "
-                             f"null (BH q < {ALPHA:g})."))
+                every = {1: "The one pair's", 2: "Both pairs'"}.get(len(tested), f"All {len(tested)} pairs'")
+                out.append(T(f"{every} best scores are distinguishable from their permutation null (BH q < {ALPHA:g})."
+                             if len(tested) > 1 else
+                             f"{every} best score is distinguishable from its permutation null (BH q < {ALPHA:g})."))
             else:
                 names = [_pair_text(r.model_a, r.model_b, info) for r in ns.head(3).itertuples(index=False)]
                 listed = T()
@@ -532,15 +562,18 @@ def _int(v: Any) -> str:
     return str(int(f)) if math.isfinite(f) else "?"
 
 
-def index_reading(h: float) -> str:
-    """One sentence reading a homogenization index value."""
+def index_reading(h: float, baseline: str = "random-init") -> str:
+    """One sentence reading a homogenization index value against its baseline."""
+    than = {"random-init": "untrained networks of the same shapes",
+            "permutation null mean": "their permutation null (the random-init control was not run)"}.get(
+        baseline, "their baselines (random-init where run, else the permutation null)")
     if h < 0.1:
-        return "The models are barely more alike than untrained networks of the same shapes."
+        return f"The models are barely more alike than {than}."
     if h < 0.4:
-        return "Training makes the models somewhat more alike than untrained networks of the same shapes."
+        return f"The models are somewhat more alike than {than}."
     if h < 0.7:
-        return "Training makes the models substantially more alike than untrained networks of the same shapes."
-    return "The models are close to identical at their best-matching layers, well above untrained networks."
+        return f"The models are substantially more alike than {than}."
+    return f"The models are close to identical at their best-matching layers, well above {than}."
 
 
 def _controls_clause(r: Any, where: str) -> str:

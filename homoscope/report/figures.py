@@ -16,11 +16,11 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib import patheffects
-from matplotlib.collections import PatchCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
@@ -430,7 +430,8 @@ def plot_summary_heatmap(
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f7f7f7", edgecolor="#9e9e9e",
                                            hatch="////", lw=0))
                     ax.text(j, i, f"{_fmt(v, digits)}\nn.s.", ha="center", va="center", fontsize=fs * 0.9,
-                            color="0.3", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+                            color="0.3",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
                 elif np.isfinite(v):
                     ax.text(j, i, _fmt(v, digits), ha="center", va="center", fontsize=fs,
                             color=_text_colour(cmap(norm(v))))

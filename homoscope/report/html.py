@@ -40,6 +40,7 @@ from .analysis import (
     VERDICT_NS,
     CompareView,
     Text,
+    agreement_rows,
     compare_view,
     controls_table,
     f3,
@@ -90,6 +91,7 @@ th{background:var(--soft);font-weight:600;white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tbody tr:nth-child(even){background:#fcfcfd}
 td.ns,span.ns{color:var(--ns);font-style:italic}
+td:first-child{min-width:9em}td code,th code{white-space:nowrap;overflow-wrap:normal}
 .name{font-weight:600;overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:14px;align-items:start}
 figure{margin:0;padding:8px;border:1px solid var(--line);border-radius:6px;background:#fff;
@@ -323,9 +325,10 @@ def _write_report_html(frame, manifest, out_dir, figures, measure_info, extra) -
     if index.computed:
         iv = (f"interval {f3(index.low)}\u2013{f3(index.high)}" if math.isfinite(index.low)
               else "no interval (no bootstrap)")
+        reading = index_reading(index.value, index.baseline)
         parts.append(f'<div class="index"><span class="big">H = {f3(index.value)}</span><span>homogenization index; '
                      f"{e(iv)}; {index.n_pairs} model pair{'s' if index.n_pairs != 1 else ''}; primary measure "
-                     f"<code>{e(index.measure)}</code>; {e(index.note)}. {e(index_reading(index.value))}</span></div>")
+                     f"<code>{e(index.measure)}</code>; {e(index.note)}. {e(reading)}</span></div>")
     else:
         parts.append(f'<div class="index"><span>Homogenization index not computed: {e(index.note)}.</span></div>')
     parts.append('<ul class="findings">' + "".join(f"<li>{text_html(t)}</li>" for t in found) + "</ul>")
@@ -336,7 +339,7 @@ def _write_report_html(frame, manifest, out_dir, figures, measure_info, extra) -
     parts.append("</section>")
 
     if view is not None:
-        parts.append(_compare_section(view, infos, fig))
+        parts.append(_compare_section(view))
 
     parts.append(_study_section(frame, manifest, study, corpus, model_meta, models, measures, infos, unit, n_rows))
 
@@ -371,8 +374,9 @@ def _write_report_html(frame, manifest, out_dir, figures, measure_info, extra) -
         imgs = [x for x in imgs if x]
         if imgs:
             any_heat = True
-            parts.append(f"<details open><summary><code>{e(m)}</code> \u2013 {len(imgs)} pair"
-                         f"{'s' if len(imgs) != 1 else ''}</summary><div class=\"grid\">{''.join(imgs)}</div></details>")
+            plural = "s" if len(imgs) != 1 else ""
+            parts.append(f"<details open><summary><code>{e(m)}</code> \u2013 {len(imgs)} pair{plural}</summary>"
+                         f'<div class="grid">{"".join(imgs)}</div></details>')
     if not any_heat:
         parts.append('<p class="note">No layer heatmaps were written.</p>')
     parts.append("</section>")
@@ -603,49 +607,53 @@ def _agreement_section(extra: Mapping[str, pd.DataFrame], manifest, models, fig)
 
 
 def _agreement_table(agree: pd.DataFrame) -> str:
-    """One row per selection and pair, one column per measure: value (if independent) [CI]."""
-    measures = list(dict.fromkeys(agree["measure"].astype(str)))
-    keys = [c for c in ("selection", "model_a", "layer_a", "model_b", "layer_b") if c in agree]
-    groups = agree.groupby(keys, sort=False, dropna=False) if keys else [((), agree)]
+    """One row per selection and pair, one column per measure: value (if independent) [CI]; a directional
+    measure shows both directions, first model to second, then second to first."""
+    measures, rows_in = agreement_rows(agree)
+
+    def one(r) -> str:
+        if r is None:
+            return "\u2013"
+        cell = f3(r.get("value"))
+        if math.isfinite(num(r.get("expected_independent"))):
+            cell += f' <span class="muted">({f3(r.get("expected_independent"))})</span>'
+        if math.isfinite(num(r.get("ci_low"))) and math.isfinite(num(r.get("ci_high"))):
+            cell += f'<br><span class="muted">{_ci(r.get("ci_low"), r.get("ci_high"))}</span>'
+        return cell
+
+    def side(x) -> str:
+        return f'<span class="name">{e(x[0])}</span>' + (f" (layer {x[1]})" if x[1] is not None else "")
+
     rows = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        kd = dict(zip(keys, key, strict=True))
-        pair = (f'<span class="name">{e(kd.get("model_a"))}</span>'
-                + (f" (layer {_int(kd['layer_a'])})" if "layer_a" in kd else "")
-                + f' \u2192 <span class="name">{e(kd.get("model_b"))}</span>'
-                + (f" (layer {_int(kd['layer_b'])})" if "layer_b" in kd else ""))
-        row = [e(kd.get("selection", "\u2013")), pair]
-        by_m = {str(r["measure"]): r for r in g.to_dict("records")}
+    for r in rows_in:
+        row = [e(r["selection"] or "\u2013"), f"{side(r['a'])} and {side(r['b'])}"]
         for m in measures:
-            r = by_m.get(m)
-            if r is None:
+            fwd, rev = r["cells"].get(m, (None, None))
+            if fwd is None and rev is None:
                 row.append("\u2013")
-                continue
-            cell = f3(r.get("value"))
-            if math.isfinite(num(r.get("expected_independent"))):
-                cell += f' <span class="muted">({f3(r.get("expected_independent"))})</span>'
-            if math.isfinite(num(r.get("ci_low"))) and math.isfinite(num(r.get("ci_high"))):
-                cell += f'<br><span class="muted">{_ci(r.get("ci_low"), r.get("ci_high"))}</span>'
-            row.append(("num", cell))
+            elif rev is None:
+                row.append(("num", one(fwd)))
+            else:
+                row.append(("num", f"{one(fwd)}<br>\u2190 {one(rev)}"))
         rows.append(row)
     header = ["layers", "pair"] + [f"<code>{e(m)}</code>" for m in measures]
     notes = "; ".join(f"<code>{e(m)}</code>: {e(AGREEMENT_LABELS[m])}" for m in measures if m in AGREEMENT_LABELS)
     return (_table(header, rows) + '<p class="note">In parentheses: the value expected if the two models erred '
-            "independently at their own error rates. Directional measures read row model \u2192 column model."
-            + (f" {notes}." if notes else "") + "</p>")
+            "independently at their own error rates. A directional measure gives the first model \u2192 second "
+            "model, then (\u2190) second \u2192 first." + (f" {notes}." if notes else "") + "</p>")
 
 
 def _provenance_section(manifest, corpus, model_meta) -> str:
     s = ['<section id="provenance"><h2>Provenance</h2>']
     versions = manifest.get("versions") or {}
     if isinstance(versions, Mapping) and versions:
-        s.append("<h3>Versions</h3>" + _table(["component", "version"], [[e(k), _json(v)] for k, v in versions.items()]))
+        rows = [[e(k), _json(v)] for k, v in versions.items()]
+        s.append("<h3>Versions</h3>" + _table(["component", "version"], rows))
     if model_meta or corpus.get("fingerprint"):
         rows = [[f'<span class="name">{e(m.get("name"))}</span>', f"<code>{e(m.get('fingerprint') or '')}</code>",
                  e(m.get("source_kind") or "\u2013"), f"<code>{e(m.get('location') or '')}</code>",
-                 e(str(m.get("store_key") or "")[:16]), "reused" if m.get("reused") else ("extracted" if "reused" in m else
-                                                                                   "\u2013")]
+                 e(str(m.get("store_key") or "")[:16]),
+                 "reused" if m.get("reused") else ("extracted" if "reused" in m else "\u2013")]
                 for m in model_meta]
         if corpus.get("fingerprint"):
             rows.append([f"corpus {e(corpus.get('name') or '')}", f"<code>{e(corpus['fingerprint'])}</code>",
@@ -674,8 +682,7 @@ def _provenance_section(manifest, corpus, model_meta) -> str:
     return "".join(s)
 
 
-def _compare_section(view: CompareView, infos, fig) -> str:
-    info = infos[view.measure]
+def _compare_section(view: CompareView) -> str:
     s = [f'<section id="compare"><h2>Comparison: <span class="name">{e(view.new)}</span> against the references</h2>']
     s.append("<p>" + " ".join(text_html(t) for t in view.verdict) + "</p>")
     s.append("<h3>Overall similarity to each reference</h3>")

@@ -21,11 +21,11 @@ from homoscope._paths import safe_name
 
 from ._common import (
     UNIT_PLURAL,
-    has_controls,
     atomic_write_text,
     check_frame,
     file_stems,
     first_value,
+    has_controls,
     measures_of,
     model_order,
     pairs_of,
@@ -38,6 +38,7 @@ from .analysis import (
     VERDICT_NS,
     CompareView,
     Text,
+    agreement_rows,
     compare_view,
     controls_table,
     findings,
@@ -249,11 +250,12 @@ def write_report_md(
     index with its definition); for a comparison (``manifest['study']['pairs'] == 'first-vs-rest'``) the
     new model against each reference, layer by layer, with a verdict; the study (corpus with n and
     labels, unit, pooling, configuration, a models table with architecture, kind, blocks, width,
-    parameters, licence and notes); the measures with their references; per measure the summary
+    parameters, licence and notes; the measures with their references; the commands to reproduce and to
+    rebuild the report); per measure the summary
     figures and summary table; the layer-by-layer heatmaps; the controls (random-init baseline,
     permutation null, p and q, bootstrap intervals); prediction agreement and outcome homogenization
     (from ``extra``; a one-line note where absent); provenance: timings per stage, versions,
-    fingerprints, warnings and the commands to reproduce.
+    fingerprints and the warnings raised during the run.
 
     Args:
         frame: the tidy results frame.
@@ -314,7 +316,13 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
     n_rows = int(frame["n"].min()) if "n" in frame and frame["n"].notna().any() else corpus.get("n")
     lines: list[str] = []
     title_corpus = f" on {escape_md(corpus['name'])}" if corpus.get("name") else ""
-    lines += [f"# homoscope report: {len(models)} models{title_corpus}", ""]
+    view = compare_view(frame, manifest, infos)
+    if view is not None:
+        refs = len(view.references)
+        lines += [f"# homoscope comparison: {escape_md(view.new)} against {refs} reference{'s' if refs != 1 else ''}",
+                  ""]
+    else:
+        lines += [f"# homoscope report: {len(models)} models{title_corpus}", ""]
 
     # summary paragraph
     intro = (f"This report compares {len(models)} models ({', '.join(escape_md(m) for m in models)})"
@@ -343,12 +351,11 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
               else "no interval (no bootstrap)")
         lines += [f"**Homogenization index H = {_fmt(index.value)}** ({iv}; {index.n_pairs} model pair"
                   f"{'s' if index.n_pairs != 1 else ''}; primary measure {_code(index.measure)}; "
-                  f"{_light(index.note)}). {_light(index_reading(index.value))}", ""]
+                  f"{_light(index.note)}). {_light(index_reading(index.value, index.baseline))}", ""]
     else:
         lines += [f"Homogenization index: {_light(index.note)}.", ""]
     lines += [f"- {text_md(t)}" for t in findings(frame, manifest, infos, extra, index=index, include_index=False)]
     lines += ["", f"*Definitions.* {_light(INDEX_DEFINITION)} {_light(MEAN_INTERVAL_RULE)} {_light(NULL_RULE)}", ""]
-    view = compare_view(frame, manifest, infos)
     if view is not None:
         lines += _compare_md(view, infos)
 
@@ -427,6 +434,14 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
     lines += _table(["measure", "kind", "more alike", "range", "symmetric", "reference", "description"], rows)
     lines += ["", "Layer 0 is the embedding output; layer i is the output of block i. Relative depth = "
               "layer / last layer.", ""]
+    commands = [str(c) for c in (manifest.get("commands") or []) if str(c).strip()]
+    if commands:
+        lines += ["### Reproduce", ""]
+        body = "\n".join(commands)
+        run = max((len(x) for x in re.findall(r"`{3,}", body)), default=2)
+        fence = "`" * max(3, run + 1)
+        lines += [f"{fence}bash", body, fence, ""]
+        lines += ["Rebuild this report from the results folder, without any model: `homoscope report FOLDER`.", ""]
 
     # results per measure
     lines += ["## Results", ""]
@@ -524,13 +539,6 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
     warnings = [w for w in (manifest.get("warnings") or []) if str(w).strip()]
     lines += ["### Warnings", ""]
     lines += ([f"- {escape_md(w)}" for w in warnings] if warnings else ["None."]) + [""]
-    commands = [str(c) for c in (manifest.get("commands") or []) if str(c).strip()]
-    if commands:
-        lines += ["### Reproduce", ""]
-        body = "\n".join(commands)
-        run = max((len(x) for x in re.findall(r"`{3,}", body)), default=2)
-        fence = "`" * max(3, run + 1)
-        lines += [f"{fence}bash", body, fence, ""]
     return atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
 
 
@@ -658,29 +666,32 @@ def _agreement_md(extra: Mapping[str, pd.DataFrame], manifest: Mapping[str, Any]
     agree = extra.get("agreement")
     if agree is not None:
         lines += ["### Pairwise agreement of predictions", ""]
-        measures = list(dict.fromkeys(agree["measure"].astype(str)))
-        keys = [c for c in ("selection", "model_a", "layer_a", "model_b", "layer_b") if c in agree]
+        measures, rows_in = agreement_rows(agree)
+
+        def one(r) -> str:
+            if r is None:
+                return "\u2013"
+            cell = _fmt(r.get("value"))
+            if math.isfinite(_num(r.get("expected_independent"))):
+                cell += f" ({_fmt(r.get('expected_independent'))})"
+            return cell
+
+        def side(x) -> str:
+            return escape_md(x[0]) + (f" ({x[1]})" if x[1] is not None else "")
+
         rows = []
-        for key, g in agree.groupby(keys, sort=False, dropna=False):
-            kd = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-            pair = (f"{escape_md(kd.get('model_a'))}" + (f" ({_int(kd['layer_a'])})" if "layer_a" in kd else "")
-                    + f" \u2192 {escape_md(kd.get('model_b'))}" + (f" ({_int(kd['layer_b'])})" if "layer_b" in kd else ""))
-            by_m = {str(r["measure"]): r for r in g.to_dict("records")}
-            row = [escape_md(kd.get("selection", "\u2013")), pair]
+        for r in rows_in:
+            row = [escape_md(r["selection"] or "\u2013"), f"{side(r['a'])} and {side(r['b'])}"]
             for m in measures:
-                r = by_m.get(m)
-                if r is None:
-                    row.append("\u2013")
-                    continue
-                cell = _fmt(r.get("value"))
-                if math.isfinite(_num(r.get("expected_independent"))):
-                    cell += f" ({_fmt(r.get('expected_independent'))})"
-                row.append(cell)
+                fwd, rev = r["cells"].get(m, (None, None))
+                row.append("\u2013" if fwd is None and rev is None else
+                           one(fwd) if rev is None else f"{one(fwd)} / \u2190 {one(rev)}")
             rows.append(row)
         lines += _table(["layers", "pair (layer)"] + [_code(m) for m in measures], rows,
                         "ll" + "r" * len(measures)) + [""]
         notes = "; ".join(f"{_code(m)}: {escape_md(AGREEMENT_LABELS[m])}" for m in measures if m in AGREEMENT_LABELS)
-        lines += ["In parentheses: the value expected if the two models erred independently at their own error rates."
+        lines += ["In parentheses: the value expected if the two models erred independently at their own error rates. "
+                  "A directional measure gives first model \u2192 second, then \u2190 second \u2192 first."
                   + (f" {notes}." if notes else ""), ""]
     sets = extra.get("homogenization")
     if sets is not None:

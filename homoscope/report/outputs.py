@@ -142,7 +142,8 @@ def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi,
     check_frame(frame)
     if frame.empty:
         raise ValueError("frame is empty: there is nothing to report")
-    extra = normalize_extra(extra)
+    given = dict(extra or {})
+    extra = normalize_extra(given)  # the frames as the report reads them; the files keep them as given
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {}
@@ -161,10 +162,10 @@ def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi,
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     result["tables"].append(out / "summary.csv")
-    for key, df in extra.items():
+    for key in extra:
         path = inside(out / _extra_name(key), out)
         with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
+            given[key].to_csv(tmp, index=False)
         result["tables"].append(path)
 
     # one job per figure; each gets only its own rows so that validation stays cheap
