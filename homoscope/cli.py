@@ -224,6 +224,8 @@ def cmd_doctor(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .extract.runner import ExtractionMemoryError
+
     """Entry point of the ``homoscope`` command. Returns the exit status (2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 2
+    except ExtractionMemoryError as err:
+        print(f"homoscope: error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # disk full, no permission: one line, not a traceback
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 1

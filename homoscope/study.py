@@ -455,6 +455,9 @@ def extract_model(
             auto_install=study.install,
             name=name,
         )
+    if dataclasses.is_dataclass(loaded) and dataclasses.is_dataclass(loaded.info) and loaded.info.name != name:
+        # errors from the runner name the model as the study does
+        loaded = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, name=name))
     info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
     info["name"] = name
     load_s = time.perf_counter() - t0

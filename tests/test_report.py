@@ -107,6 +107,8 @@ def make_manifest() -> dict:
         "commands": ["homoscope run results/demo/study.toml"],
         "created": "2025-01-01T00:00:00+00:00",
         "measures": {k: {**v, "value_range": list(v["value_range"])} for k, v in INFO.items()},
+        "controls": {"random_init": [{"name": "minilm-l6 (random-init)", "fingerprint": "f00d",
+                                      "notes": "random weights", "reused": False}]},
     }
 
 
@@ -124,7 +126,10 @@ def make_extra() -> dict:
         dict(model_a=a, layer_a=la, model_b=b, layer_b=lb, measure=m, value=v, n=120, expected_independent=ind,
              ci_low=v - 0.05, ci_high=v + 0.05, selection="best")
         for a, la, b, lb in pairs for m, v, ind in (("agreement", 0.81, 0.62), ("cohen_kappa", 0.6, 0.0),
-                                                    ("error_overlap", 0.5, 0.2), ("jsd", 0.08, float("nan")))])
+                                                    ("error_overlap", 0.5, 0.2), ("jsd", 0.08, float("nan")))]
+        + [dict(model_a=b, layer_a=lb, model_b=a, layer_b=la, measure="error_overlap_conditional", value=0.77,
+                n=120, expected_independent=0.3, ci_low=0.7, ci_high=0.84, selection="best")  # one direction, b -> a
+           for a, la, b, lb in pairs])
     homogenization = pd.DataFrame([
         dict(selection="best", models=",".join(m for m, _, _ in MODELS), layers="1,3,5", k=3, groups=g, measure=m,
              value=v, expected_independent=ind, null_mean=nm, p_value=pv, n=120)

@@ -119,6 +119,10 @@ def test_html_has_every_section_and_marks_null_scores(outputs):
     row = next(r for r in controls.split("<tr>") if html.escape(EVIL) in r and "gemma-3-270m" in r)
     assert 'class="num ns"' in row and "n.s." in row and "not distinguishable from its null" in row
     assert "No control computed for <code>pwcca</code>" in controls
+    agreement = page.split('<section id="agreement">')[1].split("</section>")[0]
+    assert agreement.count("<tr>") == 3 * (1 + 3)  # probes, pairs (directions merged), sets: header + 3 rows each
+    assert "\u2190 0.770" in agreement and "<code>error_overlap_conditional</code>" in agreement  # b -> a shown
+    assert "minilm-l6 (random-init)" in page and "<code>f00d</code>" in page
 
 
 # ---------------------------------------------------------------------------------------- the browser

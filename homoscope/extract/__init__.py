@@ -11,6 +11,7 @@ from .outliers import outlier_report
 from .runner import (
     POOLINGS,
     ExtractStats,
+    ExtractionMemoryError,
     NonFiniteHiddenStateError,
     effective_max_length,
     extract,
@@ -39,6 +40,7 @@ __all__ = [
     "PUNCTUATION",
     "ROW_POOLINGS",
     "ExtractStats",
+    "ExtractionMemoryError",
     "NonFiniteHiddenStateError",
     "RepresentationStore",
     "TokenPlan",

@@ -32,6 +32,10 @@ POOLINGS = ("mean", "first", "last", "cls")
 PADDING_SIDES = ("right", "left")
 
 
+class ExtractionMemoryError(RuntimeError):
+    """A model ran out of memory even with one text per batch."""
+
+
 class NonFiniteHiddenStateError(ValueError):
     """A model produced NaN or inf in a hidden state of a real token."""
 
@@ -230,7 +234,7 @@ def extract(
     Raises:
         ValueError: empty ``texts``, bad options, a model that returns no hidden states.
         NonFiniteHiddenStateError: NaN/inf in a real token's hidden state; names layer and count.
-        RuntimeError: out of memory even at one text per batch.
+        ExtractionMemoryError (a RuntimeError): out of memory even at one text per batch.
     """
     import time
 
@@ -391,7 +395,7 @@ def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, p
                 if not _is_oom(err):
                     raise
                 if len(batch) == 1:
-                    raise RuntimeError(
+                    raise ExtractionMemoryError(
                         f"model {name!r} ran out of memory on a single text of {lengths[batch[0]]} tokens; "
                         "lower max_length or use a smaller dtype"
                     ) from err

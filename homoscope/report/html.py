@@ -660,6 +660,13 @@ def _provenance_section(manifest, corpus, model_meta) -> str:
                          e(corpus.get("source") or "\u2013"), "\u2013", "", ""])
         s.append("<h3>Fingerprints</h3>" + _table(["model", "fingerprint", "source", "location", "store key",
                                                    "representations"], rows))
+    controls = (manifest.get("controls") or {}).get("random_init") if isinstance(manifest.get("controls"), Mapping) \
+        else None
+    if isinstance(controls, list) and controls:
+        rows = [[f'<span class="name">{e(c.get("name"))}</span>', f"<code>{e(c.get('fingerprint') or '')}</code>",
+                 e(c.get("notes") or ""), "reused" if c.get("reused") else "extracted"]
+                for c in controls if isinstance(c, Mapping)]
+        s.append("<h3>Random-init controls</h3>" + _table(["control", "fingerprint", "notes", "representations"], rows))
     timings = manifest.get("timings") or {}
     if isinstance(timings, Mapping) and timings:
         secs = {str(k): num(v) for k, v in timings.items()}

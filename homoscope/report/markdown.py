@@ -536,6 +536,14 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
             rows.append([f"corpus {escape_md(corpus.get('name') or '')}".strip(), _code(corpus["fingerprint"]),
                          escape_md(corpus.get("source") or "\u2013"), "\u2013", "\u2013"])
         lines += _table(["model", "fingerprint", "source", "spec", "location"], rows) + [""]
+    controls = manifest.get("controls")
+    controls = controls.get("random_init") if isinstance(controls, Mapping) else None
+    if isinstance(controls, list) and controls:
+        lines += ["### Random-init controls", ""]
+        lines += _table(["control", "fingerprint", "notes", "representations"],
+                        [[escape_md(c.get("name")), _code(c.get("fingerprint") or "") or "\u2013",
+                          escape_md(c.get("notes") or ""), "reused" if c.get("reused") else "extracted"]
+                         for c in controls if isinstance(c, Mapping)]) + [""]
     warnings = [w for w in (manifest.get("warnings") or []) if str(w).strip()]
     lines += ["### Warnings", ""]
     lines += ([f"- {escape_md(w)}" for w in warnings] if warnings else ["None."]) + [""]
