@@ -365,15 +365,10 @@ def _default_name(spec: str) -> str:
 
 
 def best_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available, then mps, then cpu; anything else is passed to torch.device."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto`` -> the best available device (cuda, then mps, then cpu); anything else -> torch.device."""
+    from .models import best_device as available
+
+    return available() if device == "auto" else torch.device(device)
 
 
 @dataclass

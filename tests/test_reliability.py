@@ -30,6 +30,7 @@ import pytest
 import torch
 
 import homoscope
+from _reliability_common import _own_cache, corpus, make_study, models, tables_only  # noqa: F401
 from homoscope.cli import main as cli_main
 from homoscope.extract import ExtractStats, extract
 from homoscope.extract.store import RepresentationStore
@@ -40,41 +41,7 @@ from homoscope.study import Study, StudyWriteError, run_study
 PACKAGE = Path(homoscope.__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOMOSCOPE_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="module")
-def models():
-    return {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "texts.txt"
-    path.write_text("\n".join(TINY_TEXT[:8]) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture()
-def tables_only(monkeypatch):
-    """Write only the results tables (no figures, no report) where the report is not under test:
-    the numbers are what these tests compare, and the figures cost seconds per run."""
-    from homoscope import report
-    from homoscope.report.tables import write_tables
-
-    def write_outputs(frame, manifest, out, **_kw):
-        return {"tables": write_tables(frame, out)}
-
-    monkeypatch.setattr(report, "write_outputs", write_outputs)
-
-
-def _study(tmp_path, corpus, **kw):
-    base = {"models": ["bert", "gpt2"], "corpus": str(corpus), "sentences": None, "out": str(tmp_path / "out"),
-            "store": str(tmp_path / "store"), "measures": ["linear_cka"], "outliers": False}
-    base.update(kw)
-    return Study(**base)
+_study = make_study
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

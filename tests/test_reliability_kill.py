@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _reliability_common import tables_only  # noqa: F401
 import pytest
 import torch
 
@@ -68,19 +69,6 @@ STORE_SCRIPT = textwrap.dedent("""
         print(i, flush=True)
         i += 1
 """)
-
-
-@pytest.fixture()
-def tables_only(monkeypatch):
-    """Write only the results tables (no figures, no report) where the report is not under test:
-    the numbers are what these tests compare, and the figures cost seconds per run."""
-    from homoscope import report
-    from homoscope.report.tables import write_tables
-
-    def write_outputs(frame, manifest, out, **_kw):
-        return {"tables": write_tables(frame, out)}
-
-    monkeypatch.setattr(report, "write_outputs", write_outputs)
 
 
 def _env(tmp_path: Path) -> dict:

@@ -1,0 +1,367 @@
+"""Measures benchmark: 13 x 13 layer-pair matrices, homoscope against peers of the same estimator kind.
+
+One case = one (measure, implementation, n, offset, scale) run in its own subprocess:
+``python -m benchmarks.measures '<json spec>'``. The float64 reference of a data set is computed once
+in a separate subprocess and cached, so reference work never counts towards a case's time or memory.
+
+Implementations (``impl``):
+
+- ``homoscope``: ``homoscope.measures`` (float64 accumulation, all pairs in one GEMM).
+- ``pytorch-cka``: ``cka.cka_from_features`` (debiased, one batched call, float32 as given) and its
+  ``hsic`` accumulated over minibatches, as ``cka.CKA.compare`` does (minibatch).
+- ``cka-pytorch``: ``cka_pytorch.hsic.hsic1`` (debiased), one X layer against all Y layers per call.
+- ``ckatorch``: ``ckatorch.core.cka_base`` per pair (float64, biased or debiased).
+- ``torch-cka``: ``torch_cka.cka.CKA._HSIC`` per pair on precomputed Grams (debiased).
+- ``numpy-f64``: Kornblith et al.'s reference code (numpy float64 Gram, ``center_gram``, ``cka``) per
+  pair, Grams computed once per layer (biased or debiased).
+- ``loop-f64``: per-pair float64 CCA loop (numpy: centre, QR of both sides, SVD of ``Qx^T Qy``), as
+  the SVCCA reference code does per pair; timed on the 13 diagonal pairs and scaled to 169 (stated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._common import apply_mem_cap, emit, make_stacks, median_time, peak_rss_mb
+
+L, D = 13, 768
+MB_BATCH = 1024
+CACHE = Path(tempfile.gettempdir()) / "homoscope-bench-ref"
+
+KIND = {"linear_cka": "biased", "debiased_cka": "debiased", "minibatch_cka": "minibatch", "cca_rho": "cca"}
+
+
+# ----------------------------------------------------------------------------------------- references
+def _center64(X):
+    X = X.double()
+    return X - X.mean(dim=1, keepdim=True)
+
+
+def _grams(Xc):
+    return Xc @ Xc.transpose(1, 2)
+
+
+def ref_linear(X, Y):
+    """Biased linear CKA in float64: ``<HKH, HLH> / (||HKH|| ||HLH||)`` from centered features."""
+    import torch
+
+    Xc, Yc = _center64(X), _center64(Y)
+    n = Xc.shape[1]
+    if n <= 4096:
+        K, Lg = _grams(Xc).reshape(L, -1), _grams(Yc).reshape(L, -1)
+        cross, sx, sy = K @ Lg.T, (K * K).sum(1), (Lg * Lg).sum(1)
+    else:
+        cross = torch.stack([((Xc[a].T @ Yc.permute(1, 0, 2).reshape(n, -1)) ** 2).reshape(D, L, D).sum((0, 2))
+                             for a in range(L)])
+        sx = torch.stack([((Xc[a].T @ Xc[a]) ** 2).sum() for a in range(L)])
+        sy = torch.stack([((Yc[b].T @ Yc[b]) ** 2).sum() for b in range(L)])
+    return cross / torch.sqrt(sx[:, None] * sy[None, :])
+
+
+def _hsic1_terms(K, Lg):
+    """Unbiased HSIC (Song et al. 2012, eq. 5) for all pairs of Gram stacks, float64, explicit form."""
+    import torch
+
+    n = K.shape[-1]
+    K, Lg = K.clone(), Lg.clone()
+    K.diagonal(dim1=1, dim2=2).zero_()
+    Lg.diagonal(dim1=1, dim2=2).zero_()
+
+    def h(A, B):
+        tr = A.reshape(A.shape[0], -1) @ B.reshape(B.shape[0], -1).T
+        sa, sb = A.sum((1, 2)), B.sum((1, 2))
+        ca, cb = A.sum(1), B.sum(1)
+        return (tr + torch.outer(sa, sb) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (ca @ cb.T)) / (n * (n - 3))
+
+    return h(K, Lg), torch.diagonal(h(K, K)), torch.diagonal(h(Lg, Lg))
+
+
+def ref_debiased(X, Y):
+    import torch
+
+    Xc, Yc = _center64(X), _center64(Y)
+    n = Xc.shape[1]
+    if n <= 4096:
+        c, hx, hy = _hsic1_terms(_grams(Xc), _grams(Yc))
+    else:  # trace form of the same U-statistic (feature route), for n where Grams do not fit
+        kx, ky = (Xc * Xc).sum(-1), (Yc * Yc).sum(-1)
+        cross = torch.stack([((Xc[a].T @ Yc.permute(1, 0, 2).reshape(n, -1)) ** 2).reshape(D, L, D).sum((0, 2))
+                             for a in range(L)])
+        sx = torch.stack([((Xc[a].T @ Xc[a]) ** 2).sum() for a in range(L)])
+        sy = torch.stack([((Yc[b].T @ Yc[b]) ** 2).sum() for b in range(L)])
+        c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+        c = cross - c1 * kx @ ky.T + c2 * kx.sum(1)[:, None] * ky.sum(1)[None, :]
+        hx = sx - c1 * (kx * kx).sum(1) + c2 * kx.sum(1) ** 2
+        hy = sy - c1 * (ky * ky).sum(1) + c2 * ky.sum(1) ** 2
+    return c / torch.sqrt(hx[:, None] * hy[None, :])
+
+
+def _batches(n, bs):
+    import math
+
+    m = max(1, math.ceil(n / bs))
+    base, extra = divmod(n, m)
+    out, s = [], 0
+    for i in range(m):
+        k = base + (1 if i < extra else 0)
+        out.append(slice(s, s + k))
+        s += k
+    return out
+
+
+def ref_minibatch(X, Y, bs=MB_BATCH):
+    c = hx = hy = 0
+    for s in _batches(X.shape[1], bs):
+        Xc, Yc = _center64(X[:, s]), _center64(Y[:, s])
+        ci, xi, yi = _hsic1_terms(_grams(Xc), _grams(Yc))
+        c, hx, hy = c + ci, hx + xi, hy + yi
+    return c / (hx[:, None] * hy[None, :]).sqrt()
+
+
+def ref_cca_rho(X, Y):
+    import torch
+
+    Qx = [torch.linalg.qr(x)[0] for x in _center64(X)]
+    Qy = [torch.linalg.qr(y)[0] for y in _center64(Y)]
+    return torch.stack([torch.stack([torch.linalg.svdvals(qa.T @ qb).clamp(0, 1).mean() for qb in Qy]) for qa in Qx])
+
+
+REFS = {"linear_cka": ref_linear, "debiased_cka": ref_debiased, "minibatch_cka": ref_minibatch, "cca_rho": ref_cca_rho}
+
+
+def ref_path(measure: str, n: int, offset: float, scale: float, seed: int = 0) -> Path:
+    key = hashlib.sha1(json.dumps([measure, n, offset, scale, seed, L, D, MB_BATCH]).encode()).hexdigest()[:16]
+    return CACHE / f"{measure}-{n}-{key}.pt"
+
+
+# ---------------------------------------------------------------------------------------------- peers
+def _load_file_module(dotted: str):
+    """Import one file of an installed package without running the package's ``__init__`` (which may
+    import plotting or training frameworks the benchmark does not need)."""
+    import importlib.util
+
+    pkg, mod = dotted.split(".")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{pkg} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / f"{mod}.py"
+    s = importlib.util.spec_from_file_location(f"_bench_{pkg}_{mod}", path)
+    m = importlib.util.module_from_spec(s)
+    s.loader.exec_module(m)
+    return m
+
+
+def peer_fn(impl: str, measure: str):
+    """A callable ``f(X, Y) -> [13, 13]`` for ``impl`` computing ``measure`` (or raise ImportError)."""
+    import numpy as np
+    import torch
+
+    if impl == "homoscope":
+        from homoscope import measures as hm
+
+        if measure == "minibatch_cka":
+            return lambda X, Y: hm.minibatch_cka(X, Y, batch_size=MB_BATCH, debiased=True)
+        return getattr(hm, measure)
+
+    if impl == "pytorch-cka":
+        from cka import cka_from_features, hsic
+
+        if measure == "debiased_cka":
+            return cka_from_features
+        if measure == "minibatch_cka":
+            def mb(X, Y):
+                hxy = hxx = hyy = 0
+                for s in _batches(X.shape[1], MB_BATCH):
+                    gx = torch.bmm(X[:, s], X[:, s].transpose(1, 2))
+                    gy = torch.bmm(Y[:, s], Y[:, s].transpose(1, 2))
+                    a, b, c = hsic(gx, gy)
+                    hxy, hxx, hyy = hxy + a, hxx + b, hyy + c
+                den = torch.sqrt(torch.clamp(hxx.unsqueeze(1) * hyy.unsqueeze(0), min=0.0))
+                return torch.clamp(hxy / den, 0.0, 1.0)
+            return mb
+
+    if impl == "cka-pytorch" and measure == "debiased_cka":
+        hsic1 = _load_file_module("cka_pytorch.hsic").hsic1
+
+        def f(X, Y):
+            gx, gy = torch.bmm(X, X.transpose(1, 2)), torch.bmm(Y, Y.transpose(1, 2))
+            hx, hy = hsic1(gx, gx), hsic1(gy, gy)
+            cross = torch.stack([hsic1(gx[a].expand_as(gy), gy) for a in range(gx.shape[0])])
+            return cross / torch.sqrt(hx[:, None] * hy[None, :])
+        return f
+
+    if impl == "ckatorch" and measure in ("linear_cka", "debiased_cka"):
+        from ckatorch.core import cka_base
+
+        unb = measure == "debiased_cka"
+        return lambda X, Y: torch.stack([torch.stack([cka_base(x, y, unbiased=unb) for y in Y]) for x in X])
+
+    if impl == "torch-cka" and measure == "debiased_cka":
+        from torch_cka.cka import CKA
+
+        obj = CKA.__new__(CKA)
+        obj.device = "cpu"
+
+        def f(X, Y):
+            gx = [x @ x.T for x in X]
+            gy = [y @ y.T for y in Y]
+            hx = [obj._HSIC(k, k) for k in gx]
+            hy = [obj._HSIC(k, k) for k in gy]
+            return torch.tensor([[obj._HSIC(k, l) / (hx[a] * hy[b]) ** 0.5 for b, l in enumerate(gy)]
+                                 for a, k in enumerate(gx)])
+        return f
+
+    if impl == "numpy-f64" and measure in ("linear_cka", "debiased_cka"):
+        unb = measure == "debiased_cka"
+
+        def center_gram(gram, unbiased=False):  # Kornblith et al. (2019) reference code
+            gram = gram.copy()
+            if unbiased:
+                n = gram.shape[0]
+                np.fill_diagonal(gram, 0)
+                means = np.sum(gram, 0, dtype=np.float64) / (n - 2)
+                means -= np.sum(means) / (2 * (n - 1))
+                gram -= means[:, None]
+                gram -= means[None, :]
+                np.fill_diagonal(gram, 0)
+            else:
+                means = np.mean(gram, 0, dtype=np.float64)
+                means -= np.mean(means) / 2
+                gram -= means[:, None]
+                gram -= means[None, :]
+            return gram
+
+        def cka(gx, gy):
+            return gx.ravel().dot(gy.ravel()) / (np.linalg.norm(gx) * np.linalg.norm(gy))
+
+        def f(X, Y):
+            Xn, Yn = X.double().numpy(), Y.double().numpy()
+            gx = [center_gram(x @ x.T, unb) for x in Xn]
+            gy = [center_gram(y @ y.T, unb) for y in Yn]
+            return torch.tensor([[cka(a, b) for b in gy] for a in gx])
+        return f
+
+    if impl == "loop-f64" and measure == "cca_rho":
+        def pair(x, y):
+            x = x - x.mean(0)
+            y = y - y.mean(0)
+            qx, _ = np.linalg.qr(x)
+            qy, _ = np.linalg.qr(y)
+            return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0, 1).mean()
+
+        def f(X, Y):  # the 13 diagonal pairs only; time is scaled by 169/13 (stated in the note)
+            Xn, Yn = X.double().numpy(), Y.double().numpy()
+            return torch.tensor([pair(Xn[a], Yn[a]) for a in range(X.shape[0])])
+        return f
+
+    raise ValueError(f"no implementation {impl!r} for {measure!r}")
+
+
+# ----------------------------------------------------------------------------------------------- flops
+def flops(measure: str, n: int, La: int = L, da: int = D, Lb: int = L, db: int = D) -> tuple[float, str, tuple]:
+    """FLOP lower bound of the cheaper exact route, its name, and the dominant GEMM shape (b, m, k, n)."""
+    if measure == "minibatch_cka":
+        total, shape = 0.0, None
+        for s in _batches(n, MB_BATCH):
+            f, _, shape = flops("linear_cka", s.stop - s.start, La, da, Lb, db)
+            total += f
+        return total, "gram per batch", shape
+    if measure == "cca_rho":
+        qr = (La + Lb) * (4 * n * da * da - 4 / 3 * da**3)  # Householder QR + forming Q
+        cross = 2 * n * La * da * Lb * db
+        svd = La * Lb * 22 * da**3 / 3  # rough Golub-Kahan estimate, singular values only
+        return qr + cross + svd, "qr + cross + svd (est.)", (1, La * da, n, Lb * db)
+    gram = 2 * n * n * (La * da + Lb * db + La * Lb)
+    feat = 2 * n * (La * da * Lb * db + La * da * da + Lb * db * db)
+    if gram <= feat:
+        return gram, "gram", (La, n, da, n)
+    return feat, "feature", (1, La * da, n, Lb * db)
+
+
+def matmul_rate(shape: tuple, dtype_name: str, repeats: int = 3) -> float:
+    """GFLOP/s of a plain torch.matmul of ``[b, m, k] @ [b, k, n]`` in this process, now."""
+    import torch
+
+    b, m, k, nn = shape
+    dt = getattr(torch, dtype_name)
+    A = torch.randn(b, m, k, dtype=dt)
+    B = torch.randn(b, k, nn, dtype=dt)
+    t, _, _ = median_time(lambda: torch.matmul(A, B), repeats, warmup=1)
+    return 2 * b * m * k * nn / t / 1e9
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def run_reference(spec: dict) -> dict:
+    import torch
+
+    path = ref_path(spec["measure"], spec["n"], spec.get("offset", 0.0), spec.get("scale", 1.0))
+    if not path.exists():
+        X, Y = make_stacks(spec["n"], L, D, offset=spec.get("offset", 0.0), scale=spec.get("scale", 1.0))
+        t0 = time.perf_counter()
+        R = REFS[spec["measure"]](X, Y)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(R, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+        return {**spec, "status": "ok", "seconds": time.perf_counter() - t0}
+    return {**spec, "status": "cached"}
+
+
+def run_case(spec: dict) -> dict:
+    import torch
+
+    measure, impl, n = spec["measure"], spec["impl"], spec["n"]
+    offset, scale = spec.get("offset", 0.0), spec.get("scale", 1.0)
+    out = {**spec, "bench": "measures", "kind": KIND[measure], "d": D, "layers": f"{L}x{L}"}
+    try:
+        fn = peer_fn(impl, measure)
+    except ImportError as err:
+        return {**out, "status": "not installed", "note": str(err)}
+    X, Y = make_stacks(n, L, D, offset=offset, scale=scale)
+    base_mb = peak_rss_mb()
+    repeats = spec.get("repeats", 3)
+    warm = 1 if (impl == "homoscope" and n <= 4096) else 0
+    try:
+        t, R, times = median_time(lambda: fn(X, Y), repeats, warmup=warm)
+    except (MemoryError, RuntimeError) as err:
+        msg = str(err).splitlines()[0][:200]
+        status = "oom" if ("memory" in msg.lower() or isinstance(err, MemoryError) or "alloc" in msg.lower()) else "error"
+        return {**out, "status": status, "note": msg, "input_mb": base_mb}
+    peak = peak_rss_mb()
+    note = ""
+    if impl == "loop-f64":
+        t *= (L * L) / L
+        note = "timed on the 13 diagonal pairs, scaled x13 to 169 pairs"
+    out.update(status="ok", seconds=t, times=[round(x, 4) for x in times], peak_mb=round(peak), input_mb=round(base_mb),
+               threads=torch.get_num_threads(), note=note)
+    ref = ref_path(measure, n, offset, scale)
+    if ref.exists():
+        Rf = torch.load(ref)
+        if impl == "loop-f64":
+            Rf = torch.diagonal(Rf)
+        R = torch.as_tensor(R).double()
+        out["max_abs_err"] = float((R - Rf).abs().max())
+    if impl == "homoscope":
+        fl, route, shape = flops(measure, n)
+        out["flops"], out["route"] = fl, route
+        out["gflops"] = fl / t / 1e9
+        del X, Y
+        out["matmul_f32_gflops"] = matmul_rate(shape, "float32")
+        out["matmul_f64_gflops"] = matmul_rate(shape, "float64")
+        out["roofline_pct"] = 100 * (fl / (out["matmul_f32_gflops"] * 1e9)) / t
+    return out
+
+
+def main(argv: list[str]) -> None:
+    apply_mem_cap()
+    spec = json.loads(argv[0])
+    emit(run_reference(spec) if spec.get("reference") else run_case(spec))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
