@@ -325,7 +325,7 @@ def run_case(spec: dict) -> dict:
     X, Y = make_stacks(n, L, D, offset=offset, scale=scale)
     base_mb = peak_rss_mb()
     repeats = spec.get("repeats", 3)
-    warm = 1 if (impl == "homoscope" and n <= 4096) else 0
+    warm = 1 if (impl == "homoscope" and n <= 1024) else 0
     try:
         t, R, times = median_time(lambda: fn(X, Y), repeats, warmup=warm)
     except (MemoryError, RuntimeError) as err:

@@ -814,6 +814,7 @@ def run_study(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
     }
+    manifest = portable_paths(manifest)
     if rows_meta is not None:
         manifest["rows"] = rows_meta
     if control_records:
@@ -847,6 +848,28 @@ def run_study(
         ) from err
     return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
                        rows=rows_table, controls=controls, agreement=agreement)
+
+
+def portable_paths(obj):
+    """``obj`` (nested dicts, lists, strings) with the cache folder written ``$HOMOSCOPE_HOME`` and the
+    user's home folder ``~``, so a manifest or report can be shared without the machine's paths."""
+    from ._paths import homoscope_home
+
+    prefixes = [(str(homoscope_home()), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
+
+    def walk(x):
+        if isinstance(x, str):
+            for prefix, short in prefixes:
+                if x == prefix or x.startswith(prefix + os.sep):
+                    return short + x[len(prefix):]
+            return x
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(obj)
 
 
 def random_init_seed(seed: int, name: str) -> int:

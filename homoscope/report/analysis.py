@@ -50,8 +50,8 @@ MEAN_INTERVAL_RULE = (
 #: The homogenization index, as the report defines it.
 INDEX_DEFINITION = (
     "Homogenization index H of the model set: the mean over the model pairs of "
-    "max(0, (s \u2212 b) / (1 \u2212 b)), clipped to [0, 1], for the primary measure (the first similarity "
-    "measure of the study). s is the pair's score at its best-matching layer pair, b the random-init control "
+    "max(0, (s \u2212 b) / (1 \u2212 b)), clipped to [0, 1], for the primary measure (`debiased_cka` where "
+    "the study has it, whose null level is 0 at any n; else the first similarity measure of the study). s is the pair's score at its best-matching layer pair, b the random-init control "
     "at the same layers (the same measure between random-weight versions of the two architectures, run "
     "through the same pipeline), and 1 the score of identical representations. H = 0: no pair is more alike "
     "than untrained networks of the same shapes; H = 1: every pair is identical at its best layers. A pair "
@@ -149,11 +149,13 @@ def model_kinds(manifest: Mapping[str, Any] | None) -> dict[str, str]:
 
 def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
                     infos: Mapping[str, MeasureInfo]) -> str | None:
-    """The primary measure: the first similarity measure in the study's order
+    """The primary measure: ``debiased_cka`` where the study has it (its null level is 0 at any n, where
+    linear CKA's grows as n shrinks), else the first similarity measure in the study's order
     (``manifest['study']['measures']``, else the frame's order); None where every measure is a distance."""
     present = measures_of(frame)
     study = ((manifest or {}).get("study") or {}).get("measures") or []
     order = [m for m in study if m in present] + [m for m in present if m not in study]
+    order = sorted(order, key=lambda m: m != "debiased_cka")
     for m in order:
         if infos[m].higher_is_better:
             return m
@@ -553,6 +555,7 @@ def findings(
                          "layers: mean ", C(m), f" {f3(fm)} ({interval(flo, fhi, 'interval')}) final against final, "
                          f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs."))
     out += _measures_agree(frame, m, infos)
+    out += _outlier_findings(manifest)
     out += _agreement_findings(normalize_extra(extra))
     return out
 
@@ -573,6 +576,8 @@ def index_reading(h: float, baseline: str = "random-init") -> str:
         return f"The models are somewhat more alike than {than}."
     if h < 0.7:
         return f"The models are substantially more alike than {than}."
+    if h < 0.9:
+        return f"The models are strongly alike at their best-matching layers, well above {than}."
     return f"The models are close to identical at their best-matching layers, well above {than}."
 
 
@@ -621,6 +626,30 @@ def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: M
               mixed, tail)]
 
 
+#: a layer whose largest dimension holds more than this share of the variance is flagged
+OUTLIER_SHARE = 0.5
+
+
+def _outlier_findings(manifest: Mapping[str, Any]) -> list[Text]:
+    """One sentence per model with massive activations: layers where a single dimension holds more than
+    :data:`OUTLIER_SHARE` of the variance (from the manifest's per-layer outlier report). CKA on such
+    layers mostly compares that one dimension."""
+    out = []
+    for model in manifest.get("models") or []:
+        layers = [r for r in model.get("outliers") or [] if num(r.get("top_dim_share")) > OUTLIER_SHARE]
+        if not layers:
+            continue
+        top = max(layers, key=lambda r: num(r.get("top_dim_share")))
+        dims = sorted({int(r["top_dim"]) for r in layers if "top_dim" in r})
+        out.append(T("In ", B(model.get("name", "?")), f", one dimension holds more than "
+                     f"{OUTLIER_SHARE:.0%} of the variance in {len(layers)} of {len(model['outliers'])} layers "
+                     f"(up to {num(top.get('top_dim_share')):.1%} at layer {_int(top.get('layer'))}; "
+                     f"dimension{'s' if len(dims) > 1 else ''} {', '.join(map(str, dims[:5]))}). Similarity "
+                     "scores at those layers mostly compare that one dimension (massive activations); read them "
+                     "with care."))
+    return out
+
+
 def _measures_agree(frame: pd.DataFrame, primary: str, infos: Mapping[str, MeasureInfo]) -> list[Text]:
     others = [x for x in measures_of(frame) if x != primary]
     if not others:
@@ -639,7 +668,7 @@ def _measures_agree(frame: pd.DataFrame, primary: str, infos: Mapping[str, Measu
     differ = [x for x in others if x in tops and tops[x] != tops[primary]]
     if not differ:
         return [T(f"The other measure{'s' if len(same) > 1 else ''} (", *_join_code(same),
-                  ") agree on the most alike pair.")]
+                  ") agree" if len(same) > 1 else ") agrees", " on the most alike pair.")]
     return [T("The measures disagree on the most alike pair: ", *_join_code(differ),
               " pick" if len(differ) > 1 else " picks", " a different pair than ", C(primary), ".")]
 
@@ -703,8 +732,14 @@ def _agreement_findings(extra: Mapping[str, pd.DataFrame]) -> list[Text]:
             extra_txt = ""
             if math.isfinite(num(r.get("null_mean"))):
                 extra_txt = f"; null mean {f3(r.get('null_mean'))}, {p_is('p', r.get('p_value'))}"
-            reading = ("failures concentrate on the same instances more than independent models' would"
-                       if num(r["value"]) > 1 else "failures are no more shared than independent models' would be")
+            p = num(r.get("p_value"))
+            if math.isfinite(p) and p >= ALPHA:
+                reading = (f"not distinguishable from independent failures ({p_is('p', p)}), so no claim of "
+                           "shared failures is made")
+            elif num(r["value"]) > 1:
+                reading = "failures concentrate on the same instances more than independent models' would"
+            else:
+                reading = "failures are no more shared than independent models' would be"
             out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
                          f"independent{extra_txt}): {reading}."))
     return out

@@ -1,0 +1,124 @@
+"""``python -m benchmarks [--quick] [--only measures,extraction,streaming] [--report-only]``.
+
+Runs every case in its own subprocess (peak memory per case), appends results to
+``reports/benchmarks/results.jsonl`` and writes ``results.csv`` and ``README.md`` next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ._common import REPORT_DIR, machine, run_subprocess
+from .report import write_report
+
+PEERS = {  # measure -> peers of the same estimator kind, with the largest n each is tried at
+    "linear_cka": [("numpy-f64", 4096), ("ckatorch", 1024)],
+    "debiased_cka": [("pytorch-cka", 16384), ("cka-pytorch", 4096), ("torch-cka", 4096), ("ckatorch", 1024),
+                     ("numpy-f64", 4096)],
+    "minibatch_cka": [("pytorch-cka", 65536)],
+    "cca_rho": [("loop-f64", 16384)],
+}
+QUICK_PEERS = {"linear_cka": [("numpy-f64", 1024)], "debiased_cka": [("pytorch-cka", 4096)],
+               "minibatch_cka": [("pytorch-cka", 4096)], "cca_rho": [("loop-f64", 1024)]}
+
+
+def plan(quick: bool) -> list[tuple[str, dict, float]]:
+    """(module, spec, timeout seconds) for every case, references first."""
+    sizes = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
+    peers = QUICK_PEERS if quick else PEERS
+    ref_max = 1024 if quick else 16384
+    cases, refs = [], []
+    for measure in ("linear_cka", "debiased_cka", "minibatch_cka", "cca_rho"):
+        ns = [4096] if (quick and measure == "minibatch_cka") else sizes
+        if quick and measure == "cca_rho":
+            ns = []  # 169 SVDs of 768 x 768: minutes on a loaded 2-core CPU (the float64 reference alone took 507 s)
+        for n in ns:
+            rep = 2 if n <= 1024 else 1
+            if n <= ref_max or (measure == "minibatch_cka" and n <= 16384):
+                refs.append(("benchmarks.measures", {"measure": measure, "n": n, "reference": True}, 900))
+            cases.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": n, "repeats": rep},
+                          180 if n <= 16384 else 600))
+            for impl, nmax in peers[measure]:
+                if n <= nmax:
+                    cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": n, "repeats": rep},
+                                  300 if quick else 900))
+    # numerical robustness: a large common offset (the measures are translation invariant)
+    for off in ([100.0] if quick else [100.0, 1e4]):
+        for measure, impl in (("linear_cka", "homoscope"), ("debiased_cka", "homoscope"), ("debiased_cka", "pytorch-cka")):
+            refs.append(("benchmarks.measures", {"measure": measure, "n": 1024, "offset": off, "reference": True}, 600))
+            cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": 1024, "offset": off,
+                                                  "repeats": 1, "accuracy": True}, 300))
+    return refs + cases
+
+
+def _spec_key(r: dict) -> tuple:
+    return (r.get("bench"), r.get("measure"), r.get("impl"), r.get("model"), r.get("n"), r.get("offset", 0.0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes, one peer per measure (< 10 min on 2 cores)")
+    ap.add_argument("--only", default="measures,extraction,streaming", help="comma list of benchmarks to run")
+    ap.add_argument("--report-only", action="store_true", help="rewrite csv/md from results.jsonl")
+    ap.add_argument("--mem-cap-gb", type=float, default=16.0, help="address-space cap per case (default 16)")
+    ap.add_argument("--resume", action="store_true", help="keep results.jsonl and skip cases already in it")
+    ap.add_argument("--model", default="minilm-l6", help="extraction: packaged model(s), comma separated")
+    args = ap.parse_args()
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    jsonl = REPORT_DIR / "results.jsonl"
+    if args.report_only:
+        rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+        machines = [r for r in rows if r.get("bench") == "machine"]
+        write_report([r for r in rows if r.get("bench") != "machine"], machines[-1] if machines else {})
+        return
+    only = set(args.only.split(","))
+    info = machine()
+    info["mode"] = "quick" if args.quick else "full"
+    print(f"machine: {info}")
+    todo: list[tuple[str, dict, float]] = []
+    if "measures" in only:
+        todo += plan(args.quick)
+    if "extraction" in only:
+        models = args.model.split(",") if args.quick else ["minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m"]
+        for m in models:
+            todo.append(("benchmarks.extraction", {"model": m, "sentences": 200 if args.quick else 1000,
+                                                   "repeats": 2 if args.quick else 3}, 900))
+    if "streaming" in only:
+        for n in ([20_000, 200_000] if args.quick else [100_000, 1_000_000, 10_000_000]):
+            todo.append(("benchmarks.streaming", {"n": n}, 900 if args.quick else 7200))
+    results, done = [], set()
+    if args.resume and jsonl.exists():
+        old = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+        results = [r for r in old if r.get("bench") != "machine"]
+        done = {_spec_key(r) for r in results}
+    t_all = time.perf_counter()
+    with jsonl.open("a" if args.resume else "w") as fh:
+        fh.write(json.dumps({"bench": "machine", **info}) + "\n")
+        for module, spec, timeout in todo:
+            if spec.get("reference") and args.resume and all(_spec_key(c) in done for _, c, _ in todo
+                                                              if not c.get("reference")):
+                continue
+            if _spec_key({**spec, "bench": module.split(".")[-1]}) in done:
+                continue
+            t0 = time.perf_counter()
+            r = run_subprocess(module, spec, timeout=timeout, mem_cap_gb=args.mem_cap_gb)
+            r.setdefault("bench", module.split(".")[-1])
+            r["case_wall_s"] = round(time.perf_counter() - t0, 1)
+            if not spec.get("reference"):
+                results.append(r)
+                fh.write(json.dumps(r, default=float) + "\n")
+                fh.flush()
+            short = {k: r.get(k) for k in ("impl", "measure", "model", "n", "status", "seconds", "max_abs_err", "note")
+                     if r.get(k) not in (None, "")}
+            print(f"[{time.perf_counter() - t_all:6.0f}s] {module.split('.')[-1]} {short}", flush=True)
+    info["loadavg_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    info["total_s"] = round(time.perf_counter() - t_all)
+    with jsonl.open("a") as fh:
+        fh.write(json.dumps({"bench": "machine", **info}) + "\n")
+    write_report(results, info)
+
+
+if __name__ == "__main__":
+    main()
