@@ -209,7 +209,8 @@ def cmd_measures(args) -> int:
     for name in list_measures():
         info = get_measure(name)
         sym = "symmetric" if info.symmetric else "asymmetric"
-        print(f"{name:<20} {info.kind:<10} {sym:<10} range {tuple(info.value_range)}  min n {info.min_n}  "
+        lo, hi = info.value_range
+        print(f"{name:<20} {info.kind:<10} {sym:<10} range {f'[{lo:g}, {hi:g}]':<10} min n {info.min_n:<4} "
               f"{info.reference}")
     return 0
 
@@ -232,8 +233,6 @@ def cmd_doctor(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .extract.runner import ExtractionMemoryError
-
     """Entry point of the ``homoscope`` command. Returns the exit status (2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 2
-    except ExtractionMemoryError as err:
+    except RuntimeError as err:
+        from .extract.runner import ExtractionMemoryError  # imported late: --help stays fast
+
+        if not isinstance(err, ExtractionMemoryError):
+            raise
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # disk full, no permission: one line, not a traceback
