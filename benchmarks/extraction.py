@@ -26,7 +26,7 @@ def run_case(spec: dict) -> dict:
 
     from homoscope.corpora import load_corpus
     from homoscope.extract import extract
-    from homoscope.extract.runner import make_batches, tokenize, effective_max_length
+    from homoscope.extract.runner import effective_max_length, make_batches, tokenize
     from homoscope.models import load_model
 
     model_name, sentences = spec["model"], int(spec["sentences"])
@@ -36,7 +36,7 @@ def run_case(spec: dict) -> dict:
     texts = list(corpus.texts)
     model, tok = loaded.model, loaded.tokenizer
     ml = effective_max_length(loaded, max_length)
-    ids, special, _ = tokenize(tok, texts, ml)
+    ids, _special, _ = tokenize(tok, texts, ml)
     lengths = [len(x) for x in ids]
     sorted_batches = make_batches(lengths, batch_tokens)
     bsz = max(1, round(len(texts) / len(sorted_batches)))

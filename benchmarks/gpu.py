@@ -76,7 +76,7 @@ def measures_bench(sizes, repeats):
                 try:
                     fn = bm.peer_fn(impl, measure)
                     torch.cuda.reset_peak_memory_stats()
-                    t, R = timed(lambda: fn(X, Y), repeats)
+                    t, R = timed(lambda fn=fn, X=X, Y=Y: fn(X, Y), repeats)
                     row.update(status="ok", seconds=t, peak_mb=torch.cuda.max_memory_allocated() / 2**20)
                     if ref is not None:
                         row["max_abs_err"] = float((torch.as_tensor(R, device="cuda").double() - ref).abs().max())
@@ -128,7 +128,7 @@ def extraction_bench(models, sentences):
     texts = list(load_corpus("bbc", sentences=sentences).texts)
     for name in models:
         loaded = load_model(name, device="cuda", dtype=torch.bfloat16)
-        t, _ = timed(lambda: extract(loaded, texts, progress=False), 3)
+        t, _ = timed(lambda m=loaded: extract(m, texts, progress=False), 3)
         rows.append({"bench": "extraction", "model": name, "n": len(texts), "status": "ok", "seconds": t,
                      "units_per_s": len(texts) / t, "dtype": "bfloat16"})
         print(json.dumps(rows[-1]), flush=True)

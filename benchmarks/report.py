@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import statistics
 
 from ._common import REPORT_DIR
 
