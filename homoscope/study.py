@@ -189,6 +189,12 @@ class Study:
         valid = list_measures()
         if not self.measures:
             raise ValueError("measures is empty: name at least one of " + ", ".join(valid))
+        if not isinstance(self.measures, list):
+            raise ValueError(f"measures={self.measures!r} must be a list of measure names")
+        twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
+        if twice:
+            raise ValueError(f"measures: {', '.join(map(repr, twice))} named more than once; name each measure once")
+        _check_device(self.device)
         for m in self.measures:
             if m not in valid:
                 raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}")
@@ -311,6 +317,23 @@ _TYPES = {
 }
 
 
+def _check_device(device: str) -> None:
+    """Raise ValueError unless ``device`` is ``auto`` or a torch device available on this machine."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                         "use --device auto or cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} is not available here; use --device auto or cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: homoscope runs on cpu, cuda or mps")
+
+
 def _expected_types(key: str) -> tuple:
     return _TYPES.get(key, (str,))
 
@@ -351,7 +374,7 @@ def _toml_value(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -460,6 +483,8 @@ def extract_model(
     include_special = study.special_tokens == "include"
     parts = {
         "model": info.get("fingerprint"),
+        "config": _config_digest(loaded),
+        "tokenizer": _tokenizer_digest(loaded),
         "corpus": corpus.fingerprint(),
         "unit": unit,
         "pooling": study.pooling,
@@ -872,6 +897,26 @@ def portable_paths(obj):
     return walk(obj)
 
 
+def _config_digest(loaded) -> str | None:
+    """sha256 of the model's config (a changed activation or norm changes the numbers, not the weights)."""
+    import hashlib
+
+    cfg = getattr(loaded.model, "config", None)
+    if cfg is None:
+        return None
+    return hashlib.sha256(cfg.to_json_string(use_diff=False).encode()).hexdigest()
+
+
+def _tokenizer_digest(loaded) -> str | None:
+    """sha256 of the fast tokenizer's full definition (normalizer, vocabulary, special tokens)."""
+    import hashlib
+
+    backend = getattr(loaded.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()
+
+
 def random_init_seed(seed: int, name: str) -> int:
     """The weight seed of a model's random-init control: the study seed, an offset, and a number drawn
     from the model's name, so two models of one architecture get different random networks (else their
@@ -916,8 +961,15 @@ def _run_agreement(study: Study, stacks: dict, corpus, log):
         return None
     from .agreement import run_agreement
 
-    result = run_agreement(stacks, corpus, test_size=study.probe_test_size, seed=study.seed,
-                           bootstrap=study.bootstrap)
+    try:
+        result = run_agreement(stacks, corpus, test_size=study.probe_test_size, seed=study.seed,
+                               bootstrap=study.bootstrap)
+    except ValueError as err:
+        if study.agreement == "on":
+            raise
+        log(f"prediction agreement skipped: {err}")
+        warnings.warn(f"prediction agreement skipped: {err}", RuntimeWarning, stacklevel=2)
+        return None
     probes = result.frames["probes"]
     best = probes[probes["best"]] if "best" in probes else probes
     summary = ", ".join(f"{r.model} {r.value:.3f} (layer {r.layer})" for r in best.itertuples())
