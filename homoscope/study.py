@@ -914,7 +914,10 @@ def _tokenizer_digest(loaded) -> str | None:
     backend = getattr(loaded.tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    return hashlib.sha256(backend.to_str().encode()).hexdigest()
+    spec = json.loads(backend.to_str())
+    for state in ("truncation", "padding"):  # call-time settings that encoding texts changes in place
+        spec.pop(state, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def random_init_seed(seed: int, name: str) -> int:

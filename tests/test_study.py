@@ -119,3 +119,42 @@ def test_study_validation_messages(tmp_path):
         Study(models=["a", "b"], out=str(f)).validate()
     with pytest.raises(ValueError, match="at least two models"):
         Study(models=["a"]).validate()
+
+
+def test_config_or_tokenizer_change_is_not_reused(tmp_path, corpus_file, models):
+    """A changed activation function keeps the weights but changes the numbers: nothing stale is reused."""
+    import copy
+
+    base = dict(corpus=str(corpus_file), sentences=None, store=str(tmp_path / "store"), measures=["linear_cka"],
+                agreement="off", outliers=False)
+    first = run_study(Study(models=["bert-a", "gpt2"], out=str(tmp_path / "a"), **base), progress=False,
+                      loaded_models=models, log=None)
+    changed = copy.deepcopy(models["bert-a"])
+    changed.model.config.hidden_act = "relu"
+    for layer in changed.model.encoder.layer:
+        from transformers.activations import ACT2FN
+
+        layer.intermediate.intermediate_act_fn = ACT2FN["relu"]
+    again = run_study(Study(models=["bert-a", "gpt2"], out=str(tmp_path / "b"), **base), progress=False,
+                      loaded_models={"bert-a": changed, "gpt2": models["gpt2"]}, log=None)
+    reused = {m["name"]: m["reused"] for m in again.manifest["models"]}
+    assert reused == {"bert-a": False, "gpt2": True}
+    assert not torch.equal(again.representations["bert-a"], first.representations["bert-a"])
+
+
+def test_duplicate_measures_and_unavailable_devices_fail_before_any_work():
+    with pytest.raises(ValueError, match="'linear_cka' named more than once"):
+        Study(models=["a", "b"], measures=["linear_cka", "linear_cka"]).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' is not available here"):
+            Study(models=["a", "b"], device="cuda").validate()
+    with pytest.raises(ValueError, match="device='tpu' is not a torch device"):
+        Study(models=["a", "b"], device="tpu").validate()
+
+
+def test_study_toml_round_trips_non_ascii_names(tmp_path):
+    study = Study(models=["a", {"name": "modèle 😀", "spec": "b"}], name="étude 😀")
+    path = tmp_path / "study.toml"
+    path.write_text(study.to_toml(), encoding="utf-8")
+    back = Study.from_toml(path)
+    assert back.name == "étude 😀" and back.models[1]["name"] == "modèle 😀"
