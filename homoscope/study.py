@@ -639,15 +639,20 @@ def score_pairs(
         X, Y = stacks[a], stacks[b]
         if device is not None:
             X, Y = X.to(device), Y.to(device)
-        if permutations or bootstrap:
-            # one call per pair shares Gram matrices, null and bootstrap sums across the measures
-            scored = with_controls(names, X, Y, n_permutations=permutations or None, n_boot=bootstrap or None,
-                                   groups=groups, seed=seed)
-        else:
-            scored = {m: None for m in names}
+        try:
+            if permutations or bootstrap:
+                # one call per pair shares Gram matrices, null and bootstrap sums across the measures
+                scored = with_controls(names, X, Y, n_permutations=permutations or None,
+                                       n_boot=bootstrap or None, groups=groups, seed=seed)
+            else:
+                scored = {m: compute(m, X, Y) for m in names}
+        except ValueError as err:  # name the models: the measure only knows X and Y
+            raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
         for m in names:
             res = scored[m]
-            values = (compute(m, X, Y) if res is None else res.value).double().cpu().numpy()
+            values = (res if isinstance(res, torch.Tensor) else res.value).double().cpu().numpy()
+            if isinstance(res, torch.Tensor):
+                res = None
             la, lb = values.shape
             ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
             cols = {
