@@ -649,10 +649,8 @@ def score_pairs(
         except ValueError as err:  # name the models: the measure only knows X and Y
             raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
         for m in names:
-            res = scored[m]
-            values = (res if isinstance(res, torch.Tensor) else res.value).double().cpu().numpy()
-            if isinstance(res, torch.Tensor):
-                res = None
+            res = scored[m] if not isinstance(scored[m], torch.Tensor) else None  # None: no controls
+            values = (scored[m] if res is None else res.value).double().cpu().numpy()
             la, lb = values.shape
             ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
             cols = {

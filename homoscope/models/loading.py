@@ -130,18 +130,23 @@ def _text_config(config):
     return config
 
 
+def _config_int(config, attrs: tuple[str, ...], what: str) -> int:
+    """The first positive integer among ``attrs`` of the (text) config; ValueError naming ``what``."""
+    c = _text_config(config)
+    for attr in attrs:
+        v = getattr(c, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise ValueError(f"config of model_type={getattr(c, 'model_type', None)!r} states no {what}")
+
+
 def num_blocks(config) -> int:
     """Number of transformer blocks L from a config (``num_hidden_layers``, ``n_layer``, ``num_layers``).
 
     Raises:
         ValueError: if the config states none of them.
     """
-    c = _text_config(config)
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        v = getattr(c, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    raise ValueError(f"config of model_type={getattr(c, 'model_type', None)!r} states no number of layers")
+    return _config_int(config, ("num_hidden_layers", "n_layer", "num_layers"), "number of layers")
 
 
 def hidden_width(config) -> int:
@@ -150,12 +155,7 @@ def hidden_width(config) -> int:
     Raises:
         ValueError: if the config states none of them.
     """
-    c = _text_config(config)
-    for attr in ("hidden_size", "n_embd", "d_model"):
-        v = getattr(c, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    raise ValueError(f"config of model_type={getattr(c, 'model_type', None)!r} states no hidden size")
+    return _config_int(config, ("hidden_size", "n_embd", "d_model"), "hidden size")
 
 
 def model_kind(config) -> str:

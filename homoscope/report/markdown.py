@@ -32,6 +32,7 @@ from ._common import (
 )
 from ._measures import MeasureInfo, manifest_measure_info, resolve_measure_info
 from .analysis import (
+    p_txt,
     INDEX_DEFINITION,
     MEAN_INTERVAL_RULE,
     NULL_RULE,
@@ -472,7 +473,7 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
                 row.append(f"{_fmt(r.best_ci_low)}\u2013{_fmt(r.best_ci_high)}"
                            if math.isfinite(float(r.best_ci_low)) else "\u2013")
             if has_p:
-                row.append(_p(r.best_p_value))
+                row.append(p_txt(r.best_p_value))
             final_txt = f"{_fmt(r.final)} (n.s.)" if c.final_verdict == VERDICT_NS else _fmt(r.final)
             row += [final_txt, _fmt(r.mean), _int(r.n), f"{_int(r.d_a)}, {_int(r.d_b)}"]
             rows.append(row)
@@ -561,13 +562,6 @@ def _bound(v: float) -> str:
     if math.isinf(v):
         return "\u221e" if v > 0 else "\u2212\u221e"
     return f"{v:g}"
-
-
-def _p(v: Any) -> str:
-    f = _num(v)
-    if not math.isfinite(f):
-        return "\u2013"
-    return "< 0.001" if f < 0.001 else f"{f:.3f}"
 
 
 def _ci_md(lo: Any, hi: Any) -> str:
