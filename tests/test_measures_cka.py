@@ -61,20 +61,75 @@ def test_output_shape_dtype_device_and_stack_of_one():
 )
 def test_batched_equals_per_pair_reference(name, fn, kwargs):
     X, Y = _stacks()
-    got = compute(name, X, Y, **kwargs).numpy()
     want = np.array([[fn(X[a].numpy(), Y[b].numpy()) for b in range(Y.shape[0])] for a in range(X.shape[0])])
-    np.testing.assert_allclose(got, want, atol=1e-10)
+    if name == "rbf_cka":
+        np.testing.assert_allclose(compute(name, X, Y, **kwargs).numpy(), want, atol=1e-10, rtol=0)
+        return
+    # linear-kernel CKA: float64 mode to float64 rounding, the float32-GEMM default within 1e-6
+    np.testing.assert_allclose(compute(name, X, Y, precision="float64").numpy(), want, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(compute(name, X, Y).numpy(), want, atol=1e-6, rtol=0)
 
 
+PRECISION_ATOL = {"float64": 1e-12, "float32": 1e-6}
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("fn", [linear_cka, debiased_cka])
 @pytest.mark.parametrize("n, d", [(20, 60), (80, 6)])
-def test_gram_and_feature_routes_agree(fn, n, d):
+def test_gram_and_feature_routes_agree(fn, n, d, precision):
     g = torch.Generator().manual_seed(3)
     X = torch.randn(2, n, d, generator=g, dtype=torch.float64) + 5.0
     Y = torch.randn(3, n, d + 3, generator=g, dtype=torch.float64)
-    gram, feat = fn(X, Y, route="gram"), fn(X, Y, route="feature")
-    torch.testing.assert_close(gram, feat, atol=1e-12, rtol=0)
-    torch.testing.assert_close(fn(X, Y), gram, atol=1e-12, rtol=0)
+    gram, feat = fn(X, Y, route="gram", precision=precision), fn(X, Y, route="feature", precision=precision)
+    atol = PRECISION_ATOL[precision]
+    torch.testing.assert_close(gram, feat, atol=atol, rtol=0)
+    torch.testing.assert_close(fn(X, Y, precision=precision), gram, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [linear_cka, debiased_cka])
+@pytest.mark.parametrize("route", ["gram", "feature"])
+def test_blocked_routes_equal_one_shot_float64_formula(fn, route, monkeypatch):
+    """Several Gram blocks (unequal sizes, weight 2 off the diagonal) and several feature row chunks
+    give the float64 one-shot value; the float32 default stays within 1e-6 of it."""
+    import homoscope.measures._hsic as hsic
+
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(3, 103, 9, generator=g, dtype=torch.float64) * 3 + 40.0
+    Y = torch.randn(2, 103, 4, generator=g, dtype=torch.float64)
+    Y[1] += X[2, :, :4]
+    want = fn(X, Y, route=route, precision="float64")
+    monkeypatch.setattr(hsic, "GRAM_BLOCK", 25)
+    monkeypatch.setattr(hsic, "FEATURE_ROWS", 30)
+    monkeypatch.setattr(hsic, "F32_PARTIAL", 100)
+    monkeypatch.setattr(hsic, "FEATURE_ACC_BYTES", 9 * 2 * 4 * 8)  # X layers one group at a time
+    torch.testing.assert_close(fn(X, Y, route=route, precision="float64"), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fn(X, Y, route=route), want, atol=1e-6, rtol=0)
+    ref_lin = np.array([[ref.linear_cka(X[a].numpy(), Y[b].numpy()) for b in range(2)] for a in range(3)])
+    if fn is linear_cka:
+        np.testing.assert_allclose(want.numpy(), ref_lin, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [linear_cka, debiased_cka])
+@pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (1e4, 1.0), (0.0, 1e-30), (0.0, 1e30), (1e3, 1e-20)])
+def test_float32_default_within_1e6_of_float64_for_any_offset_and_scale(fn, offset, scale):
+    """Means are removed in float64 and layers scaled by powers of two before the float32 GEMMs, so a
+    common offset or an extreme scale never costs accuracy (float32 Grams of raw data would lose it all)."""
+    g = torch.Generator().manual_seed(11)
+    Z = torch.randn(600, 40, generator=g, dtype=torch.float64) * torch.linspace(1, 0.05, 40, dtype=torch.float64)
+    X = torch.stack([Z + 0.3 * torch.randn(600, 40, generator=g, dtype=torch.float64) for _ in range(3)])
+    Y = torch.stack([Z[:, :30] * 2 + torch.randn(600, 30, generator=g, dtype=torch.float64) for _ in range(2)])
+    X, Y = X * scale + offset * scale, Y * scale - offset * scale
+    for route in ("gram", "feature"):
+        exact = fn(X, Y, route=route, precision="float64")
+        assert torch.isfinite(exact).all()
+        torch.testing.assert_close(fn(X, Y, route=route), exact, atol=1e-6, rtol=0)
+
+
+def test_bad_precision_is_rejected():
+    X, Y = _stacks()
+    for fn in (linear_cka, debiased_cka, minibatch_cka):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            fn(X, Y, precision="float16")
 
 
 def test_route_choice_follows_n_vs_d():
@@ -105,8 +160,9 @@ def test_half_input_equals_its_float64_upcast():
 def test_constant_columns_are_harmless():
     X, Y = _stacks()
     Xc = torch.cat([X, torch.full((3, 50, 2), 4.0, dtype=torch.float64)], dim=2)
-    torch.testing.assert_close(linear_cka(Xc, Y), linear_cka(X, Y), atol=1e-12, rtol=0)
-    torch.testing.assert_close(debiased_cka(Xc, Y), debiased_cka(X, Y), atol=1e-12, rtol=0)
+    for fn in (linear_cka, debiased_cka):
+        torch.testing.assert_close(fn(Xc, Y, precision="float64"), fn(X, Y, precision="float64"), atol=1e-12, rtol=0)
+        torch.testing.assert_close(fn(Xc, Y), fn(X, Y), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------------ minibatch CKA
@@ -117,7 +173,8 @@ def test_minibatch_cka_is_a_ratio_of_sums_matching_reference():
     got = minibatch_cka(X, Y, batch_size=30).numpy()
     batches = [np.arange(s.start, s.stop) for s in slices]
     want = np.array([[ref.minibatch_cka(X[a].numpy(), Y[b].numpy(), batches) for b in range(2)] for a in range(3)])
-    np.testing.assert_allclose(got, want, atol=1e-10)
+    np.testing.assert_allclose(minibatch_cka(X, Y, batch_size=30, precision="float64").numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     # not the mean of per-batch CKA values
     per_batch = np.mean([debiased_cka(X[:, b], Y[:, b]).numpy() for b in batches], axis=0)
     assert np.abs(got - per_batch).max() > 1e-4

@@ -19,6 +19,45 @@ COMPUTE_DTYPE = torch.float64
 ZERO_VARIANCE_RTOL = 64 * torch.finfo(torch.float64).eps
 
 
+def stack_shape(X: Any, name: str = "X", *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Return ``X`` as a real ``[L, n, d]`` tensor on ``device``, keeping a floating dtype (others become float64).
+
+    Checks shape and dtype only, not values (see :func:`as_stack`).
+
+    Raises:
+        ValueError: complex input, a shape that is not 2-D or 3-D, an empty axis.
+    """
+    if isinstance(X, np.ndarray):
+        if np.iscomplexobj(X):
+            raise ValueError(f"{name} must be real-valued; got a complex array of dtype {X.dtype}")
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    elif not isinstance(X, torch.Tensor):
+        X = torch.as_tensor(X)
+    if X.is_complex():
+        raise ValueError(f"{name} must be real-valued; got a complex tensor of dtype {X.dtype}")
+    if X.ndim == 2:
+        X = X.unsqueeze(0)
+    elif X.ndim != 3:
+        raise ValueError(f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got shape {tuple(X.shape)}")
+    L, n, d = X.shape
+    if L == 0 or n == 0 or d == 0:
+        raise ValueError(f"{name} must have at least one layer, row and column; got shape [L={L}, n={n}, d={d}]")
+    dtype = X.dtype if X.is_floating_point() else COMPUTE_DTYPE
+    return X.to(device=X.device if device is None else device, dtype=dtype)
+
+
+def raise_non_finite(X: torch.Tensor, name: str) -> None:
+    """Raise the ValueError that names the first NaN/inf entry of ``X [L, n, d]`` (if there is one)."""
+    finite = torch.isfinite(X)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        count = int((~finite).sum())
+        raise ValueError(
+            f"{name} contains {count} non-finite value(s) (NaN or inf), the first at layer {bad[0]}, "
+            f"row {bad[1]}, column {bad[2]}; all entries must be finite"
+        )
+
+
 def as_stack(
     X: Any,
     name: str = "X",
@@ -42,31 +81,9 @@ def as_stack(
     Raises:
         ValueError: complex input, a shape that is not 2-D or 3-D, an empty axis, or any NaN/inf.
     """
-    if isinstance(X, np.ndarray):
-        if np.iscomplexobj(X):
-            raise ValueError(f"{name} must be real-valued; got a complex array of dtype {X.dtype}")
-        X = torch.from_numpy(np.ascontiguousarray(X))
-    elif not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(X)
-    if X.is_complex():
-        raise ValueError(f"{name} must be real-valued; got a complex tensor of dtype {X.dtype}")
-    if X.ndim == 2:
-        X = X.unsqueeze(0)
-    elif X.ndim != 3:
-        raise ValueError(f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got shape {tuple(X.shape)}")
-    L, n, d = X.shape
-    if L == 0 or n == 0 or d == 0:
-        raise ValueError(f"{name} must have at least one layer, row and column; got shape [L={L}, n={n}, d={d}]")
-    X = X.to(device=X.device if device is None else device, dtype=dtype)
-    finite = torch.isfinite(X)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()[0].tolist()
-        count = int((~finite).sum())
-        raise ValueError(
-            f"{name} contains {count} non-finite value(s) (NaN or inf), the first at layer {bad[0]}, "
-            f"row {bad[1]}, column {bad[2]}; all entries must be finite"
-        )
-    return X
+    X = stack_shape(X, name, device=device)
+    raise_non_finite(X, name)
+    return X.to(dtype=dtype)
 
 
 def as_pair(X: Any, Y: Any, *, dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +92,20 @@ def as_pair(X: Any, Y: Any, *, dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[torc
     Raises:
         ValueError: any rule of :func:`as_stack`, or row counts that differ.
     """
-    Xs = as_stack(X, "X", dtype=dtype)
-    Ys = as_stack(Y, "Y", device=Xs.device, dtype=dtype)
+    Xs, Ys = shape_pair(X, Y)
+    raise_non_finite(Xs, "X")
+    raise_non_finite(Ys, "Y")
+    return Xs.to(dtype=dtype), Ys.to(dtype=dtype)
+
+
+def shape_pair(X: Any, Y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape checks of :func:`as_pair` without the value checks or the float64 copy (Y moved to X's device).
+
+    Raises:
+        ValueError: any shape rule of :func:`stack_shape`, or row counts that differ.
+    """
+    Xs = stack_shape(X, "X")
+    Ys = stack_shape(Y, "Y", device=Xs.device)
     if Xs.shape[1] != Ys.shape[1]:
         raise ValueError(
             f"X and Y must have the same number of rows (units): X has n={Xs.shape[1]} rows, Y has n={Ys.shape[1]} rows"

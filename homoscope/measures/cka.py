@@ -12,9 +12,11 @@ representations of the same n units.
 - :func:`minibatch_cka`: ratio of HSIC sums accumulated over minibatches (Nguyen, Raghu & Kornblith
   2021, "Do Wide and Deep Networks Learn the Same Things?", ICLR).
 
-All layer pairs come from one GEMM: either of flattened ``[n, n]`` Gram matrices (Gram route) or of
-concatenated ``[n, d]`` features (feature route, ``||X_a^T Y_b||_F^2`` per block). The route is picked
-from n and d by estimated cost; both give the same number up to float64 rounding (~1e-12).
+Linear-kernel CKA (linear, debiased, minibatch) computes all layer pairs at once through
+:mod:`homoscope.measures._hsic`: symmetric ``n x n`` Gram blocks (Gram route) or cross-covariances of
+concatenated features (feature route), whichever needs fewer flops. Means are removed in float64 first;
+``precision="float32"`` (default) then runs the GEMMs in float32 with float64 accumulation (within about
+1e-7 of float64 for any offset or scale of the inputs), ``precision="float64"`` runs them in float64.
 """
 
 from __future__ import annotations
@@ -25,50 +27,14 @@ from typing import Any
 import torch
 
 from . import _linalg as la
-from ._validate import check_min_n, check_option_positive, prepare_pair
+from ._hsic import ROUTES, Centering, centering, check_precision, choose_route, column_means, linear_terms, terms  # noqa: F401
+from ._validate import check_min_n, check_option_positive, prepare_pair, shape_pair
 
-ROUTES = ("auto", "gram", "feature")
-# Keep the Gram route's [L, n, n] stacks under this many bytes when the route is picked automatically.
-GRAM_ROUTE_BYTES = 3 * 2**30
-
-
-def choose_route(n: int, La: int, da: int, Lb: int, db: int, route: str = "auto") -> str:
-    """Pick ``'gram'`` or ``'feature'`` for linear-kernel CKA by estimated flops (and Gram memory).
-
-    Raises:
-        ValueError: ``route`` not one of ``'auto'``, ``'gram'``, ``'feature'``.
-    """
-    if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES}; got route={route!r}")
-    if route != "auto":
-        return route
-    gram_cost = n * n * (La * da + Lb * db + La * Lb)
-    feat_cost = n * (La * da * Lb * db + La * da * da + Lb * db * db)
-    if (La + Lb) * n * n * 8 > GRAM_ROUTE_BYTES:
-        return "feature"
-    return "gram" if gram_cost <= feat_cost else "feature"
-
-
-def _linear_terms(Xc: torch.Tensor, Yc: torch.Tensor, route: str):
-    """Inner products of centered linear Grams and their diagonals.
-
-    Returns ``cross [La, Lb] = <K_a, L_b>``, ``sx [La] = <K_a, K_a>``, ``sy [Lb]``, ``kx [La, n]`` (row
-    squared norms = diag K_a) and ``ky [Lb, n]``, for ``K_a = Xc_a Xc_a^T``, ``L_b = Yc_b Yc_b^T``.
-    """
-    La, n, da = Xc.shape
-    Lb, _, db = Yc.shape
-    route = choose_route(n, La, da, Lb, db, route)
-    if route == "gram":
-        K, L = la.gram(Xc), la.gram(Yc)
-        cross = la.flat_inner(K, L)
-        sx, sy = la.self_inner(K), la.self_inner(L)
-        kx = K.diagonal(dim1=-2, dim2=-1).clone()
-        ky = L.diagonal(dim1=-2, dim2=-1).clone()
-    else:
-        cross = la.cross_sqnorms(Xc, Yc)
-        sx, sy = la.self_sqnorms(Xc), la.self_sqnorms(Yc)
-        kx, ky = (Xc * Xc).sum(-1), (Yc * Yc).sum(-1)
-    return cross, sx, sy, kx, ky
+def _terms(X: Any, Y: Any, measure: str, min_n: int, why: str, route: str, precision: str):
+    """Shape-check ``X``, ``Y`` and return their :class:`~homoscope.measures._hsic.Terms` (float64)."""
+    Xs, Ys = shape_pair(X, Y)
+    check_min_n(Xs.shape[1], min_n, measure, why)
+    return linear_terms(Xs, Ys, route=route, precision=precision, measure=measure)
 
 
 def unbiased_from_terms(cross, sx, sy, kx, ky, n: int):
@@ -100,51 +66,52 @@ def _ratio(cross: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, lo: float, h
     return (cross / torch.sqrt(hx[:, None] * hy[None, :])).clamp_(lo, hi)
 
 
-def linear_cka(X: Any, Y: Any, *, route: str = "auto") -> torch.Tensor:
+def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the biased HSIC estimator, all layer pairs (Kornblith et al. 2019).
 
     ``CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` on column-centered inputs.
 
     Args:
-        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (float16/bfloat16 upcast to float64 first), any device.
+        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (float16/bfloat16 included), any device.
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device.
-        route: ``'auto'`` (by cost), ``'gram'`` (``[n, n]`` Gram matrices) or ``'feature'``
-            (``[da, db]`` cross-covariances); the value is the same up to ~1e-12.
+        route: ``'auto'`` (by flops), ``'gram'`` (``[n, n]`` Gram blocks) or ``'feature'``
+            (``[da, db]`` cross-covariances); the value is the same up to the precision's rounding.
+        precision: ``'float32'`` (float32 GEMMs on float64-centered data, float64 accumulation; within
+            about 1e-7 of float64) or ``'float64'`` (about 1e-12).
 
     Returns:
         ``[La, Lb]`` float64 on X's device, in [0, 1]; 1 = identical up to rotation, isotropic scaling
         and translation. Invariant to orthogonal maps, isotropic scaling, translation, feature permutation.
 
     Raises:
-        ValueError: non-finite values, row counts that differ, n < 2, a layer with zero variance, bad route.
+        ValueError: non-finite values, row counts that differ, n < 2, a layer with zero variance, bad
+            route or precision.
     """
-    _, _, Xc, Yc = prepare_pair(X, Y, "linear_cka", min_n=2, why="centering needs two rows")
-    cross, sx, sy, _, _ = _linear_terms(Xc, Yc, route)
-    return _ratio(cross, sx, sy, 0.0, 1.0)
+    t = _terms(X, Y, "linear_cka", 2, "centering needs two rows", route, precision)
+    return _ratio(t.cross, t.sx, t.sy, 0.0, 1.0)
 
 
-def debiased_cka(X: Any, Y: Any, *, route: str = "auto") -> torch.Tensor:
+def debiased_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the unbiased HSIC estimator (Song et al. 2012), all layer pairs.
 
     Removes the upward bias of :func:`linear_cka` at small n / large d: on independent data the value is
     centred on 0. Can be slightly negative.
 
     Args:
-        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (upcast to float64 first), any device.
+        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (float16/bfloat16 included), any device.
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device.
-        route: ``'auto'``, ``'gram'`` or ``'feature'`` (same value up to ~1e-12).
+        route: ``'auto'``, ``'gram'`` or ``'feature'`` (same value up to the precision's rounding).
+        precision: ``'float32'`` (default; within about 1e-7 of float64) or ``'float64'``.
 
     Returns:
         ``[La, Lb]`` float64 on X's device, in [-1, 1].
 
     Raises:
         ValueError: non-finite values, row counts that differ, n < 4 (the estimator divides by n-3),
-            a layer with zero variance, a degenerate kernel, bad route.
+            a layer with zero variance, a degenerate kernel, bad route or precision.
     """
-    _, _, Xc, Yc = prepare_pair(X, Y, "debiased_cka", min_n=4, why="the unbiased HSIC estimator divides by n-3")
-    n = Xc.shape[1]
-    cross, sx, sy, kx, ky = _linear_terms(Xc, Yc, route)
-    cross_u, hx, hy = unbiased_from_terms(cross, sx, sy, kx, ky, n)
+    t = _terms(X, Y, "debiased_cka", 4, "the unbiased HSIC estimator divides by n-3", route, precision)
+    cross_u, hx, hy = unbiased_from_terms(t.cross, t.sx, t.sy, t.kx, t.ky, t.kx.shape[1])
     _check_positive_self(hx, "X", "debiased_cka")
     _check_positive_self(hy, "Y", "debiased_cka")
     return _ratio(cross_u, hx, hy, -1.0, 1.0)
@@ -225,16 +192,8 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     return out
 
 
-def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool):
-    """HSIC terms of one minibatch (already validated float64 stacks ``[L, m, d]``).
-
-    Returns ``(cross [La, Lb], hx [La], hy [Lb])`` normalised per batch (divided by ``m(m-3)`` for the
-    unbiased estimator, by ``(m-1)^2`` for the biased one), so that sums over batches are the
-    accumulated HSIC of Nguyen et al. (2021).
-    """
-    m = Xb.shape[1]
-    Xc, Yc = la.center(Xb), la.center(Yb)
-    cross, sx, sy, kx, ky = _linear_terms(Xc, Yc, "auto")
+def _per_batch(cross, sx, sy, kx, ky, m: int, debiased: bool):
+    """Normalise one batch's HSIC terms (unbiased: ``/ m(m-3)``, biased: ``/ (m-1)^2``)."""
     if debiased:
         cross, sx, sy = unbiased_from_terms(cross, sx, sy, kx, ky, m)
         scale = 1.0 / (m * (m - 3))
@@ -243,7 +202,28 @@ def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool):
     return cross * scale, sx * scale, sy * scale
 
 
-def minibatch_cka(X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = True) -> torch.Tensor:
+def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool, precision: str = "float32"):
+    """HSIC terms of one minibatch of validated (finite, shape-checked) stacks ``[La, m, da]``, ``[Lb, m, db]``.
+
+    Returns ``(cross [La, Lb], hx [La], hy [Lb])`` float64 in the inputs' units, normalised per batch
+    (divided by ``m(m-3)`` for the unbiased estimator, by ``(m-1)^2`` for the biased one), so that sums
+    over batches are the accumulated HSIC of Nguyen et al. (2021). A layer constant within the batch
+    contributes zero.
+    """
+    dtype = check_precision(precision)
+    cx = centering(Xb, "X", "minibatch_cka", allow_constant=True)
+    cy = centering(Yb, "Y", "minibatch_cka", allow_constant=True)
+    t = terms(Xb, cx, Yb, cy, dtype)
+    # back to the inputs' units: the scales are powers of two, so this is exact
+    ux, uy = cx.scale.flatten() ** -2, cy.scale.flatten() ** -2
+    cross = t.cross * ux[:, None] * uy[None, :]
+    sx, sy, kx, ky = t.sx * ux * ux, t.sy * uy * uy, t.kx * ux[:, None], t.ky * uy[:, None]
+    return _per_batch(cross, sx, sy, kx, ky, Xb.shape[1], debiased)
+
+
+def minibatch_cka(
+    X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = True, precision: str = "float32"
+) -> torch.Tensor:
     """Minibatch linear CKA (Nguyen, Raghu & Kornblith 2021), all layer pairs.
 
     Rows are split into ``ceil(n / batch_size)`` consecutive batches of near-equal size (sizes differ by
@@ -254,35 +234,43 @@ def minibatch_cka(X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = Tru
     beforehand for random batches. A streaming version is :class:`homoscope.measures.streaming.MinibatchCKA`.
 
     Args:
-        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (upcast to float64 first), any device.
+        X: ``[La, n, da]`` or ``[n, da]``; any real dtype (float16/bfloat16 included), any device.
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device.
         batch_size: target rows per batch (>= 4 for the unbiased estimator, >= 2 otherwise).
         debiased: unbiased HSIC per batch (default) or biased.
+        precision: ``'float32'`` (default: float32 GEMMs on float64-centered batches, float64
+            accumulation) or ``'float64'``.
 
     Returns:
         ``[La, Lb]`` float64 on X's device.
 
     Raises:
         ValueError: non-finite values, row counts that differ, a constant layer, a batch smaller than
-            the estimator needs.
+            the estimator needs, bad precision.
     """
-    Xs, Ys, _, _ = prepare_pair(
-        X,
-        Y,
-        "minibatch_cka",
-        min_n=4 if debiased else 2,
-        why="each batch needs 4 rows for the unbiased estimator" if debiased else "each batch needs 2 rows",
-    )
     min_batch = 4 if debiased else 2
+    Xs, Ys = shape_pair(X, Y)
+    check_min_n(
+        Xs.shape[1],
+        min_batch,
+        "minibatch_cka",
+        "each batch needs 4 rows for the unbiased estimator" if debiased else "each batch needs 2 rows",
+    )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < min_batch:
         raise ValueError(f"minibatch_cka: batch_size must be an integer >= {min_batch}; got batch_size={batch_size!r}")
+    dtype = check_precision(precision)
+    # checks on the whole stack, and one power-of-two scale per layer shared by every batch (so the
+    # per-batch sums are in the same units)
+    cx, cy = centering(Xs, "X", "minibatch_cka"), centering(Ys, "Y", "minibatch_cka")
     n = Xs.shape[1]
     slices = batch_slices(n, batch_size)
     smallest = min(s.stop - s.start for s in slices)
     check_min_n(smallest, min_batch, "minibatch_cka batch", "rows per batch for the estimator")
     cross = hx = hy = None
     for s in slices:
-        c, x, y = minibatch_hsic_terms(Xs[:, s], Ys[:, s], debiased)
+        xb, yb = Xs[:, s], Ys[:, s]
+        t = terms(xb, Centering(column_means(xb), cx.scale), yb, Centering(column_means(yb), cy.scale), dtype)
+        c, x, y = _per_batch(*t, s.stop - s.start, debiased)
         cross, hx, hy = (c, x, y) if cross is None else (cross + c, hx + x, hy + y)
     _check_positive_self(hx, "X", "minibatch_cka")
     _check_positive_self(hy, "Y", "minibatch_cka")

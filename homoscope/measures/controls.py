@@ -572,7 +572,7 @@ def with_controls(
 
     out: dict[str, Controlled] = {}
     estimator = {"linear_cka": "biased", "debiased_cka": "unbiased"}
-    cka_names = [nm for nm in names if nm in CKA_FAST and set(options.get(nm, {})) <= {"route"}]
+    cka_names = [nm for nm in names if nm in CKA_FAST and set(options.get(nm, {})) <= {"route", "precision"}]
     if cka_names:
         if "debiased_cka" in cka_names:
             prepare_pair(Xs, Ys, "debiased_cka", min_n=4, why="the unbiased HSIC estimator divides by n-3")
@@ -583,7 +583,9 @@ def with_controls(
     for name in names:
         if name in out:
             continue
-        opts = options.get(name, {})
+        opts = dict(options.get(name, {}))
+        if "precision" in get_measure(name).options:
+            opts.setdefault("precision", precision)  # the controls' precision, unless the measure's is given
         value = compute(name, Xs, Ys, **opts)  # validates the input and the options
         if name == "rbf_cka":
             threshold, debiased = opts.get("threshold", 1.0), opts.get("debiased", False)

@@ -122,7 +122,7 @@ register(
         2,
         _KORNBLITH,
         "linear CKA, biased HSIC estimator",
-        {"route": "auto"},
+        {"route": "auto", "precision": "float32"},
         "cka",
         True,
     )
@@ -139,7 +139,7 @@ register(
         "Song, Smola, Gretton, Bedo & Borgwardt 2012, Feature Selection via Dependence Maximization (JMLR); "
         "CKA as in " + _KORNBLITH,
         "linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)",
-        {"route": "auto"},
+        {"route": "auto", "precision": "float32"},
         "cka",
         True,
     )
@@ -171,7 +171,7 @@ register(
         4,
         "Nguyen, Raghu & Kornblith 2021, Do Wide and Deep Networks Learn the Same Things? (ICLR)",
         "linear CKA from HSIC sums accumulated over minibatches",
-        {"batch_size": 256, "debiased": True},
+        {"batch_size": 256, "debiased": True, "precision": "float32"},
         "cka",
         True,
     )
