@@ -3,12 +3,22 @@
 Three runs over the same texts and the same model, interleaved (A B C A B C ...) so that machine
 load hits all of them alike; the median of each is reported:
 
-- ``homoscope``: ``homoscope.extract.extract`` (length-sorted batches under a token budget, masked mean
-  pooling of every layer, finite checks, storing ``[L+1, n, d]``).
-- ``bare``: the same batches (``make_batches``), padded the same way, one
+- ``homoscope``: ``homoscope.extract.extract`` (tokenization, length-sorted batches under a token
+  budget, masked mean pooling of every layer, finite checks, storing ``[L+1, n, d]``).
+- ``bare``: the same batches (``make_batches``), pre-tokenized and padded the same way, one
   ``model(..., output_hidden_states=True)`` per batch and nothing else. ``overhead = homoscope / bare - 1``.
-- ``unsorted``: batches of the same mean size in corpus order (no length sorting), padded to the
-  longest text of each batch, with the same pooling. ``bucketing speed-up = unsorted / homoscope``.
+  On a shared machine that ratio carries the noise of two separate runs, so the model forward is
+  also timed inside every run (hooks on the model): ``outside_forward_pct`` is the runner's time
+  outside the forward (tokenization, padding, pooling, checks, copies) over the bare time.
+- ``unsorted``: the runner itself (same tokenization, padding, pooling and checks) fed batches in
+  corpus order instead of length-sorted ones: as many batches as ``make_batches`` makes, of the
+  same mean size, each padded to its longest text. ``bucketing speed-up = unsorted / homoscope``.
+
+Settings: the demo corpus (BBC sentences; ``sentences`` of them) and the runner's CPU token budget
+(``suggested_batch_tokens("cpu")``, 8,192) unless the spec sets ``batch_tokens``. When the corpus is
+so small that the budget gives fewer than ``min_batches`` (default 3) sorted batches, the budget is
+halved until it gives that many (the result says so), since one or two batches say nothing about
+bucketing. The result holds the padded-token counts and padding fractions of both loaders.
 """
 
 from __future__ import annotations
@@ -21,26 +31,60 @@ import time
 from ._common import apply_mem_cap, emit, peak_rss_mb
 
 
+def even_chunks(n: int, k: int) -> list[list[int]]:
+    """``range(n)`` in order, cut into ``k`` contiguous chunks whose sizes differ by at most one."""
+    k = max(1, min(k, n))
+    q, r = divmod(n, k)
+    out, start = [], 0
+    for j in range(k):
+        size = q + (j < r)
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
+
+
+def padded_tokens(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
 def run_case(spec: dict) -> dict:
     import torch
 
     from homoscope.corpora import load_corpus
-    from homoscope.extract import extract
-    from homoscope.extract.runner import effective_max_length, make_batches, tokenize
+    from homoscope.extract import ExtractStats, extract
+    from homoscope.extract.runner import (
+        _run_batches,
+        effective_max_length,
+        make_batches,
+        pool_weights,
+        suggested_batch_tokens,
+        tokenize,
+    )
     from homoscope.models import load_model
 
     model_name, sentences = spec["model"], int(spec["sentences"])
-    batch_tokens, max_length, repeats = spec.get("batch_tokens", 8192), spec.get("max_length", 128), spec.get("repeats", 3)
+    max_length, repeats = spec.get("max_length", 128), spec.get("repeats", 3)
+    min_batches = int(spec.get("min_batches", 3))
     loaded = load_model(model_name, device="cpu")
     corpus = load_corpus("bbc", sentences=sentences)
     texts = list(corpus.texts)
+    n = len(texts)
     model, tok = loaded.model, loaded.tokenizer
     ml = effective_max_length(loaded, max_length)
     ids, _special, _ = tokenize(tok, texts, ml)
     lengths = [len(x) for x in ids]
+
+    default_bt = suggested_batch_tokens("cpu")
+    batch_tokens = int(spec.get("batch_tokens") or default_bt)
+    note = ""
+    if not spec.get("batch_tokens"):
+        while len(make_batches(lengths, batch_tokens)) < min_batches and batch_tokens // 2 >= max(lengths):
+            batch_tokens //= 2
+        if batch_tokens != default_bt:
+            note = (f"{n} sentences give fewer than {min_batches} batches at the CPU budget of {default_bt} "
+                    f"tokens; budget lowered to {batch_tokens} (use >= 1,000 sentences for the default budget)")
     sorted_batches = make_batches(lengths, batch_tokens)
-    bsz = max(1, round(len(texts) / len(sorted_batches)))
-    unsorted_batches = [list(range(i, min(i + bsz, len(texts)))) for i in range(0, len(texts), bsz)]
+    unsorted_batches = even_chunks(n, len(sorted_batches))
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def padded(batch):
@@ -53,45 +97,75 @@ def run_case(spec: dict) -> dict:
         return inp, attn
 
     pre_sorted = [padded(b) for b in sorted_batches]
-    pre_unsorted = [padded(b) for b in unsorted_batches]
 
     def bare():
         with torch.inference_mode():
             for inp, attn in pre_sorted:
                 model(input_ids=inp, attention_mask=attn, output_hidden_states=True, return_dict=True)
 
+    def weights(batch, attn, spec_mask):  # what extract(pooling="mean") uses
+        return pool_weights(attn, spec_mask, "mean")[:, None, :]
+
     def unsorted():
-        outs = []
-        with torch.inference_mode():
-            for inp, attn in pre_unsorted:
-                hs = model(input_ids=inp, attention_mask=attn, output_hidden_states=True, return_dict=True).hidden_states
-                w = (attn / attn.sum(1, keepdim=True)).float()[:, None, :]
-                outs.append(torch.stack([torch.bmm(w, h.float())[:, 0] for h in hs]))
-        return torch.cat(outs, 1)
+        u_ids, u_special, _ = tokenize(tok, texts, ml)
+        return _run_batches(loaded, u_ids, u_special, list(range(n)), [1] * n, weights, batch_tokens=batch_tokens,
+                            padding_side="right", progress=False, stats=ExtractStats(), batches=unsorted_batches)
 
     def ours():
         return extract(loaded, texts, batch_tokens=batch_tokens, max_length=max_length, progress=False)
 
-    ours()  # warm-up (allocator, kernels)
-    times = {"homoscope": [], "bare": [], "unsorted": []}
-    for _ in range(repeats):
-        for name, fn in (("homoscope", ours), ("bare", bare), ("unsorted", unsorted)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    # time spent inside the model's forward, per run
+    fwd = {"t0": 0.0, "sum": 0.0}
+
+    def pre_hook(_m, _a):
+        fwd["t0"] = time.perf_counter()
+
+    def post_hook(_m, _a, _o):
+        fwd["sum"] += time.perf_counter() - fwd["t0"]
+
+    hooks = [model.register_forward_pre_hook(pre_hook), model.register_forward_hook(post_hook)]
+    try:
+        a, b = ours(), unsorted()  # warm-up (allocator, kernels); both loaders give the same vectors
+        same = float((a - b).abs().max())
+        del a, b
+        t0 = time.perf_counter()
+        tokenize(tok, texts, ml)
+        tokenize_s = time.perf_counter() - t0
+        times = {"homoscope": [], "bare": [], "unsorted": []}
+        forward = {"homoscope": [], "bare": [], "unsorted": []}
+        for _ in range(repeats):
+            for name, fn in (("homoscope", ours), ("bare", bare), ("unsorted", unsorted)):
+                fwd["sum"] = 0.0
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                forward[name].append(fwd["sum"])
+    finally:
+        for h in hooks:
+            h.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
-    n = len(texts)
-    pad_sorted = sum(len(b) * max(lengths[i] for i in b) for b in sorted_batches)
-    pad_unsorted = sum(len(b) * max(lengths[i] for i in b) for b in unsorted_batches)
+    outside = statistics.median(t - f for t, f in zip(times["homoscope"], forward["homoscope"]))
+    real = sum(lengths)
+    pad_sorted, pad_unsorted = padded_tokens(sorted_batches, lengths), padded_tokens(unsorted_batches, lengths)
     return {**spec, "bench": "extraction", "status": "ok", "n": n, "d": loaded.info.width,
-            "batches_sorted": len(sorted_batches), "batch_size_unsorted": bsz,
-            "real_tokens": sum(lengths), "padded_tokens_sorted": pad_sorted, "padded_tokens_unsorted": pad_unsorted,
+            "batch_tokens": batch_tokens, "batch_tokens_default": default_bt, "max_length": ml,
+            "note": note, "pooling": "mean", "padding_side": "right",
+            "batches_sorted": len(sorted_batches), "batches_unsorted": len(unsorted_batches),
+            "mean_batch_size": n / len(sorted_batches),
+            "batch_sizes_sorted": [len(b) for b in sorted_batches],
+            "real_tokens": real, "padded_tokens_sorted": pad_sorted, "padded_tokens_unsorted": pad_unsorted,
+            "padding_fraction_sorted": 1 - real / pad_sorted, "padding_fraction_unsorted": 1 - real / pad_unsorted,
+            "length_mean": real / n, "length_median": statistics.median(lengths), "length_max": max(lengths),
             "seconds": med["homoscope"], "bare_s": med["bare"], "unsorted_s": med["unsorted"],
             "units_per_s": n / med["homoscope"], "bare_units_per_s": n / med["bare"],
             "unsorted_units_per_s": n / med["unsorted"],
             "overhead_pct": 100 * (med["homoscope"] / med["bare"] - 1),
+            "runner_forward_s": statistics.median(forward["homoscope"]), "runner_outside_forward_s": outside,
+            "outside_forward_pct": 100 * outside / med["bare"], "tokenize_s": tokenize_s,
             "bucketing_speedup": med["unsorted"] / med["homoscope"],
+            "unsorted_vs_sorted_max_diff": same,
             "times": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "forward_times": {k: [round(x, 3) for x in v] for k, v in forward.items()},
             "peak_mb": round(peak_rss_mb()), "threads": torch.get_num_threads()}
 
 

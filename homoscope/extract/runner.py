@@ -23,6 +23,7 @@ word- and token-level representations go through the same batching, padding and 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -99,16 +100,18 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[in
             f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; homoscope needs a "
             "tokenizers-backed (fast) tokenizer"
         )
-    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    enc = tokenizer(
-        list(texts),
-        add_special_tokens=True,
-        truncation=True,
-        max_length=max_length,
-        return_special_tokens_mask=True,
-    )
-    n_trunc = sum(len(f) > max_length for f in full)
-    return enc["input_ids"], enc["special_tokens_mask"], n_trunc
+    texts = list(texts)
+    # one untruncated pass; only the texts over max_length are tokenized again with truncation
+    # (a text that fits comes out the same either way)
+    enc = tokenizer(texts, add_special_tokens=True, truncation=False, return_special_tokens_mask=True)
+    ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    long_ = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long_:
+        cut = tokenizer([texts[i] for i in long_], add_special_tokens=True, truncation=True,
+                        max_length=max_length, return_special_tokens_mask=True)
+        for j, i in enumerate(long_):
+            ids[i], special[i] = cut["input_ids"][j], cut["special_tokens_mask"][j]
+    return ids, special, len(long_)
 
 
 def make_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -363,9 +366,13 @@ def extract_rows(
     return out
 
 
-def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, padding_side, progress, stats):
+def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, padding_side, progress, stats,
+                 batches=None):
     """Run the texts ``todo`` through the model in length-sorted batches; rows of text i go to the
-    ``counts[i]`` consecutive output rows after those of the texts before it."""
+    ``counts[i]`` consecutive output rows after those of the texts before it.
+
+    ``batches`` (lists of text indices covering ``todo``) replaces the length-sorted batches; the
+    extraction benchmark uses it for its unsorted loader."""
     model, tokenizer = loaded.model, loaded.tokenizer
     name = _model_name(loaded)
     offsets = [0] * len(counts)
@@ -382,7 +389,10 @@ def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, p
     pass_positions = padding_side == "left" and _accepts_position_ids(model)
 
     out: torch.Tensor | None = None
-    queue = [[todo[j] for j in b] for b in make_batches([lengths[i] for i in todo], batch_tokens)]
+    if batches is None:
+        queue = [[todo[j] for j in b] for b in make_batches([lengths[i] for i in todo], batch_tokens)]
+    else:
+        queue = [list(b) for b in batches]
     bar = tqdm(total=len(todo), desc=f"extract {name}", unit="text", disable=not progress, leave=False)
     try:
         while queue:
@@ -407,8 +417,14 @@ def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, p
                 continue
             if out is None:
                 out = torch.empty(pooled.shape[0], total, pooled.shape[3], dtype=torch.float32)
-            for j, i in enumerate(batch):
-                out[:, offsets[i] : offsets[i] + counts[i], :] = pooled[:, j, : counts[i], :]
+            n_rows = [counts[i] for i in batch]
+            dest = torch.tensor([offsets[i] + k for i, c in zip(batch, n_rows) for k in range(c)], dtype=torch.long)
+            if pooled.shape[2] == 1:
+                src = pooled[:, :, 0, :]
+            else:
+                keep = torch.arange(pooled.shape[2])[None, :] < torch.tensor(n_rows)[:, None]
+                src = pooled[:, keep, :]  # [L+1, rows, d], rows of batch[0] first
+            out.index_copy_(1, dest, src)
             stats.batches += 1
             stats.tokens += sum(lengths[i] for i in batch)
             stats.texts_run += len(batch)
@@ -420,43 +436,64 @@ def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, p
 
 
 def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positions, weights, device, name):
-    """One padded forward pass; returns ``[L+1, b, r, d]`` pooled with ``weights(batch, attn, spec)``
-    (``[b, r, t]``, zero on pad positions)."""
-    b = len(batch)
+    """One padded forward pass; returns ``[L+1, b, r, d]`` (float32, on the CPU) pooled with
+    ``weights(batch, attn, spec)`` (``[b, r, t]``, zero on pad positions).
+
+    Raises NonFiniteHiddenStateError when a real token's hidden state holds NaN or inf."""
     t = max(len(ids[i]) for i in batch)
-    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, t), dtype=torch.long)
-    spec = torch.zeros((b, t), dtype=torch.long)
-    for r, i in enumerate(batch):
-        k = len(ids[i])
-        sl = slice(0, k) if padding_side == "right" else slice(t - k, t)
-        input_ids[r, sl] = torch.tensor(ids[i], dtype=torch.long)
-        attn[r, sl] = 1
-        spec[r, sl] = torch.tensor(special[i], dtype=torch.long)
+
+    def padded(rows, fill):  # one [b, t] tensor from ragged lists, padded on ``padding_side``
+        if padding_side == "right":
+            return torch.tensor([list(x) + [fill] * (t - len(x)) for x in rows], dtype=torch.long)
+        return torch.tensor([[fill] * (t - len(x)) + list(x) for x in rows], dtype=torch.long)
+
+    input_ids = padded([ids[i] for i in batch], pad_id)
+    attn = padded([[1] * len(ids[i]) for i in batch], 0)
+    spec = padded([special[i] for i in batch], 0)
     kwargs = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device)}
     if pass_positions:
         kwargs["position_ids"] = (attn.cumsum(dim=1) - 1).clamp(min=0).to(device)
     with torch.inference_mode():
         output = model(**kwargs, output_hidden_states=True, return_dict=True)
-    hidden = getattr(output, "hidden_states", None)
-    if hidden is None:
-        raise ValueError(
-            f"model {name!r} returned no hidden states with output_hidden_states=True; "
-            "homoscope needs a model whose forward returns all layers"
-        )
-    w = weights(batch, attn, spec).to(device)
-    real = attn.bool().to(device)
-    layers = []
-    for li, h in enumerate(hidden):
-        h = h.float()
-        bad = ~torch.isfinite(h[real])
-        if bad.any():
-            raise NonFiniteHiddenStateError(
-                f"model {name!r} produced {int(bad.sum())} non-finite values (NaN/inf) in layer {li} "
-                f"(0 = embeddings) on real tokens; try dtype float32 instead of float16"
+        hidden = getattr(output, "hidden_states", None)
+        if hidden is None:
+            raise ValueError(
+                f"model {name!r} returned no hidden states with output_hidden_states=True; "
+                "homoscope needs a model whose forward returns all layers"
             )
-        layers.append(torch.bmm(w, h))
-    return torch.stack(layers).cpu()
+        w = weights(batch, attn, spec)
+        r = w.shape[1]
+        # one extra row per text with weight 1 on every real token: its pooled value is finite
+        # exactly when every real token's hidden state is (IEEE: NaN/inf never cancel to a finite
+        # sum), so one finite check on the small pooled tensor replaces a pass over all states
+        w_all = torch.cat([w, attn[:, None, :].to(w.dtype)], dim=1).to(device)
+        pooled = _pool_layers(hidden, w_all)
+        # one reduction: the sum is finite when every pooled value is (a finite sum could only
+        # overflow for values near 1e31; that case just takes the exact path below)
+        if not math.isfinite(float(pooled.sum())):
+            real = attn.bool().to(device)
+            for li, h in enumerate(hidden):
+                bad = int((~torch.isfinite(h[real])).sum())
+                if bad:
+                    raise NonFiniteHiddenStateError(
+                        f"model {name!r} produced {bad} non-finite values (NaN/inf) in layer {li} "
+                        f"(0 = embeddings) on real tokens; try dtype float32 instead of float16"
+                    )
+            # finite on every real token: the NaN/inf sat on pad positions (weight 0, but
+            # 0 * NaN = NaN); pool again with the pads zeroed so they cannot leak
+            pad = ~real[:, :, None]
+            pooled = _pool_layers([h.masked_fill(pad, 0) for h in hidden], w_all)
+        return pooled[:, :, :r, :].cpu()
+
+
+def _pool_layers(hidden, w: torch.Tensor) -> torch.Tensor:
+    """``[L+1, b, r, d]`` float32: ``w [b, r, t] @ h [b, t, d]`` for every layer, one ``bmm`` per
+    layer written straight into the output (no stacked copy of the hidden states)."""
+    first = hidden[0]
+    out = torch.empty(len(hidden), w.shape[0], w.shape[1], first.shape[-1], dtype=torch.float32, device=w.device)
+    for li, h in enumerate(hidden):
+        torch.bmm(w, h if h.dtype == torch.float32 else h.float(), out=out[li])
+    return out
 
 
 def layer_count_check(stack: torch.Tensor, blocks: int | None, name: str) -> None:
