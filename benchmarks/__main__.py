@@ -14,47 +14,71 @@ from ._common import REPORT_DIR, machine, run_subprocess
 from .report import write_report
 
 PEERS = {  # measure -> peers of the same estimator kind, with the largest n each is tried at
-    "linear_cka": [("numpy-f64", 4096), ("ckatorch", 1024)],
-    "debiased_cka": [("pytorch-cka", 16384), ("cka-pytorch", 4096), ("torch-cka", 4096), ("ckatorch", 1024),
-                     ("numpy-f64", 4096)],
+    "linear_cka": [("homoscope-f64", 16384), ("rsatoolbox", 4096), ("numpy-f64", 16384), ("ckatorch", 1024)],
+    "debiased_cka": [("homoscope-f64", 16384), ("pytorch-cka", 16384), ("cka-pytorch", 4096), ("torch-cka", 4096),
+                     ("ckatorch", 1024), ("numpy-f64", 4096)],
     "minibatch_cka": [("pytorch-cka", 65536)],
     "cca_rho": [("loop-f64", 16384)],
 }
-QUICK_PEERS = {"linear_cka": [("numpy-f64", 1024)], "debiased_cka": [("pytorch-cka", 4096)],
-               "minibatch_cka": [("pytorch-cka", 4096)], "cca_rho": [("loop-f64", 1024)]}
+QUICK_PEERS = {
+    "linear_cka": [("homoscope-f64", 1024), ("rsatoolbox", 4096), ("numpy-f64", 1024)],
+    "debiased_cka": [("homoscope-f64", 1024), ("pytorch-cka", 4096), ("ckatorch", 1024)],
+    "minibatch_cka": [("pytorch-cka", 4096)],
+    "cca_rho": [("loop-f64", 1024)],
+}
+# quick mode: one large-n case (the feature route) without a float64 reference
+QUICK_LARGE = [("linear_cka", 16384)]
 
 
 def plan(quick: bool) -> list[tuple[str, dict, float]]:
     """(module, spec, timeout seconds) for every case, references first."""
     sizes = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
     peers = QUICK_PEERS if quick else PEERS
-    ref_max = 1024 if quick else 16384
+    ref_max = 4096 if quick else 65536
     cases, refs = [], []
     for measure in ("linear_cka", "debiased_cka", "minibatch_cka", "cca_rho"):
         ns = [4096] if (quick and measure == "minibatch_cka") else sizes
         if quick and measure == "cca_rho":
-            ns = []  # 169 SVDs of 768 x 768: minutes on a loaded 2-core CPU (the float64 reference alone took 507 s)
+            ns = [1024]
         for n in ns:
-            rep = 2 if n <= 1024 else 1
-            if n <= ref_max or (measure == "minibatch_cka" and n <= 16384):
-                refs.append(("benchmarks.measures", {"measure": measure, "n": n, "reference": True}, 900))
+            rep = 3 if n <= 1024 else (2 if n <= 4096 else 1)
+            if n <= ref_max and not (measure == "cca_rho" and n > 16384):
+                refs.append(("benchmarks.measures", {"measure": measure, "n": n, "reference": True}, 1800))
             cases.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": n, "repeats": rep},
-                          180 if n <= 16384 else 600))
+                          300 if n <= 16384 else 900))
             for impl, nmax in peers[measure]:
                 if n <= nmax:
                     cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": n, "repeats": rep},
                                   300 if quick else 900))
-    # numerical robustness: a large common offset (the measures are translation invariant)
-    for off in ([100.0] if quick else [100.0, 1e4]):
+    if quick:
+        for measure, n in QUICK_LARGE:
+            cases.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": n, "repeats": 1}, 300))
+    # numerical robustness: a large common offset and extreme scales (the measures are invariant to both)
+    for off, scale in ([(100.0, 1.0)] if quick else [(100.0, 1.0), (1e4, 1.0), (0.0, 1e-20), (0.0, 1e20)]):
         for measure, impl in (("linear_cka", "homoscope"), ("debiased_cka", "homoscope"), ("debiased_cka", "pytorch-cka")):
-            refs.append(("benchmarks.measures", {"measure": measure, "n": 1024, "offset": off, "reference": True}, 600))
+            refs.append(("benchmarks.measures", {"measure": measure, "n": 1024, "offset": off, "scale": scale,
+                                                 "reference": True}, 600))
             cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": 1024, "offset": off,
-                                                  "repeats": 1, "accuracy": True}, 300))
-    return refs + cases
+                                                  "scale": scale, "repeats": 1, "accuracy": True}, 300))
+    # the real demo stacks (smollm2-135m [31, 1000, 576] x gemma3-270m [19, 1000, 640]), if stored
+    for measure, impls in (("linear_cka", ("homoscope", "homoscope-f64", "numpy-f64")),
+                           ("debiased_cka", ("homoscope", "homoscope-f64", "pytorch-cka"))):
+        refs.append(("benchmarks.measures", {"measure": measure, "n": 1000, "data": "demo", "reference": True}, 600))
+        for impl in impls:
+            cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": 1000, "data": "demo",
+                                                  "repeats": 3}, 300))
+    seen, unique_refs = set(), []
+    for r in refs:
+        key = json.dumps(r[1], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique_refs.append(r)
+    return unique_refs + cases
 
 
 def _spec_key(r: dict) -> tuple:
-    return (r.get("bench"), r.get("measure"), r.get("impl"), r.get("model"), r.get("n"), r.get("offset", 0.0))
+    return (r.get("bench"), r.get("measure"), r.get("impl"), r.get("model"), r.get("n"), r.get("offset", 0.0),
+            r.get("scale", 1.0), r.get("data"))
 
 
 def main() -> None:
@@ -83,7 +107,7 @@ def main() -> None:
     if "extraction" in only:
         models = args.model.split(",") if args.quick else ["minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m"]
         for m in models:
-            todo.append(("benchmarks.extraction", {"model": m, "sentences": 200 if args.quick else 1000,
+            todo.append(("benchmarks.extraction", {"model": m, "sentences": 500 if args.quick else 1000,
                                                    "repeats": 2 if args.quick else 3}, 900))
     if "streaming" in only:
         for n in ([20_000, 200_000] if args.quick else [100_000, 1_000_000, 10_000_000]):

@@ -130,3 +130,38 @@ def apply_mem_cap() -> None:
     if cap:
         b = int(float(cap) * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (b, b))
+
+
+DEMO_MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def demo_stacks():
+    """The stored demo stacks of two packaged models (mean-pooled, 1,000 BBC sentences), or None.
+
+    Reads ``$HOMOSCOPE_HOME/representations`` (filled by ``homoscope demo``): the trained-model stack
+    with the most rows for each of :data:`DEMO_MODELS` (smollm2 [31, n, 576] has one dimension carrying
+    up to 98% of a layer's variance, a hard case for low-precision CKA).
+    """
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    from homoscope._paths import homoscope_home
+
+    root = homoscope_home() / "representations"
+    out = []
+    for model in DEMO_MODELS:
+        best = None
+        for meta in root.glob(f"{model}-*.json"):
+            info = _json.loads(meta.read_text())
+            shape = info.get("shape") or [0, 0, 0]
+            if "random-init" in meta.name or not meta.with_suffix(".safetensors").exists():
+                continue
+            if best is None or shape[1] > best[0]:
+                best = (shape[1], meta.with_suffix(".safetensors"))
+        if best is None:
+            return None
+        out.append(load_file(str(best[1]))["stack"])
+    if out[0].shape[1] != out[1].shape[1]:
+        return None
+    return out[0], out[1]

@@ -3,7 +3,8 @@
 Same cases as the CPU run, in one process (CUDA memory is measured with
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, so no subprocess per case):
 
-- measures: homoscope (float64 accumulation on the device, as the library does) against pytorch-cka,
+- measures: homoscope in its default mode (means removed in float64, float32 GEMMs with TF32 off,
+  float64 accumulation) and with ``precision="float64"``, against pytorch-cka,
   cka-pytorch, torch-cka and ckatorch on the same device (they compute in the dtype given: float32),
   with TF32 switched OFF for every matmul (``torch.backends.cuda.matmul.allow_tf32 = False``,
   ``torch.backends.cudnn.allow_tf32 = False``) so float32 peers are not silently run at 10-bit mantissa;
@@ -55,7 +56,8 @@ def rate(shape, dtype):
 
 def measures_bench(sizes, repeats):
     rows = []
-    peers = {"linear_cka": [], "debiased_cka": ["pytorch-cka", "cka-pytorch", "torch-cka", "ckatorch"],
+    peers = {"linear_cka": ["homoscope-f64"], "debiased_cka": ["homoscope-f64", "pytorch-cka", "cka-pytorch",
+                                                                "torch-cka", "ckatorch"],
              "minibatch_cka": ["pytorch-cka"], "cca_rho": []}
     for measure in ("linear_cka", "debiased_cka", "minibatch_cka", "cca_rho"):
         for n in sizes:

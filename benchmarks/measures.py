@@ -6,7 +6,11 @@ in a separate subprocess and cached, so reference work never counts towards a ca
 
 Implementations (``impl``):
 
-- ``homoscope``: ``homoscope.measures`` (float64 accumulation, all pairs in one GEMM).
+- ``homoscope``: ``homoscope.measures`` in its default mode (means removed in float64, float32 GEMMs,
+  float64 accumulation; symmetric Gram blocks or the feature route, whichever needs fewer flops).
+- ``homoscope-f64``: the same with ``precision="float64"`` (every GEMM in float64), timed separately.
+- ``rsatoolbox``: ``rdm.compare(method="cosine_cov")`` between squared-Euclidean RDMs of every layer,
+  which equals biased linear CKA.
 - ``pytorch-cka``: ``cka.cka_from_features`` (debiased, one batched call, float32 as given) and its
   ``hsic`` accumulated over minibatches, as ``cka.CKA.compare`` does (minibatch).
 - ``cka-pytorch``: ``cka_pytorch.hsic.hsic1`` (debiased), one X layer against all Y layers per call.
@@ -28,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import apply_mem_cap, emit, make_stacks, median_time, peak_rss_mb
+from ._common import apply_mem_cap, demo_stacks, emit, make_stacks, median_time, peak_rss_mb
 
 L, D = 13, 768
 MB_BATCH = 1024
@@ -51,17 +55,37 @@ def ref_linear(X, Y):
     """Biased linear CKA in float64: ``<HKH, HLH> / (||HKH|| ||HLH||)`` from centered features."""
     import torch
 
-    Xc, Yc = _center64(X), _center64(Y)
-    n = Xc.shape[1]
+    n = X.shape[1]
     if n <= 4096:
-        K, Lg = _grams(Xc).reshape(L, -1), _grams(Yc).reshape(L, -1)
+        Xc, Yc = _center64(X), _center64(Y)
+        K, Lg = _grams(Xc).reshape(X.shape[0], -1), _grams(Yc).reshape(Y.shape[0], -1)
         cross, sx, sy = K @ Lg.T, (K * K).sum(1), (Lg * Lg).sum(1)
     else:
-        cross = torch.stack([((Xc[a].T @ Yc.permute(1, 0, 2).reshape(n, -1)) ** 2).reshape(D, L, D).sum((0, 2))
-                             for a in range(L)])
-        sx = torch.stack([((Xc[a].T @ Xc[a]) ** 2).sum() for a in range(L)])
-        sy = torch.stack([((Yc[b].T @ Yc[b]) ** 2).sum() for b in range(L)])
+        cross, sx, sy, _, _ = _feature_terms64(X, Y)
     return cross / torch.sqrt(sx[:, None] * sy[None, :])
+
+
+def _feature_terms64(X, Y):
+    """Float64 trace-form terms, one layer pair at a time (memory: the inputs plus two [n, d] float64 layers)."""
+    import torch
+
+    def c64(Z, i):
+        z = Z[i].double()
+        return z - z.mean(0, keepdim=True)
+
+    La, Lb = X.shape[0], Y.shape[0]
+    cross = torch.empty(La, Lb, dtype=torch.float64)
+    sx, sy = torch.empty(La, dtype=torch.float64), torch.empty(Lb, dtype=torch.float64)
+    kx, ky = torch.empty(La, X.shape[1], dtype=torch.float64), torch.empty(Lb, X.shape[1], dtype=torch.float64)
+    for b in range(Lb):
+        yb = c64(Y, b)
+        sy[b], ky[b] = ((yb.T @ yb) ** 2).sum(), (yb * yb).sum(1)
+    for a in range(La):
+        xa = c64(X, a)
+        sx[a], kx[a] = ((xa.T @ xa) ** 2).sum(), (xa * xa).sum(1)
+        for b in range(Lb):
+            cross[a, b] = ((xa.T @ c64(Y, b)) ** 2).sum()
+    return cross, sx, sy, kx, ky
 
 
 def _hsic1_terms(K, Lg):
@@ -85,16 +109,11 @@ def _hsic1_terms(K, Lg):
 def ref_debiased(X, Y):
     import torch
 
-    Xc, Yc = _center64(X), _center64(Y)
-    n = Xc.shape[1]
+    n = X.shape[1]
     if n <= 4096:
-        c, hx, hy = _hsic1_terms(_grams(Xc), _grams(Yc))
+        c, hx, hy = _hsic1_terms(_grams(_center64(X)), _grams(_center64(Y)))
     else:  # trace form of the same U-statistic (feature route), for n where Grams do not fit
-        kx, ky = (Xc * Xc).sum(-1), (Yc * Yc).sum(-1)
-        cross = torch.stack([((Xc[a].T @ Yc.permute(1, 0, 2).reshape(n, -1)) ** 2).reshape(D, L, D).sum((0, 2))
-                             for a in range(L)])
-        sx = torch.stack([((Xc[a].T @ Xc[a]) ** 2).sum() for a in range(L)])
-        sy = torch.stack([((Yc[b].T @ Yc[b]) ** 2).sum() for b in range(L)])
+        cross, sx, sy, kx, ky = _feature_terms64(X, Y)
         c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
         c = cross - c1 * kx @ ky.T + c2 * kx.sum(1)[:, None] * ky.sum(1)[None, :]
         hx = sx - c1 * (kx * kx).sum(1) + c2 * kx.sum(1) ** 2
@@ -135,8 +154,9 @@ def ref_cca_rho(X, Y):
 REFS = {"linear_cka": ref_linear, "debiased_cka": ref_debiased, "minibatch_cka": ref_minibatch, "cca_rho": ref_cca_rho}
 
 
-def ref_path(measure: str, n: int, offset: float, scale: float, seed: int = 0) -> Path:
-    key = hashlib.sha1(json.dumps([measure, n, offset, scale, seed, L, D, MB_BATCH]).encode()).hexdigest()[:16]
+def ref_path(measure: str, n: int, offset: float, scale: float, seed: int = 0, data: str | None = None) -> Path:
+    key = hashlib.sha1(json.dumps([measure, n, offset, scale, seed, L, D, MB_BATCH] + ([data] if data else []))
+                       .encode()).hexdigest()[:16]
     return CACHE / f"{measure}-{n}-{key}.pt"
 
 
@@ -162,12 +182,25 @@ def peer_fn(impl: str, measure: str):
     import numpy as np
     import torch
 
-    if impl == "homoscope":
+    if impl in ("homoscope", "homoscope-f64"):
         from homoscope import measures as hm
 
+        opts = {"precision": "float64"} if impl == "homoscope-f64" else {}
         if measure == "minibatch_cka":
-            return lambda X, Y: hm.minibatch_cka(X, Y, batch_size=MB_BATCH, debiased=True)
-        return getattr(hm, measure)
+            return lambda X, Y: hm.minibatch_cka(X, Y, batch_size=MB_BATCH, debiased=True, **opts)
+        fn = getattr(hm, measure)
+        return (lambda X, Y: fn(X, Y, **opts)) if opts else fn
+
+    if impl == "rsatoolbox" and measure == "linear_cka":
+        # cosine_cov between squared-Euclidean RDMs equals biased linear CKA (Diedrichsen et al. 2020)
+        from rsatoolbox.data import Dataset
+        from rsatoolbox.rdm import calc_rdm, compare
+
+        def f(X, Y):
+            rx = calc_rdm([Dataset(x.numpy()) for x in X], method="euclidean")
+            ry = calc_rdm([Dataset(y.numpy()) for y in Y], method="euclidean")
+            return torch.from_numpy(compare(rx, ry, method="cosine_cov"))
+        return f
 
     if impl == "pytorch-cka":
         from cka import cka_from_features, hsic
@@ -297,12 +330,25 @@ def matmul_rate(shape: tuple, dtype_name: str, repeats: int = 3) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ cases
+def load_data(spec: dict):
+    """``(X, Y)`` of a case: synthetic ``[13, n, 768]`` stacks, or the stored demo stacks (``data: demo``)."""
+    if spec.get("data") == "demo":
+        pair = demo_stacks()
+        if pair is None:
+            raise FileNotFoundError("no stored demo stacks: run `homoscope demo` first")
+        return pair
+    return make_stacks(spec["n"], L, D, offset=spec.get("offset", 0.0), scale=spec.get("scale", 1.0))
+
+
 def run_reference(spec: dict) -> dict:
     import torch
 
-    path = ref_path(spec["measure"], spec["n"], spec.get("offset", 0.0), spec.get("scale", 1.0))
+    path = ref_path(spec["measure"], spec["n"], spec.get("offset", 0.0), spec.get("scale", 1.0), data=spec.get("data"))
     if not path.exists():
-        X, Y = make_stacks(spec["n"], L, D, offset=spec.get("offset", 0.0), scale=spec.get("scale", 1.0))
+        try:
+            X, Y = load_data(spec)
+        except FileNotFoundError as err:
+            return {**spec, "status": "not available", "note": str(err)}
         t0 = time.perf_counter()
         R = REFS[spec["measure"]](X, Y)
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -322,7 +368,12 @@ def run_case(spec: dict) -> dict:
         fn = peer_fn(impl, measure)
     except ImportError as err:
         return {**out, "status": "not installed", "note": str(err)}
-    X, Y = make_stacks(n, L, D, offset=offset, scale=scale)
+    try:
+        X, Y = load_data(spec)
+    except FileNotFoundError as err:
+        return {**out, "status": "not available", "note": str(err)}
+    if spec.get("data") == "demo":
+        out.update(d=f"{X.shape[2]}x{Y.shape[2]}", layers=f"{X.shape[0]}x{Y.shape[0]}", n=X.shape[1])
     base_mb = peak_rss_mb()
     repeats = spec.get("repeats", 3)
     warm = 1 if (impl == "homoscope" and n <= 1024) else 0
@@ -339,21 +390,29 @@ def run_case(spec: dict) -> dict:
         note = "timed on the 13 diagonal pairs, scaled x13 to 169 pairs"
     out.update(status="ok", seconds=t, times=[round(x, 4) for x in times], peak_mb=round(peak), input_mb=round(base_mb),
                threads=torch.get_num_threads(), note=note)
-    ref = ref_path(measure, n, offset, scale)
+    ref = ref_path(measure, spec["n"], offset, scale, data=spec.get("data"))
     if ref.exists():
         Rf = torch.load(ref)
         if impl == "loop-f64":
             Rf = torch.diagonal(Rf)
         R = torch.as_tensor(R).double()
         out["max_abs_err"] = float((R - Rf).abs().max())
-    if impl == "homoscope":
+    if impl.startswith("homoscope") and spec.get("data") != "demo":
         fl, route, shape = flops(measure, n)
-        out["flops"], out["route"] = fl, route
-        out["gflops"] = fl / t / 1e9
+        out["flops"], out["bound_route"] = fl, route
+        out["gflops"] = fl / t / 1e9  # effective rate: the bound's flops over homoscope's time
+        if measure in ("linear_cka", "debiased_cka"):
+            from homoscope.measures._hsic import choose_route
+
+            out["route"] = choose_route(n, L, D, L, D)
+            out["flops_done"] = (n * n * 2 * L * D + 2 * n * n * L * L if out["route"] == "gram"
+                                 else 2 * n * L * D * L * D + 2 * n * 2 * L * D * D)
         del X, Y
         out["matmul_f32_gflops"] = matmul_rate(shape, "float32")
         out["matmul_f64_gflops"] = matmul_rate(shape, "float64")
-        out["roofline_pct"] = 100 * (fl / (out["matmul_f32_gflops"] * 1e9)) / t
+        key = "matmul_f64_gflops" if impl == "homoscope-f64" else "matmul_f32_gflops"
+        out["roofline_pct"] = 100 * (fl / (out[key] * 1e9)) / t
+        out["roofline_of"] = key.split("_")[1]
     return out
 
 
