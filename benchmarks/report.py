@@ -171,7 +171,7 @@ def write_report(results: list[dict], info: dict | None) -> None:
                                                                 "bucketing_speedup", "peak_mb")) + " |")
     st = [r for r in results if r.get("bench") == "streaming"]
     if st:
-        lines += ["", "## Streaming (CrossMoments, 1 x 1 layers of width 768, chunks of 8,192 rows, float64 sums)", "",
+        lines += ["", "## Streaming (CrossMoments, 2 x 2 layers of width 768, chunks of 8,192 rows, float64 sums)", "",
                   "| n | status | update s | us/row | compute s | peak MB | err vs float64 | linear_cka | debiased_cka | cca_rho |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(st, key=lambda r: r.get("n", 0)):
