@@ -235,7 +235,7 @@ def _feature_route(X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centerin
             if dtype == torch.float64:
                 C.addmm_(xcat.T, ycat)
             else:
-                C.add_((xcat.T @ ycat).to(torch.float64))
+                C.add_(xcat.T @ ycat)  # float32 product added into the float64 sums (no float64 copy)
             _add_self(gx[a0 : a0 + g], xc)
             kx[a0 : a0 + g, r] = _row_sqnorms(xc)
             if a0 == 0:
@@ -255,7 +255,7 @@ def _add_self(acc: torch.Tensor, xc: torch.Tensor) -> None:
     if xc.dtype == torch.float64:
         acc.baddbmm_(xc.transpose(-1, -2), xc)
     else:
-        acc.add_((xc.transpose(-1, -2) @ xc).to(torch.float64))
+        acc.add_(xc.transpose(-1, -2) @ xc)
 
 
 def _row_sqnorms(xc: torch.Tensor) -> torch.Tensor:
