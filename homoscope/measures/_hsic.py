@@ -149,7 +149,8 @@ def centered_rows(X: torch.Tensor, c: Centering, rows: slice, dtype: torch.dtype
     return out
 
 
-def _blocks(n: int, size: int) -> list[slice]:
+def even_slices(n: int, size: int) -> list[slice]:
+    """Split ``range(n)`` into ``ceil(n / size)`` consecutive slices whose lengths differ by at most 1."""
     m = max(1, -(-n // size))
     base, extra = divmod(n, m)
     out, start = [], 0
@@ -187,7 +188,7 @@ def _gram_route(Xc: torch.Tensor, Yc: torch.Tensor | None) -> Terms:
     La, n, _ = Xc.shape
     Lb = 0 if Yc is None else Yc.shape[0]
     R = La + Lb
-    blocks = _blocks(n, GRAM_BLOCK)
+    blocks = even_slices(n, GRAM_BLOCK)
     size = blocks[0].stop - blocks[0].start
     k, _ = _partial_len(size * size)
     buf = torch.empty(R, size * size + k, dtype=Xc.dtype, device=Xc.device)  # room for the zero padding
@@ -217,7 +218,7 @@ def _feature_route(X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centerin
     Lb, _, db = Y.shape
     dev = X.device
     group = max(1, min(La, FEATURE_ACC_BYTES // max(da * Lb * db * 8, 1)))
-    rows = _blocks(n, FEATURE_ROWS)
+    rows = even_slices(n, FEATURE_ROWS)
     cross = torch.empty(La, Lb, dtype=torch.float64, device=dev)
     gx = torch.zeros(La, da, da, dtype=torch.float64, device=dev)
     gy = torch.zeros(Lb, db, db, dtype=torch.float64, device=dev)

@@ -21,13 +21,22 @@ concatenated features (feature route), whichever needs fewer flops. Means are re
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from . import _linalg as la
-from ._hsic import ROUTES, Centering, centering, check_precision, choose_route, column_means, linear_terms, terms  # noqa: F401
+from ._hsic import (  # noqa: F401  (ROUTES, choose_route: public here)
+    ROUTES,
+    Centering,
+    centering,
+    check_precision,
+    choose_route,
+    column_means,
+    even_slices,
+    linear_terms,
+    terms,
+)
 from ._validate import check_min_n, check_option_positive, prepare_pair, shape_pair
 
 def _terms(X: Any, Y: Any, measure: str, min_n: int, why: str, route: str, precision: str):
@@ -182,14 +191,7 @@ def rbf_centered(Xs: torch.Tensor, threshold: float, debiased: bool) -> torch.Te
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
     """Split ``range(n)`` into ``ceil(n / batch_size)`` consecutive batches whose sizes differ by at most 1."""
-    m = max(1, math.ceil(n / batch_size))
-    base, extra = divmod(n, m)
-    out, start = [], 0
-    for i in range(m):
-        size = base + (1 if i < extra else 0)
-        out.append(slice(start, start + size))
-        start += size
-    return out
+    return even_slices(n, batch_size)
 
 
 def _per_batch(cross, sx, sy, kx, ky, m: int, debiased: bool):
