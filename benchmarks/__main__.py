@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from ._common import REPORT_DIR, machine, run_subprocess
@@ -26,6 +27,8 @@ QUICK_PEERS = {
     "minibatch_cka": [("pytorch-cka", 4096)],
     "cca_rho": [("loop-f64", 1024)],
 }
+# peers that take tens of seconds per call: timed once
+SLOW_PEERS = ("ckatorch", "loop-f64", "cka-pytorch", "torch-cka")
 # quick mode: one large-n case (the feature route) without a float64 reference
 QUICK_LARGE = [("linear_cka", 16384)]
 
@@ -44,11 +47,14 @@ def plan(quick: bool) -> list[tuple[str, dict, float]]:
             rep = 3 if n <= 1024 else (2 if n <= 4096 else 1)
             if n <= ref_max and not (measure == "cca_rho" and n > 16384):
                 refs.append(("benchmarks.measures", {"measure": measure, "n": n, "reference": True}, 1800))
-            cases.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": n, "repeats": rep},
+            cases.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": n,
+                                                  "repeats": 1 if measure == "cca_rho" else rep},
                           300 if n <= 16384 else 900))
             for impl, nmax in peers[measure]:
                 if n <= nmax:
-                    cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": n, "repeats": rep},
+                    slow = impl in SLOW_PEERS or (impl == "rsatoolbox" and n > 1024)
+                    cases.append(("benchmarks.measures", {"measure": measure, "impl": impl, "n": n,
+                                                          "repeats": 1 if slow else rep},
                                   300 if quick else 900))
     if quick:
         for measure, n in QUICK_LARGE:
@@ -76,6 +82,17 @@ def plan(quick: bool) -> list[tuple[str, dict, float]]:
     return unique_refs + cases
 
 
+def plan_large() -> list[tuple[str, dict, float]]:
+    """The large-n exact cases alone (``--large``): debiased CKA at 16,384 with its float64 reference, and
+    linear and debiased CKA at 65,536 (pytorch-cka runs out of memory at 16,384 on 24 GB)."""
+    out = [("benchmarks.measures", {"measure": "debiased_cka", "n": 16384, "reference": True}, 1800),
+           ("benchmarks.measures", {"measure": "debiased_cka", "impl": "homoscope", "n": 16384, "repeats": 1}, 600),
+           ("benchmarks.measures", {"measure": "debiased_cka", "impl": "pytorch-cka", "n": 16384, "repeats": 1}, 600)]
+    for measure in ("linear_cka", "debiased_cka"):
+        out.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": 65536, "repeats": 1}, 900))
+    return out
+
+
 def _spec_key(r: dict) -> tuple:
     return (r.get("bench"), r.get("measure"), r.get("impl"), r.get("model"), r.get("n"), r.get("offset", 0.0),
             r.get("scale", 1.0), r.get("data"))
@@ -89,6 +106,8 @@ def main() -> None:
     ap.add_argument("--mem-cap-gb", type=float, default=16.0, help="address-space cap per case (default 16)")
     ap.add_argument("--resume", action="store_true", help="keep results.jsonl and skip cases already in it")
     ap.add_argument("--model", default="minilm-l6", help="extraction: packaged model(s), comma separated")
+    ap.add_argument("--large", action="store_true",
+                    help="only the large-n exact cases (n = 16,384 and 65,536); add --resume to append them")
     args = ap.parse_args()
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     jsonl = REPORT_DIR / "results.jsonl"
@@ -99,16 +118,20 @@ def main() -> None:
         return
     only = set(args.only.split(","))
     info = machine()
-    info["mode"] = "quick" if args.quick else "full"
+    info["mode"] = "large-n cases" if args.large else ("quick" if args.quick else "full")
+    info["command"] = " ".join(["python -m benchmarks", *sys.argv[1:]])
     print(f"machine: {info}")
     todo: list[tuple[str, dict, float]] = []
+    if args.large:
+        only = set()
+        todo += plan_large()
     if "measures" in only:
         todo += plan(args.quick)
     if "extraction" in only:
         models = args.model.split(",") if args.quick else ["minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m"]
         for m in models:
             todo.append(("benchmarks.extraction", {"model": m, "sentences": 500 if args.quick else 1000,
-                                                   "repeats": 2 if args.quick else 3}, 900))
+                                                   "repeats": 3}, 900))
     if "streaming" in only:
         # quick: 2e4 (with the float64 reference) and 1e5 rows; full: 1e5, 1e6, 1e7 (about 2 h of updates on 2 cores)
         for n in ([20_000, 100_000] if args.quick else [100_000, 1_000_000, 10_000_000]):
@@ -118,6 +141,8 @@ def main() -> None:
     if args.resume and jsonl.exists():
         old = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
         results = [r for r in old if r.get("bench") != "machine"]
+        earlier = [r["command"] for r in old if r.get("bench") == "machine" and r.get("command")]
+        info["commands"] = list(dict.fromkeys(earlier + [info["command"]]))
         done = {_spec_key(r) for r in results}
     t_all = time.perf_counter()
     with jsonl.open("a" if args.resume else "w") as fh:

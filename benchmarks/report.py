@@ -133,8 +133,9 @@ def write_report(results: list[dict], info: dict | None) -> None:
             w.writerow({k: r.get(k, "") for k in COLS})
     info = info or {}
     lines = ["# homoscope benchmarks", ""]
-    lines += [f"Mode: `{info.get('mode', '?')}` (`python -m benchmarks{' --quick' if info.get('mode') == 'quick' else ''}`), "
-              f"total {info.get('total_s', '?')} s.", "",
+    commands = info.get("commands") or [info.get("command") or "python -m benchmarks"]
+    lines += [f"Mode: `{info.get('mode', '?')}`; run as " + ", then ".join(f"`{c}`" for c in commands)
+              + f"; the last command took {info.get('total_s', '?')} s.", "",
               "## Machine", "",
               f"- CPU: {info.get('cpu')}, {info.get('cores')} cores, {info.get('mem_gb')} GB RAM, no GPU"
               if not info.get("cuda") else f"- GPU: {info.get('cuda')}",

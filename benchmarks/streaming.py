@@ -40,16 +40,23 @@ def chunks(n: int, seed: int = 0, offset: float = 0.0):
     g0 = torch.Generator().manual_seed(seed)
     spec = torch.arange(1, D + 1, dtype=torch.float32).pow(-0.5)
     perm = torch.randperm(D, generator=g0)
+    # buffers reused from chunk to chunk (the consumer must not keep a chunk), so the generator's own
+    # allocations do not grow the process's peak memory with n
+    zb, zpb, nb = torch.empty(CHUNK, D), torch.empty(CHUNK, D), torch.empty(CHUNK, D)
+    xb, yb = torch.empty(LAYERS, CHUNK, D), torch.empty(LAYERS, CHUNK, D)
     done, i = 0, 0
     while done < n:
         m = min(CHUNK, n - done)
         g = torch.Generator().manual_seed(seed * 1_000_003 + i + 1)
-        z = torch.randn(m, D, generator=g) * spec
-        x = torch.empty(LAYERS, m, D)
-        y = torch.empty(LAYERS, m, D)
+        z, zp, noise, x, y = zb[:m], zpb[:m], nb[:m], xb[:, :m], yb[:, :m]
+        torch.randn(m, D, generator=g, out=z).mul_(spec)
+        torch.index_select(z, 1, perm, out=zp)
         for layer in range(LAYERS):
-            x[layer] = z + (0.3 + 0.3 * layer) * torch.randn(m, D, generator=g) * spec + offset
-            y[layer] = z[:, perm] * 2.0 + (0.5 + 0.4 * layer) * torch.randn(m, D, generator=g) * spec - offset
+            torch.randn(m, D, generator=g, out=noise).mul_(spec)
+            torch.add(z, noise, alpha=0.3 + 0.3 * layer, out=x[layer]).add_(offset)
+            torch.randn(m, D, generator=g, out=noise).mul_(spec)
+            torch.add(zp, noise, alpha=0.5 + 0.4 * layer, out=y[layer])
+            y[layer].add_(zp).sub_(offset)  # 2 z[:, perm] + noise - offset
         yield x, y
         done += m
         i += 1
@@ -59,7 +66,7 @@ def reference(n: int, offset: float = 0.0, seed: int = 0) -> dict:
     """Float64 one-shot values ``{measure: [[La x Lb]]}`` of the rows :func:`chunks` yields."""
     import torch
 
-    xs, ys = zip(*chunks(n, seed=seed, offset=offset))
+    xs, ys = zip(*((x.clone(), y.clone()) for x, y in chunks(n, seed=seed, offset=offset)))
     X, Y = torch.cat(xs, 1), torch.cat(ys, 1)
     del xs, ys
 

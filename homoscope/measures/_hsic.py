@@ -36,13 +36,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ._validate import raise_non_finite
+
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 ROUTES = ("auto", "gram", "feature")
 
 # Gram route: rows per block (blocks of near-equal size; one block when n is small).
 GRAM_BLOCK = 256
 # float32 mode: the longest run of terms summed in float32 before the partial sum goes to float64.
-F32_PARTIAL = 4096
+F32_PARTIAL = 1024
 # Feature route: rows per chunk, and the largest float64 cross-product accumulator kept at once (X layers
 # are taken in groups when [La da, Lb db] would exceed it).
 FEATURE_ROWS = 4096
@@ -106,36 +108,39 @@ def column_means(X: torch.Tensor) -> torch.Tensor:
     return (torch.stack([X[a].sum(dim=0, dtype=torch.float64) for a in range(X.shape[0])]) / n)[:, None, :]
 
 
-def centering(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool = False) -> Centering:
-    """Column means (float64) and power-of-two layer scales of a shape-checked stack ``[L, n, d]``.
+def layer_scales(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool = False) -> torch.Tensor:
+    """Power-of-two scale per layer ``[L, 1, 1]`` (float64) of a shape-checked stack ``[L, n, d]``.
 
-    Also the finiteness and zero-variance checks, on X's own dtype (no float64 copy of X is made):
-    a NaN or inf shows in the column minima/maxima; a layer whose largest centered entry is at most
+    The scale puts the largest column range ``max_j (max_i x_ij - min_i x_ij)`` of a layer in [0.5, 1),
+    so every centered entry lies in (-1, 1) and is at least a quarter of the largest in magnitude.
+    Also the finiteness and zero-variance checks, on X's own dtype (no float64 copy of X is made): a
+    NaN or inf shows in the column minima/maxima; a layer whose largest column range is at most
     ``64 eps`` of its largest entry is constant.
 
     Raises:
-        ValueError: a NaN/inf entry (its position named), or a constant layer.
+        ValueError: a NaN/inf entry (its position named), or a constant layer (unless ``allow_constant``).
     """
-    from ._validate import raise_non_finite
-
     # separate amin/amax reductions are ~3x faster than aminmax over dim 1 on CPU; NaN propagates through both
     lo, hi = X.amin(dim=1).double(), X.amax(dim=1).double()
     if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
         raise_non_finite(X, name)
     big = torch.maximum(hi.abs(), lo.abs()).amax(dim=-1)  # [L]
-    n = X.shape[1]
-    mu = column_means(X)[:, 0, :]
-    spread = torch.maximum(hi - mu, mu - lo).amax(dim=-1)  # largest |centered entry| per layer
-    constant = spread <= ZERO_SPREAD_RTOL * big
+    half = (0.5 * hi - 0.5 * lo).amax(dim=-1)  # half the largest column range (no overflow near float64's max)
+    constant = half <= 0.5 * ZERO_SPREAD_RTOL * big
     bad = [] if allow_constant else constant.nonzero().flatten().tolist()
     if bad:
         raise ValueError(
-            f"{name} layer {bad[0]} has zero variance after centering (all {n} rows are identical)"
+            f"{name} layer {bad[0]} has zero variance after centering (all {X.shape[1]} rows are identical)"
             f"{'' if len(bad) == 1 else f'; so do layers {bad[1:]}'}; {measure} is undefined for a constant layer"
         )
-    _, e = torch.frexp(torch.where(constant, torch.ones_like(spread), spread))
-    scale = torch.ldexp(torch.ones_like(spread), -e)
-    return Centering(mu[:, None, :], scale[:, None, None])
+    _, e = torch.frexp(torch.where(constant, torch.full_like(half, 0.5), half))
+    return torch.ldexp(torch.ones_like(half), -(e + 1))[:, None, None]
+
+
+def centering(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool = False) -> Centering:
+    """Float64 column means and power-of-two layer scales (:func:`layer_scales`, with its checks)."""
+    scale = layer_scales(X, name, measure, allow_constant=allow_constant)
+    return Centering(column_means(X), scale)
 
 
 def centered_rows(X: torch.Tensor, c: Centering, rows: slice, dtype: torch.dtype) -> torch.Tensor:

@@ -105,9 +105,3 @@ def cross_sqnorms(Xc: torch.Tensor, Yc: torch.Tensor) -> torch.Tensor:
         C = (Xcat.T @ Ycat).reshape(c, da, Lb, db)
         out.append((C * C).sum(dim=(1, 3)))
     return torch.cat(out, dim=0)
-
-
-def self_sqnorms(Xc: torch.Tensor) -> torch.Tensor:
-    """``||X_a^T X_a||_F^2`` per layer: ``[L, n, d] -> [L]``."""
-    C = Xc.transpose(-1, -2) @ Xc
-    return (C * C).sum(dim=(-2, -1))

@@ -34,6 +34,7 @@ from ._hsic import (  # noqa: F401  (ROUTES, choose_route: public here)
     choose_route,
     column_means,
     even_slices,
+    layer_scales,
     linear_terms,
     terms,
 )
@@ -263,7 +264,7 @@ def minibatch_cka(
     dtype = check_precision(precision)
     # checks on the whole stack, and one power-of-two scale per layer shared by every batch (so the
     # per-batch sums are in the same units)
-    cx, cy = centering(Xs, "X", "minibatch_cka"), centering(Ys, "Y", "minibatch_cka")
+    sx_, sy_ = layer_scales(Xs, "X", "minibatch_cka"), layer_scales(Ys, "Y", "minibatch_cka")
     n = Xs.shape[1]
     slices = batch_slices(n, batch_size)
     smallest = min(s.stop - s.start for s in slices)
@@ -271,7 +272,7 @@ def minibatch_cka(
     cross = hx = hy = None
     for s in slices:
         xb, yb = Xs[:, s], Ys[:, s]
-        t = terms(xb, Centering(column_means(xb), cx.scale), yb, Centering(column_means(yb), cy.scale), dtype)
+        t = terms(xb, Centering(column_means(xb), sx_), yb, Centering(column_means(yb), sy_), dtype)
         c, x, y = _per_batch(*t, s.stop - s.start, debiased)
         cross, hx, hy = (c, x, y) if cross is None else (cross + c, hx + x, hy + y)
     _check_positive_self(hx, "X", "minibatch_cka")

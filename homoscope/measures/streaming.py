@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import cca as _cca
-from ._validate import as_pair, check_min_n
+from ._validate import as_pair, check_finite, check_min_n, shape_pair
 from .cka import _check_positive_self, minibatch_hsic_terms
 
 EPS = torch.finfo(torch.float64).eps
@@ -111,7 +111,11 @@ class CrossMoments:
             ValueError: non-finite values, row counts that differ, or layer counts / widths that differ
                 from earlier chunks.
         """
-        xs, ys = as_pair(x, y, dtype=_chunk_dtype(x, y))
+        dt = _chunk_dtype(x, y)
+        xs, ys = shape_pair(x, y)
+        xs, ys = xs.to(dtype=dt), ys.to(dtype=dt)
+        check_finite(xs, "X")
+        check_finite(ys, "Y")
         shape = (xs.shape[0], xs.shape[2], ys.shape[0], ys.shape[2])
         self._check_shape(shape)
         if self._device is not None and xs.device != self._device:
