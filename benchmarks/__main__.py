@@ -83,13 +83,14 @@ def plan(quick: bool) -> list[tuple[str, dict, float]]:
 
 
 def plan_large() -> list[tuple[str, dict, float]]:
-    """The large-n exact cases alone (``--large``): debiased CKA at 16,384 with its float64 reference, and
-    linear and debiased CKA at 65,536 (pytorch-cka runs out of memory at 16,384 on 24 GB)."""
+    """The large-n cases alone (``--large``): debiased CKA at 16,384 with its float64 reference and
+    pytorch-cka, linear and debiased CKA at 65,536, and streaming over 1e6 rows."""
     out = [("benchmarks.measures", {"measure": "debiased_cka", "n": 16384, "reference": True}, 1800),
            ("benchmarks.measures", {"measure": "debiased_cka", "impl": "homoscope", "n": 16384, "repeats": 1}, 600),
            ("benchmarks.measures", {"measure": "debiased_cka", "impl": "pytorch-cka", "n": 16384, "repeats": 1}, 600)]
     for measure in ("linear_cka", "debiased_cka"):
         out.append(("benchmarks.measures", {"measure": measure, "impl": "homoscope", "n": 65536, "repeats": 1}, 900))
+    out.append(("benchmarks.streaming", {"n": 1_000_000}, 1800))
     return out
 
 

@@ -143,15 +143,22 @@ def centering(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool 
     return Centering(column_means(X), scale)
 
 
-def centered_rows(X: torch.Tensor, c: Centering, rows: slice, dtype: torch.dtype) -> torch.Tensor:
-    """``(X[:, rows] - mu) * scale`` computed in float64, returned in ``dtype``: ``[L, m, d]``."""
+def centered_rows(
+    X: torch.Tensor, c: Centering, rows: slice, dtype: torch.dtype, *, rows_first: bool = False
+) -> torch.Tensor:
+    """``(X[:, rows] - mu) * scale`` computed in float64, returned in ``dtype``.
+
+    Returns ``[L, m, d]``, or with ``rows_first`` ``[m, L * d]`` (layer ``a`` in columns ``a d .. (a+1) d``:
+    the concatenated features of the feature route, written in place without a permuted copy).
+    """
     part = X[:, rows]
-    out = torch.empty(part.shape, dtype=dtype, device=X.device)
+    L, m, d = part.shape
+    out = torch.empty((m, L, d) if rows_first else (L, m, d), dtype=dtype, device=X.device)
     shift = -c.mu * c.scale  # exact: the scales are powers of two
-    for a in range(part.shape[0]):
+    for a in range(L):
         # x * s - mu * s evaluated in float64 (the common dtype) and rounded once into ``out``
-        torch.addcmul(shift[a], part[a], c.scale[a, 0, 0], out=out[a])
-    return out
+        torch.addcmul(shift[a], part[a], c.scale[a, 0, 0], out=out[:, a] if rows_first else out[a])
+    return out.view(m, L * d) if rows_first else out
 
 
 def even_slices(n: int, size: int) -> list[slice]:
@@ -231,22 +238,22 @@ def _feature_route(X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centerin
     ky = torch.empty(Lb, n, dtype=torch.float64, device=dev)
     for a0 in range(0, La, group):
         g = min(group, La - a0)
-        C = torch.zeros(g * da, Lb * db, dtype=torch.float64, device=dev)
+        C = None
+        cxg = Centering(cx.mu[a0 : a0 + g], cx.scale[a0 : a0 + g])
         for r in rows:
-            xc = centered_rows(X[a0 : a0 + g], Centering(cx.mu[a0 : a0 + g], cx.scale[a0 : a0 + g]), r, dtype)
-            yc = centered_rows(Y, cy, r, dtype)
-            m = r.stop - r.start
-            xcat = xc.permute(1, 0, 2).reshape(m, g * da)
-            ycat = yc.permute(1, 0, 2).reshape(m, Lb * db)
-            if dtype == torch.float64:
+            xcat = centered_rows(X[a0 : a0 + g], cxg, r, dtype, rows_first=True)  # [m, g da]
+            ycat = centered_rows(Y, cy, r, dtype, rows_first=True)  # [m, Lb db]
+            if C is None:  # first chunk: the product itself starts the float64 sums
+                C = (xcat.T @ ycat).to(torch.float64)
+            elif dtype == torch.float64:
                 C.addmm_(xcat.T, ycat)
             else:
                 C.add_(xcat.T @ ycat)  # float32 product added into the float64 sums (no float64 copy)
-            _add_self(gx[a0 : a0 + g], xc)
-            kx[a0 : a0 + g, r] = _row_sqnorms(xc)
+            _add_self(gx[a0 : a0 + g], xcat, da)
+            kx[a0 : a0 + g, r] = _row_sqnorms(xcat, g, da)
             if a0 == 0:
-                _add_self(gy, yc)
-                ky[:, r] = _row_sqnorms(yc)
+                _add_self(gy, ycat, db)
+                ky[:, r] = _row_sqnorms(ycat, Lb, db)
         C4 = C.view(g, da, Lb, db)
         for i in range(g):
             cross[a0 + i] = torch.linalg.vector_norm(C4[i], dim=(0, 2)).square()
@@ -256,16 +263,22 @@ def _feature_route(X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centerin
     return Terms(cross, sx, sy, kx, ky)
 
 
-def _add_self(acc: torch.Tensor, xc: torch.Tensor) -> None:
-    """``acc [L, d, d] += xc_a^T xc_a`` per layer (float64 accumulation)."""
-    if xc.dtype == torch.float64:
-        acc.baddbmm_(xc.transpose(-1, -2), xc)
-    else:
-        acc.add_(xc.transpose(-1, -2) @ xc)
+def _add_self(acc: torch.Tensor, xcat: torch.Tensor, d: int) -> None:
+    """``acc[a] += x_a^T x_a`` for the layer blocks ``x_a = xcat[:, a d : (a+1) d]`` (float64 accumulation).
+
+    Column slices of ``xcat [m, L d]`` go to the GEMM as strided views (no copies).
+    """
+    for a in range(acc.shape[0]):
+        xa = xcat[:, a * d : (a + 1) * d]
+        if xcat.dtype == torch.float64:
+            acc[a].addmm_(xa.T, xa)
+        else:
+            acc[a].add_(xa.T @ xa)
 
 
-def _row_sqnorms(xc: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(xc, dim=-1, dtype=torch.float64).square()
+def _row_sqnorms(xcat: torch.Tensor, L: int, d: int) -> torch.Tensor:
+    """Row squared norms per layer block of ``xcat [m, L d]``: ``[L, m]`` float64."""
+    return torch.linalg.vector_norm(xcat.view(-1, L, d), dim=-1, dtype=torch.float64).square().T
 
 
 def terms(
