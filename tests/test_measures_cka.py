@@ -98,6 +98,7 @@ def test_blocked_routes_equal_one_shot_float64_formula(fn, route, monkeypatch):
     Y = torch.randn(2, 103, 4, generator=g, dtype=torch.float64)
     Y[1] += X[2, :, :4]
     want = fn(X, Y, route=route, precision="float64")
+    monkeypatch.setattr(hsic, "FLOAT32_MIN_ROWS", 2)  # exercise the float32 GEMMs at this small n
     monkeypatch.setattr(hsic, "GRAM_BLOCK", 25)
     monkeypatch.setattr(hsic, "FEATURE_ROWS", 30)
     monkeypatch.setattr(hsic, "F32_PARTIAL", 100)
@@ -123,6 +124,20 @@ def test_float32_default_within_1e6_of_float64_for_any_offset_and_scale(fn, offs
         exact = fn(X, Y, route=route, precision="float64")
         assert torch.isfinite(exact).all()
         torch.testing.assert_close(fn(X, Y, route=route), exact, atol=1e-6, rtol=0)
+
+
+def test_small_or_wide_problems_run_float64_gemms():
+    """Below 256 rows, or with fewer rows than half the width, the unbiased estimator's bias correction
+    would amplify float32 rounding to ~1e-5; the default mode then runs float64 GEMMs (cheap there)."""
+    from homoscope.measures._hsic import gemm_dtype
+
+    assert gemm_dtype("float32", 255, 10, 10) == torch.float64
+    assert gemm_dtype("float32", 300, 768, 10) == torch.float64
+    assert gemm_dtype("float32", 384, 768, 768) == torch.float32
+    assert gemm_dtype("float64", 10_000, 8, 8) == torch.float64
+    g = torch.Generator().manual_seed(2)
+    X, Y = torch.randn(2, 60, 300, generator=g), torch.randn(3, 60, 200, generator=g)  # independent: CKA near 0
+    torch.testing.assert_close(debiased_cka(X, Y), debiased_cka(X, Y, precision="float64"), atol=1e-12, rtol=0)
 
 
 def test_bad_precision_is_rejected():

@@ -16,8 +16,9 @@ on uncentered Grams). Each centered layer is scaled by a power of two so that it
 [0.5, 1): exact, and it keeps every product of inputs of any magnitude (1e-150 .. 1e150) normal.
 ``precision="float32"`` (default) then runs the GEMMs in float32 on the centered data and accumulates
 every reduction in float64 over short float32 partial sums (at most :data:`F32_PARTIAL` terms), which
-keeps CKA within about 1e-7 of the float64 value. ``precision="float64"`` runs everything in float64
-(about 1e-12).
+keeps CKA within about 1e-7 of the float64 value; problems with fewer than 256 rows or fewer rows
+than half the width run float64 GEMMs instead (:func:`gemm_dtype`). ``precision="float64"`` runs
+everything in float64 (about 1e-12).
 
 Routes (same value up to the precision's rounding):
 
@@ -50,6 +51,9 @@ F32_PARTIAL = 1024
 FEATURE_ROWS = 4096
 FEATURE_ACC_BYTES = 2**30
 
+# precision="float32" runs float64 GEMMs below this many rows (see gemm_dtype).
+FLOAT32_MIN_ROWS = 256
+
 # Elementwise passes in float64 take layers in groups whose temporaries stay under this many bytes.
 ELEMENTWISE_BYTES = 64 * 2**20
 
@@ -70,6 +74,23 @@ class Terms(NamedTuple):
     sy: torch.Tensor
     kx: torch.Tensor
     ky: torch.Tensor
+
+
+def gemm_dtype(precision: str, n: int, da: int, db: int) -> torch.dtype:
+    """GEMM dtype of ``precision`` for ``n`` rows of widths ``da``, ``db``.
+
+    ``'float32'`` runs float32 GEMMs only where they keep the 1e-6 promise: at ``n >= FLOAT32_MIN_ROWS``
+    and ``n >= max(da, db) / 2``. Below that the unbiased estimator subtracts terms far larger than the
+    result (its bias correction grows with d / n) and float32 rounding would reach ~1e-5, while the float64
+    GEMMs cost little at that size.
+
+    Raises:
+        ValueError: ``precision`` not ``'float32'`` or ``'float64'``.
+    """
+    dtype = check_precision(precision)
+    if dtype == torch.float32 and (n < FLOAT32_MIN_ROWS or 2 * n < max(da, db)):
+        return torch.float64
+    return dtype
 
 
 def check_precision(precision: Any) -> torch.dtype:
@@ -307,11 +328,12 @@ def _row_sqnorms(xcat: torch.Tensor, L: int, d: int) -> torch.Tensor:
 
 
 def terms(
-    X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centering, dtype: torch.dtype, route: str = "auto"
+    X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centering, precision: str, route: str = "auto"
 ) -> Terms:
     """HSIC terms of ``X``, ``Y`` centered and scaled by ``cx``, ``cy`` (see :func:`linear_terms`)."""
     La, n, da = X.shape
     Lb, _, db = Y.shape
+    dtype = gemm_dtype(precision, n, da, db)
     if choose_route(n, La, da, Lb, db, route) == "feature":
         t = _feature_route(X, cx, Y, cy, dtype)
         if _same(X, Y):  # self-similarity: use the very same numbers on both sides of each ratio
@@ -362,8 +384,8 @@ def linear_terms(
     Raises:
         ValueError: non-finite entries, a constant layer, a bad route or precision.
     """
-    dtype = check_precision(precision)
+    check_precision(precision)
     choose_route(1, 1, 1, 1, 1, route)  # validates route before any work
     cx = centering(X, "X", measure, allow_constant=allow_constant)
     cy = centering(Y, "Y", measure, allow_constant=allow_constant)
-    return terms(X, cx, Y, cy, dtype, route)
+    return terms(X, cx, Y, cy, precision, route)

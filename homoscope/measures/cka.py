@@ -86,8 +86,9 @@ def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device.
         route: ``'auto'`` (by flops), ``'gram'`` (``[n, n]`` Gram blocks) or ``'feature'``
             (``[da, db]`` cross-covariances); the value is the same up to the precision's rounding.
-        precision: ``'float32'`` (float32 GEMMs on float64-centered data, float64 accumulation; within
-            about 1e-7 of float64) or ``'float64'`` (about 1e-12).
+        precision: ``'float32'`` (default: float32 GEMMs on float64-centered data, float64 accumulation;
+            within about 1e-7 of float64; n < 256 or n < d / 2 runs float64 GEMMs) or ``'float64'``
+            (about 1e-12).
 
     Returns:
         ``[La, Lb]`` float64 on X's device, in [0, 1]; 1 = identical up to rotation, isotropic scaling
@@ -111,7 +112,9 @@ def debiased_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float
         X: ``[La, n, da]`` or ``[n, da]``; any real dtype (float16/bfloat16 included), any device.
         Y: ``[Lb, n, db]`` or ``[n, db]``; moved to X's device.
         route: ``'auto'``, ``'gram'`` or ``'feature'`` (same value up to the precision's rounding).
-        precision: ``'float32'`` (default; within about 1e-7 of float64) or ``'float64'``.
+        precision: ``'float32'`` (default: float32 GEMMs on float64-centered data, float64 accumulation;
+            within about 1e-7 of float64; n < 256 or n < d / 2 runs float64 GEMMs) or ``'float64'``
+            (about 1e-12).
 
     Returns:
         ``[La, Lb]`` float64 on X's device, in [-1, 1].
@@ -213,10 +216,10 @@ def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool, pre
     over batches are the accumulated HSIC of Nguyen et al. (2021). A layer constant within the batch
     contributes zero.
     """
-    dtype = check_precision(precision)
+    check_precision(precision)
     cx = centering(Xb, "X", "minibatch_cka", allow_constant=True)
     cy = centering(Yb, "Y", "minibatch_cka", allow_constant=True)
-    t = terms(Xb, cx, Yb, cy, dtype)
+    t = terms(Xb, cx, Yb, cy, precision)
     # back to the inputs' units: the scales are powers of two, so this is exact
     ux, uy = cx.scale.flatten() ** -2, cy.scale.flatten() ** -2
     cross = t.cross * ux[:, None] * uy[None, :]
@@ -242,7 +245,8 @@ def minibatch_cka(
         batch_size: target rows per batch (>= 4 for the unbiased estimator, >= 2 otherwise).
         debiased: unbiased HSIC per batch (default) or biased.
         precision: ``'float32'`` (default: float32 GEMMs on float64-centered batches, float64
-            accumulation) or ``'float64'``.
+            accumulation; batches of < 256 rows or fewer rows than half the width run float64 GEMMs)
+            or ``'float64'``.
 
     Returns:
         ``[La, Lb]`` float64 on X's device.
@@ -261,7 +265,7 @@ def minibatch_cka(
     )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < min_batch:
         raise ValueError(f"minibatch_cka: batch_size must be an integer >= {min_batch}; got batch_size={batch_size!r}")
-    dtype = check_precision(precision)
+    check_precision(precision)
     # checks on the whole stack, and one power-of-two scale per layer shared by every batch (so the
     # per-batch sums are in the same units)
     sx_, sy_ = layer_scales(Xs, "X", "minibatch_cka"), layer_scales(Ys, "Y", "minibatch_cka")
@@ -272,7 +276,7 @@ def minibatch_cka(
     cross = hx = hy = None
     for s in slices:
         xb, yb = Xs[:, s], Ys[:, s]
-        t = terms(xb, Centering(column_means(xb), sx_), yb, Centering(column_means(yb), sy_), dtype)
+        t = terms(xb, Centering(column_means(xb), sx_), yb, Centering(column_means(yb), sy_), precision)
         c, x, y = _per_batch(*t, s.stop - s.start, debiased)
         cross, hx, hy = (c, x, y) if cross is None else (cross + c, hx + x, hy + y)
     _check_positive_self(hx, "X", "minibatch_cka")
