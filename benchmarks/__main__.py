@@ -29,8 +29,8 @@ QUICK_PEERS = {
 }
 # peers that take tens of seconds per call: timed once
 SLOW_PEERS = ("ckatorch", "loop-f64", "cka-pytorch", "torch-cka")
-# quick mode: one large-n case (the feature route) without a float64 reference
-QUICK_LARGE = [("linear_cka", 16384)]
+# quick mode: no large-n case (``--large`` adds them)
+QUICK_LARGE: list[tuple[str, int]] = []
 
 
 def plan(quick: bool) -> list[tuple[str, dict, float]]:

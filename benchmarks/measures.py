@@ -382,7 +382,9 @@ def run_case(spec: dict) -> dict:
         out.update(d=f"{X.shape[2]}x{Y.shape[2]}", layers=f"{X.shape[0]}x{Y.shape[0]}", n=X.shape[1])
     base_mb = peak_rss_mb()
     repeats = spec.get("repeats", 3)
-    warm = 1 if (impl == "homoscope" and n <= 1024) else 0
+    # one untimed call first for every implementation at small n (first-call allocations, lazy imports),
+    # except peers that take tens of seconds per call
+    warm = 1 if (n <= 1024 and measure != "cca_rho" and impl not in ("ckatorch", "cka-pytorch", "torch-cka")) else 0
     try:
         t, R, times = median_time(lambda: fn(X, Y), repeats, warmup=warm)
     except (MemoryError, RuntimeError) as err:

@@ -140,9 +140,10 @@ def write_report(results: list[dict], info: dict | None) -> None:
               f"- CPU: {info.get('cpu')}, {info.get('cores')} cores, {info.get('mem_gb')} GB RAM, no GPU"
               if not info.get("cuda") else f"- GPU: {info.get('cuda')}",
               f"- Python {info.get('python')}, torch {info.get('torch')}, {info.get('torch_threads')} threads",
-              f"- load average (1, 5, 15 min) at start {info.get('loadavg')}, at end {info.get('loadavg_end')}: "
-              "the CPU was shared with other work, so absolute times are inflated and noisy; the ratios "
-              "come from runs in the same script, minutes apart, and are the numbers to read.", ""]
+              f"- load average (1, 5, 15 min) at start {info.get('loadavg')}, at end {info.get('loadavg_end')}"
+              + (": the CPU was shared with other work, so absolute times are inflated and noisy; the ratios "
+                 "come from runs in the same script, minutes apart, and are the numbers to read."
+                 if max(info.get("loadavg") or [0]) > 0.5 * (info.get("cores") or 1) else "."), ""]
     lines += ["## Targets", "", "| target | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {t} | **{v}** | {x} |" for t, v, x in targets(results)]
     ms = [r for r in results if r.get("bench") == "measures"]
@@ -184,3 +185,4 @@ def write_report(results: list[dict], info: dict | None) -> None:
     if notes.exists():
         lines += ["", notes.read_text().strip()]
     (REPORT_DIR / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {REPORT_DIR / 'README.md'} and {REPORT_DIR / 'results.csv'}")

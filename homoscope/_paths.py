@@ -31,3 +31,10 @@ def safe_name(name: str, max_len: int = 80) -> str:
     """
     s = _UNSAFE.sub("_", str(name)).lstrip(".")[:max_len]
     return s or "_"
+
+
+def file_mode() -> int:
+    """Permission bits of a new file under the current umask (``mkstemp`` files are 0600 otherwise)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

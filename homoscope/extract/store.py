@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._paths import homoscope_home, safe_name
+from .._paths import file_mode, homoscope_home, safe_name
 
 EXTRACTOR_VERSION = 1
 
@@ -47,6 +47,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -93,6 +94,7 @@ class RepresentationStore:
         """Store ``stack`` ([L+1, n, d], any float dtype, saved contiguous on CPU) atomically."""
         tpath, jpath = self._paths(model_name, key)
         fd, tmp = tempfile.mkstemp(prefix=f".{tpath.name}.", suffix=".tmp", dir=self.root)
+        os.fchmod(fd, file_mode())
         os.close(fd)
         try:
             save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})

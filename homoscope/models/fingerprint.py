@@ -21,7 +21,7 @@ from typing import Iterable
 
 import torch
 
-from .._paths import homoscope_home
+from .._paths import file_mode, homoscope_home
 
 _CHUNK = 1 << 22  # 4 MiB reads
 _SIDECAR_VERSION = 1
@@ -71,6 +71,7 @@ def file_sha256(path: str | os.PathLike, *, use_cache: bool = True) -> str:
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             payload = json.dumps({"version": _SIDECAR_VERSION, **key, "sha256": digest})
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=sidecar.parent)
+            os.fchmod(fd, file_mode())
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(payload)
             os.replace(tmp, sidecar)
