@@ -15,8 +15,8 @@ features never reaches a low-precision product (that offset is what breaks float
 on uncentered Grams). Each centered layer is scaled by a power of two so that its largest entry lies in
 [0.5, 1): exact, and it keeps every product of inputs of any magnitude (1e-150 .. 1e150) normal.
 ``precision="float32"`` (default) then runs the GEMMs in float32 on the centered data and accumulates
-every reduction in float64 over short float32 partial sums (at most :data:`F32_PARTIAL` terms), which
-keeps CKA within about 1e-7 of the float64 value; problems with fewer than 256 rows or fewer rows
+every reduction in float64 over float32 partial sums (Gram route: at most :data:`F32_PARTIAL` terms;
+feature route: :data:`FEATURE_ROWS` rows), which keeps CKA within about 1e-7 of the float64 value; problems with fewer than 256 rows or fewer rows
 than half the width run float64 GEMMs instead (:func:`gemm_dtype`). ``precision="float64"`` runs
 everything in float64 (about 1e-12).
 
@@ -32,6 +32,7 @@ Routes (same value up to the precision's rounding):
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,8 +52,14 @@ F32_PARTIAL = 1024
 FEATURE_ROWS = 4096
 FEATURE_ACC_BYTES = 2**30
 
-# precision="float32" runs float64 GEMMs below this many rows (see gemm_dtype).
+# Unbiased terms computed with float32 GEMMs are recomputed in float64 when the estimator's subtractions
+# magnify their error more than this (float32 terms are good to ~1e-7 relative; see unbiased_amplification).
+MAX_AMPLIFICATION = 8.0
+
+# precision="float32" runs float64 GEMMs below this many rows, or for products this small (n^2 (da + db)
+# per layer pair: milliseconds in float64, and narrow layers get no averaging of float32 rounding).
 FLOAT32_MIN_ROWS = 256
+FLOAT32_MIN_FLOPS = 2e8
 
 # Elementwise passes in float64 take layers in groups whose temporaries stay under this many bytes.
 ELEMENTWISE_BYTES = 64 * 2**20
@@ -79,8 +86,9 @@ class Terms(NamedTuple):
 def gemm_dtype(precision: str, n: int, da: int, db: int) -> torch.dtype:
     """GEMM dtype of ``precision`` for ``n`` rows of widths ``da``, ``db``.
 
-    ``'float32'`` runs float32 GEMMs only where they keep the 1e-6 promise: at ``n >= FLOAT32_MIN_ROWS``
-    and ``n >= max(da, db) / 2``. Below that the unbiased estimator subtracts terms far larger than the
+    ``'float32'`` runs float32 GEMMs only where they keep the 1e-6 promise: at ``n >= FLOAT32_MIN_ROWS``,
+    ``n >= max(da, db) / 2`` and ``n^2 (da + db) >= FLOAT32_MIN_FLOPS`` (narrow layers: one dominant
+    product gets no averaging of float32 rounding, and float64 costs milliseconds there). Below that the unbiased estimator subtracts terms far larger than the
     result (its bias correction grows with d / n) and float32 rounding would reach ~1e-5, while the float64
     GEMMs cost little at that size.
 
@@ -88,7 +96,7 @@ def gemm_dtype(precision: str, n: int, da: int, db: int) -> torch.dtype:
         ValueError: ``precision`` not ``'float32'`` or ``'float64'``.
     """
     dtype = check_precision(precision)
-    if dtype == torch.float32 and (n < FLOAT32_MIN_ROWS or 2 * n < max(da, db)):
+    if dtype == torch.float32 and (n < FLOAT32_MIN_ROWS or 2 * n < max(da, db) or n * n * (da + db) < FLOAT32_MIN_FLOPS):
         return torch.float64
     return dtype
 
@@ -166,6 +174,12 @@ def layer_scales(X: torch.Tensor, name: str, measure: str, *, allow_constant: bo
             f"{'' if len(bad) == 1 else f'; so do layers {bad[1:]}'}; {measure} is undefined for a constant layer"
         )
     _, e = torch.frexp(torch.where(constant, torch.full_like(half, 0.5), half))
+    if bool((e < -1000).any()):
+        a = int((e < -1000).nonzero()[0])
+        raise ValueError(
+            f"{name} layer {a} varies only below 1e-300 (largest column range {2 * float(half[a]):.3g}); "
+            f"{measure} needs values in the normal float64 range: multiply the input by a constant"
+        )
     return torch.ldexp(torch.ones_like(half), -(e + 1))[:, None, None]
 
 
@@ -327,22 +341,81 @@ def _row_sqnorms(xcat: torch.Tensor, L: int, d: int) -> torch.Tensor:
     return torch.linalg.vector_norm(xcat.view(-1, L, d), dim=-1, dtype=torch.float64).square().T
 
 
+def unbiased_from_terms(cross, sx, sy, kx, ky, n: int):
+    """Unbiased HSIC (times n(n-3)) from centered-linear-Gram terms.
+
+    For centered data (``K 1 = 0``) the U-statistic of Song et al. (2012) reduces to
+    ``<K, L> - n/(n-2) k.l + (sum k)(sum l) / ((n-1)(n-2))`` with ``k = diag K``, ``l = diag L``.
+    Returns ``(cross_u [La, Lb], hx [La], hy [Lb])``.
+    """
+    c1 = n / (n - 2)
+    c2 = 1.0 / ((n - 1) * (n - 2))
+    skx, sky = kx.sum(-1), ky.sum(-1)
+    cross_u = cross - c1 * (kx @ ky.T) + c2 * skx[:, None] * sky[None, :]
+    hx = sx - c1 * (kx * kx).sum(-1) + c2 * skx * skx
+    hy = sy - c1 * (ky * ky).sum(-1) + c2 * sky * sky
+    return cross_u, hx, hy
+
+
+def unbiased_amplification(t: Terms) -> float:
+    """How much the unbiased estimator's subtractions magnify a relative error of the terms.
+
+    The largest ratio, over layer pairs and self terms, of the summed magnitudes of the three parts of
+    :func:`unbiased_from_terms` to the normalising ``sqrt(hx hy)`` (inf for a non-positive self HSIC).
+    With float32 terms (relative error ~1e-8..1e-7) the CKA error is about this times that error.
+    """
+    n = t.kx.shape[1]
+    c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+    skx, sky = t.kx.sum(-1), t.ky.sum(-1)
+    _, hx, hy = unbiased_from_terms(t.cross, t.sx, t.sy, t.kx, t.ky, n)
+    if not (bool((hx > 0).all()) and bool((hy > 0).all())):
+        return math.inf
+    mag = t.cross.abs() + c1 * (t.kx @ t.ky.T).abs() + c2 * (skx[:, None] * sky[None, :]).abs()
+    ax = (t.sx + c1 * (t.kx * t.kx).sum(-1) + c2 * skx * skx) / hx
+    ay = (t.sy + c1 * (t.ky * t.ky).sum(-1) + c2 * sky * sky) / hy
+    return max(float((mag / torch.sqrt(hx[:, None] * hy[None, :])).max()), float(ax.max()), float(ay.max()))
+
+
 def terms(
-    X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centering, precision: str, route: str = "auto"
+    X: torch.Tensor,
+    cx: Centering,
+    Y: torch.Tensor,
+    cy: Centering,
+    precision: str,
+    route: str = "auto",
+    *,
+    unbiased: bool = False,
 ) -> Terms:
-    """HSIC terms of ``X``, ``Y`` centered and scaled by ``cx``, ``cy`` (see :func:`linear_terms`)."""
+    """HSIC terms of ``X``, ``Y`` centered and scaled by ``cx``, ``cy`` (see :func:`linear_terms`).
+
+    With ``unbiased`` and float32 GEMMs, terms whose :func:`unbiased_amplification` exceeds
+    :data:`MAX_AMPLIFICATION` (e.g. one row with massive activations: its huge diagonal Gram entries
+    nearly cancel) are recomputed with float64 GEMMs.
+    """
+    t = _terms_in(X, cx, Y, cy, gemm_dtype(precision, X.shape[1], X.shape[2], Y.shape[2]), route)
+    if unbiased and t.dtype32 and unbiased_amplification(t.terms) > MAX_AMPLIFICATION:
+        return _terms_in(X, cx, Y, cy, torch.float64, route).terms
+    return t.terms
+
+
+class _Computed(NamedTuple):
+    terms: Terms
+    dtype32: bool
+
+
+def _terms_in(X, cx, Y, cy, dtype, route) -> _Computed:
     La, n, da = X.shape
     Lb, _, db = Y.shape
-    dtype = gemm_dtype(precision, n, da, db)
+    f32 = dtype == torch.float32
     if choose_route(n, La, da, Lb, db, route) == "feature":
         t = _feature_route(X, cx, Y, cy, dtype)
         if _same(X, Y):  # self-similarity: use the very same numbers on both sides of each ratio
             sx = t.cross.diagonal().clone()
             t = Terms(t.cross, sx, sx, t.kx, t.kx)
-        return t
+        return _Computed(t, f32)
     everything = slice(0, n)
     Xc = centered_rows(X, cx, everything, dtype)
-    return _gram_route(Xc, None if _same(X, Y) else centered_rows(Y, cy, everything, dtype))
+    return _Computed(_gram_route(Xc, None if _same(X, Y) else centered_rows(Y, cy, everything, dtype)), f32)
 
 
 def _same(X: torch.Tensor, Y: torch.Tensor) -> bool:
@@ -364,6 +437,7 @@ def linear_terms(
     precision: str = "float32",
     measure: str = "linear_cka",
     allow_constant: bool = False,
+    unbiased: bool = False,
 ) -> Terms:
     """HSIC terms of linear kernels for all layer pairs of two shape-checked stacks (any real dtype).
 
@@ -375,6 +449,8 @@ def linear_terms(
             ``'float64'``.
         measure: name used in error messages.
         allow_constant: give a constant layer zero terms instead of raising.
+        unbiased: the terms feed the unbiased estimator (see :func:`terms`: float64 where float32 would
+            lose the 1e-6 bound).
 
     Returns:
         :class:`Terms` ``(cross [La, Lb], sx [La], sy [Lb], kx [La, n], ky [Lb, n])``, float64, each
@@ -388,4 +464,4 @@ def linear_terms(
     choose_route(1, 1, 1, 1, 1, route)  # validates route before any work
     cx = centering(X, "X", measure, allow_constant=allow_constant)
     cy = centering(Y, "Y", measure, allow_constant=allow_constant)
-    return terms(X, cx, Y, cy, precision, route)
+    return terms(X, cx, Y, cy, precision, route, unbiased=unbiased)

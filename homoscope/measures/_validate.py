@@ -35,6 +35,7 @@ def stack_shape(X: Any, name: str = "X", *, device: torch.device | str | None = 
         X = torch.as_tensor(X)
     if X.is_complex():
         raise ValueError(f"{name} must be real-valued; got a complex tensor of dtype {X.dtype}")
+    X = X.detach()  # measures are statistics, not differentiable losses: hidden states with grad are fine
     if X.ndim == 2:
         X = X.unsqueeze(0)
     elif X.ndim != 3:

@@ -37,30 +37,15 @@ from ._hsic import (  # noqa: F401  (ROUTES, choose_route: public here)
     layer_scales,
     linear_terms,
     terms,
+    unbiased_from_terms,
 )
 from ._validate import check_min_n, check_option_positive, prepare_pair, shape_pair
 
-def _terms(X: Any, Y: Any, measure: str, min_n: int, why: str, route: str, precision: str):
+def _terms(X: Any, Y: Any, measure: str, min_n: int, why: str, route: str, precision: str, unbiased: bool = False):
     """Shape-check ``X``, ``Y`` and return their :class:`~homoscope.measures._hsic.Terms` (float64)."""
     Xs, Ys = shape_pair(X, Y)
     check_min_n(Xs.shape[1], min_n, measure, why)
-    return linear_terms(Xs, Ys, route=route, precision=precision, measure=measure)
-
-
-def unbiased_from_terms(cross, sx, sy, kx, ky, n: int):
-    """Unbiased HSIC (times n(n-3)) from centered-linear-Gram terms.
-
-    For centered data (``K 1 = 0``) the U-statistic of Song et al. (2012) reduces to
-    ``<K, L> - n/(n-2) k.l + (sum k)(sum l) / ((n-1)(n-2))`` with ``k = diag K``, ``l = diag L``.
-    Returns ``(cross_u [La, Lb], hx [La], hy [Lb])``.
-    """
-    c1 = n / (n - 2)
-    c2 = 1.0 / ((n - 1) * (n - 2))
-    skx, sky = kx.sum(-1), ky.sum(-1)
-    cross_u = cross - c1 * (kx @ ky.T) + c2 * skx[:, None] * sky[None, :]
-    hx = sx - c1 * (kx * kx).sum(-1) + c2 * skx * skx
-    hy = sy - c1 * (ky * ky).sum(-1) + c2 * sky * sky
-    return cross_u, hx, hy
+    return linear_terms(Xs, Ys, route=route, precision=precision, measure=measure, unbiased=unbiased)
 
 
 def _check_positive_self(h: torch.Tensor, name: str, measure: str) -> None:
@@ -123,7 +108,7 @@ def debiased_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float
         ValueError: non-finite values, row counts that differ, n < 4 (the estimator divides by n-3),
             a layer with zero variance, a degenerate kernel, bad route or precision.
     """
-    t = _terms(X, Y, "debiased_cka", 4, "the unbiased HSIC estimator divides by n-3", route, precision)
+    t = _terms(X, Y, "debiased_cka", 4, "the unbiased HSIC estimator divides by n-3", route, precision, True)
     cross_u, hx, hy = unbiased_from_terms(t.cross, t.sx, t.sy, t.kx, t.ky, t.kx.shape[1])
     _check_positive_self(hx, "X", "debiased_cka")
     _check_positive_self(hy, "Y", "debiased_cka")
@@ -219,7 +204,7 @@ def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool, pre
     check_precision(precision)
     cx = centering(Xb, "X", "minibatch_cka", allow_constant=True)
     cy = centering(Yb, "Y", "minibatch_cka", allow_constant=True)
-    t = terms(Xb, cx, Yb, cy, precision)
+    t = terms(Xb, cx, Yb, cy, precision, unbiased=debiased)
     # back to the inputs' units: the scales are powers of two, so this is exact
     ux, uy = cx.scale.flatten() ** -2, cy.scale.flatten() ** -2
     cross = t.cross * ux[:, None] * uy[None, :]
@@ -276,7 +261,8 @@ def minibatch_cka(
     cross = hx = hy = None
     for s in slices:
         xb, yb = Xs[:, s], Ys[:, s]
-        t = terms(xb, Centering(column_means(xb), sx_), yb, Centering(column_means(yb), sy_), precision)
+        t = terms(xb, Centering(column_means(xb), sx_), yb, Centering(column_means(yb), sy_), precision,
+                  unbiased=debiased)
         c, x, y = _per_batch(*t, s.stop - s.start, debiased)
         cross, hx, hy = (c, x, y) if cross is None else (cross + c, hx + x, hy + y)
     _check_positive_self(hx, "X", "minibatch_cka")

@@ -323,7 +323,7 @@ class CrossMoments:
         for name, g, raw in (("X", gxx, self._raw_diag("x")), ("Y", gyy, self._raw_diag("y"))):
             tr = g.diagonal(dim1=-2, dim2=-1).sum(-1)
             scale = raw.sum(-1)
-            bad = (tr <= 64 * EPS * scale * max(self.n, 1)).nonzero().flatten().tolist()
+            bad = (tr <= 64 * EPS * scale).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(
                     f"{name} layer {bad[0]} has zero variance after centering (all {self.n} rows are identical); "
@@ -700,9 +700,23 @@ class MinibatchCKA:
         return self
 
     def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
-        """Add another accumulator's batch sums (in place) and return self."""
+        """Add another accumulator's batch sums (in place) and return self.
+
+        Raises:
+            ValueError: not a MinibatchCKA, a different estimator (``debiased``), or other layer counts.
+        """
+        if not isinstance(other, MinibatchCKA):
+            raise ValueError(f"can only merge a MinibatchCKA, got {type(other).__name__}")
+        if other.debiased != self.debiased:
+            raise ValueError(
+                f"cannot merge a debiased={other.debiased} accumulator into a debiased={self.debiased} one"
+            )
         if other.cross is None:
             return self
+        if self.cross is not None and self.cross.shape != other.cross.shape:
+            raise ValueError(
+                f"cannot merge accumulators of {tuple(other.cross.shape)} layer pairs into {tuple(self.cross.shape)}"
+            )
         if self.cross is None:
             self.cross, self.hx, self.hy = other.cross.clone(), other.hx.clone(), other.hy.clone()
         else:
