@@ -61,9 +61,6 @@ MAX_AMPLIFICATION = 8.0
 FLOAT32_MIN_ROWS = 256
 FLOAT32_MIN_FLOPS = 2e8
 
-# Elementwise passes in float64 take layers in groups whose temporaries stay under this many bytes.
-ELEMENTWISE_BYTES = 64 * 2**20
-
 # A layer counts as constant when its largest centered entry is below this fraction of its largest entry.
 ZERO_SPREAD_RTOL = 64 * float(np.finfo(np.float64).eps)
 
@@ -138,14 +135,9 @@ def column_means(X: torch.Tensor) -> torch.Tensor:
             return (torch.stack([(X[a] * pre[a]).sum(dim=0) for a in range(X.shape[0])]) / n / pre)[:, None, :]
     # a few layers at a time: the float64 upcast inside the sum stays small (3x faster than one call on
     # the whole stack), and few calls keep the thread synchronisation cheap on a shared CPU
-    sums = [X[g].sum(dim=1, dtype=torch.float64) for g in layer_groups(X.shape[0], X.shape[1] * X.shape[2] * 8)]
-    return (torch.cat(sums) / n)[:, None, :]
-
-
-def layer_groups(L: int, bytes_per_layer: int, budget: int = ELEMENTWISE_BYTES) -> list[slice]:
-    """Consecutive groups of layers whose float64 temporaries stay under ``budget`` bytes (>= 1 layer each)."""
-    step = max(1, min(L, budget // max(bytes_per_layer, 1)))
-    return [slice(a, min(a + step, L)) for a in range(0, L, step)]
+    # one layer at a time, reducing over the rows of a 2-D [n, d] view: the float64 upcast stays cache-sized
+    # (a reduction over the middle axis of [L, n, d] with an upcast is about 3x slower)
+    return (torch.stack([X[a].sum(dim=0, dtype=torch.float64) for a in range(X.shape[0])]) / n)[:, None, :]
 
 
 def layer_scales(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool = False) -> torch.Tensor:
@@ -201,9 +193,9 @@ def centered_rows(
     L, m, d = part.shape
     out = torch.empty((m, L, d) if rows_first else (L, m, d), dtype=dtype, device=X.device)
     shift = -c.mu * c.scale  # exact: the scales are powers of two
-    for g in layer_groups(L, m * d * 8):
+    for a in range(L):
         # x * s - mu * s evaluated in float64 (the common dtype) and rounded once into ``out``
-        torch.addcmul(shift[g], part[g], c.scale[g], out=out[:, g].transpose(0, 1) if rows_first else out[g])
+        torch.addcmul(shift[a], part[a], c.scale[a, 0, 0], out=out[:, a] if rows_first else out[a])
     return out.view(m, L * d) if rows_first else out
 
 
@@ -242,47 +234,33 @@ def _accumulate_gram(buf: torch.Tensor, N: int, acc: torch.Tensor, weight: float
 
 
 def _gram_route(Xc: torch.Tensor, Yc: torch.Tensor | None) -> Terms:
-    """Gram-route terms; ``Yc=None`` means Y is X (self-similarity: one stack, ``cross[a, a] == sx[a]``).
-
-    Rows are split in blocks; block row ``i`` forms the Gram slab ``K[b_i, b_i:]`` (the diagonal block and
-    every block right of it) in one batched GEMM per stack, so a few large GEMMs do the work (many small
-    ones stall on synchronisation when the CPU is shared). Off-diagonal blocks count twice (K is symmetric).
-    """
+    """Gram-route terms; ``Yc=None`` means Y is X (self-similarity: one stack, ``cross[a, a] == sx[a]``)."""
     La, n, _ = Xc.shape
     Lb = 0 if Yc is None else Yc.shape[0]
     R = La + Lb
     blocks = even_slices(n, GRAM_BLOCK)
     size = blocks[0].stop - blocks[0].start
-    k, _ = _partial_len(size * n)
-    buf = torch.empty(R, size * n + k, dtype=Xc.dtype, device=Xc.device)  # room for the zero padding
+    k, _ = _partial_len(size * size)
+    buf = torch.empty(R, size * size + k, dtype=Xc.dtype, device=Xc.device)  # room for the zero padding
     acc = torch.zeros(R, R, dtype=torch.float64, device=Xc.device)
     kx = torch.empty(La, n, dtype=torch.float64, device=Xc.device)
     ky = torch.empty(Lb, n, dtype=torch.float64, device=Xc.device)
-    for bi in blocks:
-        rest = slice(bi.start, n)
-        p, q = bi.stop - bi.start, n - bi.start
-        Z = buf[:, : p * q]
-        torch.matmul(Xc[:, bi], Xc[:, rest].transpose(-1, -2), out=Z[:La].view(La, p, q))
-        if Yc is not None:
-            torch.matmul(Yc[:, bi], Yc[:, rest].transpose(-1, -2), out=Z[La:].view(Lb, p, q))
-        diag = Z.view(R, p, q)[:, :, :p]  # the diagonal block K[b_i, b_i]
-        kx[:, bi] = diag[:La].diagonal(dim1=-2, dim2=-1)
-        if Yc is not None:
-            ky[:, bi] = diag[La:].diagonal(dim1=-2, dim2=-1)
-        # 2 x (whole slab) - 1 x (diagonal block): the diagonal block counts once
-        _accumulate_gram(buf, p * q, acc, 2.0)
-        D = diag.reshape(R, p * p)
-        _accumulate_gram(torch.cat([D, D.new_zeros(R, _pad(p * p))], dim=1), p * p, acc, -1.0)
+    for i, bi in enumerate(blocks):
+        for bj in blocks[i:]:
+            p, q = bi.stop - bi.start, bj.stop - bj.start
+            Z = buf[:, : p * q]
+            torch.matmul(Xc[:, bi], Xc[:, bj].transpose(-1, -2), out=Z[:La].view(La, p, q))
+            if Yc is not None:
+                torch.matmul(Yc[:, bi], Yc[:, bj].transpose(-1, -2), out=Z[La:].view(Lb, p, q))
+            if bi == bj:
+                kx[:, bi] = Z[:La].view(La, p, q).diagonal(dim1=-2, dim2=-1)
+                if Yc is not None:
+                    ky[:, bi] = Z[La:].view(Lb, p, q).diagonal(dim1=-2, dim2=-1)
+            _accumulate_gram(buf, p * q, acc, 1.0 if bi == bj else 2.0)
     if Yc is None:
         sx = acc.diagonal().clone()
         return Terms(acc, sx, sx, kx, kx)
     return Terms(acc[:La, La:].clone(), acc.diagonal()[:La].clone(), acc.diagonal()[La:].clone(), kx, ky)
-
-
-def _pad(N: int) -> int:
-    """Zero columns :func:`_accumulate_gram` needs after N values."""
-    k, c = _partial_len(N)
-    return k * c - N
 
 
 def _feature_route(X: torch.Tensor, cx: Centering, Y: torch.Tensor, cy: Centering, dtype: torch.dtype) -> Terms:
