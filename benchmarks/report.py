@@ -73,20 +73,19 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
                         "; ".join(f"n={n}: {imp} / homoscope = {x:.2f}x" for n, imp, x in rows)))
         else:
             out.append((what, "not measured", "no peer result"))
-    acc = [r for r in ok if r.get("bench") == "measures" and r.get("max_abs_err") is not None
-           and r["impl"] == "homoscope"]
-    if acc:
-        worst = max(r["max_abs_err"] for r in acc)
-        out.append(("default mode: max abs error vs float64 <= 1e-6 for any offset/scale", verdict(worst <= 1e-6),
-                    f"worst {worst:.1e} over {len(acc)} cases (offsets "
-                    f"{sorted({r.get('offset', 0.0) for r in acc})}, scales {sorted({r.get('scale', 1.0) for r in acc})})"))
-    acc64 = [r for r in ok if r.get("bench") == "measures" and r.get("max_abs_err") is not None
-             and r["impl"] == "homoscope-f64"]
-    if acc64:
-        worst = max(r["max_abs_err"] for r in acc64)
-        out.append(("float64 mode: max abs error <= 1e-12", verdict(worst <= 1e-12),
-                    f"worst {worst:.1e} over {len(acc64)} cases; "
-                    + "; ".join(f"{r['measure']} n={r['n']}: {r['seconds']:.2f} s" for r in acc64)))
+    errs = {impl: [r for r in ok if r.get("bench") == "measures" and r.get("max_abs_err") is not None
+                   and r["impl"] == impl] for impl in ("homoscope", "homoscope-f64")}
+    acc, acc64 = errs["homoscope"], errs["homoscope-f64"]
+    for rows, bound, label, detail in (
+        (acc, 1e-6, "default mode: max abs error vs float64 <= 1e-6 for any offset/scale",
+         lambda: f" (offsets {sorted({r.get('offset', 0.0) for r in acc})}, "
+                 f"scales {sorted({r.get('scale', 1.0) for r in acc})})"),
+        (acc64, 1e-12, "float64 mode: max abs error <= 1e-12",
+         lambda: "; " + "; ".join(f"{r['measure']} n={r['n']}: {r['seconds']:.2f} s" for r in acc64)),
+    ):
+        if rows:
+            worst = max(r["max_abs_err"] for r in rows)
+            out.append((label, verdict(worst <= bound), f"worst {worst:.1e} over {len(rows)} cases" + detail()))
     pk = {(r.get("n"), r.get("offset", 0.0), r.get("scale", 1.0)): r for r in ok if r.get("impl") == "pytorch-cka"
           and r.get("measure") == "debiased_cka" and r.get("max_abs_err") is not None}
     hd = {(r.get("n"), r.get("offset", 0.0), r.get("scale", 1.0)): r for r in acc if r["measure"] == "debiased_cka"}

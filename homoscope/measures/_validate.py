@@ -59,14 +59,17 @@ def raise_non_finite(X: torch.Tensor, name: str) -> None:
         )
 
 
-def check_finite(X: torch.Tensor, name: str) -> None:
-    """Raise :func:`raise_non_finite`'s ValueError if ``X [L, n, d]`` holds a NaN/inf.
+def column_range(X: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column minima and maxima ``[L, d]`` (float64) of a non-empty ``X [L, n, d]``; raises
+    :func:`raise_non_finite`'s ValueError if X holds a NaN/inf.
 
-    The common (finite) case costs two reductions to ``[L, d]`` (NaN and inf show in the column
-    minima/maxima) and allocates no mask of X's size.
+    Two reductions (NaN and inf show in the minima/maxima; separate amin/amax are ~3x faster than
+    aminmax over dim 1 on CPU), and no mask of X's size.
     """
-    if X.numel() and not (bool(torch.isfinite(X.amin(dim=1)).all()) and bool(torch.isfinite(X.amax(dim=1)).all())):
+    lo, hi = X.amin(dim=1).double(), X.amax(dim=1).double()
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
         raise_non_finite(X, name)
+    return lo, hi
 
 
 def as_stack(

@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from . import _linalg as la
-from ._hsic import (  # noqa: F401  (ROUTES, choose_route: public here)
-    ROUTES,
+from ._hsic import (  # noqa: F401  (choose_route: public here)
     Centering,
     centering,
     check_precision,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import cca as _cca
-from ._validate import as_pair, check_finite, check_min_n, shape_pair
+from ._validate import check_min_n, column_range, shape_pair
 from .cka import _check_positive_self, minibatch_hsic_terms
 
 EPS = torch.finfo(torch.float64).eps
@@ -114,8 +114,8 @@ class CrossMoments:
         dt = _chunk_dtype(x, y)
         xs, ys = shape_pair(x, y)
         xs, ys = xs.to(dtype=dt), ys.to(dtype=dt)
-        check_finite(xs, "X")
-        check_finite(ys, "Y")
+        column_range(xs, "X")  # finiteness, without a mask of the chunk's size
+        column_range(ys, "Y")
         shape = (xs.shape[0], xs.shape[2], ys.shape[0], ys.shape[2])
         self._check_shape(shape)
         if self._device is not None and xs.device != self._device:
@@ -684,7 +684,7 @@ class MinibatchCKA:
         Raises:
             ValueError: non-finite values, differing row counts, a batch smaller than the estimator needs.
         """
-        xs, ys = as_pair(x, y)
+        xs, ys = shape_pair(x, y)  # values are checked where the batch is centered
         check_min_n(xs.shape[1], 4 if self.debiased else 2, "MinibatchCKA batch", "rows per batch for the estimator")
         c, hx, hy = minibatch_hsic_terms(xs, ys, self.debiased)
         if self.cross is None:
