@@ -44,6 +44,13 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
     g.add_argument("--agreement", choices=("auto", "on", "off"),
                    help="linear probes, prediction agreement and outcome homogenization (default auto: when the "
                         "corpus has labels and document ids)")
+    g.add_argument("--shard-size", dest="shard_size", type=int,
+                   help="texts per stored shard: a killed run loses at most one shard (default 4096)")
+    g.add_argument("--memory-mb", dest="memory_mb", type=int,
+                   help="memory budget of streamed scoring in MiB: layer pairs are scored in blocks (default 1024)")
+    g.add_argument("--pairwise-rows", dest="pairwise_rows", type=int,
+                   help="row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above it a "
+                        "seeded subsample (default 4096)")
     g.add_argument("--store", help="representation store folder (default: the homoscope cache)")
     g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None,
                    help="allow code shipped with a model folder to run (off by default)")
@@ -53,7 +60,8 @@ def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> N
 
 _STUDY_KEYS = ("corpus", "sentences", "seed", "text_column", "label_column", "doc_column", "unit", "pooling",
                "punctuation", "max_rows", "special_tokens", "measures", "max_length", "dtype", "device",
-               "permutations", "bootstrap", "store", "trust_remote_code", "out", "random_init", "agreement")
+               "permutations", "bootstrap", "shard_size", "memory_mb", "pairwise_rows", "store", "trust_remote_code",
+               "out", "random_init", "agreement")
 
 # what demo and compare run unless told otherwise: every score next to its controls
 CONTROL_DEFAULTS = {"random_init": True, "permutations": 100, "bootstrap": 100}
