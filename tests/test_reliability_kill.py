@@ -167,3 +167,97 @@ def test_kill_9_while_overwriting_store_entries(tmp_path):
         assert torch.all(tensor == float(record["i"])), f"entry {k} holds data that is not its record's"
         found += 1
     assert found >= 2  # at most the entry being written when the kill came is lost
+
+
+SHARD_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+
+    from homoscope.models.tiny import tiny_model
+    from homoscope.study import Study, run_study
+
+    root, victim, at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    models = {"first": tiny_model("bert", seed=0), "second": tiny_model("gpt2", seed=0)}
+    calls = {"n": 0}
+
+    def kill(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:  # kill -9 before this forward pass of the victim runs
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    models[victim].model.register_forward_pre_hook(kill, with_kwargs=True)
+    study = Study(models=["first", "second"], corpus=str(root / "corpus.txt"), sentences=None,
+                  out=str(root / "out"), store=str(root / "store"), measures=["linear_cka", "debiased_cka"],
+                  max_length=16, batch_tokens=16, shard_size=4, outliers=False)
+    run_study(study, progress=False, loaded_models=models, log=None)
+""")
+
+
+def _shard_study(root: Path, out: str, store: str) -> Study:
+    return Study(models=["first", "second"], corpus=str(root / "corpus.txt"), sentences=None, out=str(root / out),
+                 store=str(root / store), measures=["linear_cka", "debiased_cka"], max_length=16, batch_tokens=16,
+                 shard_size=4, outliers=False)
+
+
+def _forward_counts(models: dict):
+    runs = {k: 0 for k in models}
+    for name, m in models.items():
+        m.model.register_forward_pre_hook(lambda *_a, name=name: runs.__setitem__(name, runs[name] + 1))
+    return runs
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_kill_9_at_a_random_forward_pass_loses_at_most_the_shard_in_flight(tmp_path, monkeypatch, tables_only,
+                                                                            trial):
+    monkeypatch.setenv("HOMOSCOPE_HOME", str(tmp_path / "home"))
+    (tmp_path / "corpus.txt").write_text("\n".join(TINY_TEXT[:14]) + "\n", encoding="utf-8")
+    models = {"first": tiny_model("bert", seed=0), "second": tiny_model("gpt2", seed=0)}
+    clean_calls = _forward_counts(models)
+    clean = run_study(_shard_study(tmp_path, "clean-out", "clean-store"), progress=False, loaded_models=models,
+                      log=None)
+    per_shard = max(clean_calls.values()) // 4 + 1  # 14 texts: shards of 4, 4, 4, 2 texts
+    rng = random.Random(1000 + trial)
+    victim = rng.choice(["first", "second"])
+    at = rng.randint(2, clean_calls[victim])
+    script = tmp_path / "shard_run.py"
+    script.write_text(SHARD_SCRIPT, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), victim, str(at)], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    models = {"first": tiny_model("bert", seed=0), "second": tiny_model("gpt2", seed=0)}
+    runs = _forward_counts(models)
+    again = run_study(_shard_study(tmp_path, "out", "store"), progress=False, loaded_models=models, log=None)
+    lost = (at - 1) + runs[victim] - clean_calls[victim]  # forward passes done twice
+    assert 0 <= lost < per_shard, (victim, at, runs, clean_calls)
+    if victim == "second":
+        assert runs["first"] == 0, "a model finished before the kill was computed again"
+    assert (again.out / "similarity.csv").read_bytes() == (clean.out / "similarity.csv").read_bytes()
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from homoscope.extract.store import RepresentationStore
+
+    store = RepresentationStore(sys.argv[1])
+    value = float(sys.argv[2])
+    for i in range(25):
+        store.put("m", "cd" * 32, torch.full((4, 64, 128), value + i), {"value": value + i})
+""")
+
+
+def test_two_processes_writing_one_entry_leave_one_whole_entry(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT, encoding="utf-8")
+    root = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(v)], env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (0.0, 1000.0)]
+    for p in procs:
+        _out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    hit = RepresentationStore(root).get("m", "cd" * 32)
+    assert hit is not None, "two writers left no whole entry"
+    tensor, record = hit
+    assert torch.all(tensor == record["value"]), "the tensor and its record come from different writes"
+    assert not [p.name for p in root.iterdir() if p.name.endswith(".tmp")]

@@ -7,7 +7,7 @@
 - :func:`outlier_report`: per layer, top-dimension variance share and the largest-norm row.
 - :class:`RepresentationStore`: atomic, fingerprint-keyed on-disk cache of those stacks.
 """
-from .outliers import outlier_report
+from .outliers import OutlierMoments, outlier_report
 from .runner import (
     POOLINGS,
     ExtractStats,
@@ -52,6 +52,7 @@ __all__ = [
     "extract_rows",
     "fingerprint_key",
     "make_batches",
+    "OutlierMoments",
     "outlier_report",
     "plan_tokens",
     "plan_words",

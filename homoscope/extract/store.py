@@ -1,5 +1,7 @@
-"""The representation store: each model's ``[L+1, n, d]`` stack on disk, keyed by a fingerprint.
+"""The representation store: ``[L+1, n, d]`` stacks on disk, keyed by a fingerprint.
 
+A study stores each model's representations as shards (one entry per model x shard x
+fingerprint; see :mod:`homoscope.study.shards`), each written as soon as it is computed.
 A stored entry is two files in the store folder:
 
 * ``<model>-<key16>.safetensors`` - the tensor (no pickle), with its key in the metadata;
@@ -10,7 +12,9 @@ Both are written to a temporary name in the same folder and renamed (``os.replac
 killed run never leaves a file under its final name; an entry counts only when the json exists
 and the tensor file's size and sha256 match it. The key is the sha256 of the JSON of
 (model weights fingerprint, corpus fingerprint, unit, pooling, max length, dtype, padding side,
-extractor version): change any of them and the entry is computed again.
+extractor version, and for a shard its text range): change any of them and the entry is computed
+again. Writers take the store's lock file (``filelock``) for the write itself (not the computation),
+so two processes writing the same entry leave one whole entry.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from filelock import FileLock
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .._paths import file_mode, homoscope_home, safe_name
@@ -74,8 +80,8 @@ class RepresentationStore:
         stem = f"{safe_name(model_name)}-{key[:16]}"
         return self.root / f"{stem}.safetensors", self.root / f"{stem}.json"
 
-    def get(self, model_name: str, key: str) -> tuple[torch.Tensor, dict] | None:
-        """The stored stack and its record, or None if absent, partial or corrupt."""
+    def record(self, model_name: str, key: str) -> dict | None:
+        """The record of a whole, uncorrupted entry (size and sha256 of its tensor file checked), else None."""
         tpath, jpath = self._paths(model_name, key)
         if not (tpath.exists() and jpath.exists()):
             return None
@@ -85,14 +91,44 @@ class RepresentationStore:
                 return None
             if _sha256_file(tpath) != record.get("sha256"):
                 return None
-            tensor = load_file(str(tpath))["stack"]
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, json.JSONDecodeError):
+            return None
+        return record
+
+    def get(self, model_name: str, key: str) -> tuple[torch.Tensor, dict] | None:
+        """The stored stack and its record, or None if absent, partial or corrupt."""
+        record = self.record(model_name, key)
+        if record is None:
+            return None
+        try:
+            tensor = load_file(str(self._paths(model_name, key)[0]))["stack"]
+        except (OSError, ValueError, KeyError):
             return None
         return tensor, record
 
+    def read(self, model_name: str, key: str, layers: slice | None = None) -> torch.Tensor:
+        """The stack of an entry (``[L, n, d]``, or only ``layers`` of it, read from disk without the rest).
+
+        No checksum is computed: call it for entries :meth:`record` confirmed. Raises OSError or
+        ValueError where the entry is gone or unreadable.
+        """
+        tpath = self._paths(model_name, key)[0]
+        with safe_open(str(tpath), framework="pt") as f:
+            if layers is None:
+                return f.get_tensor("stack")
+            return f.get_slice("stack")[layers]
+
     def put(self, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
-        """Store ``stack`` ([L+1, n, d], any float dtype, saved contiguous on CPU) atomically."""
+        """Store ``stack`` ([L+1, n, d], any float dtype, saved contiguous on CPU) atomically.
+
+        Holds the store's write lock (``.write.lock``) while writing, so concurrent writers take turns
+        and two processes writing one entry leave one whole entry.
+        """
         tpath, jpath = self._paths(model_name, key)
+        with FileLock(str(self.root / ".write.lock")):
+            return self._put(tpath, jpath, model_name, key, stack, record)
+
+    def _put(self, tpath: Path, jpath: Path, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{tpath.name}.", suffix=".tmp", dir=self.root)
         os.fchmod(fd, file_mode())
         os.close(fd)

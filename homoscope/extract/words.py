@@ -256,7 +256,7 @@ class UnitEncoding:
         ids, special: per text the token ids and special-tokens mask (truncated to max_length).
         groups: per text the token-position groups of its covered planned rows, in row order.
         covered: per planned row whether this model has it (a group to pool).
-        truncated: texts cut at max_length.
+        truncated: texts cut at max_length; cut: their indices.
     """
 
     ids: list
@@ -265,6 +265,7 @@ class UnitEncoding:
     covered: list
     truncated: int = 0
     notes: list = field(default_factory=list)
+    cut: tuple = ()
 
     @property
     def uncovered(self) -> list[int]:
@@ -330,7 +331,8 @@ def encode_words(tokenizer, texts: list[str], plan: WordPlan, max_length: int, n
                 if ok:
                     text_groups.append(g[wi])
         groups.append(text_groups)
-    return UnitEncoding(ids=ids, special=special, groups=groups, covered=covered, truncated=len(long))
+    return UnitEncoding(ids=ids, special=special, groups=groups, covered=covered, truncated=len(long),
+                        cut=tuple(long))
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -415,8 +417,8 @@ def encode_tokens(tokenizer, texts: list[str], max_length: int, include_special:
         groups.append([[p] for p in pos])
         toks = tokenizer.convert_ids_to_tokens(list(tid))
         strings.append(tuple(str(toks[p]) for p in pos))
-    n_trunc = sum(len(f) > max_length for f in full)
-    enc_ = UnitEncoding(ids=ids, special=special, groups=groups, covered=[], truncated=n_trunc)
+    cut = tuple(i for i, f in enumerate(full) if len(f) > max_length)
+    enc_ = UnitEncoding(ids=ids, special=special, groups=groups, covered=[], truncated=len(cut), cut=cut)
     return enc_, tuple(strings)
 
 

@@ -21,11 +21,11 @@ from .options import (
     best_device,
     check_writable,
 )
-from .run import StudyResult, portable_paths, run_study, versions
+from .run import Extracted, Representations, StudyResult, extract_all, portable_paths, run_study, versions
 from .scoring import model_pairs, score_pairs
 
 __all__ = [
     "AGREEMENT_MODES", "DEFAULT_MEASURES", "DTYPES", "PACKAGED_DEMO_MODELS", "PAIRS", "RANDOM_INIT_SEED_OFFSET",
-    "RANDOM_INIT_SUFFIX", "UNITS", "Study", "StudyResult", "StudyWriteError", "best_device", "check_writable",
-    "extract_model", "model_pairs", "portable_paths", "random_init_seed", "run_study", "score_pairs", "versions",
+    "RANDOM_INIT_SUFFIX", "UNITS", "Extracted", "Representations", "Study", "StudyResult", "StudyWriteError", "best_device", "check_writable",
+    "extract_all", "extract_model", "model_pairs", "portable_paths", "random_init_seed", "run_study", "score_pairs", "versions",
 ]

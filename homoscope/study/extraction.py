@@ -1,4 +1,4 @@
-"""Stage: extract one model's representations into the store (reused when the fingerprint matches)."""
+"""Stage: extract one model's representations into the store, shard by shard (stored shards are reused)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,15 +6,40 @@ import gc
 import json
 import time
 
+import numpy as np
 import torch
 
-from ..extract import ExtractStats, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
+from ..extract import ExtractStats, OutlierMoments, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
 from .options import DTYPES, Study, StudyWriteError, _os_reason
+from .shards import ShardedStack, shard_ranges
 
 # random-init controls draw their weights from seed + this offset, so that a control never shares
 # its random stream with a model built from the study's own seed
 RANDOM_INIT_SEED_OFFSET = 7919
 RANDOM_INIT_SUFFIX = " (random-init)"
+
+@dataclasses.dataclass
+class _Job:
+    """One model's extraction: what every shard needs (the loaded model, the key parts, the plan)."""
+
+    study: Study
+    name: str
+    loaded: object
+    corpus: object
+    store: RepresentationStore
+    device: torch.device
+    parts: dict
+    info: dict
+    plan: object = None
+    encoding: object = None
+    progress: bool = True
+
+    @property
+    def max_len(self) -> int:
+        from ..extract import effective_max_length
+
+        return effective_max_length(self.loaded, self.study.max_length)
+
 
 def extract_model(
     study: Study,
@@ -26,12 +51,20 @@ def extract_model(
     progress: bool = True,
     loaded=None,
     plan=None,
-) -> tuple[torch.Tensor, dict]:
-    """Representations ``[L+1, n, d]`` of one model, from the store when the fingerprint matches.
+    log=None,
+):
+    """One model's representations, shard by shard into the store, reusing the shards already there.
 
-    Loads the model (unless ``loaded`` is given), extracts, stores, and frees it. Returns
-    (stack, record) where record holds the model info, extraction stats, whether it was reused,
-    and the outlier report (``record['outliers']``, one entry per layer) when ``study.outliers``.
+    The corpus is cut into shards of ``study.shard_size`` texts (:func:`~.shards.shard_ranges`); each
+    shard's ``[L+1, rows, d]`` stack is one store entry, keyed by the fingerprint of (model weights,
+    config, tokenizer, corpus, unit, pooling, max length, dtype, padding, plan) and the shard's text
+    range, and written as soon as the shard is done: a killed run recomputes at most the shard in
+    flight. The model is loaded (unless ``loaded`` is given) for its fingerprint and freed after.
+
+    Returns ``(stack, record)``: ``stack`` is a :class:`~.shards.ShardedStack` (``[L+1, n, d]``, read
+    from the store on demand; ``.load()`` gives the tensor), ``record`` holds the model info, the
+    summed extraction stats, ``reused`` (every shard was stored), ``shards`` and ``shards_reused``,
+    and the outlier report (``record['outliers']``) when ``study.outliers``.
 
     For ``study.unit == 'word'`` the rows follow ``plan`` (a :class:`~homoscope.extract.words.WordPlan`,
     made from the corpus when None), one per planned word; words this model's tokenizer gives no
@@ -39,148 +72,185 @@ def extract_model(
     ``record['extract']['dropped_words']``; :func:`run_study` drops them for every model. For
     ``'token'`` the rows follow ``plan`` (a :class:`~homoscope.extract.words.TokenPlan`); when None it
     is made from this model's tokenizer and returned in ``record['plan']``, and a model whose token
-    sequences differ from the plan's raises ValueError suggesting ``unit='word'``. The store key
-    holds the unit and the plan's digest, so stacks of different units never collide.
+    sequences differ from the plan's raises ValueError suggesting ``unit='word'``.
 
     Raises:
         ValueError: a slow tokenizer for word/token units (names the model), token sequences that
             differ from the plan, a wrong layer count, and the loader's and runner's errors.
+        StudyWriteError: a shard cannot be written to the store (shards written before are kept).
     """
-    from ..extract import effective_max_length, extract_rows, outlier_report
-    from ..extract.words import check_same_tokens, encode_tokens, encode_words, plan_tokens, plan_words, token_groups
-    from ..models import load_model
-
     t0 = time.perf_counter()
     own = loaded is None
     if own:
-        loaded = load_model(
-            spec,
-            device=device,
-            dtype=DTYPES[study.dtype],
-            trust_remote_code=study.trust_remote_code,
-            auto_install=study.install,
-            name=name,
-        )
+        loaded = _load(study, name, spec, device)
     if dataclasses.is_dataclass(loaded) and dataclasses.is_dataclass(loaded.info) and loaded.info.name != name:
         # errors from the runner name the model as the study does
         loaded = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, name=name))
     info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
     info["name"] = name
     load_s = time.perf_counter() - t0
-    unit = study.unit
-    include_special = study.special_tokens == "include"
+    job = _Job(study, name, loaded, corpus, store, device, _key_parts(study, loaded, info, corpus), info,
+               plan, progress=progress)
+    _plan_rows(job)
+    stack, shard_recs = _extract_shards(job, log)
+    record = _model_record(job, info, stack, shard_recs, load_s)
+    if own:
+        del loaded, job
+        _free(device)
+    record["seconds"] = time.perf_counter() - t0
+    return stack, record
+
+
+def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
+    """What the store key of this model's representations is made of (the plan's digest is added later)."""
     parts = {
         "model": info.get("fingerprint"),
         "config": _config_digest(loaded),
         "tokenizer": _tokenizer_digest(loaded),
         "corpus": corpus.fingerprint(),
-        "unit": unit,
+        "unit": study.unit,
         "pooling": study.pooling,
         "max_length": study.max_length,
         "dtype": study.dtype,
         "padding": "right",
     }
-    if include_special:
+    if study.special_tokens == "include":
         parts["special_tokens"] = "include"
-    encoding = None
-    if unit == "word":
-        if plan is None:
-            plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
-        parts["plan"] = plan.digest()
-    elif unit == "token":
-        max_len = effective_max_length(loaded, study.max_length)
-        encoding, tokens = encode_tokens(loaded.tokenizer, corpus.texts, max_len, include_special, name)
-        if plan is None:
-            plan = plan_tokens(tokens, include_special=include_special, max_rows=study.max_rows, seed=study.seed,
-                               reference=name)
-        else:
-            check_same_tokens(plan, tokens, name)
+    if study.unit == "token":
         parts.pop("pooling")
-        parts["plan"] = plan.digest()
-    key = fingerprint_key(**parts)
-    hit = store.get(name, key)
-    if hit is not None:
-        stack, rec = hit
-        uncovered = list(rec.get("uncovered", []))
-        record = {"info": info, "reused": True, "key": key, "load_s": load_s, "extract": rec.get("extract", {})}
-    else:
-        stats = ExtractStats()
-        batch_tokens = study.batch_tokens or suggested_batch_tokens(device)
-        uncovered = []
-        if unit == "sentence":
-            stack = extract(
-                loaded,
-                corpus.texts,
-                pooling=study.pooling,
-                max_length=study.max_length,
-                batch_tokens=batch_tokens,
-                progress=progress,
-                stats=stats,
-                include_special=include_special,
-            )
+    return parts
+
+
+def _plan_rows(job: _Job) -> None:
+    """The word or token plan of the job (made here when not given) and its digest in the key parts."""
+    from ..extract.words import check_same_tokens, encode_tokens, plan_tokens, plan_words
+
+    study, texts = job.study, job.corpus.texts
+    if study.unit == "word" and job.plan is None:
+        job.plan = plan_words(texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
+    elif study.unit == "token":
+        include = study.special_tokens == "include"
+        job.encoding, tokens = encode_tokens(job.loaded.tokenizer, texts, job.max_len, include, job.name)
+        if job.plan is None:
+            job.plan = plan_tokens(tokens, include_special=include, max_rows=study.max_rows, seed=study.seed,
+                                   reference=job.name)
         else:
-            t1 = time.perf_counter()
-            max_len = effective_max_length(loaded, study.max_length)
-            if unit == "word":
-                encoding = encode_words(loaded.tokenizer, corpus.texts, plan, max_len, name)
-                groups = encoding.groups
-                uncovered = encoding.uncovered
-                if len(uncovered) == len(plan.rows):
-                    raise ValueError(f"model {name!r} gives no token to any planned word of the corpus")
-            else:
-                groups = token_groups(plan, encoding)
-            stats.n, stats.truncated = len(corpus.texts), encoding.truncated
-            stats.dropped_words = len(uncovered)
-            rows = extract_rows(
-                loaded,
-                encoding.ids,
-                encoding.special,
-                groups,
-                pooling=study.pooling if unit == "word" else "mean",
-                batch_tokens=max(batch_tokens, max(len(x) for x in encoding.ids)),
-                progress=progress,
-                stats=stats,
-            )
-            if uncovered:
-                stack = torch.zeros(rows.shape[0], len(plan.rows), rows.shape[2], dtype=rows.dtype)
-                gone = set(uncovered)
-                stack[:, [r for r in range(len(plan.rows)) if r not in gone], :] = rows
-            else:
-                stack = rows
-            stats.rows = len(plan.rows)
-            stats.seconds = time.perf_counter() - t1
-        blocks = info.get("blocks")
-        if blocks is not None and stack.shape[0] != blocks + 1:
-            raise ValueError(
-                f"model {name!r} returned {stack.shape[0]} hidden states; expected blocks + 1 = {blocks + 1}"
-            )
-        ext = dataclasses.asdict(stats)
-        # the length texts were cut to (the study's max_length capped at the model's limit)
-        ext["max_length_used"] = effective_max_length(loaded, study.max_length)
-        try:
-            store.put(name, key, stack, {"info": info, "extract": ext, "uncovered": uncovered})
-        except OSError as err:
-            raise StudyWriteError(
-                f"could not write the representations of model {name!r} to the store {str(store.root)!r}: "
-                f"{_os_reason(err)}; free space or fix permissions there, or pass another --store; models "
-                "stored before this one are kept and reused by the next run"
-            ) from err
-        record = {"info": info, "reused": False, "key": key, "load_s": load_s, "extract": ext}
-    record["uncovered"] = uncovered
-    if plan is not None:
-        record["plan"] = plan
-    if study.outliers:
-        labels = plan.labels(corpus.texts, corpus.ids) if plan is not None else list(corpus.ids)
-        gone = set(uncovered)
-        keep = [r for r in range(stack.shape[1]) if r not in gone] if gone else None
-        record["outliers"] = outlier_report(stack, labels=labels, rows=keep)
-    if own:
-        del loaded
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    record["seconds"] = time.perf_counter() - t0
-    return stack, record
+            check_same_tokens(job.plan, tokens, job.name)
+    if job.plan is not None:
+        job.parts["plan"] = job.plan.digest()
+
+
+def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
+    """Every shard of the job from the store or the model; returns the stack and the shard records."""
+    texts = shard_ranges(len(job.corpus.texts), job.study.shard_size)
+    if job.plan is not None:
+        bounds = np.concatenate([[0], np.cumsum([len(r) for r in job.plan.per_text()])])
+    keys, sizes, records = [], [], []
+    for i, (t0, t1) in enumerate(texts):
+        rows = (int(bounds[t0]), int(bounds[t1])) if job.plan is not None else (t0, t1)
+        key = fingerprint_key(**job.parts, shard=[t0, t1])
+        rec = job.store.record(job.name, key)
+        if rec is None:
+            shard = _compute_shard(job, t0, t1, rows, f"{job.name} [{i + 1}/{len(texts)}]")
+            rec = {"extract": shard["extract"], "uncovered": shard["uncovered"], "texts": [t0, t1], "rows": rows}
+            _put(job, key, shard["stack"], rec)
+            rec = {**rec, "shape": list(shard["stack"].shape), "reused": False}
+        else:
+            rec = {**rec, "reused": True}
+        keys.append(key)
+        sizes.append(rows[1] - rows[0])
+        records.append(rec)
+    reused = sum(r["reused"] for r in records)
+    if log is not None and reused:
+        log(f"reused {reused} of {len(records)} shards of {job.name}")
+    L, d = records[0]["shape"][0], records[0]["shape"][2]
+    return ShardedStack(job.store, job.name, tuple(keys), tuple(sizes), L, d), records
+
+
+def _put(job: _Job, key: str, stack: torch.Tensor, rec: dict) -> None:
+    try:
+        job.store.put(job.name, key, stack, rec)
+    except OSError as err:
+        raise StudyWriteError(
+            f"could not write the representations of model {job.name!r} to the store {str(job.store.root)!r}: "
+            f"{_os_reason(err)}; free space or fix permissions there, or pass another --store; models stored "
+            "before this one are kept and reused by the next run, and so are this model's finished shards"
+        ) from err
+
+
+def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int], desc: str) -> dict:
+    """The stack ``[L+1, rows, d]`` of texts ``[t0, t1)`` from the model, with its stats and uncovered rows."""
+    from ..extract import extract_rows
+    from ..extract.words import encode_words, token_groups
+
+    study, loaded = job.study, job.loaded
+    stats = ExtractStats()
+    batch_tokens = study.batch_tokens or suggested_batch_tokens(job.device)
+    uncovered: list[int] = []
+    if study.unit == "sentence":
+        stack = extract(loaded, job.corpus.texts[t0:t1], pooling=study.pooling, max_length=study.max_length,
+                        batch_tokens=batch_tokens, progress=job.progress, stats=stats,
+                        include_special=study.special_tokens == "include")
+    else:
+        t = time.perf_counter()
+        if job.encoding is None:  # words: one tokenization of the corpus serves every shard
+            job.encoding = encode_words(loaded.tokenizer, job.corpus.texts, job.plan, job.max_len, job.name)
+            if len(job.encoding.uncovered) == len(job.plan.rows):
+                raise ValueError(f"model {job.name!r} gives no token to any planned word of the corpus")
+        enc = job.encoding
+        groups = enc.groups if study.unit == "word" else token_groups(job.plan, enc)
+        uncovered = [r for r in enc.uncovered if rows[0] <= r < rows[1]]
+        stats.n, stats.truncated = t1 - t0, sum(t0 <= c < t1 for c in enc.cut)
+        stats.dropped_words = len(uncovered)
+        got = extract_rows(loaded, enc.ids[t0:t1], enc.special[t0:t1], groups[t0:t1],
+                           pooling=study.pooling if study.unit == "word" else "mean",
+                           batch_tokens=max(batch_tokens, max(len(x) for x in enc.ids)),
+                           progress=job.progress, stats=stats)
+        stack = _with_uncovered(got, rows, uncovered)
+        stats.rows, stats.seconds = rows[1] - rows[0], time.perf_counter() - t
+    blocks = job.info.get("blocks")
+    if blocks is not None and stack.shape[0] != blocks + 1:
+        raise ValueError(f"model {job.name!r} returned {stack.shape[0]} hidden states; expected blocks + 1 = "
+                         f"{blocks + 1}")
+    ext = dataclasses.asdict(stats)
+    ext["max_length_used"] = job.max_len  # the study's max_length capped at the model's limit
+    return {"stack": stack, "extract": ext, "uncovered": uncovered}
+
+
+def _with_uncovered(got: torch.Tensor, rows: tuple[int, int], uncovered: list[int]) -> torch.Tensor:
+    """The shard's planned rows, with zero rows where this model gives a planned row no token."""
+    if not uncovered:
+        return got
+    stack = torch.zeros(got.shape[0], rows[1] - rows[0], got.shape[2], dtype=got.dtype)
+    gone = {r - rows[0] for r in uncovered}
+    stack[:, [r for r in range(rows[1] - rows[0]) if r not in gone], :] = got
+    return stack
+
+
+_SUMMED = ("n", "truncated", "batches", "tokens", "oom_retries", "seconds", "rows", "texts_run", "dropped_words")
+
+
+def _model_record(job: _Job, info: dict, stack: ShardedStack, shards: list[dict], load_s: float) -> dict:
+    """The model's record: info, stats summed over shards, reuse counts, uncovered rows, outliers."""
+    ext = {k: sum(r["extract"].get(k, 0) or 0 for r in shards) for k in _SUMMED}
+    ext["notes"] = sorted({note for r in shards for note in r["extract"].get("notes", [])})
+    ext["max_length_used"] = shards[0]["extract"].get("max_length_used", job.study.max_length)
+    ext["shards"] = len(shards)
+    uncovered = [u for r in shards for u in r.get("uncovered", [])]
+    reused = sum(r["reused"] for r in shards)
+    record = {"info": info, "reused": reused == len(shards), "shards": len(shards), "shards_reused": reused,
+              "key": fingerprint_key(**job.parts), "load_s": load_s, "extract": ext, "uncovered": uncovered}
+    if job.plan is not None:
+        record["plan"] = job.plan
+    if job.study.outliers:
+        texts, ids = job.corpus.texts, job.corpus.ids
+        labels = job.plan.labels(texts, ids) if job.plan is not None else list(ids)
+        keep = np.setdiff1d(np.arange(stack.n), np.asarray(uncovered, dtype=np.int64)) if uncovered else None
+        acc = OutlierMoments()
+        for chunk in stack.select(keep).chunks():
+            acc.update(chunk)
+        record["outliers"] = acc.report(labels, row_ids=keep)
+    return record
 
 
 def _config_digest(loaded) -> str | None:

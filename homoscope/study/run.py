@@ -12,9 +12,11 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,17 +26,39 @@ from .extraction import RANDOM_INIT_SUFFIX, _free, _load, extract_model, random_
 from .options import Study, StudyWriteError, _os_reason, best_device, check_writable
 from .scoring import model_pairs, score_pairs
 
+class Representations(Mapping):
+    """``{model name: [L, n, d] tensor}``, each read from the store when asked for (nothing is held).
+
+    ``.stacks`` holds the :class:`~.shards.ShardedStack` s themselves.
+    """
+
+    def __init__(self, stacks: dict):
+        self.stacks = dict(stacks)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.stacks[name].load()
+
+    def __iter__(self):
+        return iter(self.stacks)
+
+    def __len__(self) -> int:
+        return len(self.stacks)
+
+
 @dataclass
 class StudyResult:
-    """What a study produced: the tidy frame, the output folder, the manifest and the files."""
+    """What a study produced: the tidy frame, the output folder, the manifest and the files.
+
+    ``representations`` and ``controls`` map model names to their stacks (read from the store on access).
+    """
 
     frame: pd.DataFrame
     out: Path
     manifest: dict
     files: dict
-    representations: dict = field(default_factory=dict, repr=False)
+    representations: Mapping = field(default_factory=dict, repr=False)
     rows: pd.DataFrame | None = field(default=None, repr=False)
-    controls: dict = field(default_factory=dict, repr=False)
+    controls: Mapping = field(default_factory=dict, repr=False)
     agreement: object = field(default=None, repr=False)
 
 
@@ -67,7 +91,7 @@ def run_study(
     loaded_models: dict | None = None,
     log=print,
 ) -> StudyResult:
-    """Run a study end to end and write its outputs.
+    """Run a study end to end and write its outputs: the stages in order, over the store.
 
     Args:
         study: the configuration (validated here).
@@ -83,157 +107,203 @@ def run_study(
     the measures' errors; :class:`StudyWriteError` when writing the store or the outputs fails
     (disk full, permissions), keeping what was written before.
     """
-    from ..corpora import load_corpus
-    from ..measures import get_measure
-    from ..report import write_outputs
-
     log = log or (lambda *_a, **_k: None)
+    t_all = time.perf_counter()
+    with warnings.catch_warnings(record=True) as wlist:
+        warnings.simplefilter("always")
+        ctx = _prepare(study, loaded_models, log)
+        ext = extract_all(study, ctx, loaded_models, progress, log)
+        t0 = time.perf_counter()
+        names = [n for n, _ in study.model_specs()]
+        frame = score_pairs(
+            ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
+            permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
+            device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
+            controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None,
+        )
+        ctx.timings["measures"] = time.perf_counter() - t0
+        agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
+        if agreement is not None:
+            ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
+        caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+    manifest = _manifest(study, ctx, ext, agreement, caught, commands)
+    files = _write(study, ctx, ext, frame, manifest, agreement, progress, t_all)
+    return StudyResult(frame=frame, out=ctx.out, manifest=manifest, files=files,
+                       representations=Representations(ext.stacks), rows=ext.rows_table,
+                       controls=Representations(ext.controls), agreement=agreement)
+
+
+@dataclass
+class _Context:
+    """What every stage reads: the output folder, corpus, store, device, word plan and the timings."""
+
+    out: Path
+    corpus: object
+    store: RepresentationStore
+    device: torch.device
+    plan: object = None
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Extracted:
+    """The extraction stage's result: stacks by model name (rows aligned across models), controls,
+    records, the row table and manifest entry of word and token units, bootstrap groups per row."""
+
+    stacks: dict
+    controls: dict
+    records: list
+    control_records: list
+    rows_table: pd.DataFrame | None = None
+    rows_meta: dict | None = None
+    groups: list | None = None
+
+
+def _prepare(study: Study, loaded_models: dict | None, log) -> _Context:
+    """Validate, check the folders and specs before any model runs, load the corpus, open the store."""
+    from ..corpora import load_corpus
+
     study.validate()
     out = Path(study.out)
     # fail before hours of extraction, not after: a folder we cannot write, a spec that names nothing
     check_writable(out, "out", "choose another output folder with --out (or 'out' in the study file)")
     _resolve_specs(study, loaded_models)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    caught: list[str] = []
-    t_all = time.perf_counter()
-    with warnings.catch_warnings(record=True) as wlist:
-        warnings.simplefilter("always")
-        t0 = time.perf_counter()
-        corpus = load_corpus(
-            study.corpus,
-            sentences=study.sentences,
-            seed=study.seed,
-            text_column=study.text_column,
-            label_column=study.label_column,
-            doc_column=study.doc_column,
-        )
-        timings["load_corpus"] = time.perf_counter() - t0
-        log(f"corpus: {corpus.source}, {len(corpus)} texts")
-
-        device = best_device(study.device)
-        store_hint = "pass another folder with --store (or 'store' in the study file)"
-        if study.store is not None:
-            check_writable(Path(study.store), "store", store_hint)
-        try:
-            store = RepresentationStore(study.store)
-        except OSError as err:
-            raise ValueError(f"store={study.store!r} cannot be created: {_os_reason(err)}; {store_hint}") from None
-        check_writable(store.root, "store", store_hint)
-        plan = None
-        if study.unit == "word":
-            from ..extract.words import plan_words
-
-            t0 = time.perf_counter()
-            plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
-            timings["plan_words"] = time.perf_counter() - t0
-            sampled = f", {len(plan.rows)} sampled (max_rows={study.max_rows})" if plan.sampled else ""
-            log(f"words: {plan.total} in {len(corpus)} texts (punctuation={study.punctuation}){sampled}")
-        stacks: dict[str, torch.Tensor] = {}
-        model_records, control_records = [], []
-        what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
-        controls: dict[str, torch.Tensor] = {}
-        for name, spec in study.model_specs():
-            given = (loaded_models or {}).get(name)
-            if study.random_init and given is None:
-                given = _load(study, name, spec, device)
-            stack, rec = extract_model(study, name, spec, corpus, store, device, progress, loaded=given, plan=plan)
-            if study.random_init:
-                from ..models import random_init_like
-
-                t0 = time.perf_counter()
-                rname = name + RANDOM_INIT_SUFFIX
-                control = random_init_like(given, seed=random_init_seed(study.seed, name))
-                controls[rname], crec = extract_model(study, rname, spec, corpus, store, device, progress,
-                                                      loaded=control, plan=plan)
-                control_records.append(crec)
-                del control
-                timings[f"extract/{rname}"] = time.perf_counter() - t0
-                if name not in (loaded_models or {}):
-                    del given
-                    _free(device)
-            if plan is None and study.unit == "token":
-                plan = rec["plan"]
-            stacks[name] = stack
-            model_records.append(rec)
-            timings[f"extract/{name}"] = rec["seconds"]
-            how = "reused stored representations" if rec["reused"] else f"extracted in {rec['seconds']:.1f} s"
-            lost = f", {len(rec['uncovered'])} planned words without a token" if rec.get("uncovered") else ""
-            cut = rec["extract"].get("truncated") or 0
-            if cut:
-                lost += (f", {cut} of {len(corpus)} texts truncated to "
-                         f"{rec['extract'].get('max_length_used', study.max_length)} tokens")
-            log(f"model {name}: {stack.shape[0]} layers x {stack.shape[1]} {what} x width {stack.shape[2]}, {how}{lost}")
-
-        rows_table, rows_meta, groups = None, None, corpus.doc_ids
-        if plan is not None:
-            both, rows_table, rows_meta, groups = _align_rows(plan, corpus, {**stacks, **controls},
-                                                              model_records + control_records)
-            stacks = {k: both[k] for k in stacks}
-            controls = {k: both[k] for k in controls}
-            if rows_meta["dropped_words"]:
-                log(f"dropped {rows_meta['dropped_words']} words that some model gives no token; "
-                    f"n = {rows_meta['n']} {what} for every model")
+    t0 = time.perf_counter()
+    corpus = load_corpus(study.corpus, sentences=study.sentences, seed=study.seed, text_column=study.text_column,
+                         label_column=study.label_column, doc_column=study.doc_column)
+    timings = {"load_corpus": time.perf_counter() - t0}
+    log(f"corpus: {corpus.source}, {len(corpus)} texts")
+    store_hint = "pass another folder with --store (or 'store' in the study file)"
+    if study.store is not None:
+        check_writable(Path(study.store), "store", store_hint)
+    try:
+        store = RepresentationStore(study.store)
+    except OSError as err:
+        raise ValueError(f"store={study.store!r} cannot be created: {_os_reason(err)}; {store_hint}") from None
+    check_writable(store.root, "store", store_hint)
+    ctx = _Context(out, corpus, store, best_device(study.device), timings=timings)
+    if study.unit == "word":
+        from ..extract.words import plan_words
 
         t0 = time.perf_counter()
-        names = [n for n, _ in study.model_specs()]
-        frame = score_pairs(
-            stacks,
-            model_pairs(names, study.pairs),
-            list(study.measures),
-            unit=study.unit,
-            permutations=study.permutations,
-            bootstrap=study.bootstrap,
-            groups=groups,
-            seed=study.seed,
-            device=device,
-            progress=progress,
-            controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in controls.items()} or None,
-        )
-        timings["measures"] = time.perf_counter() - t0
-        agreement = _run_agreement(study, stacks, corpus, log)
-        if agreement is not None:
-            timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
-        caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+        ctx.plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
+        timings["plan_words"] = time.perf_counter() - t0
+        sampled = f", {len(ctx.plan.rows)} sampled (max_rows={study.max_rows})" if ctx.plan.sampled else ""
+        log(f"words: {ctx.plan.total} in {len(corpus)} texts (punctuation={study.punctuation}){sampled}")
+    return ctx
+
+
+def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progress: bool, log) -> Extracted:
+    """Stage: every model (and its random-init control) into the store, shard by shard; rows aligned."""
+    ext = Extracted({}, {}, [], [], groups=ctx.corpus.doc_ids)
+    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    for name, spec in study.model_specs():
+        given = (loaded_models or {}).get(name)
+        if study.random_init and given is None:
+            given = _load(study, name, spec, ctx.device)
+        stack, rec = extract_model(study, name, spec, ctx.corpus, ctx.store, ctx.device, progress, loaded=given,
+                                   plan=ctx.plan, log=log)
+        if study.random_init:
+            _extract_control(study, ctx, ext, name, spec, given, progress, log)
+            if name not in (loaded_models or {}):
+                del given
+                _free(ctx.device)
+        if ctx.plan is None and study.unit == "token":
+            ctx.plan = rec["plan"]
+        ext.stacks[name] = stack
+        ext.records.append(rec)
+        ctx.timings[f"extract/{name}"] = rec["seconds"]
+        log(f"model {name}: {stack.layers} layers x {stack.n} {what} x width {stack.width}, "
+            f"{_how(rec)}{_lost(rec, study, len(ctx.corpus))}")
+    if ctx.plan is not None:
+        _align_rows(ctx.plan, ctx.corpus, ext)
+        if ext.rows_meta["dropped_words"]:
+            log(f"dropped {ext.rows_meta['dropped_words']} words that some model gives no token; "
+                f"n = {ext.rows_meta['n']} {what} for every model")
+    return ext
+
+
+def _extract_control(study, ctx, ext, name, spec, given, progress, log) -> None:
+    """The random-init control of one model, through the same shard path."""
+    from ..models import random_init_like
+
+    t0 = time.perf_counter()
+    rname = name + RANDOM_INIT_SUFFIX
+    control = random_init_like(given, seed=random_init_seed(study.seed, name))
+    ext.controls[rname], crec = extract_model(study, rname, spec, ctx.corpus, ctx.store, ctx.device, progress,
+                                              loaded=control, plan=ctx.plan, log=log)
+    ext.control_records.append(crec)
+    ctx.timings[f"extract/{rname}"] = time.perf_counter() - t0
+
+
+def _how(rec: dict) -> str:
+    if rec["reused"]:
+        return "reused stored representations"
+    part = f" ({rec['shards_reused']} of {rec['shards']} shards reused)" if rec["shards_reused"] else ""
+    return f"extracted in {rec['seconds']:.1f} s{part}"
+
+
+def _lost(rec: dict, study: Study, n_texts: int) -> str:
+    lost = f", {len(rec['uncovered'])} planned words without a token" if rec.get("uncovered") else ""
+    cut = rec["extract"].get("truncated") or 0
+    if cut:
+        lost += (f", {cut} of {n_texts} texts truncated to "
+                 f"{rec['extract'].get('max_length_used', study.max_length)} tokens")
+    return lost
+
+
+def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: list, commands) -> dict:
+    """The run's manifest: configuration, corpus, models, measures, versions, timings, warnings."""
+    from ..measures import get_measure
 
     manifest = {
         "study": {**dataclasses.asdict(study), "name": study.name},
-        "corpus": corpus.describe(),
+        "corpus": ctx.corpus.describe(),
         "models": [
             {**r["info"], "reused": r["reused"], "store_key": r["key"], "extract": r["extract"],
+             "shards": r["shards"], "shards_reused": r["shards_reused"],
              **({"outliers": r["outliers"]} if "outliers" in r else {})}
-            for r in model_records
+            for r in ext.records
         ],
         "measures": {m: _measure_meta(get_measure(m)) for m in study.measures},
         "versions": versions(),
-        "device": str(device),
-        "timings": timings,
+        "device": str(ctx.device),
+        "timings": ctx.timings,
         "warnings": sorted(set(caught)),
-        "commands": commands or [f"homoscope run {out / 'study.toml'}"],
+        "commands": commands or [f"homoscope run {ctx.out / 'study.toml'}"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
     }
     manifest = portable_paths(manifest)
-    if rows_meta is not None:
-        manifest["rows"] = rows_meta
-    if control_records:
+    if ext.rows_meta is not None:
+        manifest["rows"] = ext.rows_meta
+    if ext.control_records:
         manifest["controls"] = {
             "random_init": [{"name": r["info"]["name"], "fingerprint": r["info"].get("fingerprint"),
-                             "notes": r["info"].get("notes"), "reused": r["reused"]} for r in control_records],
+                             "notes": r["info"].get("notes"), "reused": r["reused"]} for r in ext.control_records],
         }
     if agreement is not None:
         manifest["agreement"] = agreement.meta
-    from ..extract.store import atomic_write_bytes
+    return manifest
 
+
+def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreement, progress, t_all) -> dict:
+    """Stage: the frame, figures, report, rows table, study file and manifest, each written atomically."""
+    from ..extract.store import atomic_write_bytes
+    from ..measures import get_measure
+    from ..report import write_outputs
+
+    out, timings = ctx.out, ctx.timings
     try:
         # every file goes to a temporary name first: a failure keeps the earlier version whole
         atomic_write_bytes(out / "study.toml", study.to_toml().encode())
-        if rows_table is not None:
-            atomic_write_bytes(out / "rows.csv", rows_table.to_csv(index=False).encode())
+        if ext.rows_table is not None:
+            atomic_write_bytes(out / "rows.csv", ext.rows_table.to_csv(index=False).encode())
         t0 = time.perf_counter()
         files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)),
                               progress=progress, extra=agreement.frames if agreement is not None else None)
-        if rows_table is not None:
+        if ext.rows_table is not None:
             files = {**files, "rows": [out / "rows.csv"]}
         timings["report"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_all
@@ -242,11 +312,10 @@ def run_study(
     except OSError as err:
         raise StudyWriteError(
             f"could not write the study outputs to {str(out)!r}: {_os_reason(err)}; free space or fix permissions "
-            f"there, or pass another --out; the representations of all {len(model_records)} models are kept in "
-            f"the store {str(store.root)!r}, so a rerun recomputes none of them"
+            f"there, or pass another --out; the representations of all {len(ext.records)} models are kept in "
+            f"the store {str(ctx.store.root)!r}, so a rerun recomputes none of them"
         ) from err
-    return StudyResult(frame=frame, out=out, manifest=manifest, files=files, representations=stacks,
-                       rows=rows_table, controls=controls, agreement=agreement)
+    return files
 
 
 def portable_paths(obj):
@@ -319,21 +388,21 @@ def _resolve_specs(study: Study, loaded_models: dict | None) -> None:
             resolve(spec, must_exist=not study.install)
 
 
-def _align_rows(plan, corpus, stacks: dict, records: list[dict]):
-    """Drop the planned rows any model left uncovered, for every model alike.
+def _align_rows(plan, corpus, ext: Extracted) -> None:
+    """Drop the planned rows any model left uncovered, for every model alike (a keep mask on the stacks).
 
-    Returns (stacks with the kept rows, row table of the kept rows renumbered from 0, the manifest's
-    ``rows`` entry, per-row bootstrap groups: the text's document id, else the text index, so words of
-    one text are resampled together).
+    Sets the extraction result's stacks and controls to the kept rows, its row table (kept rows
+    renumbered from 0), the manifest's ``rows`` entry, and per-row bootstrap groups (the text's
+    document id, else the text index, so words of one text are resampled together).
     """
+    records = ext.records + ext.control_records
     dropped = sorted({r for rec in records for r in rec.get("uncovered", [])})
     table = plan.row_table(corpus.texts, corpus.ids).rename(columns={"row": "planned_row"})
     examples = []
     if dropped:
-        gone = set(dropped)
-        keep = [r for r in range(len(plan.rows)) if r not in gone]
-        index = torch.tensor(keep, dtype=torch.long)
-        stacks = {name: s.index_select(1, index) for name, s in stacks.items()}
+        keep = np.setdiff1d(np.arange(len(plan.rows)), np.asarray(dropped, dtype=np.int64))
+        ext.stacks = {name: s.select(keep) for name, s in ext.stacks.items()}
+        ext.controls = {name: s.select(keep) for name, s in ext.controls.items()}
         labels = plan.labels(corpus.texts, corpus.ids)
         examples = [labels[r] for r in dropped[:10]]
         table = table.iloc[keep].reset_index(drop=True)
@@ -343,8 +412,9 @@ def _align_rows(plan, corpus, stacks: dict, records: list[dict]):
         raise ValueError(f"only {n} {plan.unit} rows remain after dropping words some model gives no token; "
                          "use more sentences")
     ti = table["text_index"].tolist()
-    groups = [corpus.doc_ids[i] for i in ti] if corpus.doc_ids is not None else [str(i) for i in ti]
-    meta = {
+    ext.groups = [corpus.doc_ids[i] for i in ti] if corpus.doc_ids is not None else [str(i) for i in ti]
+    ext.rows_table = table
+    ext.rows_meta = {
         **plan.describe(),
         "n": n,
         "dropped_words": len(dropped),
@@ -352,7 +422,6 @@ def _align_rows(plan, corpus, stacks: dict, records: list[dict]):
         "dropped_examples": examples,
         "file": "rows.csv",
     }
-    return stacks, table, meta, groups
 
 
 def _measure_meta(info) -> dict:

@@ -1,9 +1,31 @@
-"""Stage: score model pairs with every measure at all layer pairs, into the tidy frame."""
+"""Stage: score model pairs with every measure at all layer pairs, into the tidy frame.
+
+Where the rows fit under ``pairwise_rows``, every measure and its controls run in memory on all
+rows. Above it:
+
+- the exact linear measures (``linear_cka``, ``debiased_cka``, the CCA family, ``procrustes``) stream
+  both models' shards through :class:`~homoscope.measures.streaming.CrossMoments`, layer pairs in
+  blocks whose sums fit in ``memory_mb``: memory does not grow with n, and the values equal the
+  in-memory path on all rows;
+- the measures that need ``n x n`` matrices (``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``,
+  ``minibatch_cka``) and the Monte-Carlo permutation nulls and bootstraps run on one seeded subsample
+  of ``pairwise_rows`` rows, the same rows for every model; the frame's ``n`` (and ``control_n``) say
+  how many rows each value (and its controls) used.
+"""
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
+
+from ..extract.words import sample_rows
+from .shards import InMemoryStack, _Rows
+
+# the subsample of the n x n measures and the Monte-Carlo controls is drawn with seed + this offset
+SUBSAMPLE_SEED_OFFSET = 104_729
+
 
 def model_pairs(names: list[str], how: str) -> list[tuple[str, str]]:
     """Ordered model pairs to score: ``all`` (a before b) or ``first-vs-rest``."""
@@ -13,7 +35,7 @@ def model_pairs(names: list[str], how: str) -> list[tuple[str, str]]:
 
 
 def score_pairs(
-    stacks: dict[str, torch.Tensor],
+    stacks: dict,
     pairs: list[tuple[str, str]],
     measures: list[str],
     *,
@@ -24,20 +46,36 @@ def score_pairs(
     seed: int = 0,
     device: torch.device | None = None,
     progress: bool = True,
-    controls: dict[str, torch.Tensor] | None = None,
+    controls: dict | None = None,
+    memory_mb: int = 1024,
+    pairwise_rows: int = 4096,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
-    Asymmetric measures are scored in both directions. With ``permutations`` > 0 the frame gets
-    ``null_mean``, ``null_std`` and ``p_value``; with ``bootstrap`` > 0, ``ci_low`` and ``ci_high``
-    (95 %, resampling whole documents when ``groups`` is given); with ``controls`` (random-init
-    stacks keyed by the same model names), ``random_init``: the measure between the controls of
-    model_a and model_b at the same layers.
+    Args:
+        stacks: ``{model name: [L, n, d]}``, tensors or :class:`~.shards.ShardedStack` s (same n).
+        pairs: model pairs (see :func:`model_pairs`); asymmetric measures are scored both ways.
+        measures: measure names.
+        permutations, bootstrap: Monte-Carlo draws of the permutation null (``null_mean``,
+            ``null_std``, ``p_value``) and the bootstrap (95 % ``ci_low``, ``ci_high``, resampling
+            whole ``groups`` when given: one id per row); 0 = off.
+        controls: random-init stacks keyed by the same model names: the frame's ``random_init`` is
+            the measure between the controls of model_a and model_b at the same layers.
+        memory_mb: memory budget of the streamed sums (MiB).
+        pairwise_rows: row cap of the ``n x n`` measures and the Monte-Carlo controls (see module doc).
+
+    Raises:
+        ValueError: stacks with different n, and the measures' errors (naming the two models).
     """
     from tqdm.auto import tqdm
 
-    from ..measures import compute, get_measure, with_controls
+    from ..measures import get_measure
 
+    src = {k: _source(v) for k, v in stacks.items()}
+    csrc = {k: _source(v) for k, v in (controls or {}).items()}
+    n = _common_n(src)
+    sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
+    plan = _Plan(unit, permutations, bootstrap, groups, seed, device, memory_mb, sub)
     jobs: dict[tuple[str, str], list[str]] = {}
     for a, b in pairs:
         for m in measures:
@@ -45,56 +83,164 @@ def score_pairs(
             if not get_measure(m).symmetric:
                 jobs.setdefault((b, a), []).append(m)
     frames = []
-    for (a, b), names in tqdm(list(jobs.items()), desc="measures", unit="pair", disable=not progress, leave=False):
-        X, Y = stacks[a], stacks[b]
-        if device is not None:
-            X, Y = X.to(device), Y.to(device)
+    for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
         try:
-            if permutations or bootstrap:
-                # one call per pair shares Gram matrices, null and bootstrap sums across the measures
-                scored = with_controls(names, X, Y, n_permutations=permutations or None,
-                                       n_boot=bootstrap or None, groups=groups, seed=seed)
-            else:
-                scored = {m: compute(m, X, Y) for m in names}
+            scored = plan.score(names, src[a], src[b])
+            random = plan.score(names, csrc[a], csrc[b], with_controls=False) if controls is not None else None
         except ValueError as err:  # name the models: the measure only knows X and Y
             raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
         for m in names:
-            res = scored[m] if not isinstance(scored[m], torch.Tensor) else None  # None: no controls
-            values = (scored[m] if res is None else res.value).double().cpu().numpy()
-            la, lb = values.shape
-            ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
-            cols = {
-                "model_a": a,
-                "layer_a": ia.ravel(),
-                "model_b": b,
-                "layer_b": ib.ravel(),
-                "measure": m,
-                "value": values.ravel(),
-                "n": X.shape[1],
-                "d_a": X.shape[2],
-                "d_b": Y.shape[2],
-                "unit": unit,
-            }
-            if res is not None and res.null is not None:
-                cols["null_mean"] = _np(res.null.mean).ravel()
-                cols["null_std"] = _np(res.null.std).ravel()
-                cols["p_value"] = _np(res.null.p_value).ravel()
-            if controls is not None:
-                cx, cy = controls[a], controls[b]
-                if device is not None:
-                    cx, cy = cx.to(device), cy.to(device)
-                cols["random_init"] = compute(m, cx, cy).double().cpu().numpy().ravel()
-            if res is not None and res.ci is not None:
-                cols["ci_low"] = _np(res.ci.low).ravel()
-                cols["ci_high"] = _np(res.ci.high).ravel()
-            frames.append(pd.DataFrame(cols))
+            frames.append(_frame(a, b, m, scored[m], random[m] if random else None, src[a], src[b], unit))
     frame = pd.concat(frames, ignore_index=True)
-    for c in ("layer_a", "layer_b", "n", "d_a", "d_b"):
+    if "control_n" in frame:  # only where the controls used fewer rows than the value
+        frame["control_n"] = frame["control_n"].fillna(frame["n"])
+    for c in ("layer_a", "layer_b", "n", "d_a", "d_b") + (("control_n",) if "control_n" in frame else ()):
         frame[c] = frame[c].astype("int64")
     return frame
 
 
+def _source(stack) -> _Rows:
+    return stack if isinstance(stack, _Rows) else InMemoryStack(torch.as_tensor(stack))
+
+
+def _common_n(src: dict) -> int:
+    ns = {name: s.n for name, s in src.items()}
+    if len(set(ns.values())) > 1:
+        raise ValueError(f"the models' stacks have different numbers of rows: {ns}")
+    return next(iter(ns.values()))
+
+
+class _Plan:
+    """How one study scores a model pair: in memory, or streamed plus a subsample (see module doc)."""
+
+    def __init__(self, unit, permutations, bootstrap, groups, seed, device, memory_mb, sub):
+        self.unit, self.permutations, self.bootstrap, self.seed = unit, permutations, bootstrap, seed
+        self.groups, self.device, self.memory_mb, self.sub = groups, device, memory_mb, sub
+
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.device is None else t.to(self.device)
+
+    def score(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True) -> dict:
+        """``{measure: (value [La, Lb], n, Controlled or None, control n)}`` for one ordered pair."""
+        from ..measures import STREAMING_MEASURES
+
+        controlled = with_controls and bool(self.permutations or self.bootstrap)
+        if self.sub is None:  # every row fits: all in memory, as one call shares the work across measures
+            Xm, Ym = self._to(X.load()), self._to(Y.load())
+            out = self._in_memory(names, Xm, Ym, self.groups, controlled)
+            return {m: (*v, X.n) for m, v in out.items()}
+        streamed = [m for m in names if m in STREAMING_MEASURES]
+        values = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device)
+        rest = [m for m in names if m not in streamed]
+        if not (rest or controlled):
+            return {m: (v, X.n, None, X.n) for m, v in values.items()}
+        Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
+        groups = None if self.groups is None else [self.groups[i] for i in self.sub]
+        small = self._in_memory(rest if not controlled else names, Xs, Ys, groups, controlled)
+        k = len(self.sub)
+        out = {m: (values[m], X.n, small[m][2] if m in small else None, k) for m in streamed}
+        out.update({m: (small[m][0], k, small[m][2], k) for m in rest})
+        return out
+
+    def _in_memory(self, names, X, Y, groups, controlled) -> dict:
+        """``{measure: (value, n, Controlled or None)}`` on the rows given."""
+        from ..measures import compute, with_controls
+
+        if controlled:  # one call shares Gram matrices, null and bootstrap sums across the measures
+            res = with_controls(names, X, Y, n_permutations=self.permutations or None,
+                                n_boot=self.bootstrap or None, groups=groups, seed=self.seed)
+            return {m: (res[m].value, X.shape[1], res[m]) for m in names}
+        return {m: (compute(m, X, Y), X.shape[1], None) for m in names}
+
+
+def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
+                    device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Exact linear measures of all layer pairs from sums streamed over both stacks' rows.
+
+    Layer pairs go in blocks whose :class:`~homoscope.measures.streaming.CrossMoments` sums
+    (``La' Lb' da db`` float64 values, about half of the budget) fit in ``memory_mb``; each block is
+    one pass over the rows, one shard at a time.
+
+    Args:
+        names: measures of :data:`~homoscope.measures.streaming.STREAMING_MEASURES`.
+        X, Y: stacks ``[La, n, da]``, ``[Lb, n, db]`` (:class:`~.shards.ShardedStack` or
+            :class:`~.shards.InMemoryStack`) of the same rows.
+
+    Returns ``{measure: [La, Lb] float64}`` (on CPU), equal to the in-memory measures on all rows.
+
+    Raises:
+        ValueError: the measures' input rules (too few rows, a constant layer, n <= d for CCA).
+    """
+    from ..measures.streaming import CrossMoments
+
+    out = {m: torch.empty(X.layers, Y.layers, dtype=torch.float64) for m in names}
+    if not names:
+        return out
+    for xs, ys in layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb):
+        acc = CrossMoments(debiased="debiased_cka" in names)
+        for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
+            acc.update(cx if device is None else cx.to(device), cy if device is None else cy.to(device))
+        for m in names:
+            out[m][xs, ys] = acc.compute(m).cpu()
+    return out
+
+
+def layer_blocks(La: int, Lb: int, da: int, db: int, memory_mb: int) -> list[tuple[slice, slice]]:
+    """Blocks of layer pairs ``(X layers, Y layers)`` whose cross sums ``La' Lb' da db`` float64 values
+    take at most half of ``memory_mb`` (one layer pair at least); blocks of even size, X split first."""
+    pairs = max(1, (memory_mb * 2**20 // 2) // (8 * da * db))
+    if pairs >= Lb:
+        bx, by = min(La, pairs // Lb), Lb
+    else:
+        bx, by = 1, pairs
+    cut = lambda L, b: np.array_split(np.arange(L), -(-L // b))  # noqa: E731 - even parts of at most b
+    return [(slice(int(x[0]), int(x[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1))
+            for x in cut(La, bx) for y in cut(Lb, by)]
+
+
+def zip_rows(gx: Iterator[torch.Tensor], gy: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Chunks ``[L, m, d]`` of two row streams re-cut at common boundaries, so both hold the same rows.
+
+    Raises:
+        ValueError: the streams have different numbers of rows.
+    """
+    x = y = None
+    while True:
+        if x is None or x.shape[1] == 0:
+            x = next(gx, None)
+        if y is None or y.shape[1] == 0:
+            y = next(gy, None)
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                raise ValueError("the two stacks have different numbers of rows")
+            return
+        m = min(x.shape[1], y.shape[1])
+        if m:
+            yield x[:, :m], y[:, :m]
+        x, y = x[:, m:], y[:, m:]
+
+
+def _frame(a, b, m, scored, random, X: _Rows, Y: _Rows, unit: str) -> pd.DataFrame:
+    """The tidy rows of one measure between models a and b."""
+    value, n, res, control_n = scored
+    values = value.double().cpu().numpy()
+    la, lb = values.shape
+    ia, ib = np.meshgrid(np.arange(la), np.arange(lb), indexing="ij")
+    cols = {"model_a": a, "layer_a": ia.ravel(), "model_b": b, "layer_b": ib.ravel(), "measure": m,
+            "value": values.ravel(), "n": n, "d_a": X.width, "d_b": Y.width, "unit": unit}
+    if res is not None and res.null is not None:
+        cols["null_mean"] = _np(res.null.mean).ravel()
+        cols["null_std"] = _np(res.null.std).ravel()
+        cols["p_value"] = _np(res.null.p_value).ravel()
+    if random is not None:
+        cols["random_init"] = random[0].double().cpu().numpy().ravel()
+    if res is not None and res.ci is not None:
+        cols["ci_low"] = _np(res.ci.low).ravel()
+        cols["ci_high"] = _np(res.ci.high).ravel()
+    if res is not None and control_n != n:
+        cols["control_n"] = control_n
+    return pd.DataFrame(cols)
+
+
 def _np(t) -> np.ndarray:
     return t.double().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=float)
-
-

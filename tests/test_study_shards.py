@@ -1,0 +1,197 @@
+"""Shards and streaming scoring: the sharded store and the streamed measures equal the in-memory path."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from homoscope.extract import RepresentationStore
+from homoscope.measures import compute
+from homoscope.models.tiny import TINY_TEXT, tiny_model
+from homoscope.study import Study, run_study, score_pairs
+from homoscope.study.scoring import layer_blocks, stream_measures, zip_rows
+from homoscope.study.shards import InMemoryStack, ShardedStack, shard_ranges
+
+EXACT = ["linear_cka", "debiased_cka", "cca_rho", "cca_r2", "svcca", "pwcca", "procrustes"]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "texts.txt"
+    path.write_text("\n".join(TINY_TEXT) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
+
+
+def _study(tmp, corpus, **kw) -> Study:
+    base = dict(models=["bert", "gpt2"], corpus=str(corpus), sentences=None, out=str(tmp / "out"),
+                store=str(tmp / "store"), measures=["linear_cka"], max_length=16, outliers=False)
+    return Study(**{**base, **kw})
+
+
+def _counting(models):
+    """Forward calls per model, counted by hooks (the handles are returned to remove them)."""
+    runs = {k: 0 for k in models}
+    handles = [m.model.register_forward_pre_hook(lambda *_a, k=k: runs.__setitem__(k, runs[k] + 1))
+               for k, m in models.items()]
+    return runs, handles
+
+
+def test_shard_ranges_cover_the_corpus_in_order():
+    assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_ranges(4, 4) == [(0, 4)] and shard_ranges(0, 4) == []
+    with pytest.raises(ValueError, match="shard_size=0"):
+        shard_ranges(10, 0)
+
+
+def test_sharded_extraction_equals_one_shard(tmp_path, corpus_file, models):
+    one = run_study(_study(tmp_path / "a", corpus_file, shard_size=1000), progress=False, loaded_models=models,
+                    log=None)
+    many = run_study(_study(tmp_path / "b", corpus_file, shard_size=4), progress=False, loaded_models=models,
+                     log=None)
+    assert [m["shards"] for m in many.manifest["models"]] == [5, 5]  # 19 texts in shards of 4
+    for name in models:
+        a, b = one.representations[name], many.representations[name]
+        assert a.shape == b.shape == (3, len(TINY_TEXT), 32)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    stored = list((tmp_path / "b" / "store").glob("bert-*.safetensors"))
+    assert len(stored) == 5
+    pd.testing.assert_frame_equal(one.frame, many.frame, rtol=0, atol=1e-6)
+
+
+def test_rerun_recomputes_only_the_missing_shard(tmp_path, corpus_file, models):
+    logs = []
+    first = run_study(_study(tmp_path, corpus_file, shard_size=4), progress=False, loaded_models=models, log=None)
+    victim = sorted((tmp_path / "store").glob("gpt2-*.json"))[2]
+    victim.unlink()
+    runs, handles = _counting(models)
+    try:
+        again = run_study(_study(tmp_path, corpus_file, shard_size=4), progress=False, loaded_models=models,
+                          log=logs.append)
+    finally:
+        for h in handles:
+            h.remove()
+    assert runs["bert"] == 0 and runs["gpt2"] >= 1
+    assert [(m["shards"], m["shards_reused"]) for m in again.manifest["models"]] == [(5, 5), (5, 4)]
+    assert "reused 4 of 5 shards of gpt2" in logs
+    pd.testing.assert_frame_equal(first.frame, again.frame, check_exact=True)
+
+
+def test_store_reads_a_layer_slice_without_the_rest(tmp_path):
+    store = RepresentationStore(tmp_path)
+    x = torch.randn(5, 7, 3)
+    store.put("m", "ab" * 32, x, {})
+    assert torch.equal(store.read("m", "ab" * 32, slice(1, 3)), x[1:3])
+    stack = ShardedStack(store, "m", ("ab" * 32,), (7,), 5, 3)
+    assert torch.equal(stack.load(), x) and torch.equal(stack.rows(np.array([1, 5])), x[:, [1, 5]])
+    assert torch.equal(stack.select([0, 6]).load(), x[:, [0, 6]])
+
+
+def test_zip_rows_recuts_chunks_at_common_boundaries():
+    x, y = torch.randn(2, 11, 3), torch.randn(3, 11, 4)
+    gx = (x[:, s:e] for s, e in [(0, 4), (4, 5), (5, 11)])
+    gy = (y[:, s:e] for s, e in [(0, 7), (7, 11)])
+    pairs = list(zip_rows(gx, gy))
+    assert [p[0].shape[1] for p in pairs] == [4, 1, 2, 4]
+    assert torch.equal(torch.cat([p[0] for p in pairs], 1), x) and torch.equal(torch.cat([p[1] for p in pairs], 1), y)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        list(zip_rows(iter([x]), iter([y[:, :5]])))
+
+
+@pytest.mark.parametrize("memory_mb", [1, 64])
+def test_layer_blocks_cover_every_pair_once(memory_mb):
+    seen = np.zeros((7, 13), dtype=int)
+    for xs, ys in layer_blocks(7, 13, 384, 768, memory_mb):
+        seen[xs, ys] += 1
+    assert (seen == 1).all()
+
+
+def _stacks(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3, n, 8, generator=g) * 3 + 100  # large means: the shifted sums keep the digits
+    # related to X, of full column rank
+    Y = (X[:2, :, :5] - 100) @ torch.randn(5, 6, generator=g) + torch.randn(2, n, 6, generator=g)
+    return X, Y
+
+
+def test_streamed_measures_equal_in_memory_float64():
+    X, Y = _stacks()
+    streamed = stream_measures(EXACT, InMemoryStack(X, chunk_rows=37), InMemoryStack(Y, chunk_rows=50), memory_mb=64)
+    for m in EXACT:
+        opts = {"precision": "float64"} if m in ("linear_cka", "debiased_cka") else {}
+        ref = compute(m, X.double(), Y.double(), **opts)
+        assert (streamed[m] - ref).abs().max() <= 1e-10, m
+
+
+def test_streaming_in_layer_blocks_equals_one_block():
+    X, Y = _stacks()
+    big = stream_measures(EXACT, InMemoryStack(X), InMemoryStack(Y), memory_mb=64)
+    assert len(layer_blocks(3, 2, 8, 6, 1)) == 1  # 1 MiB holds all 6 pairs of these widths
+    # a budget that fits one layer pair of width 512 x 512 -> blocks of one pair
+    Xw, Yw = torch.randn(2, 600, 512), torch.randn(2, 600, 512)
+    blocks = layer_blocks(2, 2, 512, 512, 2)
+    assert len(blocks) == 4
+    one = stream_measures(["linear_cka"], InMemoryStack(Xw), InMemoryStack(Yw), memory_mb=2)
+    ref = compute("linear_cka", Xw.double(), Yw.double(), precision="float64")
+    assert (one["linear_cka"] - ref).abs().max() <= 1e-10
+    assert set(big) == set(EXACT)
+
+
+def test_score_pairs_streams_above_the_row_cap_and_subsamples_the_rest():
+    X, Y = _stacks(n=200)
+    stacks = {"a": X, "b": Y}
+    names = ["linear_cka", "debiased_cka", "rbf_cka"]
+    full = score_pairs(stacks, [("a", "b")], names, progress=False, pairwise_rows=4096)
+    capped = score_pairs(stacks, [("a", "b")], names, progress=False, pairwise_rows=64, permutations=20, seed=3)
+    for m in ("linear_cka", "debiased_cka"):
+        f, c = full[full.measure == m], capped[capped.measure == m]
+        assert (f.n == 200).all() and (c.n == 200).all() and (c.control_n == 64).all()
+        assert np.abs(f.value.to_numpy() - c.value.to_numpy()).max() <= 1e-7
+        assert c.p_value.between(0, 1).all()
+    rbf = capped[capped.measure == "rbf_cka"]
+    assert (rbf.n == 64).all() and (rbf.control_n == 64).all()
+    # the subsample is the same seeded rows: the capped rbf value is the measure on those rows
+    from homoscope.extract.words import sample_rows
+    from homoscope.study.scoring import SUBSAMPLE_SEED_OFFSET
+
+    rows = sample_rows(200, 64, 3 + SUBSAMPLE_SEED_OFFSET)
+    ref = compute("rbf_cka", X[:, rows], Y[:, rows]).double().numpy().ravel()
+    np.testing.assert_allclose(rbf.value.to_numpy(), ref, rtol=0, atol=1e-12)
+
+
+def test_study_above_the_row_cap_equals_the_in_memory_study(tmp_path, corpus_file, models):
+    kw = dict(measures=["linear_cka", "debiased_cka", "svcca", "procrustes"], shard_size=5, random_init=False)
+    mem = run_study(_study(tmp_path / "m", corpus_file, **kw), progress=False, loaded_models=models, log=None)
+    streamed = run_study(_study(tmp_path / "s", corpus_file, pairwise_rows=16, **kw), progress=False,
+                         loaded_models=models, log=None)
+    assert len(TINY_TEXT) > 16
+    diff = np.abs(mem.frame.value.to_numpy() - streamed.frame.value.to_numpy()).max()
+    assert diff <= 1e-7
+    assert (streamed.frame.n == len(TINY_TEXT)).all()
+
+
+def test_word_unit_with_shards_equals_one_shard(tmp_path, corpus_file, models):
+    kw = dict(unit="word", max_rows=0, measures=["linear_cka", "debiased_cka"])
+    one = run_study(_study(tmp_path / "a", corpus_file, shard_size=1000, **kw), progress=False,
+                    loaded_models=models, log=None)
+    many = run_study(_study(tmp_path / "b", corpus_file, shard_size=3, pairwise_rows=16, **kw), progress=False,
+                     loaded_models=models, log=None)
+    assert one.frame.n.iloc[0] == many.frame.n.iloc[0] > 16
+    np.testing.assert_allclose(one.frame.value, many.frame.value, rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(one.rows, many.rows)
+
+
+def test_random_init_controls_are_stored_as_shards(tmp_path, corpus_file, models):
+    r = run_study(_study(tmp_path, corpus_file, shard_size=4, random_init=True), progress=False,
+                  loaded_models=models, log=None)
+    assert len(list((tmp_path / "store").glob("bert_random-init_-*.safetensors"))) == 5
+    assert r.frame.random_init.notna().all()
+    again = run_study(_study(tmp_path, corpus_file, shard_size=4, random_init=True), progress=False,
+                      loaded_models=models, log=None)
+    assert all(c["reused"] for c in again.manifest["controls"]["random_init"])
+    pd.testing.assert_frame_equal(r.frame, again.frame, check_exact=True)
