@@ -36,6 +36,13 @@ Streaming (streaming.py): exact accumulators from sums, mergeable in any order::
         acc.update(x, y)                      # [La, m, da], [Lb, m, db]
     shard.merge(other_shard); acc.compute()   # [La, Lb], equal to the one-shot value within 1e-10
 
+Closed-form permutation nulls (nulls.py) of ``linear_cka`` and ``debiased_cka``: mean, std, skewness
+and a Pearson type III p-value from per-layer statistics (Josse, Pages & Husson 2008), no shuffles drawn;
+the statistics stream in two passes over the rows (``MomentSums``, then ``.second_pass()``)::
+
+    null = analytic_null("linear_cka", X, Y)                # in memory
+    null = linear_cka_null(mx, my, observed)                # mx, my: LayerMoments of X and Y
+
 Bad input (row counts that differ, too few rows for an estimator, n <= d for CCA, k out of range,
 NaN/inf, constant layers, out-of-range options) raises a ValueError naming the argument, the value
 and the rule; never a silent NaN.
@@ -54,20 +61,35 @@ from .controls import (
     with_controls,
 )
 from .knn import cknna, mutual_knn
+from .nulls import (
+    AnalyticNull,
+    LayerMoments,
+    MomentSums,
+    ThirdMomentSums,
+    analytic_null,
+    debiased_cka_null,
+    layer_moments,
+    linear_cka_null,
+)
 from .procrustes import procrustes, procrustes_distance
 from .registry import MeasureInfo, compute, get_measure, list_measures, register
 from .rsa import rsa
 from .streaming import STREAMING_MEASURES, CrossMoments, MinibatchCKA, StreamingMeasure
 
 __all__ = [
+    "AnalyticNull",
     "ConfidenceInterval",
     "Controlled",
     "CrossMoments",
+    "LayerMoments",
     "MeasureInfo",
+    "MomentSums",
     "MinibatchCKA",
     "NullResult",
     "STREAMING_MEASURES",
     "StreamingMeasure",
+    "ThirdMomentSums",
+    "analytic_null",
     "bootstrap_ci",
     "bootstrap_weights",
     "cca_r2",
@@ -76,8 +98,11 @@ __all__ = [
     "compute",
     "with_controls",
     "debiased_cka",
+    "debiased_cka_null",
     "get_measure",
+    "layer_moments",
     "linear_cka",
+    "linear_cka_null",
     "list_measures",
     "minibatch_cka",
     "mutual_knn",
