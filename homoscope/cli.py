@@ -1,7 +1,13 @@
-"""The ``homoscope`` command: parses options, calls the library, prints where things went."""
+"""The ``homoscope`` command: parses options, calls the library, prints where things went.
+
+The study options of ``demo``, ``run`` and ``compare`` are made from the study schema
+(:data:`homoscope.study.options.OPTIONS`): one flag per option, with its help, and its value read
+and checked by the schema.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -10,68 +16,85 @@ DEMO_OUT = "homoscope-demo"
 
 
 def _csv_list(text: str) -> list[str]:
+    """``'a, b'`` -> ``['a', 'b']`` for ``demo --models``; an argparse error when it names nothing."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"{text!r} names nothing; give comma-separated names")
     return items
 
 
-def _add_study_options(p: argparse.ArgumentParser, out_default: str | None) -> None:
-    g = p.add_argument_group("study options (same names as the study TOML keys)")
-    g.add_argument("--corpus", help="'bbc' (BBC News sentences, default) or a .txt/.jsonl/.csv file")
-    g.add_argument("--sentences", type=int, help="texts sampled from the corpus (default 1000)")
-    g.add_argument("--seed", type=int, help="sampling / permutation / bootstrap seed (default 0)")
-    g.add_argument("--text-column", dest="text_column", help="text column of a .jsonl/.csv corpus")
-    g.add_argument("--label-column", dest="label_column", help="label column of a .jsonl/.csv corpus")
-    g.add_argument("--doc-column", dest="doc_column", help="document id column of a .jsonl/.csv corpus")
-    g.add_argument("--unit", help="unit of a row: sentence (default) | word (aligned across tokenizers through "
-                                  "character offsets) | token (identical tokenizers only)")
-    g.add_argument("--pooling", help="mean (default) | first | last | cls (sentence only)")
-    g.add_argument("--punctuation", help="word rule: attach (default; whitespace words) | split (punctuation "
-                                         "marks are words of their own)")
-    g.add_argument("--max-rows", dest="max_rows", type=int,
-                   help="word/token units: rows kept, a seeded sample (default 20000; 0 = all)")
-    g.add_argument("--special-tokens", dest="special_tokens",
-                   help="exclude (default) | include special positions (BOS/CLS/SEP)")
-    g.add_argument("--measures", type=_csv_list, help="comma-separated measure names (default linear_cka,debiased_cka)")
-    g.add_argument("--max-length", dest="max_length", type=int, help="tokens per text (default 128)")
-    g.add_argument("--dtype", help="float32 (default) | float16 | bfloat16")
-    g.add_argument("--device", help="auto (default) | cpu | cuda | cuda:1 | mps")
-    g.add_argument("--permutations", type=int, help="permutation-null draws per cell (0 = off)")
-    g.add_argument("--bootstrap", type=int, help="bootstrap resamples for intervals (0 = off)")
-    g.add_argument("--random-init", dest="random_init", action=argparse.BooleanOptionalAction, default=None,
-                   help="also run each architecture with random weights as a control")
-    g.add_argument("--agreement", choices=("auto", "on", "off"),
-                   help="linear probes, prediction agreement and outcome homogenization (default auto: when the "
-                        "corpus has labels and document ids)")
-    g.add_argument("--shard-size", dest="shard_size", type=int,
-                   help="texts per stored shard: a killed run loses at most one shard (default 4096)")
-    g.add_argument("--memory-mb", dest="memory_mb", type=int,
-                   help="memory budget of streamed scoring in MiB: layer pairs are scored in blocks (default 1024)")
-    g.add_argument("--pairwise-rows", dest="pairwise_rows", type=int,
-                   help="row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above it a "
-                        "seeded subsample (default 4096)")
-    g.add_argument("--store", help="representation store folder (default: the homoscope cache)")
-    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None,
-                   help="allow code shipped with a model folder to run (off by default)")
-    g.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
+# what demo and compare run unless told otherwise: every score next to its controls
+CONTROL_DEFAULTS = {"random_init": True, "permutations": 100, "bootstrap": 100}
+# each command's study values where they differ from the schema's: --help shows them, the command uses them
+# (compare's out and name are made from its models; what is here is only what --help shows)
+COMMAND_DEFAULTS = {
+    "demo": {**CONTROL_DEFAULTS, "out": DEMO_OUT, "install": True, "name": "homoscope demo"},
+    "run": {},
+    "compare": {**CONTROL_DEFAULTS, "pairs": "first-vs-rest", "install": True, "out": "homoscope-compare-NEW",
+                "name": "NEW compared with REF, ..."},
+}
+def _add_study_options(p: argparse.ArgumentParser, command: str) -> None:
+    """One flag per option of the study schema (but ``models``), with its help and the default of
+    ``command`` (``demo``, ``run`` or ``compare``); and ``-q``."""
+    from .study.options import OPTIONS
+
+    defaults = COMMAND_DEFAULTS[command]
+    about = "the same names as the keys of a study file" + (
+        "; each overrides the file's key, and a default applies where the file has no such key"
+        if command == "run" else "")
+    g = p.add_argument_group("study options", about)
+    for opt in OPTIONS:
+        if opt.flag is None:
+            continue
+        default = defaults.get(opt.name, opt.default)
+        help_text = opt.help + ("" if default is None else f" (default: {opt.show(default)})")
+        if bool in opt.types:
+            kind = {"action": argparse.BooleanOptionalAction}
+        elif opt.choices is not None:
+            kind = {"metavar": "{" + ",".join(opt.choices) + "}"}
+        else:
+            kind = {"metavar": {int: "N", float: "X", list: "A,B"}.get(opt.types[0], opt.name.upper())}
+        g.add_argument(opt.flag, dest=opt.name, default=None, help=help_text.replace("%", "%%"), **kind)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-_STUDY_KEYS = ("corpus", "sentences", "seed", "text_column", "label_column", "doc_column", "unit", "pooling",
-               "punctuation", "max_rows", "special_tokens", "measures", "max_length", "dtype", "device",
-               "permutations", "bootstrap", "shard_size", "memory_mb", "pairwise_rows", "store", "trust_remote_code",
-               "out", "random_init", "agreement")
-
-# what demo and compare run unless told otherwise: every score next to its controls
-CONTROL_DEFAULTS = {"random_init": True, "permutations": 100, "bootstrap": 100}
-
-
 def _overrides(args) -> dict:
-    return {k: getattr(args, k) for k in _STUDY_KEYS if getattr(args, k, None) is not None}
+    """The study options given on the command line, read and checked by the schema.
+
+    Raises ValueError naming the flag, the text given and the rule (``--shard-size=0 must be an integer >= 1``).
+    """
+    from .study.options import OPTIONS
+
+    given = {}
+    for opt in OPTIONS:
+        raw = getattr(args, opt.name, None) if opt.flag else None
+        if raw is not None:
+            given[opt.name] = raw if isinstance(raw, bool) else opt.parse(raw)
+    return given
+
+
+def build_study(args):
+    """The :class:`~homoscope.study.Study` that ``demo``, ``run`` or ``compare`` runs.
+
+    The command's defaults (:data:`COMMAND_DEFAULTS`; for ``run`` the study file), then the flags
+    given. Raises ValueError for a bad flag value (naming the flag) or a bad study file.
+    """
+    from .study import PACKAGED_DEMO_MODELS, Study, _default_name
+
+    given = _overrides(args)
+    if args.command == "run":
+        return dataclasses.replace(Study.from_toml(args.study), **given)
+    defaults = COMMAND_DEFAULTS[args.command]
+    if args.command == "demo":
+        return Study(**{**defaults, "models": list(args.models or PACKAGED_DEMO_MODELS), **given})
+    refs = args.against or default_reference()
+    made = {"models": [args.new, *refs], "out": f"homoscope-compare-{_default_name(args.new)}",
+            "name": f"{args.new} compared with {', '.join(refs)}"}
+    return Study(**{**defaults, **made, **given})
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``homoscope`` parser: one subcommand per ``cmd_*`` function."""
     parser = argparse.ArgumentParser(
         prog="homoscope",
         description="Measure how alike NLP foundation models are: layer-by-layer similarity and a report.",
@@ -80,17 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the built-in study: four packaged models on 1,000 BBC News sentences")
     p.add_argument("--models", type=_csv_list, help="comma-separated model specs (default: the four packaged models)")
-    _add_study_options(p, DEMO_OUT)
+    _add_study_options(p, "demo")
 
     p = sub.add_parser("run", help="run a study described in a TOML file")
     p.add_argument("study", help="study .toml file")
-    _add_study_options(p, None)
+    _add_study_options(p, "run")
 
     p = sub.add_parser("compare", help="compare one model with reference models")
     p.add_argument("new", help="the model to compare (packaged name, local folder or hub id)")
     p.add_argument("--against", nargs="+", default=None, metavar="REF",
                    help="reference models (default: minilm-l6, or bert-base-uncased where the hub is reachable)")
-    _add_study_options(p, None)
+    _add_study_options(p, "compare")
 
     p = sub.add_parser("models", help="packaged offline models")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -118,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_outputs(result) -> None:
+    """Where a study wrote its outputs, a few files per kind."""
     out = result.out
     print(f"\nwrote {len(result.frame)} scores to {out}/")
     for kind, paths in result.files.items():
@@ -131,6 +155,7 @@ def _print_outputs(result) -> None:
 
 
 def _run(study, args, commands) -> int:
+    """Run ``study`` (progress bars unless ``-q``), print its outputs; exit status 0."""
     from .study import run_study
 
     result = run_study(study, progress=not args.quiet, commands=commands)
@@ -139,24 +164,13 @@ def _run(study, args, commands) -> int:
 
 
 def _command_line() -> str:
+    """The command as typed, for the report."""
     return "homoscope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def cmd_demo(args) -> int:
-    from .study import PACKAGED_DEMO_MODELS, Study
-
-    study = Study(models=list(args.models or PACKAGED_DEMO_MODELS), install=True, name="homoscope demo",
-                  **{**CONTROL_DEFAULTS, **_overrides(args)})
-    return _run(study, args, [_command_line()])
-
-
-def cmd_run(args) -> int:
-    from .study import Study
-
-    study = Study.from_toml(args.study)
-    for k, v in _overrides(args).items():
-        setattr(study, k, v)
-    return _run(study, args, [_command_line()])
+def cmd_study(args) -> int:
+    """``demo``, ``run`` and ``compare``: build the study, run it, print where the outputs went."""
+    return _run(build_study(args), args, [_command_line()])
 
 
 def default_reference() -> list[str]:
@@ -174,17 +188,8 @@ def default_reference() -> list[str]:
         return ["minilm-l6"]
 
 
-def cmd_compare(args) -> int:
-    from .study import Study, _default_name
-
-    refs = args.against or default_reference()
-    out = args.out or f"homoscope-compare-{_default_name(args.new)}"
-    study = Study(models=[args.new, *refs], pairs="first-vs-rest", name=f"{args.new} compared with {', '.join(refs)}",
-                  install=True, **{**CONTROL_DEFAULTS, **_overrides(args), "out": out})
-    return _run(study, args, [_command_line()])
-
-
 def cmd_models(args) -> int:
+    """``models list`` (the packaged models and their state) and ``models install NAME...``."""
     from . import models
 
     if args.models_command == "list":
@@ -204,6 +209,7 @@ def cmd_models(args) -> int:
 
 
 def _fmt(v) -> str:
+    """A table cell: yes/no, comma-joined lists, '' for None."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
@@ -212,6 +218,7 @@ def _fmt(v) -> str:
 
 
 def cmd_measures(args) -> int:
+    """``measures``: one line per measure with its metadata."""
     from .measures import get_measure, list_measures
 
     for name in list_measures():
@@ -224,6 +231,7 @@ def cmd_measures(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """``report DIR``: rebuild the report of a results folder."""
     from .report import rebuild_report
 
     files = rebuild_report(args.results, args.out, progress=not args.quiet, dpi=args.dpi)
@@ -235,6 +243,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    """``doctor``: versions, device, cache and a load check of each packaged model."""
     from .doctor import main as doctor_main
 
     return doctor_main(load=not args.no_load, device=args.device, as_json=args.json)
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``homoscope`` command. Returns the exit status (2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": cmd_demo, "run": cmd_run, "compare": cmd_compare, "models": cmd_models,
+    handlers = {"demo": cmd_study, "run": cmd_study, "compare": cmd_study, "models": cmd_models,
                 "measures": cmd_measures, "report": cmd_report, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)

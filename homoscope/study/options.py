@@ -16,6 +16,11 @@ With ``unit = "word"`` every text is split into words by a rule that knows no mo
 model's tokens are mapped to words through character offsets, each word's tokens are pooled, and
 words that some model leaves without a token are dropped for all models; ``max_rows`` caps the
 number of rows (a seeded sample). ``unit = "token"`` needs identical tokenizers.
+
+Each option is declared once, as a field of :class:`Study` made by :func:`option` (type from the
+annotation, default, help, allowed choices or bounds, CLI flag). :data:`OPTIONS` lists them; the
+TOML checks (:meth:`Study.from_dict`), the value checks (:meth:`Study.validate`), the docstring of
+:class:`Study` and the command line's study options (:mod:`homoscope.cli`) are all made from it.
 """
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ import errno
 import json
 import os
 import re
+import shlex
 import tempfile
 import tomllib
+import typing
+from types import NoneType, UnionType
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,96 +89,280 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
         raise ValueError(f"{what}={str(folder)!r} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
-@dataclass
-class Study:
-    """Configuration of one study. Field names are the TOML keys and the CLI options.
+def _toml_value(v) -> str:
+    """``v`` (bool, number, string, list, table) written as a TOML value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(type(v))
+
+
+# ------------------------------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class Option:
+    """One study option: a :class:`Study` field, a key of the study file and a command-line flag.
 
     Attributes:
-        models: model specs (packaged name, local HF folder, hub id), or ``{name, spec}`` tables.
-        out: output folder.
-        corpus: ``"bbc"`` (BBC News sentences) or a path to a .txt/.jsonl/.csv file.
-        sentences: number of texts sampled from the corpus (None = all).
-        seed: sampling, permutation and bootstrap seed.
-        text_column, label_column, doc_column: column names for .jsonl/.csv corpora.
-        measures: measure names from ``homoscope.measures.list_measures()``.
-        unit: ``sentence`` (one pooled row per text), ``word`` (one row per word, aligned across
-            tokenizers through character offsets) or ``token`` (one row per token; only between
-            models whose tokenizers give identical token sequences).
-        pooling: ``mean`` | ``first`` | ``last`` | ``cls`` over a text's tokens; for words ``mean``
-            (default), ``first`` or ``last`` (Wu et al. 2020) over a word's tokens; unused for tokens.
-        punctuation: word rule: ``attach`` (whitespace words, punctuation kept on them) or
-            ``split`` (punctuation marks are words of their own).
-        max_rows: word and token units: rows kept, sampled with ``seed`` (0 = all).
-        special_tokens: ``exclude`` (default) or ``include`` special positions (BOS/CLS/SEP) as
-            token rows and in sentence pooling; words never contain them.
-        outliers: report per layer the top dimension's variance share and the largest-norm row.
-        max_length: tokens per text, special tokens included (longer texts are truncated).
-        dtype: ``float32`` | ``float16`` | ``bfloat16`` for the forward pass; pooled vectors
-            are always float32 and measures accumulate in float64.
-        device: ``auto`` (cuda, then mps, then cpu) or a torch device string.
-        batch_tokens: padded tokens per forward pass; 0 = suited to the device.
-        shard_size: texts per shard: each model's representations are extracted and stored one shard
-            at a time (rows keep corpus order), so a killed run loses at most the shard in flight.
-        memory_mb: memory budget (MiB) of streamed scoring: the layer pairs of a model pair are
-            scored in blocks whose sums fit in it.
-        pairwise_rows: row cap of the measures that need ``n x n`` matrices (``rbf_cka``,
-            ``mutual_knn``, ``cknna``, ``rsa``, ``minibatch_cka``) and of Monte-Carlo nulls and
-            bootstraps; above it they use a seeded subsample of this many rows (the frame's ``n``
-            says which).
-        permutations: permutation-null draws per cell (0 = off).
-        bootstrap: bootstrap resamples for confidence intervals (0 = off).
-        pairs: ``all`` model pairs, or ``first-vs-rest`` (the first model against each other).
-        random_init: also run each model's architecture with random weights through the same
-            pipeline and put the same measure between the random-init copies in the frame's
-            ``random_init`` column (the control of DESIGN.md).
-        agreement: prediction agreement and outcome homogenization from linear probes:
-            ``auto`` (when the corpus has labels and document ids and the unit is sentence),
-            ``on`` (an error if it cannot run) or ``off``.
-        probe_test_size: share of documents held out for the probes' test split.
-        store: representation store folder (default: the homoscope cache).
-        install: install missing packaged models first.
-        trust_remote_code: allow model code from a model folder to run (off by default).
-        name: study title used in the report.
+        name: the field name and TOML key (``shard_size``).
+        types: the Python types a value may have, from the field's annotation (``float`` also takes int).
+        optional: whether the annotation allows None (the option may be left unset).
+        default: the value of an option not given (a tuple stands for a fresh list).
+        help: what the option does, in one line (``--help`` and the docstring).
+        details: more for the docstring, not shown by ``--help``.
+        choices: the allowed values, or None.
+        minimum, maximum: numeric bounds, inclusive unless ``exclusive``; None = unbounded.
+        flag: the command-line spelling (``--shard-size``), or None for an option only a study file sets.
     """
 
-    models: list = field(default_factory=lambda: list(PACKAGED_DEMO_MODELS))
-    out: str = "homoscope-out"
-    corpus: str = "bbc"
-    sentences: int | None = 1000
-    seed: int = 0
-    text_column: str = "text"
-    label_column: str | None = None
-    doc_column: str | None = None
-    measures: list = field(default_factory=lambda: list(DEFAULT_MEASURES))
-    unit: str = "sentence"
-    pooling: str = "mean"
-    punctuation: str = "attach"
-    max_rows: int = DEFAULT_MAX_ROWS
-    special_tokens: str = "exclude"
-    outliers: bool = True
-    max_length: int = 128
-    dtype: str = "float32"
-    device: str = "auto"
-    batch_tokens: int = 0
-    shard_size: int = 4096
-    memory_mb: int = 1024
-    pairwise_rows: int = 4096
-    permutations: int = 0
-    bootstrap: int = 0
-    pairs: str = "all"
-    random_init: bool = False
-    agreement: str = "auto"
-    probe_test_size: float = 0.3
-    store: str | None = None
-    install: bool = False
-    trust_remote_code: bool = False
-    name: str = "homoscope study"
+    name: str
+    types: tuple
+    optional: bool
+    default: Any
+    help: str
+    details: str = ""
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive: bool = False
+    flag: str | None = None
+
+    @property
+    def type_names(self) -> str:
+        """``'int'``, ``'float/int'``: the accepted types as a study file's error names them."""
+        return "/".join(t.__name__ for t in self.types)
+
+    @property
+    def rule(self) -> str:
+        """What a value must be, in words: ``'an integer >= 1'``, ``'one of all, first-vs-rest'``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        kind = "a number" if float in self.types else {int: "an integer", bool: "true or false", list: "a list",
+                                                        str: "a string"}[self.types[0]]
+        low, high, strictly = self.minimum, self.maximum, "strictly " if self.exclusive else ""
+        if low is not None and high is not None:
+            return f"{kind} {strictly}between {low:g} and {high:g}"
+        if low == 0 and kind == "an integer" and not self.exclusive:
+            return "a non-negative integer"
+        if low is not None or high is not None:
+            sign = (">" if low is not None else "<") + ("" if self.exclusive else "=")
+            return f"{kind} {sign} {low if low is not None else high:g}"
+        return kind
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has one of the option's types (a bool is not an int here; None if optional)."""
+        if value is None:
+            return self.optional
+        return isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool))
+
+    def check(self, value: Any, label: str | None = None) -> None:
+        """Raise ValueError ``'{label}={value!r} ...'`` unless ``value`` keeps the choices and bounds.
+
+        ``label`` names the option as the user wrote it: the key (the default, with the file and line
+        where known) or the flag. An option with neither choices nor bounds is not checked here: its
+        type is checked where it is read (:meth:`Study.from_dict`, :meth:`parse`).
+        """
+        problem = self._problem(value)
+        if problem:
+            raise ValueError(f"{label or self.name}={value!r} {problem}")
+
+    def _problem(self, value: Any) -> str:
+        """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
+        if value is None and self.optional:
+            return ""
+        if self.choices is not None:
+            return "" if value in self.choices else f"is not {self.rule}"
+        if (self.minimum is not None or self.maximum is not None) and not self._within(value):
+            return f"must be {self.rule}" + (" (or omitted)" if self.optional else "")
+        return ""
+
+    def _within(self, value: Any) -> bool:
+        """Whether ``value`` is a number of this option's type within its bounds (NaN never is)."""
+        if value is None or not self.accepts(value):
+            return False
+        low, high = self.minimum, self.maximum
+        above = low is None or (value > low if self.exclusive else value >= low)
+        below = high is None or (value < high if self.exclusive else value <= high)
+        return bool(above and below)
+
+    def parse(self, text: str, label: str | None = None) -> Any:
+        """The value of the command-line ``text`` (``'4096'``, ``'a,b'``), checked like :meth:`check`.
+
+        Raises ValueError naming ``label`` (default: the flag) and the text as typed, then the rule:
+        ``--shard-size=0 must be an integer >= 1``.
+        """
+        typed = f"{label or self.flag or self.name}={shlex.quote(text)}"
+        kind = self.types[0]
+        if kind is list:
+            value: Any = [x.strip() for x in text.split(",") if x.strip()]
+            if not value:
+                raise ValueError(f"{typed} names nothing; give comma-separated names")
+        elif kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"{typed} must be true or false")
+            value = text.lower() == "true"
+        elif kind in (int, float):
+            try:
+                value = kind(text)
+            except ValueError:
+                raise ValueError(f"{typed} must be {self.rule}") from None
+        else:
+            value = text
+        problem = self._problem(value)
+        if problem:
+            raise ValueError(f"{typed} {problem}")
+        return value
+
+    def show(self, value: Any) -> str:
+        """``value`` as it is typed on the command line: ``'linear_cka,debiased_cka'``, ``'on'``, ``'4096'``."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value))
+        return str(value)
+
+
+def option(default: Any, help: str, *, details: str = "", choices=None, minimum: float | None = None,
+           maximum: float | None = None, exclusive: bool = False, flag: bool | str = True) -> Any:
+    """Declare one :class:`Study` field as an option; the arguments are those of :class:`Option`.
+
+    ``flag``: True gives ``--`` and the name with dashes, a string another spelling, False keeps
+    the option off the command line. A tuple ``default`` gives each study its own list.
+    """
+    spec = {"help": help, "details": details, "choices": None if choices is None else tuple(choices),
+            "minimum": minimum, "maximum": maximum, "exclusive": exclusive, "flag": flag}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: list(default), metadata={"option": spec})
+    return field(default=default, metadata={"option": spec})
+
+
+def _collect(cls) -> tuple[Option, ...]:
+    """The :class:`Option` of each field of ``cls``, in field order, typed by the field's annotation."""
+    hints = typing.get_type_hints(cls)
+    result = []
+    for f in dataclasses.fields(cls):
+        spec = dict(f.metadata["option"])
+        hint = hints[f.name]
+        parts = typing.get_args(hint) if isinstance(hint, UnionType) else (hint,)
+        kinds = tuple(typing.get_origin(t) or t for t in parts if t is not NoneType)
+        if float in kinds and int not in kinds:
+            kinds += (int,)  # TOML and people write 1 for 1.0
+        default = tuple(f.default_factory()) if f.default is dataclasses.MISSING else f.default
+        flag = spec.pop("flag")
+        flag = "--" + f.name.replace("_", "-") if flag is True else (flag or None)
+        result.append(Option(name=f.name, types=kinds, optional=NoneType in parts, default=default, flag=flag,
+                             **spec))
+    return tuple(result)
+
+
+def _attributes_doc(options: tuple[Option, ...]) -> str:
+    """The ``Attributes:`` section of :class:`Study`'s docstring: each option's help, rule and default."""
+    import textwrap
+
+    lines = ["", "    Attributes:"]
+    for o in options:
+        text = f"{o.name}: {o.help}." + (f" {o.details}" if o.details else "")
+        if o.choices is not None or o.minimum is not None or o.maximum is not None:
+            text += f" {o.rule[0].upper()}{o.rule[1:]}."
+        if o.default is not None:
+            text += f" Default: ``{_toml_value(list(o.default) if isinstance(o.default, tuple) else o.default)}``."
+        lines += textwrap.wrap(text, 108, initial_indent=" " * 8, subsequent_indent=" " * 12,
+                               break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Study:
+    """Configuration of one study. Field names are the TOML keys; the CLI flags are the names with dashes.
+
+    Each field is one option declared with :func:`option` (:data:`OPTIONS` lists them). Build a study
+    with keywords (``Study(models=["a", "b"], unit="word")``), from a study file (:meth:`from_toml`)
+    or a mapping (:meth:`from_dict`); :meth:`validate` checks it before a run.
+    """
+
+    models: list = option(PACKAGED_DEMO_MODELS, "model specs (packaged name, local HF folder, hub id), or "
+                          "{name, spec} tables", flag=False)
+    out: str = option("homoscope-out", "output folder")
+    corpus: str = option("bbc", "'bbc' (BBC News sentences) or a .txt/.jsonl/.csv file")
+    sentences: int | None = option(1000, "texts sampled from the corpus", minimum=4,
+                                   details="None (left out of a study file): every text.")
+    seed: int = option(0, "sampling / permutation / bootstrap seed", minimum=0)
+    text_column: str = option("text", "text column of a .jsonl/.csv corpus")
+    label_column: str | None = option(None, "label column of a .jsonl/.csv corpus")
+    doc_column: str | None = option(None, "document id column of a .jsonl/.csv corpus")
+    measures: list[str] = option(DEFAULT_MEASURES, "measure names (see 'homoscope measures')",
+                                 details="Names from ``homoscope.measures.list_measures()``.")
+    unit: str = option("sentence", "unit of a row: sentence (one pooled row per text), word (aligned across "
+                       "tokenizers through character offsets) or token (identical tokenizers only)", choices=UNITS)
+    pooling: str = option("mean", "pooling over a text's tokens: mean, first, last or cls; over a word's tokens: "
+                          "mean, first or last (Wu et al. 2020); unused for tokens", choices=POOLINGS)
+    punctuation: str = option("attach", "word rule: attach (whitespace words, punctuation kept on them) or split "
+                              "(punctuation marks are words of their own)", choices=PUNCTUATION)
+    max_rows: int = option(DEFAULT_MAX_ROWS, "word/token units: rows kept, a seeded sample (0 = all)", minimum=0)
+    special_tokens: str = option("exclude", "exclude or include special positions (BOS/CLS/SEP) as token rows and "
+                                 "in sentence pooling", choices=SPECIAL_TOKENS, details="Words never contain them.")
+    outliers: bool = option(True, "report per layer the top dimension's variance share and the largest-norm row")
+    max_length: int = option(128, "tokens per text, special tokens included (longer texts are truncated)",
+                             minimum=2)
+    dtype: str = option("float32", "dtype of the forward pass", choices=tuple(DTYPES),
+                        details="Pooled vectors are always float32 and measures accumulate in float64.")
+    device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
+    batch_tokens: int = option(0, "padded tokens per forward pass (0 = suited to the device)", minimum=0)
+    shard_size: int = option(4096, "texts per stored shard: a killed run loses at most one shard", minimum=1,
+                             details="Each model's representations are extracted and stored one shard at a time "
+                                     "(rows keep corpus order).")
+    memory_mb: int = option(1024, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
+                            minimum=64, details="The layer pairs of a model pair are scored in blocks whose sums "
+                                                "fit in it.")
+    pairwise_rows: int = option(4096, "row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above "
+                                "it a seeded subsample", minimum=16,
+                                details="The n x n measures are ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa`` and "
+                                        "``minibatch_cka``; the frame's ``n`` says how many rows a score used.")
+    permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=0)
+    bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=0)
+    pairs: str = option("all", "all model pairs, or first-vs-rest (the first model against each other)",
+                        choices=PAIRS)
+    random_init: bool = option(False, "also run each architecture with random weights as a control",
+                               details="The same measure between the random-init copies goes in the frame's "
+                                       "``random_init`` column (the control of DESIGN.md).")
+    agreement: str = option("auto", "linear probes, prediction agreement and outcome homogenization: auto (when the "
+                            "corpus has labels and document ids and the unit is sentence), on (an error if it "
+                            "cannot run) or off", choices=AGREEMENT_MODES)
+    probe_test_size: float = option(0.3, "share of documents held out for the probes' test split", minimum=0,
+                                    maximum=1, exclusive=True)
+    store: str | None = option(None, "representation store folder (default: the homoscope cache)")
+    install: bool = option(False, "install missing packaged models first")
+    trust_remote_code: bool = option(False, "allow code shipped with a model folder to run")
+    name: str = option("homoscope study", "study title used in the report")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ValueError naming the field, its value and the rule it breaks."""
-        from ..measures import list_measures
+        """Raise ValueError naming the field, its value and the rule it breaks.
 
+        Each option's own rule (choices, bounds) comes from :data:`OPTIONS`; the rules that span
+        options or depend on this machine (models, measures, pooling of words, device, out) follow.
+        """
+        for opt in OPTIONS:
+            opt.check(getattr(self, opt.name))
+        self._check_models()
+        self._check_measures()
+        if self.unit == "word" and self.pooling not in ROW_POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} does not apply to unit='word'; pool a word's tokens with "
+                f"{', '.join(ROW_POOLINGS)}")
+        _check_device(self.device)
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out={self.out!r} is a file; give a folder for the study's outputs")
+
+    def _check_models(self) -> None:
+        """At least two models, each a spec or ``{name, spec}`` table, with distinct names."""
         if not isinstance(self.models, list) or len(self.models) < 2:
             raise ValueError(f"models={self.models!r}: a study needs at least two models")
         names = [n for n, _ in self.model_specs()]
@@ -179,6 +372,11 @@ class Study:
                 f"models: the name(s) {', '.join(map(repr, dup))} appear more than once; give each model a "
                 "distinct name (in TOML: {name = \"...\", spec = \"...\"})"
             )
+
+    def _check_measures(self) -> None:
+        """A non-empty list of known measure names, each named once."""
+        from ..measures import list_measures
+
         valid = list_measures()
         if not self.measures:
             raise ValueError("measures is empty: name at least one of " + ", ".join(valid))
@@ -187,45 +385,9 @@ class Study:
         twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
         if twice:
             raise ValueError(f"measures: {', '.join(map(repr, twice))} named more than once; name each measure once")
-        _check_device(self.device)
         for m in self.measures:
             if m not in valid:
                 raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit={self.unit!r} is not one of {', '.join(UNITS)}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
-        if self.unit == "word" and self.pooling not in ROW_POOLINGS:
-            raise ValueError(
-                f"pooling={self.pooling!r} does not apply to unit='word'; pool a word's tokens with "
-                f"{', '.join(ROW_POOLINGS)}")
-        if self.punctuation not in PUNCTUATION:
-            raise ValueError(f"punctuation={self.punctuation!r} is not one of {', '.join(PUNCTUATION)}")
-        if self.special_tokens not in SPECIAL_TOKENS:
-            raise ValueError(f"special_tokens={self.special_tokens!r} is not one of {', '.join(SPECIAL_TOKENS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.agreement not in AGREEMENT_MODES:
-            raise ValueError(f"agreement={self.agreement!r} is not one of {', '.join(AGREEMENT_MODES)}")
-        if not (isinstance(self.probe_test_size, (int, float)) and 0 < self.probe_test_size < 1):
-            raise ValueError(f"probe_test_size={self.probe_test_size!r} must be a number between 0 and 1")
-        if self.pairs not in PAIRS:
-            raise ValueError(f"pairs={self.pairs!r} is not one of {', '.join(PAIRS)}")
-        if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 4):
-            raise ValueError(f"sentences={self.sentences!r} must be an integer >= 4 (or omitted for all)")
-        for key in ("permutations", "bootstrap", "batch_tokens", "max_rows"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{key}={v!r} must be a non-negative integer")
-        for key, low in (("shard_size", 1), ("memory_mb", 64), ("pairwise_rows", 16)):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{key}={v!r} must be an integer >= {low}")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out={self.out!r} is a file; give a folder for the study's outputs")
 
     def model_specs(self) -> list[tuple[str, str]]:
         """(display name, spec) for every model; a plain spec is named by its last path part."""
@@ -244,13 +406,12 @@ class Study:
         return result
 
     def to_toml(self) -> str:
-        """The study as TOML that :meth:`from_toml` reads back."""
+        """The study as TOML that :meth:`from_toml` reads back (options set to None are left out)."""
         lines = []
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v is None:
-                continue
-            lines.append(f"{f.name} = {_toml_value(v)}")
+        for opt in OPTIONS:
+            v = getattr(self, opt.name)
+            if v is not None:
+                lines.append(f"{opt.name} = {_toml_value(v)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -270,51 +431,39 @@ class Study:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "study", text: str | None = None) -> "Study":
-        """Build a study from a mapping, checking every key and type."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
+        """Build a study from a mapping, checking each key, its type, its entries and its value.
+
+        Raises ValueError naming ``source``, the key's line in ``text`` (where given), the key as
+        written and the rule it breaks; an unknown key gets the likely one it meant.
+        """
+        options = {o.name: o for o in OPTIONS}
         for key, value in data.items():
-            where = _line_of(text, key)
-            if key not in fields:
-                import difflib
-
-                close = difflib.get_close_matches(str(key), list(fields), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
-                    f"{source}{where}: unknown key {key!r}{hint}; valid keys: {', '.join(sorted(fields))}"
-                )
-            expected = _expected_types(key)
-            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-                names = "/".join(t.__name__ for t in expected)
-                raise ValueError(
-                    f"{source}{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}"
-                )
-            _check_entries(key, value, f"{source}{where}")
-            kwargs[key] = value
-        if "models" not in kwargs and text is not None:
+            where = f"{source}{_line_of(text, str(key))}"
+            opt = options.get(key)
+            if opt is None:
+                raise ValueError(f"{where}: unknown key {key!r}{_did_you_mean(str(key), options)}; valid keys: "
+                                 f"{', '.join(sorted(options))}")
+            if not opt.accepts(value):
+                raise ValueError(f"{where}: key {key!r} must be {opt.type_names}, got {type(value).__name__} "
+                                 f"{value!r}")
+            _check_entries(key, value, where)
+            opt.check(value, f"{where}: {key}")
+        if "models" not in data and text is not None:
             raise ValueError(f"{source}: missing key 'models' (a list of model specs)")
-        return cls(**kwargs)
+        return cls(**data)
 
 
-_TYPES = {
-    "models": (list,),
-    "measures": (list,),
-    "sentences": (int,),
-    "seed": (int,),
-    "max_length": (int,),
-    "batch_tokens": (int,),
-    "shard_size": (int,),
-    "memory_mb": (int,),
-    "pairwise_rows": (int,),
-    "permutations": (int,),
-    "bootstrap": (int,),
-    "install": (bool,),
-    "trust_remote_code": (bool,),
-    "max_rows": (int,),
-    "outliers": (bool,),
-    "random_init": (bool,),
-    "probe_test_size": (float, int),
-}
+OPTIONS: tuple[Option, ...] = _collect(Study)
+"""Every study option, in the order of :class:`Study`'s fields."""
+Study.__doc__ = (Study.__doc__ or "").rstrip() + "\n" + _attributes_doc(OPTIONS) + "    "
+
+
+def _did_you_mean(key: str, names) -> str:
+    """`` (did you mean 'sentences'?)`` for the closest of ``names`` to ``key``; '' if none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_device(device: str) -> None:
@@ -332,10 +481,6 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device={device!r} is not available here; use --device auto or cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device={device!r}: homoscope runs on cpu, cuda or mps")
-
-
-def _expected_types(key: str) -> tuple:
-    return _TYPES.get(key, (str,))
 
 
 def _check_entries(key: str, value, where: str) -> None:
@@ -368,21 +513,8 @@ def _line_of(text: str | None, key: str) -> str:
     return f" line {text.count(chr(10), 0, m.start()) + 1}" if m else ""
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
-
 def _default_name(spec: str) -> str:
+    """A model's display name from its spec: the last part of the path or hub id."""
     s = spec.rstrip("/\\")
     return s.replace("\\", "/").split("/")[-1] or spec
 
