@@ -96,7 +96,7 @@ def plan_large() -> list[tuple[str, dict, float]]:
 
 def _spec_key(r: dict) -> tuple:
     return (r.get("bench"), r.get("measure"), r.get("impl"), r.get("model"), r.get("n"), r.get("offset", 0.0),
-            r.get("scale", 1.0), r.get("data"))
+            r.get("scale", 1.0), r.get("data"), r.get("case"), r.get("sentences"), r.get("code"))
 
 
 def main() -> None:
@@ -109,6 +109,10 @@ def main() -> None:
     ap.add_argument("--model", default="minilm-l6", help="extraction: packaged model(s), comma separated")
     ap.add_argument("--large", action="store_true",
                     help="only the large-n exact cases (n = 16,384 and 65,536); add --resume to append them")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the whole-study scale cases (real models, up to all 34k BBC sentences; about an hour)")
+    ap.add_argument("--before", default=None, metavar="COMMIT",
+                    help="with --scale: also run the cases on the code of COMMIT (the path before a change)")
     args = ap.parse_args()
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     jsonl = REPORT_DIR / "results.jsonl"
@@ -119,13 +123,19 @@ def main() -> None:
         return
     only = set(args.only.split(","))
     info = machine()
-    info["mode"] = "large-n cases" if args.large else ("quick" if args.quick else "full")
+    info["mode"] = ("scale cases" if args.scale else "large-n cases" if args.large
+                    else ("quick" if args.quick else "full"))
     info["command"] = " ".join(["python -m benchmarks", *sys.argv[1:]])
     print(f"machine: {info}")
     todo: list[tuple[str, dict, float]] = []
     if args.large:
         only = set()
         todo += plan_large()
+    if args.scale:
+        from .scale import plan as plan_scale
+
+        only = set()
+        todo += plan_scale(args.before)
     if "measures" in only:
         todo += plan(args.quick)
     if "extraction" in only:

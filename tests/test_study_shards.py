@@ -147,14 +147,16 @@ def test_score_pairs_streams_above_the_row_cap_and_subsamples_the_rest():
     stacks = {"a": X, "b": Y}
     names = ["linear_cka", "debiased_cka", "rbf_cka"]
     full = score_pairs(stacks, [("a", "b")], names, progress=False, pairwise_rows=4096)
-    capped = score_pairs(stacks, [("a", "b")], names, progress=False, pairwise_rows=64, permutations=20, seed=3)
+    capped = score_pairs(stacks, [("a", "b")], names, progress=False, pairwise_rows=64, permutations=20,
+                         bootstrap=20, seed=3)
     for m in ("linear_cka", "debiased_cka"):
         f, c = full[full.measure == m], capped[capped.measure == m]
-        assert (f.n == 200).all() and (c.n == 200).all() and (c.control_n == 64).all()
+        assert (f.n == 200).all() and (c.n == 200).all()
+        assert (c.control_n == 64).all()  # the drawn bootstrap runs on the subsample
         assert np.abs(f.value.to_numpy() - c.value.to_numpy()).max() <= 1e-7
-        assert c.p_value.between(0, 1).all()
+        assert c.p_value.between(0, 1).all() and (c.ci_low <= c.ci_high).all()
     rbf = capped[capped.measure == "rbf_cka"]
-    assert (rbf.n == 64).all() and (rbf.control_n == 64).all()
+    assert (rbf.n == 64).all() and (rbf.control_n == 64).all() and rbf.p_value.between(1 / 21, 1).all()
     # the subsample is the same seeded rows: the capped rbf value is the measure on those rows
     from homoscope.extract.words import sample_rows
     from homoscope.study.scoring import SUBSAMPLE_SEED_OFFSET
@@ -195,3 +197,25 @@ def test_random_init_controls_are_stored_as_shards(tmp_path, corpus_file, models
                       loaded_models=models, log=None)
     assert all(c["reused"] for c in again.manifest["controls"]["random_init"])
     pd.testing.assert_frame_equal(r.frame, again.frame, check_exact=True)
+
+
+@pytest.mark.parametrize("cap", [4096, 64])
+def test_cka_nulls_are_the_closed_form_at_full_n(cap):
+    from homoscope.measures import analytic_null
+
+    X, Y = _stacks(n=200)
+    frame = score_pairs({"a": X, "b": Y}, [("a", "b")], ["linear_cka", "debiased_cka", "procrustes"],
+                        progress=False, pairwise_rows=cap, permutations=30, seed=0)
+    for m in ("linear_cka", "debiased_cka"):
+        want = analytic_null(m, X, Y)
+        got = frame[frame.measure == m]
+        assert (got.n == 200).all() and (got.get("control_n", got.n) == 200).all()  # all rows, even above the cap
+        np.testing.assert_allclose(got.null_mean, want.mean.numpy().ravel(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.null_std, want.std.numpy().ravel(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.p_value, want.p_value.numpy().ravel(), rtol=1e-6, atol=1e-9)
+    # debiased CKA: null mean 0 and std sqrt(2 / (n (n - 3))) for any data
+    deb = frame[frame.measure == "debiased_cka"]
+    np.testing.assert_allclose(deb.null_std, np.sqrt(2 / (200 * 197)), rtol=1e-9)
+    # the other measures keep their drawn null, on the subsample above the cap
+    pro = frame[frame.measure == "procrustes"]
+    assert pro.p_value.between(1 / 31, 1).all()

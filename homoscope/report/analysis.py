@@ -36,8 +36,12 @@ VERDICT_NONE = "no null computed"
 NULL_RULE = (
     f"A score is not distinguishable from its permutation null when its Benjamini-Hochberg adjusted p-value "
     f"(q, over all layer pairs of one model pair and measure) is at least {ALPHA:g}. Such a score is shown as "
-    "n.s., never as similarity. p-values come from the permutation test (rows of one side shuffled); with P "
-    "permutations the smallest possible p is 1 / (P + 1)."
+    "n.s., never as similarity. p-values come from the permutation test (rows of one side shuffled). For "
+    "linear and debiased CKA no permutation is drawn: the permutation distribution's mean, standard deviation "
+    "and skewness are exact (closed form on all n rows; Josse, Pages & Husson 2008) and p is the upper tail of "
+    "the Pearson type III distribution with those moments. For the other measures P permutations are drawn "
+    "and the smallest possible p is 1 / (P + 1); where the frame has a control_n column, the drawn null and the "
+    "bootstrap used that many rows (a seeded subsample, the same for every model)."
 )
 
 #: How an interval of a mean over pairs is formed; printed in the report.

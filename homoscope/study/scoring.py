@@ -11,10 +11,14 @@ rows. Above it:
   ``minibatch_cka``) and the Monte-Carlo permutation nulls and bootstraps run on one seeded subsample
   of ``pairwise_rows`` rows, the same rows for every model; the frame's ``n`` (and ``control_n``) say
   how many rows each value (and its controls) used.
+
+The permutation null of ``linear_cka`` and ``debiased_cka`` is never drawn: its mean, standard deviation,
+skewness and Pearson type III p-value come in closed form from per-model moment sums streamed over all
+rows (:mod:`homoscope.measures.nulls`; Josse, Pages & Husson 2008), at any n.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +29,8 @@ from .shards import InMemoryStack, _Rows
 
 # the subsample of the n x n measures and the Monte-Carlo controls is drawn with seed + this offset
 SUBSAMPLE_SEED_OFFSET = 104_729
+# measures whose permutation null is in closed form (homoscope.measures.nulls)
+ANALYTIC_NULLS = ("linear_cka", "debiased_cka")
 
 
 def model_pairs(names: list[str], how: str) -> list[tuple[str, str]]:
@@ -85,7 +91,7 @@ def score_pairs(
     frames = []
     for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
         try:
-            scored = plan.score(names, src[a], src[b])
+            scored = plan.score(names, src[a], src[b], keys=(a, b))
             random = plan.score(names, csrc[a], csrc[b], with_controls=False) if controls is not None else None
         except ValueError as err:  # name the models: the measure only knows X and Y
             raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
@@ -116,19 +122,35 @@ class _Plan:
     def __init__(self, unit, permutations, bootstrap, groups, seed, device, memory_mb, sub):
         self.unit, self.permutations, self.bootstrap, self.seed = unit, permutations, bootstrap, seed
         self.groups, self.device, self.memory_mb, self.sub = groups, device, memory_mb, sub
+        self._moments: dict = {}
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device is None else t.to(self.device)
 
-    def score(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True) -> dict:
-        """``{measure: (value [La, Lb], n, Controlled or None, control n)}`` for one ordered pair."""
-        from ..measures import STREAMING_MEASURES
+    def score(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True, keys=None) -> dict:
+        """``{measure: (value [La, Lb], n, controls or None, control n)}`` for one ordered pair.
 
-        controlled = with_controls and bool(self.permutations or self.bootstrap)
+        ``keys`` name the two stacks (moment sums of the closed-form nulls are kept per name).
+        """
+        analytic = [m for m in names if m in ANALYTIC_NULLS] if with_controls and self.permutations else []
+        drawn = self.permutations if any(m not in analytic for m in names) else 0
+        controlled = with_controls and bool(drawn or self.bootstrap)
         if self.sub is None:  # every row fits: all in memory, as one call shares the work across measures
             Xm, Ym = self._to(X.load()), self._to(Y.load())
-            out = self._in_memory(names, Xm, Ym, self.groups, controlled)
-            return {m: (*v, X.n) for m, v in out.items()}
+            out = {m: (*v, X.n) for m, v in self._in_memory(names, Xm, Ym, self.groups, controlled, drawn).items()}
+        else:
+            out = self._streamed(names, X, Y, controlled, drawn)
+        for m in analytic:
+            value, n, res, k = out[m]
+            null = self._analytic(m, keys, X, Y, value)
+            ci = res.ci if res is not None else None
+            out[m] = (value, n, _Controls(null, ci), k if ci is not None else n)
+        return out
+
+    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int) -> dict:
+        """Exact linear measures streamed over all rows; the rest and the drawn controls on the subsample."""
+        from ..measures import STREAMING_MEASURES
+
         streamed = [m for m in names if m in STREAMING_MEASURES]
         values = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device)
         rest = [m for m in names if m not in streamed]
@@ -136,21 +158,58 @@ class _Plan:
             return {m: (v, X.n, None, X.n) for m, v in values.items()}
         Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
         groups = None if self.groups is None else [self.groups[i] for i in self.sub]
-        small = self._in_memory(rest if not controlled else names, Xs, Ys, groups, controlled)
+        small = self._in_memory(rest if not controlled else names, Xs, Ys, groups, controlled, drawn)
         k = len(self.sub)
         out = {m: (values[m], X.n, small[m][2] if m in small else None, k) for m in streamed}
         out.update({m: (small[m][0], k, small[m][2], k) for m in rest})
         return out
 
-    def _in_memory(self, names, X, Y, groups, controlled) -> dict:
+    def _in_memory(self, names, X, Y, groups, controlled, drawn) -> dict:
         """``{measure: (value, n, Controlled or None)}`` on the rows given."""
         from ..measures import compute, with_controls
 
         if controlled:  # one call shares Gram matrices, null and bootstrap sums across the measures
-            res = with_controls(names, X, Y, n_permutations=self.permutations or None,
+            res = with_controls(names, X, Y, n_permutations=drawn or None,
                                 n_boot=self.bootstrap or None, groups=groups, seed=self.seed)
             return {m: (res[m].value, X.shape[1], res[m]) for m in names}
         return {m: (compute(m, X, Y), X.shape[1], None) for m in names}
+
+    def _analytic(self, measure: str, keys, X: _Rows, Y: _Rows, observed: torch.Tensor):
+        """The closed-form permutation null of ``measure`` at the observed values, on all rows."""
+        from ..measures import debiased_cka_null, linear_cka_null
+
+        mx = self._stack_moments(keys[0], X)
+        my = self._stack_moments(keys[1], Y)
+        fn = linear_cka_null if measure == "linear_cka" else debiased_cka_null
+        return fn(mx, my, observed.double().cpu())
+
+    def _stack_moments(self, key, stack: _Rows):
+        if key not in self._moments:
+            self._moments[key] = stack_moments(stack, seed=self.seed)
+        return self._moments[key]
+
+
+class _Controls(NamedTuple):
+    """A score's controls where the null is in closed form: ``null`` (an AnalyticNull), ``ci`` (or None)."""
+
+    null: object
+    ci: object
+
+
+def stack_moments(stack: _Rows, *, seed: int = 0):
+    """The per-layer statistics of the closed-form permutation nulls (:class:`~homoscope.measures.LayerMoments`)
+    of a stack ``[L, n, d]``, from two passes over its rows (one shard at a time)."""
+    from ..measures import MomentSums
+
+    first = MomentSums()
+    for chunk in stack.chunks():
+        first.update(chunk)
+    second = first.second_pass(seed=seed)
+    start = 0
+    for chunk in stack.chunks():
+        second.update(chunk, start=start)
+        start += chunk.shape[1]
+    return second.compute()
 
 
 def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,

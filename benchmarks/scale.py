@@ -1,0 +1,128 @@
+"""Scale benchmark: whole studies on real models, peak memory and time per stage as n grows.
+
+Each case is one study run in a fresh process (so its peak resident memory is its own), with a fresh
+representation store (extraction included), on the packaged models. A case names the code it runs:
+``"code": "current"`` is this checkout; ``"code": "<commit>"`` runs the study from a ``git worktree`` of that
+commit (the path before a change, for a ratio measured in the same run).
+
+Cases (``python -m benchmarks --scale``):
+
+- ``compare``: ``minilm-l6`` against a copy of its folder under another name, no random-init, 100
+  permutations and 100 bootstrap replicates, at 1,000 and 8,000 sentences: the ratio of peak memory.
+- ``words``: word unit, ``minilm-l6`` against ``mpnet-base`` over 10,000 BBC sentences, ``linear_cka``,
+  ``debiased_cka`` and ``cca_rho`` with the permutation null and 100 bootstrap replicates: peak memory, n,
+  and the share of wall time spent scoring (extraction is the floor).
+- ``sentences``: all BBC sentences, ``minilm-l6`` against ``mpnet-base`` with random-init controls,
+  permutations and bootstrap: peak memory (and the earlier path's, or where it failed).
+
+A result holds ``peak_mb`` (the study process's peak RSS), ``n`` (rows scored), the manifest's timings
+(``extract_s`` summed over models and controls, ``measures_s``, ``total_s``) and ``scoring_share``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from ._common import REPO, emit
+
+STUDY = textwrap.dedent("""
+    import json, os, resource, sys, time
+    cap = os.environ.get("BENCH_MEM_CAP_GB")  # address-space cap: a study that needs more fails cleanly
+    if cap:
+        resource.setrlimit(resource.RLIMIT_AS, (int(float(cap) * 2**30),) * 2)
+    from homoscope.study import Study, run_study
+
+    spec = json.loads(sys.argv[1])
+    t0 = time.perf_counter()
+    result = run_study(Study(**spec), progress=False, log=None)
+    timings = result.manifest["timings"]
+    print("STUDY " + json.dumps({
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": time.perf_counter() - t0,
+        "n": int(result.frame["n"].max()),
+        "control_n": int(result.frame["control_n"].max()) if "control_n" in result.frame else None,
+        "extract_s": sum(v for k, v in timings.items() if k.startswith("extract/")),
+        "measures_s": timings.get("measures"),
+        "agreement_s": timings.get("agreement"),
+        "total_s": timings.get("total"),
+    }), flush=True)
+""")
+
+CASES = {
+    "compare": dict(models="copy", measures=["linear_cka", "debiased_cka"], permutations=100, bootstrap=100,
+                    random_init=False, agreement="off", outliers=True),
+    "words": dict(models="minilm-mpnet", measures=["linear_cka", "debiased_cka", "cca_rho"], unit="word", max_rows=0,
+                  permutations=100, bootstrap=100, random_init=False, agreement="off"),
+    "sentences": dict(models="minilm-mpnet", measures=["linear_cka", "debiased_cka"], permutations=100,
+                      bootstrap=100, random_init=True, agreement="off"),
+}
+
+
+def _models(kind: str, tmp: Path) -> list:
+    if kind == "minilm-mpnet":
+        return ["minilm-l6", "mpnet-base"]
+    from homoscope.models import resolve
+
+    copy = tmp / "minilm-copy"
+    shutil.copytree(resolve("minilm-l6").location, copy)
+    return ["minilm-l6", {"name": "minilm-copy", "spec": str(copy)}]
+
+
+def _code_dir(code: str, tmp: Path) -> Path:
+    if code == "current":
+        return REPO
+    where = tmp / f"code-{code[:12]}"
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), code], cwd=REPO, check=True,
+                   capture_output=True)
+    return where
+
+
+def run_case(spec: dict) -> dict:
+    """Run one study case in a fresh process; return its measurements (or its failure)."""
+    tmp = Path(tempfile.mkdtemp(prefix="homoscope-scale-"))
+    code = spec.get("code", "current")
+    where = _code_dir(code, tmp)
+    try:
+        base = dict(CASES[spec["case"]])
+        study = {**{k: v for k, v in base.items() if k != "models"}, "models": _models(base["models"], tmp),
+                 "corpus": "bbc", "sentences": spec.get("sentences"), "out": str(tmp / "out"),
+                 "store": str(tmp / "store"), "seed": 0, **spec.get("options", {})}
+        env = {**os.environ, "PYTHONPATH": str(where), "TOKENIZERS_PARALLELISM": "false"}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", STUDY, json.dumps(study)], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=spec.get("timeout", 7200))
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("STUDY ")]
+        if not lines:
+            err = (proc.stderr or "").strip().splitlines()
+            status = "oom" if proc.returncode < 0 or "MemoryError" in proc.stderr else "error"
+            return {**spec, "status": status, "note": (err[-1] if err else f"exit {proc.returncode}")[-300:],
+                    "wall_s": time.perf_counter() - t0}
+        out = json.loads(lines[-1][len("STUDY "):])
+        if out.get("measures_s") and out.get("total_s"):
+            out["scoring_share"] = out["measures_s"] / out["total_s"]
+        return {**spec, "status": "ok", **out}
+    finally:
+        if code != "current":
+            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=REPO, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plan(before: str | None = None) -> list[tuple[str, dict, float]]:
+    """The scale cases as (module, spec, timeout); ``before`` adds the earlier path's runs of each case."""
+    cases = [{"case": "compare", "sentences": 1000}, {"case": "compare", "sentences": 8000},
+             {"case": "words", "sentences": 10000}, {"case": "sentences", "sentences": None}]
+    out = [("benchmarks.scale", {**c, "code": "current"}, 7200) for c in cases]
+    if before:
+        out += [("benchmarks.scale", {**c, "code": before}, 7200) for c in cases if c["case"] != "words"]
+    return out
+
+
+if __name__ == "__main__":
+    emit({"bench": "scale", **run_case(json.loads(sys.argv[1]))})
