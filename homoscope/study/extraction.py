@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..extract import ExtractStats, OutlierMoments, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
 from .options import DTYPES, Study, StudyWriteError, _os_reason
@@ -146,12 +147,14 @@ def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
     if job.plan is not None:
         bounds = np.concatenate([[0], np.cumsum([len(r) for r in job.plan.per_text()])])
     keys, sizes, records = [], [], []
+    bar = tqdm(total=len(job.corpus.texts), desc=f"{job.name}: {len(texts)} shards", unit="text",
+               disable=not job.progress or len(texts) < 2)
     for i, (t0, t1) in enumerate(texts):
         rows = (int(bounds[t0]), int(bounds[t1])) if job.plan is not None else (t0, t1)
         key = fingerprint_key(**job.parts, shard=[t0, t1])
         rec = job.store.record(job.name, key)
         if rec is None:
-            shard = _compute_shard(job, t0, t1, rows, f"{job.name} [{i + 1}/{len(texts)}]")
+            shard = _compute_shard(job, t0, t1, rows)
             rec = {"extract": shard["extract"], "uncovered": shard["uncovered"], "texts": [t0, t1], "rows": rows}
             _put(job, key, shard["stack"], rec)
             rec = {**rec, "shape": list(shard["stack"].shape), "reused": False}
@@ -160,6 +163,9 @@ def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
         keys.append(key)
         sizes.append(rows[1] - rows[0])
         records.append(rec)
+        bar.update(t1 - t0)
+        bar.set_postfix(reused=sum(r["reused"] for r in records))
+    bar.close()
     reused = sum(r["reused"] for r in records)
     if log is not None and reused:
         log(f"reused {reused} of {len(records)} shards of {job.name}")
@@ -178,7 +184,7 @@ def _put(job: _Job, key: str, stack: torch.Tensor, rec: dict) -> None:
         ) from err
 
 
-def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int], desc: str) -> dict:
+def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int]) -> dict:
     """The stack ``[L+1, rows, d]`` of texts ``[t0, t1)`` from the model, with its stats and uncovered rows."""
     from ..extract import extract_rows
     from ..extract.words import encode_words, token_groups

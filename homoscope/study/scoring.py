@@ -81,7 +81,7 @@ def score_pairs(
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
-    plan = _Plan(unit, permutations, bootstrap, groups, seed, device, memory_mb, sub)
+    plan = _Plan(unit, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress)
     jobs: dict[tuple[str, str], list[str]] = {}
     for a, b in pairs:
         for m in measures:
@@ -119,9 +119,10 @@ def _common_n(src: dict) -> int:
 class _Plan:
     """How one study scores a model pair: in memory, or streamed plus a subsample (see module doc)."""
 
-    def __init__(self, unit, permutations, bootstrap, groups, seed, device, memory_mb, sub):
+    def __init__(self, unit, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress=False):
         self.unit, self.permutations, self.bootstrap, self.seed = unit, permutations, bootstrap, seed
         self.groups, self.device, self.memory_mb, self.sub = groups, device, memory_mb, sub
+        self.progress = progress
         self._moments: dict = {}
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,8 @@ class _Plan:
         from ..measures import STREAMING_MEASURES
 
         streamed = [m for m in names if m in STREAMING_MEASURES]
-        values = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device)
+        values = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
+                                 progress=self.progress)
         rest = [m for m in names if m not in streamed]
         if not (rest or controlled):
             return {m: (v, X.n, None, X.n) for m, v in values.items()}
@@ -185,7 +187,7 @@ class _Plan:
 
     def _stack_moments(self, key, stack: _Rows):
         if key not in self._moments:
-            self._moments[key] = stack_moments(stack, seed=self.seed)
+            self._moments[key] = stack_moments(stack, seed=self.seed, progress=self.progress, name=key)
         return self._moments[key]
 
 
@@ -196,24 +198,30 @@ class _Controls(NamedTuple):
     ci: object
 
 
-def stack_moments(stack: _Rows, *, seed: int = 0):
+def stack_moments(stack: _Rows, *, seed: int = 0, progress: bool = False, name: str = "X"):
     """The per-layer statistics of the closed-form permutation nulls (:class:`~homoscope.measures.LayerMoments`)
     of a stack ``[L, n, d]``, from two passes over its rows (one shard at a time)."""
+    from tqdm.auto import tqdm
+
     from ..measures import MomentSums
 
     first = MomentSums()
-    for chunk in stack.chunks():
-        first.update(chunk)
-    second = first.second_pass(seed=seed)
-    start = 0
-    for chunk in stack.chunks():
-        second.update(chunk, start=start)
-        start += chunk.shape[1]
+    with tqdm(total=2 * stack.n, desc=f"null moments of {name}", unit="row", disable=not progress,
+              leave=False) as bar:
+        for chunk in stack.chunks():
+            first.update(chunk)
+            bar.update(chunk.shape[1])
+        second = first.second_pass(seed=seed)
+        start = 0
+        for chunk in stack.chunks():
+            second.update(chunk, start=start)
+            start += chunk.shape[1]
+            bar.update(chunk.shape[1])
     return second.compute()
 
 
 def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
-                    device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                    device: torch.device | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
     """Exact linear measures of all layer pairs from sums streamed over both stacks' rows.
 
     Layer pairs go in blocks whose :class:`~homoscope.measures.streaming.CrossMoments` sums
@@ -230,17 +238,23 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
     Raises:
         ValueError: the measures' input rules (too few rows, a constant layer, n <= d for CCA).
     """
+    from tqdm.auto import tqdm
+
     from ..measures.streaming import CrossMoments
 
     out = {m: torch.empty(X.layers, Y.layers, dtype=torch.float64) for m in names}
     if not names:
         return out
-    for xs, ys in layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb):
-        acc = CrossMoments(debiased="debiased_cka" in names)
-        for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
-            acc.update(cx if device is None else cx.to(device), cy if device is None else cy.to(device))
-        for m in names:
-            out[m][xs, ys] = acc.compute(m).cpu()
+    blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb)
+    with tqdm(total=X.n * len(blocks), desc=f"streaming {len(blocks)} layer block(s)", unit="row",
+              disable=not progress, leave=False) as bar:
+        for xs, ys in blocks:
+            acc = CrossMoments(debiased="debiased_cka" in names)
+            for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
+                acc.update(cx if device is None else cx.to(device), cy if device is None else cy.to(device))
+                bar.update(cx.shape[1])
+            for m in names:
+                out[m][xs, ys] = acc.compute(m).cpu()
     return out
 
 
