@@ -113,9 +113,11 @@ def main() -> None:
                     help="only the whole-study scale cases (real models, up to all 34k BBC sentences; about an hour)")
     ap.add_argument("--before", default=None, metavar="COMMIT",
                     help="with --scale: also run the cases on the code of COMMIT (the path before a change)")
+    ap.add_argument("--cases", default="compare,words,sentences",
+                    help="with --scale: the cases to run (default compare,words,sentences)")
     args = ap.parse_args()
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    jsonl = REPORT_DIR / "results.jsonl"
+    jsonl = REPORT_DIR / ("scale.jsonl" if args.scale else "results.jsonl")
     if args.report_only:
         rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
         machines = [r for r in rows if r.get("bench") == "machine"]
@@ -135,7 +137,7 @@ def main() -> None:
         from .scale import plan as plan_scale
 
         only = set()
-        todo += plan_scale(args.before)
+        todo += [c for c in plan_scale(args.before) if c[1]["case"] in args.cases.split(",")]
     if "measures" in only:
         todo += plan(args.quick)
     if "extraction" in only:
@@ -179,6 +181,11 @@ def main() -> None:
     info["total_s"] = round(time.perf_counter() - t_all)
     with jsonl.open("a") as fh:
         fh.write(json.dumps({"bench": "machine", **info}) + "\n")
+    if args.scale:
+        from .scale import write_scale_report
+
+        write_scale_report(results, info)
+        return
     write_report(results, info)
 
 

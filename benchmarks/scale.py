@@ -124,5 +124,56 @@ def plan(before: str | None = None) -> list[tuple[str, dict, float]]:
     return out
 
 
+def _row(r: dict) -> str:
+    def f(x, fmt="{:.0f}"):
+        return "" if x is None else fmt.format(x)
+
+    opts = ", ".join(f"{k}={v}" for k, v in r.get("options", {}).items())
+    return (f"| {r['case']} | {r.get('sentences') or 'all'} | {r.get('code', 'current')[:12]} | {opts} | "
+            f"{r['status']} | {f(r.get('n'))} | {f(r.get('control_n'))} | {f(r.get('peak_mb'))} | "
+            f"{f(r.get('extract_s'))} | {f(r.get('measures_s'))} | {f(r.get('wall_s'))} | "
+            f"{f(r.get('scoring_share'), '{:.1%}')} | {r.get('note', '')} |")
+
+
+def targets(results: list[dict]) -> list[str]:
+    """The scale targets, each with what was measured (or why it could not be)."""
+    ok = [r for r in results if r.get("status") == "ok" and r.get("code", "current") == "current"
+          and not r.get("options")]
+    out = []
+    cmp = {r["sentences"]: r for r in ok if r["case"] == "compare"}
+    if 1000 in cmp and 8000 in cmp:
+        ratio = cmp[8000]["peak_mb"] / cmp[1000]["peak_mb"]
+        out.append(f"- compare, peak memory 8,000 / 1,000 sentences <= 1.5: {ratio:.2f} "
+                   f"({cmp[8000]['peak_mb']:.0f} / {cmp[1000]['peak_mb']:.0f} MB): "
+                   f"{'held' if ratio <= 1.5 else 'missed'}")
+    for r in (r for r in ok if r["case"] == "words"):
+        share = r.get("measures_s", 0) / max(r.get("wall_s", 1), 1e-9)
+        out.append(f"- words, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
+                   f"{'held' if r['peak_mb'] <= 3072 else 'missed'}); scoring and controls {share:.1%} of the wall "
+                   f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})")
+    for r in (r for r in ok if r["case"] == "sentences"):
+        out.append(f"- sentences, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 4,096: "
+                   f"{'held' if r['peak_mb'] <= 4096 else 'missed'})")
+    return out
+
+
+def write_scale_report(results: list[dict], info: dict) -> Path:
+    """``reports/benchmarks/scale.md``: the machine, one line per case, and the targets."""
+    from ._common import REPORT_DIR
+
+    lines = ["# Scale benchmark", "", f"Machine: {info.get('cpu')}, {info.get('cores')} cores, "
+             f"{info.get('mem_gb')} GB, torch {info.get('torch')}. Command: `{info.get('command')}`.", "",
+             "Each case is a whole study in a fresh process with a fresh store (extraction included); "
+             "`peak MB` is that process's peak resident memory; `scoring` is the scoring stage (measures, "
+             "nulls, bootstrap), its share is of the study's wall time.", "",
+             "| case | sentences | code | options | status | n | control n | peak MB | extract s | scoring s | "
+             "wall s | scoring share | note |", "|" + "---|" * 13]
+    lines += [_row(r) for r in results]
+    lines += ["", "## Targets", ""] + (targets(results) or ["- no complete pair of cases yet"])
+    path = REPORT_DIR / "scale.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 if __name__ == "__main__":
     emit({"bench": "scale", **run_case(json.loads(sys.argv[1]))})

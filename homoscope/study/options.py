@@ -320,10 +320,13 @@ class Study:
     memory_mb: int = option(1024, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
                             minimum=64, details="The layer pairs of a model pair are scored in blocks whose sums "
                                                 "fit in it.")
-    pairwise_rows: int = option(4096, "row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above "
+    pairwise_rows: int = option(1024, "row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above "
                                 "it a seeded subsample", minimum=16,
                                 details="The n x n measures are ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa`` and "
-                                        "``minibatch_cka``; the frame's ``n`` says how many rows a score used.")
+                                        "``minibatch_cka``; the frame's ``n`` says how many rows a score used, "
+                                        "``control_n`` how many the drawn controls used. The default, 1,024 rows, "
+                                        "is the sample size of Huh et al. 2024 for mutual kNN and keeps the "
+                                        "controls' memory flat in n (their n x n matrices are the largest).")
     permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=0)
     bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=0)
     pairs: str = option("all", "all model pairs, or first-vs-rest (the first model against each other)",

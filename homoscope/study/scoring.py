@@ -54,7 +54,7 @@ def score_pairs(
     progress: bool = True,
     controls: dict | None = None,
     memory_mb: int = 1024,
-    pairwise_rows: int = 4096,
+    pairwise_rows: int = 1024,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
