@@ -101,12 +101,13 @@ def run_case(spec: dict) -> dict:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("STUDY ")]
         if not lines:
             err = (proc.stderr or "").strip().splitlines()
-            status = "oom" if proc.returncode < 0 or "MemoryError" in proc.stderr else "error"
+            oom = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "out of memory")
+            status = "oom" if proc.returncode < 0 or any(k in proc.stderr for k in oom) else "error"
             return {**spec, "status": status, "note": (err[-1] if err else f"exit {proc.returncode}")[-300:],
                     "wall_s": time.perf_counter() - t0}
         out = json.loads(lines[-1][len("STUDY "):])
-        if out.get("measures_s") and out.get("total_s"):
-            out["scoring_share"] = out["measures_s"] / out["total_s"]
+        if out.get("measures_s") is not None:
+            out["scoring_share"] = out["measures_s"] / (out.get("total_s") or out["wall_s"])
         return {**spec, "status": "ok", **out}
     finally:
         if code != "current":
@@ -147,7 +148,7 @@ def targets(results: list[dict]) -> list[str]:
                    f"({cmp[8000]['peak_mb']:.0f} / {cmp[1000]['peak_mb']:.0f} MB): "
                    f"{'held' if ratio <= 1.5 else 'missed'}")
     for r in (r for r in ok if r["case"] == "words"):
-        share = r.get("measures_s", 0) / max(r.get("wall_s", 1), 1e-9)
+        share = r.get("scoring_share", float("nan"))
         out.append(f"- words, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
                    f"{'held' if r['peak_mb'] <= 3072 else 'missed'}); scoring and controls {share:.1%} of the wall "
                    f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})")

@@ -55,6 +55,10 @@ def test_sharded_extraction_equals_one_shard(tmp_path, corpus_file, models):
     many = run_study(_study(tmp_path / "b", corpus_file, shard_size=4), progress=False, loaded_models=models,
                      log=None)
     assert [m["shards"] for m in many.manifest["models"]] == [5, 5]  # 19 texts in shards of 4
+    import json
+
+    on_disk = json.loads((many.out / "manifest.json").read_text())["timings"]
+    assert on_disk == many.manifest["timings"] and {"total", "report", "measures"} <= set(on_disk)
     for name in models:
         a, b = one.representations[name], many.representations[name]
         assert a.shape == b.shape == (3, len(TINY_TEXT), 32)

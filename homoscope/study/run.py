@@ -307,7 +307,7 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
             files = {**files, "rows": [out / "rows.csv"]}
         timings["report"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_all
-        # the manifest on disk gets the final timings
+        manifest["timings"] = dict(timings)  # the manifest on disk (and returned) gets the final timings
         atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
     except OSError as err:
         raise StudyWriteError(
