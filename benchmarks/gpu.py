@@ -108,7 +108,7 @@ def streaming_bench(ns):
     rows = []
     for n in ns:
         torch.cuda.reset_peak_memory_stats()
-        acc = CrossMoments(debiased=True)
+        acc = CrossMoments(debiased=True, precision="float64")
         t0 = time.perf_counter()
         for x, y in chunks(n):
             acc.update(x.cuda(non_blocking=True), y.cuda(non_blocking=True))

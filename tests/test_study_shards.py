@@ -223,3 +223,15 @@ def test_cka_nulls_are_the_closed_form_at_full_n(cap):
     # the other measures keep their drawn null, on the subsample above the cap
     pro = frame[frame.measure == "procrustes"]
     assert pro.p_value.between(1 / 31, 1).all()
+
+
+def test_streamed_cca_on_ill_conditioned_wide_layers_matches_float64():
+    # wide enough that CrossMoments would use float32 products; column scales spanning 1e4 (condition 1e8)
+    g = torch.Generator().manual_seed(5)
+    n, d = 2500, 1100
+    scale = torch.logspace(0, -4, d)
+    X = torch.randn(1, n, d, generator=g) * scale
+    Y = X + 0.5 * torch.randn(1, n, d, generator=g) * scale
+    got = stream_measures(["linear_cka", "cca_rho"], InMemoryStack(X), InMemoryStack(Y), memory_mb=64)
+    want = compute("cca_rho", X.double(), Y.double())
+    assert (got["cca_rho"] - want).abs().max() <= 1e-7

@@ -29,6 +29,7 @@ from .shards import InMemoryStack, _Rows
 
 # the subsample of the n x n measures and the Monte-Carlo controls is drawn with seed + this offset
 SUBSAMPLE_SEED_OFFSET = 104_729
+CCA_FAMILY = ("cca_rho", "cca_r2", "svcca", "pwcca")
 # measures whose permutation null is in closed form (homoscope.measures.nulls)
 ANALYTIC_NULLS = ("linear_cka", "debiased_cka")
 
@@ -246,10 +247,13 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
     if not names:
         return out
     blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb)
+    # float32 products keep CKA and Procrustes within 1e-7; the CCA family's error grows with the
+    # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
+    precision = "float64" if any(m in CCA_FAMILY for m in names) else "float32"
     with tqdm(total=X.n * len(blocks), desc=f"streaming {len(blocks)} layer block(s)", unit="row",
               disable=not progress, leave=False) as bar:
         for xs, ys in blocks:
-            acc = CrossMoments(debiased="debiased_cka" in names)
+            acc = CrossMoments(debiased="debiased_cka" in names, precision=precision)
             for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
                 acc.update(cx if device is None else cx.to(device), cy if device is None else cy.to(device))
                 bar.update(cx.shape[1])
