@@ -47,6 +47,9 @@ def test_shard_ranges_cover_the_corpus_in_order():
     assert shard_ranges(4, 4) == [(0, 4)] and shard_ranges(0, 4) == []
     with pytest.raises(ValueError, match="shard_size=0"):
         shard_ranges(10, 0)
+    # words and tokens: at most shard_size rows, cut between texts; a long text is a shard of its own
+    assert shard_ranges(5, 4, rows=[2, 2, 1, 6, 0]) == [(0, 2), (2, 3), (3, 5)]
+    assert shard_ranges(3, 10, rows=[3, 3, 3]) == [(0, 3)]
 
 
 def test_sharded_extraction_equals_one_shard(tmp_path, corpus_file, models):

@@ -143,9 +143,12 @@ def _plan_rows(job: _Job) -> None:
 
 def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
     """Every shard of the job from the store or the model; returns the stack and the shard records."""
-    texts = shard_ranges(len(job.corpus.texts), job.study.shard_size)
-    if job.plan is not None:
-        bounds = np.concatenate([[0], np.cumsum([len(r) for r in job.plan.per_text()])])
+    if job.plan is None:
+        texts = shard_ranges(len(job.corpus.texts), job.study.shard_size)
+    else:  # words and tokens: shards of at most shard_size rows, cut between texts
+        per_text = [len(r) for r in job.plan.per_text()]
+        bounds = np.concatenate([[0], np.cumsum(per_text)])
+        texts = shard_ranges(len(job.corpus.texts), job.study.shard_size, rows=per_text)
     keys, sizes, records = [], [], []
     bar = tqdm(total=len(job.corpus.texts), desc=f"{job.name}: {len(texts)} shards", unit="text",
                disable=not job.progress or len(texts) < 2)

@@ -314,9 +314,10 @@ class Study:
                         details="Pooled vectors are always float32 and measures accumulate in float64.")
     device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
     batch_tokens: int = option(0, "padded tokens per forward pass (0 = suited to the device)", minimum=0)
-    shard_size: int = option(4096, "texts per stored shard: a killed run loses at most one shard", minimum=1,
+    shard_size: int = option(4096, "texts per stored shard (words or tokens per shard for those units): a killed "
+                             "run loses at most one shard", minimum=1,
                              details="Each model's representations are extracted and stored one shard at a time "
-                                     "(rows keep corpus order).")
+                                     "(rows keep corpus order); word and token shards are cut between texts.")
     memory_mb: int = option(1024, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
                             minimum=64, details="The layer pairs of a model pair are scored in blocks whose sums "
                                                 "fit in it.")

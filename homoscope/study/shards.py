@@ -1,6 +1,7 @@
 """Shards: a study's rows cut into runs of texts, and stacks read shard by shard.
 
-A study cuts its corpus into shards of ``shard_size`` texts in corpus order; each model's
+A study cuts its corpus into shards of ``shard_size`` texts (for words and tokens: of at most
+``shard_size`` rows, cut between texts) in corpus order; each model's
 representations of a shard are one store entry (``[L+1, rows of the shard, d]``), written as soon as
 the shard is extracted. A :class:`ShardedStack` is a model's whole stack as the list of its entries:
 it holds no tensor, and reads one shard at a time (or only some layers of it) when scoring streams
@@ -16,17 +17,31 @@ import numpy as np
 import torch
 
 
-def shard_ranges(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
-    """Text ranges ``[(start, stop), ...]`` of at most ``shard_size`` texts, in corpus order.
+def shard_ranges(n_texts: int, shard_size: int, rows: list[int] | None = None) -> list[tuple[int, int]]:
+    """Text ranges ``[(start, stop), ...]`` in corpus order: at most ``shard_size`` texts each, or, with
+    ``rows`` (rows per text: words or tokens), at most ``shard_size`` rows each, cut between texts (a
+    text with more rows than that is a shard of its own).
 
     Raises:
-        ValueError: ``shard_size`` < 1 or ``n_texts`` < 0.
+        ValueError: ``shard_size`` < 1, ``n_texts`` < 0, or ``rows`` of another length than ``n_texts``.
     """
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size={shard_size!r} must be an integer >= 1")
     if n_texts < 0:
         raise ValueError(f"n_texts={n_texts!r} must be >= 0")
-    return [(s, min(s + shard_size, n_texts)) for s in range(0, n_texts, shard_size)]
+    if rows is None:
+        return [(s, min(s + shard_size, n_texts)) for s in range(0, n_texts, shard_size)]
+    if len(rows) != n_texts:
+        raise ValueError(f"rows has {len(rows)} entries for n_texts={n_texts}")
+    out, start, held = [], 0, 0
+    for i, r in enumerate(rows):
+        if held and r and held + r > shard_size:
+            out.append((start, i))
+            start, held = i, 0
+        held += r
+    if start < n_texts:
+        out.append((start, n_texts))
+    return out
 
 
 def _local_keep(keep: np.ndarray | None, start: int, stop: int) -> torch.Tensor | None:
