@@ -238,3 +238,52 @@ def test_streamed_cca_on_ill_conditioned_wide_layers_matches_float64():
     got = stream_measures(["linear_cka", "cca_rho"], InMemoryStack(X), InMemoryStack(Y), memory_mb=64)
     want = compute("cca_rho", X.double(), Y.double())
     assert (got["cca_rho"] - want).abs().max() <= 1e-7
+
+
+def test_subsample_controls_of_streamed_measures():
+    X, Y = _stacks(n=400)
+    frame = score_pairs({"a": X, "b": Y}, [("a", "b")], ["linear_cka", "procrustes"], progress=False,
+                        pairwise_rows=64, permutations=20, bootstrap=40, seed=1)
+    # the interval keeps the subsample's width and moves with the value (biased estimators move with n)
+    from homoscope.extract.words import sample_rows
+    from homoscope.measures import with_controls
+    from homoscope.study.scoring import SUBSAMPLE_SEED_OFFSET
+
+    rows = sample_rows(400, 64, 1 + SUBSAMPLE_SEED_OFFSET)
+    sub = with_controls(["linear_cka", "procrustes"], X[:, rows], Y[:, rows], n_permutations=20, n_boot=40, seed=1)
+    for m in ("linear_cka", "procrustes"):
+        f, r = frame[frame.measure == m], sub[m]
+        shift = f.value.to_numpy() - r.value.double().numpy().ravel()
+        np.testing.assert_allclose(f.ci_low, np.clip(r.ci.low.double().numpy().ravel() + shift, 0, 1), atol=1e-12)
+        np.testing.assert_allclose(f.ci_high, np.clip(r.ci.high.double().numpy().ravel() + shift, 0, 1), atol=1e-12)
+    assert (frame.control_n == 64).all() and (frame.n == 400).all()
+    # the CCA family needs more subsample rows than the two widths: its drawn controls are skipped, with a warning
+    g = torch.Generator().manual_seed(2)
+    A, B = torch.randn(1, 300, 12, generator=g), torch.randn(1, 300, 10, generator=g)
+    with pytest.warns(RuntimeWarning, match=r"cca_rho: no permutation null or bootstrap: .*pairwise_rows=16"):
+        f = score_pairs({"a": A, "b": B}, [("a", "b")], ["cca_rho", "linear_cka"], progress=False,
+                        pairwise_rows=16, permutations=10, bootstrap=10)
+    cca = f[f.measure == "cca_rho"]
+    assert (cca.n == 300).all() and cca.p_value.isna().all() and cca.value.notna().all()
+    assert f[f.measure == "linear_cka"].p_value.notna().all()
+
+
+def test_word_shards_without_planned_rows(tmp_path, corpus_file, models):
+    # max_rows samples few words: most one-row shards of texts hold no planned row
+    r = run_study(_study(tmp_path, corpus_file, unit="word", max_rows=12, shard_size=1,
+                         measures=["linear_cka"]), progress=False, loaded_models=models, log=None)
+    assert (r.frame.n == r.manifest["rows"]["n"]).all() and r.manifest["rows"]["planned"] == 12
+    assert r.manifest["models"][0]["shards"] >= 10  # one planned row each; texts without one join a shard
+
+
+def test_a_malformed_shard_record_is_recomputed(tmp_path, corpus_file, models):
+    import json
+
+    first = run_study(_study(tmp_path, corpus_file, shard_size=4), progress=False, loaded_models=models, log=None)
+    bad = sorted((tmp_path / "store").glob("bert-*.json"))
+    rec = json.loads(bad[0].read_text())
+    bad[0].write_text(json.dumps({**rec, "extract": None}))
+    bad[1].write_text(json.dumps({**rec, "shape": [3, 4, 40]}))
+    again = run_study(_study(tmp_path, corpus_file, shard_size=4), progress=False, loaded_models=models, log=None)
+    assert again.manifest["models"][0]["shards_reused"] == 3
+    pd.testing.assert_frame_equal(first.frame, again.frame, check_exact=True)

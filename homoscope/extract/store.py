@@ -87,11 +87,14 @@ class RepresentationStore:
             return None
         try:
             record = json.loads(jpath.read_text())
-            if record.get("key") != key or tpath.stat().st_size != record.get("size"):
+            if not isinstance(record, dict) or record.get("key") != key or tpath.stat().st_size != record.get("size"):
                 return None
             if _sha256_file(tpath) != record.get("sha256"):
                 return None
-        except (OSError, ValueError, json.JSONDecodeError):
+            with safe_open(str(tpath), framework="pt") as f:  # the record's shape is the tensor's
+                if list(f.get_slice("stack").get_shape()) != record.get("shape"):
+                    return None
+        except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
             return None
         return record
 

@@ -194,3 +194,19 @@ def has_controls(frame: pd.DataFrame, measure: str | None = None) -> bool:
     """True when the frame (the rows of ``measure`` where given) has any control column with a value."""
     sub = frame if measure is None else frame[frame["measure"] == measure]
     return any(c in sub and sub[c].notna().any() for c in CONTROL_COLUMNS)
+
+
+def rows_used(frame: pd.DataFrame) -> tuple[int | None, str]:
+    """The study's rows (the largest ``n`` of the frame) and a note of the measures and controls that used
+    fewer (a seeded subsample above ``pairwise_rows``): ``(n, note)``; ``(None, '')`` without an ``n`` column."""
+    if "n" not in frame or not frame["n"].notna().any():
+        return None, ""
+    n = int(frame["n"].max())
+    notes = []
+    fewer = frame[frame["n"] < n]
+    if len(fewer):
+        names = ", ".join(sorted(map(str, fewer["measure"].unique())))
+        notes.append(f"{int(fewer['n'].min()):,} for {names}")
+    if "control_n" in frame and (frame["control_n"] < frame["n"]).any():
+        notes.append(f"drawn nulls and bootstrap on {int(frame['control_n'].min()):,}")
+    return n, ("; ".join(notes) + " (a seeded subsample)") if notes else ""

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ._common import (
+    rows_used,
     UNIT_PLURAL,
     atomic_write_text,
     check_frame,
@@ -291,7 +292,8 @@ def _write_report_html(frame, manifest, out_dir, figures, measure_info, extra) -
     found = findings(frame, manifest, infos, extra, index=index, include_index=False)
     view = compare_view(frame, manifest, infos)
     unit = study.get("unit") or (first_value(frame["unit"]) if "unit" in frame else None)
-    n_rows = int(frame["n"].min()) if "n" in frame and frame["n"].notna().any() else corpus.get("n")
+    n_rows, n_note = rows_used(frame)
+    n_rows = n_rows if n_rows is not None else corpus.get("n")
 
     title = f"homoscope report: {len(models)} models" + (f" on {corpus['name']}" if corpus.get("name") else "")
     if view is not None:
@@ -437,7 +439,8 @@ def _study_section(frame, manifest, study, corpus, model_meta, models, measures,
         how = {"sentence": " (over a text's tokens)", "word": " (over a word's tokens)"}.get(str(unit), " (unused)")
         facts.append(("pooling", e(study["pooling"]) + how))
     if n_rows is not None:
-        facts.append(("n per score", _int(n_rows)))
+        n_note = rows_used(frame)[1]
+        facts.append(("n per score", _int(n_rows) + (f" ({e(n_note)})" if n_note else "")))
     if study.get("max_length"):
         facts.append(("max length", f"{_int(study['max_length'])} tokens"))
     rows_meta = manifest.get("rows")

@@ -20,6 +20,7 @@ import pandas as pd
 from homoscope._paths import safe_name
 
 from ._common import (
+    rows_used,
     UNIT_PLURAL,
     atomic_write_text,
     check_frame,
@@ -314,7 +315,8 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
         return f"![{escape_md(alt)}]({_link(rel)})"
 
     unit = study.get("unit") or (first_value(frame["unit"]) if "unit" in frame else None)
-    n_rows = int(frame["n"].min()) if "n" in frame and frame["n"].notna().any() else corpus.get("n")
+    n_rows, n_note = rows_used(frame)
+    n_rows = n_rows if n_rows is not None else corpus.get("n")
     lines: list[str] = []
     title_corpus = f" on {escape_md(corpus['name'])}" if corpus.get("name") else ""
     view = compare_view(frame, manifest, infos)
@@ -379,7 +381,8 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
     unit_line = [f"unit: **{escape_md(unit)}**" if unit else None,
                  f"pooling: **{escape_md(study['pooling'])}**" if study.get("pooling") else None,
                  f"max length: {_int(study['max_length'])} tokens" if study.get("max_length") else None,
-                 f"n per score: {_int(n_rows)}" if n_rows is not None else None,
+                 (f"n per score: {_int(n_rows)}" + (f" ({escape_md(n_note)})" if n_note else ""))
+                 if n_rows is not None else None,
                  f"dtype: {escape_md(study['dtype'])}" if study.get("dtype") else None,
                  f"device: {escape_md(manifest.get('device') or study.get('device'))}"
                  if manifest.get("device") or study.get("device") else None]

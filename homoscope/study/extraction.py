@@ -156,7 +156,7 @@ def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
         rows = (int(bounds[t0]), int(bounds[t1])) if job.plan is not None else (t0, t1)
         key = fingerprint_key(**job.parts, shard=[t0, t1])
         rec = job.store.record(job.name, key)
-        if rec is None:
+        if rec is None or not isinstance(rec.get("extract"), dict):  # absent, partial or not a shard record
             shard = _compute_shard(job, t0, t1, rows)
             rec = {"extract": shard["extract"], "uncovered": shard["uncovered"], "texts": [t0, t1], "rows": rows}
             _put(job, key, shard["stack"], rec)
@@ -211,10 +211,13 @@ def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int]) -> dict:
         uncovered = [r for r in enc.uncovered if rows[0] <= r < rows[1]]
         stats.n, stats.truncated = t1 - t0, sum(t0 <= c < t1 for c in enc.cut)
         stats.dropped_words = len(uncovered)
-        got = extract_rows(loaded, enc.ids[t0:t1], enc.special[t0:t1], groups[t0:t1],
-                           pooling=study.pooling if study.unit == "word" else "mean",
-                           batch_tokens=max(batch_tokens, max(len(x) for x in enc.ids)),
-                           progress=job.progress, stats=stats)
+        if any(groups[t0:t1]):
+            got = extract_rows(loaded, enc.ids[t0:t1], enc.special[t0:t1], groups[t0:t1],
+                               pooling=study.pooling if study.unit == "word" else "mean",
+                               batch_tokens=max(batch_tokens, max(len(x) for x in enc.ids)),
+                               progress=job.progress, stats=stats)
+        else:  # no planned row of this shard has a token here (sampling, uncovered words): nothing to run
+            got = torch.zeros(job.info["blocks"] + 1, 0, job.info["width"])
         stack = _with_uncovered(got, rows, uncovered)
         stats.rows, stats.seconds = rows[1] - rows[0], time.perf_counter() - t
     blocks = job.info.get("blocks")

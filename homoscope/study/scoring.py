@@ -10,7 +10,10 @@ rows. Above it:
 - the measures that need ``n x n`` matrices (``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``,
   ``minibatch_cka``) and the Monte-Carlo permutation nulls and bootstraps run on one seeded subsample
   of ``pairwise_rows`` rows, the same rows for every model; the frame's ``n`` (and ``control_n``) say
-  how many rows each value (and its controls) used.
+  how many rows each value (and its controls) used. A streamed value's bootstrap interval keeps the
+  subsample's width (conservative) and moves with the value's shift from the subsample's value (biased
+  estimators move with n); the CCA family's drawn controls need ``pairwise_rows`` above the two widths
+  and are skipped with a warning otherwise.
 
 The permutation null of ``linear_cka`` and ``debiased_cka`` is never drawn: its mean, standard deviation,
 skewness and Pearson type III p-value come in closed form from per-model moment sums streamed over all
@@ -18,6 +21,7 @@ rows (:mod:`homoscope.measures.nulls`; Josse, Pages & Husson 2008), at any n.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -32,6 +36,7 @@ SUBSAMPLE_SEED_OFFSET = 104_729
 CCA_FAMILY = ("cca_rho", "cca_r2", "svcca", "pwcca")
 # measures whose permutation null is in closed form (homoscope.measures.nulls)
 ANALYTIC_NULLS = ("linear_cka", "debiased_cka")
+ANALYTIC_MIN_N = 6  # the third permutation moment needs 6 rows; below, the null is drawn
 
 
 def model_pairs(names: list[str], how: str) -> list[tuple[str, str]]:
@@ -134,7 +139,8 @@ class _Plan:
 
         ``keys`` name the two stacks (moment sums of the closed-form nulls are kept per name).
         """
-        analytic = [m for m in names if m in ANALYTIC_NULLS] if with_controls and self.permutations else []
+        closed = with_controls and self.permutations and X.n >= ANALYTIC_MIN_N
+        analytic = [m for m in names if m in ANALYTIC_NULLS] if closed else []
         drawn = self.permutations if any(m not in analytic for m in names) else 0
         controlled = with_controls and bool(drawn or self.bootstrap)
         if self.sub is None:  # every row fits: all in memory, as one call shares the work across measures
@@ -159,11 +165,15 @@ class _Plan:
         rest = [m for m in names if m not in streamed]
         if not (rest or controlled):
             return {m: (v, X.n, None, X.n) for m, v in values.items()}
+        k = len(self.sub)
+        with_drawn = rest + [m for m in streamed if controlled and _fits(m, k, X.width, Y.width)]
+        if not with_drawn:
+            return {m: (v, X.n, None, X.n) for m, v in values.items()}
         Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
         groups = None if self.groups is None else [self.groups[i] for i in self.sub]
-        small = self._in_memory(rest if not controlled else names, Xs, Ys, groups, controlled, drawn)
-        k = len(self.sub)
-        out = {m: (values[m], X.n, small[m][2] if m in small else None, k) for m in streamed}
+        small = self._in_memory(with_drawn, Xs, Ys, groups, controlled, drawn)
+        out = {m: (values[m], X.n, _recentred(m, small[m], values[m]) if m in small else None, k)
+               for m in streamed}
         out.update({m: (small[m][0], k, small[m][2], k) for m in rest})
         return out
 
@@ -190,6 +200,32 @@ class _Plan:
         if key not in self._moments:
             self._moments[key] = stack_moments(stack, seed=self.seed, progress=self.progress, name=key)
         return self._moments[key]
+
+
+def _fits(measure: str, k: int, da: int, db: int) -> bool:
+    """Whether the drawn controls of a streamed measure can run on ``k`` subsample rows (the CCA family
+    needs more rows than columns); warns, naming ``pairwise_rows``, where they cannot."""
+    if measure not in CCA_FAMILY or measure == "svcca" or k > da + db:
+        return True
+    warnings.warn(f"{measure}: no permutation null or bootstrap: the drawn controls run on pairwise_rows={k} rows, "
+                  f"which must exceed the widths d_x + d_y = {da + db} for canonical correlations; raise "
+                  "pairwise_rows above that (memory grows with its square)", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _recentred(measure: str, small: tuple, value: torch.Tensor):
+    """Controls from the subsample next to a value on all rows: the bootstrap interval keeps its width from
+    the subsample (wider than on all rows: conservative) and is moved by the value's shift from the
+    subsample's value, since biased estimators move with n; the drawn null stays as it is."""
+    from ..measures import get_measure
+
+    sub_value, _n, res = small
+    if res is None or res.ci is None:
+        return res
+    lo, hi = get_measure(measure).value_range
+    shift = value.to(res.ci.low) - sub_value.to(res.ci.low)
+    ci = type(res.ci)((res.ci.low + shift).clamp(lo, hi), (res.ci.high + shift).clamp(lo, hi))
+    return _Controls(res.null, ci)
 
 
 class _Controls(NamedTuple):
