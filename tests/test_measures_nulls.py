@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ from homoscope.measures import (
     permutation_null,
     permutations,
 )
-from homoscope.measures.nulls import _pearson3_upper
+from homoscope.measures.nulls import _pearson3_upper, _row_keys
 
 F64 = torch.float64
 MEASURES = {"linear_cka": (linear_cka, linear_cka_null), "debiased_cka": (debiased_cka, debiased_cka_null)}
@@ -123,11 +125,11 @@ def test_monte_carlo_reference_is_the_projects_permutation_null():
 
 
 # ---------------------------------------------------------------------------------------------- streaming
-def _stream(X, rng, **opts):
+def _stream(X, rng, precision="float32", **opts):
     n = X.shape[1]
     cuts = sorted(rng.sample(range(1, n), 5))
     slices = [slice(a, b) for a, b in zip([0] + cuts, cuts + [n])]
-    firsts = [MomentSums().update(X[:, s]) for s in slices]
+    firsts = [MomentSums(precision=precision).update(X[:, s]) for s in slices]
     rng.shuffle(firsts)
     first = firsts[0]
     for other in firsts[1:]:
@@ -140,6 +142,7 @@ def _stream(X, rng, **opts):
     return first, second
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])  # d=6: float32 runs float64 (narrow layers)
 @pytest.mark.parametrize(
     "n, d, opts, route",
     [
@@ -148,14 +151,14 @@ def _stream(X, rng, **opts):
         (3000, 6, {"max_tensor_bytes": 0, "sample_rows": 400, "seed": 7}, "sample"),
     ],
 )
-def test_streaming_equals_in_memory_for_any_chunking_and_merge_order(n, d, opts, route):
+def test_streaming_equals_in_memory_for_any_chunking_and_merge_order(n, d, opts, route, precision):
     g = torch.Generator().manual_seed(n)
     X = torch.randn(2, n, d, generator=g, dtype=F64) * torch.linspace(0.5, 3.0, d, dtype=F64) + 50.0
     X[1] = X[1] ** 2 / 50.0
     want = layer_moments(X, **opts)
     rng = random.Random(0)
     for _ in range(3):
-        first, second = _stream(X, rng, **opts)
+        first, second = _stream(X, rng, precision, **opts)
         assert second.route == route
         got = second.compute()
         assert got.n == n and got.u_rows == want.u_rows == (opts.get("sample_rows") if route == "sample" else n)
@@ -194,6 +197,103 @@ def test_t_method_for_debiased_cka():
     assert torch.all((null.p_value - pearson.p_value).abs()[null.p_value > 1e-3] < 0.15)
 
 
+# ---------------------------------------------------------------------------------------------- float32
+# The float32 default against the float64 in-memory statistics: what the statistics feed must hold (null
+# mean and std 1e-6 relative; skewness 1e-4 relative, p-values 1e-6 absolute).
+F32_OPTS = {"max_tensor_bytes": 0, "sample_rows": 512, "seed": 3}
+
+
+def _f32_stack(kind, n=3000, d=96, seed=0):
+    """``[2, n, d]`` float32 rows (power-law spectrum) of a kind that stresses float32 arithmetic."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(2, n, d, generator=g, dtype=F64) * torch.arange(1, d + 1, dtype=F64) ** -0.7
+    if kind in ("offset", "bf16"):
+        X += 100.0  # a large common offset; bf16 then quantizes most features to a few values
+    if kind == "massive":  # massive activations, one of them among the sampled rows of u
+        keys = _row_keys(0, n, F32_OPTS["seed"])
+        X[:, [7, n // 2, int(np.argmin(keys))]] *= 1e3
+    if kind == "drift":  # the second half far from the shift of the first rows: centered in float64
+        X[:, n // 2 :] += 20.0
+    return X.to(torch.bfloat16 if kind == "bf16" else torch.float32)
+
+
+def _two_passes(X, chunk, precision="float32", **opts):
+    first = MomentSums(precision=precision)
+    for s in range(0, X.shape[1], chunk):
+        first.update(X[:, s : s + chunk])
+    second = first.second_pass(**opts)
+    for s in range(0, X.shape[1], chunk):
+        second.update(X[:, s : s + chunk], start=s)
+    return second.compute()
+
+
+def _assert_null_close(got, want, mean_std=1e-6, skew=1e-4, p=1e-6):
+    def rel(a, b):
+        return float(((a - b).abs() / b.abs().clamp(min=1e-300)).max())
+
+    for field in ("mean", "std"):
+        assert rel(getattr(got, field), getattr(want, field)) <= mean_std, field
+    assert rel(got.skewness, want.skewness) <= skew
+    assert float((got.p_value - want.p_value).abs().max()) <= p
+
+
+@pytest.mark.parametrize("kind", ["gauss", "offset", "massive", "bf16", "drift"])
+def test_float32_default_within_bounds_of_float64(kind):
+    X, Y = _f32_stack(kind), _f32_stack(kind, seed=1)
+    Y = (0.6 * Y.to(F64) + 0.4 * X.to(F64)[:, :, torch.randperm(96, generator=torch.Generator().manual_seed(2))])
+    Y = Y.to(X.dtype)
+    got = [_two_passes(Z, 1100, **F32_OPTS) for Z in (X, Y)]
+    want = [layer_moments(Z, **F32_OPTS) for Z in (X, Y)]
+    assert got[0].u_rows == want[0].u_rows == 512
+    for name, fn in MEASURES.items():
+        ref = fn[1](*want, torch.zeros(2, 2, dtype=F64))
+        for z in (0.0, 2.0, 4.0):  # in the bulk and in the tail of the null
+            obs = (ref.mean + z * ref.std).clamp(max=1.0)
+            _assert_null_close(fn[1](*got, obs), fn[1](*want, obs))
+
+
+@pytest.mark.parametrize("opts", [{"max_tensor_bytes": 0}, {}])  # 'rows' route; 'tensor' route (float64 u)
+def test_float32_rows_and_tensor_routes(opts):
+    X, Y = _f32_stack("offset", n=400, d=64), _f32_stack("massive", n=400, d=64, seed=1)
+    got = [_two_passes(Z, 150, **opts) for Z in (X, Y)]
+    want = [layer_moments(Z, **opts) for Z in (X, Y)]
+    assert got[0].u_rows == want[0].u_rows == 400
+    for key in STATS:
+        torch.testing.assert_close(getattr(got[0], key), getattr(want[0], key), rtol=1e-5, atol=0, msg=key)
+    for name, fn in MEASURES.items():
+        obs = fn[1](*want, torch.zeros(2, 2, dtype=F64))
+        obs = obs.mean + 3 * obs.std
+        _assert_null_close(fn[1](*got, obs), fn[1](*want, obs))
+
+
+def test_float32_independent_of_chunking_and_merge_order():
+    X = _f32_stack("offset", n=2500)
+    want = layer_moments(X, **F32_OPTS)
+    rng = random.Random(1)
+    for _ in range(2):
+        first, second = _stream(X, rng, **F32_OPTS)
+        got = second.compute()
+        assert second.route == "sample" and got.u_rows == 512
+        assert torch.equal(second.compute().u, got.u)  # compute leaves the accumulator as it was
+        for key in STATS:  # the subsample is the same rows; sums differ by float32 rounding only
+            torch.testing.assert_close(getattr(got, key), getattr(want, key), rtol=1e-5, atol=0, msg=key)
+        one = first.compute()
+        for key in ("t1", "t2", "s2"):
+            torch.testing.assert_close(getattr(one, key), getattr(want, key), rtol=1e-7, atol=0, msg=key)
+
+
+def test_float32_accumulators_pickle_and_merge_with_float64():
+    X = _f32_stack("gauss", n=1200)
+    a = MomentSums().update(X[:, :700])
+    a = pickle.loads(pickle.dumps(a))  # scratch buffers are left out
+    a.merge(MomentSums(precision="float64").update(X[:, 700:]))
+    want = layer_moments(X, third=False)
+    for key in ("t1", "t2", "s2", "b"):
+        torch.testing.assert_close(getattr(a.compute(), key), getattr(want, key), rtol=1e-6, atol=0, msg=key)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        MomentSums(precision="float16")
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_naming_the_argument():
     X, Y = _data(40, seed=8)
@@ -227,6 +327,19 @@ def test_bad_input_raises_naming_the_argument():
         debiased_cka_null(mx, my, obs, method="exact")
     with pytest.raises(ValueError, match="name"):
         analytic_null("rbf_cka", X, Y)
+
+
+def test_float32_route_names_non_finite_input():
+    X = _f32_stack("gauss", n=300, d=64)
+    bad = X.clone()
+    bad[1, 250, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"X contains 1 non-finite value.*layer 1, row 250, column 3"):
+        MomentSums().update(bad)
+    first = MomentSums().update(X)
+    second = first.second_pass()
+    with pytest.raises(ValueError, match=r"X contains 1 non-finite value"):
+        second.update(bad)
+    assert first.n == 300 and second.rows == 0  # nothing of a bad chunk is added
 
 
 def test_bad_streaming_input_raises_naming_the_argument():
