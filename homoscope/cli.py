@@ -79,7 +79,8 @@ def build_study(args):
     The command's defaults (:data:`COMMAND_DEFAULTS`; for ``run`` the study file), then the flags
     given. Raises ValueError for a bad flag value (naming the flag) or a bad study file.
     """
-    from .study import PACKAGED_DEMO_MODELS, Study, _default_name
+    from .study import PACKAGED_DEMO_MODELS, Study
+    from .study.options import _default_name
 
     given = _overrides(args)
     if args.command == "run":

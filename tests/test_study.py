@@ -14,13 +14,6 @@ FRAME_COLUMNS = ["model_a", "layer_a", "model_b", "layer_b", "measure", "value",
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    path.write_text("\n".join(TINY_TEXT) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def models():
     return {
         "bert-a": tiny_model("bert", seed=0),

@@ -17,13 +17,6 @@ EXACT = ["linear_cka", "debiased_cka", "cca_rho", "cca_r2", "svcca", "pwcca", "p
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    path.write_text("\n".join(TINY_TEXT) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def models():
     return {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
 

@@ -17,7 +17,6 @@ from .options import (
     UNITS,
     Study,
     StudyWriteError,
-    _default_name,
     best_device,
     check_writable,
 )

@@ -87,7 +87,7 @@ def score_pairs(
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
-    plan = _Plan(unit, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress)
+    plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress)
     jobs: dict[tuple[str, str], list[str]] = {}
     for a, b in pairs:
         for m in measures:
@@ -125,8 +125,8 @@ def _common_n(src: dict) -> int:
 class _Plan:
     """How one study scores a model pair: in memory, or streamed plus a subsample (see module doc)."""
 
-    def __init__(self, unit, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress=False):
-        self.unit, self.permutations, self.bootstrap, self.seed = unit, permutations, bootstrap, seed
+    def __init__(self, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress=False):
+        self.permutations, self.bootstrap, self.seed = permutations, bootstrap, seed
         self.groups, self.device, self.memory_mb, self.sub = groups, device, memory_mb, sub
         self.progress = progress
         self._moments: dict = {}
