@@ -121,7 +121,7 @@ def _stacks(n=300, seed=0):
 
 def test_streamed_measures_equal_in_memory_float64():
     X, Y = _stacks()
-    streamed = stream_measures(EXACT, InMemoryStack(X, chunk_rows=37), InMemoryStack(Y, chunk_rows=50), memory_mb=64)
+    streamed = stream_measures(EXACT, InMemoryStack(X, chunk_rows=37), InMemoryStack(Y, chunk_rows=50), memory_mb=64).values
     for m in EXACT:
         opts = {"precision": "float64"} if m in ("linear_cka", "debiased_cka") else {}
         ref = compute(m, X.double(), Y.double(), **opts)
@@ -130,13 +130,13 @@ def test_streamed_measures_equal_in_memory_float64():
 
 def test_streaming_in_layer_blocks_equals_one_block():
     X, Y = _stacks()
-    big = stream_measures(EXACT, InMemoryStack(X), InMemoryStack(Y), memory_mb=64)
+    big = stream_measures(EXACT, InMemoryStack(X), InMemoryStack(Y), memory_mb=64).values
     assert len(layer_blocks(3, 2, 8, 6, 1)) == 1  # 1 MiB holds all 6 pairs of these widths
     # a budget that fits one layer pair of width 512 x 512 -> blocks of one pair
     Xw, Yw = torch.randn(2, 600, 512), torch.randn(2, 600, 512)
     blocks = layer_blocks(2, 2, 512, 512, 2)
     assert len(blocks) == 4
-    one = stream_measures(["linear_cka"], InMemoryStack(Xw), InMemoryStack(Yw), memory_mb=2)
+    one = stream_measures(["linear_cka"], InMemoryStack(Xw), InMemoryStack(Yw), memory_mb=2).values
     ref = compute("linear_cka", Xw.double(), Yw.double(), precision="float64")
     assert (one["linear_cka"] - ref).abs().max() <= 1e-10
     assert set(big) == set(EXACT)
@@ -152,11 +152,11 @@ def test_score_pairs_streams_above_the_row_cap_and_subsamples_the_rest():
     for m in ("linear_cka", "debiased_cka"):
         f, c = full[full.measure == m], capped[capped.measure == m]
         assert (f.n == 200).all() and (c.n == 200).all()
-        assert (c.control_n == 64).all()  # the drawn bootstrap runs on the subsample
+        assert (c.get("control_n", c.n) == 200).all()  # closed-form null and exact bootstrap: all rows
         assert np.abs(f.value.to_numpy() - c.value.to_numpy()).max() <= 1e-7
         assert c.p_value.between(0, 1).all() and (c.ci_low <= c.ci_high).all()
     rbf = capped[capped.measure == "rbf_cka"]
-    assert (rbf.n == 64).all() and (rbf.control_n == 64).all() and rbf.p_value.between(1 / 21, 1).all()
+    assert (rbf.n == 64).all() and (rbf.get("control_n", rbf.n) == 64).all() and rbf.p_value.between(1 / 21, 1).all()
     # the subsample is the same seeded rows: the capped rbf value is the measure on those rows
     from homoscope.extract.words import sample_rows
     from homoscope.study.scoring import SUBSAMPLE_SEED_OFFSET
@@ -228,37 +228,61 @@ def test_streamed_cca_on_ill_conditioned_wide_layers_matches_float64():
     scale = torch.logspace(0, -4, d)
     X = torch.randn(1, n, d, generator=g) * scale
     Y = X + 0.5 * torch.randn(1, n, d, generator=g) * scale
-    got = stream_measures(["linear_cka", "cca_rho"], InMemoryStack(X), InMemoryStack(Y), memory_mb=64)
+    got = stream_measures(["linear_cka", "cca_rho"], InMemoryStack(X), InMemoryStack(Y), memory_mb=64).values
     want = compute("cca_rho", X.double(), Y.double())
     assert (got["cca_rho"] - want).abs().max() <= 1e-7
 
 
-def test_subsample_controls_of_streamed_measures():
-    X, Y = _stacks(n=400)
-    frame = score_pairs({"a": X, "b": Y}, [("a", "b")], ["linear_cka", "procrustes"], progress=False,
-                        pairwise_rows=64, permutations=20, bootstrap=40, seed=1)
-    # the interval keeps the subsample's width and moves with the value (biased estimators move with n)
-    from homoscope.extract.words import sample_rows
-    from homoscope.measures import with_controls
-    from homoscope.study.scoring import SUBSAMPLE_SEED_OFFSET
+def test_streamed_bootstrap_is_exact_on_all_rows():
+    from homoscope.measures import bootstrap_weights
+    from homoscope.study.scoring import bootstrap_units
 
-    rows = sample_rows(400, 64, 1 + SUBSAMPLE_SEED_OFFSET)
-    sub = with_controls(["linear_cka", "procrustes"], X[:, rows], Y[:, rows], n_permutations=20, n_boot=40, seed=1)
-    for m in ("linear_cka", "procrustes"):
-        f, r = frame[frame.measure == m], sub[m]
-        shift = f.value.to_numpy() - r.value.double().numpy().ravel()
-        np.testing.assert_allclose(f.ci_low, np.clip(r.ci.low.double().numpy().ravel() + shift, 0, 1), atol=1e-12)
-        np.testing.assert_allclose(f.ci_high, np.clip(r.ci.high.double().numpy().ravel() + shift, 0, 1), atol=1e-12)
-    assert (frame.control_n == 64).all() and (frame.n == 400).all()
-    # the CCA family needs more subsample rows than the two widths: its drawn controls are skipped, with a warning
+    X, Y = _stacks(n=400)
+    docs = [f"doc{i // 9}" for i in range(400)]  # 45 documents, bundled into 10 units of whole documents
+    names = ["linear_cka", "procrustes", "cca_rho"]
+    frame = score_pairs({"a": X, "b": Y}, [("a", "b")], names, progress=False, pairwise_rows=64,
+                        permutations=20, bootstrap=40, groups=docs, bootstrap_groups=10, seed=1)
+    units = bootstrap_units(docs, 400, 10)
+    assert int(units.max()) + 1 == 10
+    assert all(len(set(units[i : i + 9].tolist())) == 1 for i in range(0, 400, 9))  # a document is never split
+    W = bootstrap_weights(10, 40, seed=1)
+    for m in names:
+        # each replicate is the measure on the rows of the drawn units, repeated by their counts
+        reps = []
+        for w in W:
+            rows = torch.arange(400).repeat_interleave(w[units].long())
+            opts = {"precision": "float64"} if m == "linear_cka" else {}
+            reps.append(compute(m, X[:, rows].double(), Y[:, rows].double(), **opts))
+        q = torch.quantile(torch.stack(reps), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+        f = frame[frame.measure == m]
+        np.testing.assert_allclose(f.ci_low, q[0].numpy().ravel(), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(f.ci_high, q[1].numpy().ravel(), rtol=0, atol=1e-7)
+        assert (f.n == 400).all()
+    # the closed-form null and the exact bootstrap use all rows; drawn nulls the subsample
+    assert (frame[frame.measure == "linear_cka"].control_n == 400).all()
+    assert (frame[frame.measure != "linear_cka"].control_n == 64).all()
+    # the CCA family needs more subsample rows than the two widths for its drawn null: skipped, with a warning
     g = torch.Generator().manual_seed(2)
     A, B = torch.randn(1, 300, 12, generator=g), torch.randn(1, 300, 10, generator=g)
-    with pytest.warns(RuntimeWarning, match=r"cca_rho: no permutation null or bootstrap: .*pairwise_rows=16"):
+    with pytest.warns(RuntimeWarning, match=r"cca_rho: no permutation null: .*pairwise_rows=16"):
         f = score_pairs({"a": A, "b": B}, [("a", "b")], ["cca_rho", "linear_cka"], progress=False,
                         pairwise_rows=16, permutations=10, bootstrap=10)
     cca = f[f.measure == "cca_rho"]
     assert (cca.n == 300).all() and cca.p_value.isna().all() and cca.value.notna().all()
+    assert cca.ci_low.notna().all() and (cca.get("control_n", cca.n) == 300).all()  # the bootstrap still runs, on all rows
     assert f[f.measure == "linear_cka"].p_value.notna().all()
+
+
+def test_bootstrap_units():
+    from homoscope.study.scoring import bootstrap_units
+
+    assert bootstrap_units(None, 10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # runs of rows
+    assert bootstrap_units(["x"] * 5, 5, 4).tolist() == [0, 0, 1, 2, 3]  # one document: runs of rows
+    # documents numbered by first appearance; interleaved rows keep their document
+    assert bootstrap_units(["b", "a", "b", "c"], 4, 8).tolist() == [0, 1, 0, 2]
+    # a document larger than a bundle is never split; bundle ids have no gaps
+    assert bootstrap_units(["a"] * 6 + ["b", "c", "d", "e"], 10, 3).tolist() == [0] * 6 + [1, 2, 2, 2]
+    assert bootstrap_units(["a"] * 6 + ["b", "c", "d", "e"], 10, 5).tolist() == [0] * 6 + [1, 2, 3, 4]
 
 
 def test_word_shards_without_planned_rows(tmp_path, corpus_file, models):

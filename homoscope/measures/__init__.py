@@ -57,9 +57,11 @@ from .controls import (
     bootstrap_ci,
     bootstrap_weights,
     permutation_null,
+    percentile_interval,
     permutations,
     with_controls,
 )
+from .grouped import GroupedMoments
 from .knn import cknna, mutual_knn
 from .nulls import (
     AnalyticNull,
@@ -81,6 +83,7 @@ __all__ = [
     "ConfidenceInterval",
     "Controlled",
     "CrossMoments",
+    "GroupedMoments",
     "LayerMoments",
     "MeasureInfo",
     "MomentSums",
@@ -92,6 +95,7 @@ __all__ = [
     "analytic_null",
     "bootstrap_ci",
     "bootstrap_weights",
+    "percentile_interval",
     "cca_r2",
     "cca_rho",
     "cknna",

@@ -457,7 +457,12 @@ def _summarise_null(name: str, observed: torch.Tensor, null: torch.Tensor) -> Nu
     return NullResult(observed, null.mean(0), null.std(0, correction=1), p, P)
 
 
-def _summarise_boot(values: torch.Tensor, level: float) -> ConfidenceInterval:
+def percentile_interval(values: torch.Tensor, level: float = 0.95) -> ConfidenceInterval:
+    """The percentile interval of bootstrap replicates ``values [R, La, Lb]`` at ``level``.
+
+    Degenerate replicates (NaN: a resample with a constant layer) are left out, with a RuntimeWarning
+    that counts them.
+    """
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         warnings.warn(
@@ -603,7 +608,7 @@ def with_controls(
                 vals = _generic_null(name, Xs, Ys, perms, opts)
             null = _summarise_null(name, value, vals)
         if W is not None:
-            ci = _summarise_boot(_generic_boot(name, Xs, Ys, W, opts), level)
+            ci = percentile_interval(_generic_boot(name, Xs, Ys, W, opts), level)
         out[name] = Controlled(value, null, ci)
     return {nm: out[nm] for nm in names}
 
@@ -619,7 +624,7 @@ def _engine_controls(eng: _CKAEngine, est: dict[str, str], perms, W, level) -> d
         out[name] = Controlled(
             obs,
             _summarise_null(name, obs, nulls[kind]) if perms is not None else None,
-            _summarise_boot(boots[kind], level) if W is not None else None,
+            percentile_interval(boots[kind], level) if W is not None else None,
         )
     return out
 

@@ -208,5 +208,7 @@ def rows_used(frame: pd.DataFrame) -> tuple[int | None, str]:
         names = ", ".join(sorted(map(str, fewer["measure"].unique())))
         notes.append(f"{int(fewer['n'].min()):,} for {names}")
     if "control_n" in frame and (frame["control_n"] < frame["n"]).any():
-        notes.append(f"drawn nulls and bootstrap on {int(frame['control_n'].min()):,}")
+        drawn = frame[frame["control_n"] < frame["n"]]
+        names = ", ".join(sorted(map(str, drawn["measure"].unique())))
+        notes.append(f"the drawn nulls of {names} on {int(drawn['control_n'].min()):,}")
     return n, ("; ".join(notes) + " (a seeded subsample)") if notes else ""

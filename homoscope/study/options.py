@@ -321,8 +321,8 @@ class Study:
     memory_mb: int = option(1024, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
                             minimum=64, details="The layer pairs of a model pair are scored in blocks whose sums "
                                                 "fit in it.")
-    pairwise_rows: int = option(1024, "row cap of the n x n measures and of Monte-Carlo nulls and bootstraps; above "
-                                "it a seeded subsample", minimum=16,
+    pairwise_rows: int = option(1024, "row cap of the n x n measures, of their controls and of the drawn "
+                                "permutation nulls; above it a seeded subsample", minimum=16,
                                 details="The n x n measures are ``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa`` and "
                                         "``minibatch_cka``; the frame's ``n`` says how many rows a score used, "
                                         "``control_n`` how many the drawn controls used. The default, 1,024 rows, "
@@ -330,6 +330,12 @@ class Study:
                                         "controls' memory flat in n (their n x n matrices are the largest).")
     permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=0)
     bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=0)
+    bootstrap_groups: int = option(32, "above pairwise_rows: the bootstrap resamples at most this many groups of "
+                                   "rows, each replicate exact on all rows", minimum=2,
+                                   details="Groups are the corpus's documents, bundled into this many runs of "
+                                           "consecutive documents where there are more (runs of consecutive rows "
+                                           "without documents). Streamed scoring keeps one set of sums per group: "
+                                           "its memory and time grow with this number.")
     pairs: str = option("all", "all model pairs, or first-vs-rest (the first model against each other)",
                         choices=PAIRS)
     random_init: bool = option(False, "also run each architecture with random weights as a control",

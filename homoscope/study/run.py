@@ -119,6 +119,7 @@ def run_study(
             ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
             permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
             device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
+            bootstrap_groups=study.bootstrap_groups,
             controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None,
         )
         ctx.timings["measures"] = time.perf_counter() - t0

@@ -10,10 +10,12 @@ rows. Above it:
 - the measures that need ``n x n`` matrices (``rbf_cka``, ``mutual_knn``, ``cknna``, ``rsa``,
   ``minibatch_cka``) and the Monte-Carlo permutation nulls and bootstraps run on one seeded subsample
   of ``pairwise_rows`` rows, the same rows for every model; the frame's ``n`` (and ``control_n``) say
-  how many rows each value (and its controls) used. A streamed value's bootstrap interval keeps the
-  subsample's width (conservative) and moves with the value's shift from the subsample's value (biased
-  estimators move with n); the CCA family's drawn controls need ``pairwise_rows`` above the two widths
-  and are skipped with a warning otherwise.
+  how many rows each value (and its controls) used. The CCA family's drawn nulls need ``pairwise_rows``
+  above the two widths and are skipped with a warning otherwise;
+- the bootstrap of the streamed measures is exact on all rows: it resamples whole groups (documents,
+  bundled into at most ``bootstrap_groups`` runs of consecutive documents; runs of consecutive rows
+  without documents), and each replicate is the measure on the resampled rows, formed by merging the
+  groups' streamed sums with their multiplicities (:class:`~homoscope.measures.grouped.GroupedMoments`).
 
 The permutation null of ``linear_cka`` and ``debiased_cka`` is never drawn: its mean, standard deviation,
 skewness and Pearson type III p-value come in closed form from per-model moment sums streamed over all
@@ -29,6 +31,7 @@ import pandas as pd
 import torch
 
 from ..extract.words import sample_rows
+from ..measures.controls import percentile_interval
 from .shards import InMemoryStack, _Rows
 
 # the subsample of the n x n measures and the Monte-Carlo controls is drawn with seed + this offset
@@ -61,6 +64,7 @@ def score_pairs(
     controls: dict | None = None,
     memory_mb: int = 1024,
     pairwise_rows: int = 1024,
+    bootstrap_groups: int = 32,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
@@ -75,6 +79,7 @@ def score_pairs(
             the measure between the controls of model_a and model_b at the same layers.
         memory_mb: memory budget of the streamed sums (MiB).
         pairwise_rows: row cap of the ``n x n`` measures and the Monte-Carlo controls (see module doc).
+        bootstrap_groups: above ``pairwise_rows``, the most groups the exact bootstrap resamples.
 
     Raises:
         ValueError: stacks with different n, and the measures' errors (naming the two models).
@@ -87,7 +92,7 @@ def score_pairs(
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
-    plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress)
+    plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
     jobs: dict[tuple[str, str], list[str]] = {}
     for a, b in pairs:
         for m in measures:
@@ -125,11 +130,13 @@ def _common_n(src: dict) -> int:
 class _Plan:
     """How one study scores a model pair: in memory, or streamed plus a subsample (see module doc)."""
 
-    def __init__(self, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress=False):
+    def __init__(self, permutations, bootstrap, groups, seed, device, memory_mb, sub, progress=False,
+                 bootstrap_groups=32):
         self.permutations, self.bootstrap, self.seed = permutations, bootstrap, seed
         self.groups, self.device, self.memory_mb, self.sub = groups, device, memory_mb, sub
-        self.progress = progress
+        self.progress, self.bootstrap_groups = progress, bootstrap_groups
         self._moments: dict = {}
+        self._boot = None
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device is None else t.to(self.device)
@@ -147,43 +154,59 @@ class _Plan:
             Xm, Ym = self._to(X.load()), self._to(Y.load())
             out = {m: (*v, X.n) for m, v in self._in_memory(names, Xm, Ym, self.groups, controlled, drawn).items()}
         else:
-            out = self._streamed(names, X, Y, controlled, drawn)
+            out = self._streamed(names, X, Y, controlled, drawn, analytic)
         for m in analytic:
             value, n, res, k = out[m]
             null = self._analytic(m, keys, X, Y, value)
-            ci = res.ci if res is not None else None
-            out[m] = (value, n, _Controls(null, ci), k if ci is not None else n)
+            out[m] = (value, n, _Controls(null, res.ci if res is not None else None), k)
         return out
 
-    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int) -> dict:
-        """Exact linear measures streamed over all rows; the rest and the drawn controls on the subsample."""
+    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int, analytic: list) -> dict:
+        """Exact linear measures and their bootstrap streamed over all rows; the rest and the drawn nulls on
+        the subsample (``analytic``: measures whose null is in closed form, not drawn)."""
         from ..measures import STREAMING_MEASURES
 
         streamed = [m for m in names if m in STREAMING_MEASURES]
-        values = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
-                                 progress=self.progress)
+        boot = self._boot_plan(X.n) if controlled and self.bootstrap and streamed else None
+        got = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
+                              progress=self.progress, boot=boot)
+        cis = {m: percentile_interval(r) for m, r in (got.replicates or {}).items()}
         rest = [m for m in names if m not in streamed]
-        if not (rest or controlled):
-            return {m: (v, X.n, None, X.n) for m, v in values.items()}
         k = len(self.sub)
-        with_drawn = rest + [m for m in streamed if controlled and _fits(m, k, X.width, Y.width)]
-        if not with_drawn:
-            return {m: (v, X.n, None, X.n) for m, v in values.items()}
-        Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
-        groups = None if self.groups is None else [self.groups[i] for i in self.sub]
-        small = self._in_memory(with_drawn, Xs, Ys, groups, controlled, drawn)
-        out = {m: (values[m], X.n, _recentred(m, small[m], values[m]) if m in small else None, k)
-               for m in streamed}
+        nulls = [m for m in streamed if controlled and drawn and m not in analytic and _fits(m, k, X.width, Y.width)]
+        small = {}
+        if rest or nulls:
+            Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
+            groups = None if self.groups is None else [self.groups[i] for i in self.sub]
+            small = self._in_memory(rest, Xs, Ys, groups, controlled, drawn) if rest else {}
+            small.update(self._in_memory(nulls, Xs, Ys, None, bool(nulls), drawn, bootstrap=0) if nulls else {})
+        out = {}
+        for m in streamed:
+            null = small[m][2].null if m in small else None
+            ci = cis.get(m)
+            ctl = _Controls(null, ci) if null is not None or ci is not None else None
+            out[m] = (got.values[m], X.n, ctl, k if null is not None else X.n)
         out.update({m: (small[m][0], k, small[m][2], k) for m in rest})
         return out
 
-    def _in_memory(self, names, X, Y, groups, controlled, drawn) -> dict:
-        """``{measure: (value, n, Controlled or None)}`` on the rows given."""
+    def _boot_plan(self, n: int):
+        """``(unit of each row [n], counts [bootstrap, G])`` of the streamed bootstrap, drawn once per study."""
+        if self._boot is None:
+            from ..measures import bootstrap_weights
+
+            units = bootstrap_units(self.groups, n, self.bootstrap_groups)
+            self._boot = (units, bootstrap_weights(int(units.max()) + 1, self.bootstrap, seed=self.seed))
+        return self._boot
+
+    def _in_memory(self, names, X, Y, groups, controlled, drawn, bootstrap=None) -> dict:
+        """``{measure: (value, n, Controlled or None)}`` on the rows given (``bootstrap``: replicates, default
+        the study's)."""
         from ..measures import compute, with_controls
 
+        boots = self.bootstrap if bootstrap is None else bootstrap
         if controlled:  # one call shares Gram matrices, null and bootstrap sums across the measures
             res = with_controls(names, X, Y, n_permutations=drawn or None,
-                                n_boot=self.bootstrap or None, groups=groups, seed=self.seed)
+                                n_boot=boots or None, groups=groups, seed=self.seed)
             return {m: (res[m].value, X.shape[1], res[m]) for m in names}
         return {m: (compute(m, X, Y), X.shape[1], None) for m in names}
 
@@ -203,29 +226,14 @@ class _Plan:
 
 
 def _fits(measure: str, k: int, da: int, db: int) -> bool:
-    """Whether the drawn controls of a streamed measure can run on ``k`` subsample rows (the CCA family
-    needs more rows than columns); warns, naming ``pairwise_rows``, where they cannot."""
+    """Whether the drawn null of a streamed measure can run on ``k`` subsample rows (the CCA family needs
+    more rows than columns); warns, naming ``pairwise_rows``, where it cannot."""
     if measure not in CCA_FAMILY or measure == "svcca" or k > da + db:
         return True
-    warnings.warn(f"{measure}: no permutation null or bootstrap: the drawn controls run on pairwise_rows={k} rows, "
+    warnings.warn(f"{measure}: no permutation null: the drawn null runs on pairwise_rows={k} rows, "
                   f"which must exceed the widths d_x + d_y = {da + db} for canonical correlations; raise "
                   "pairwise_rows above that (memory grows with its square)", RuntimeWarning, stacklevel=3)
     return False
-
-
-def _recentred(measure: str, small: tuple, value: torch.Tensor):
-    """Controls from the subsample next to a value on all rows: the bootstrap interval keeps its width from
-    the subsample (wider than on all rows: conservative) and is moved by the value's shift from the
-    subsample's value, since biased estimators move with n; the drawn null stays as it is."""
-    from ..measures import get_measure
-
-    sub_value, _n, res = small
-    if res is None or res.ci is None:
-        return res
-    lo, hi = get_measure(measure).value_range
-    shift = value.to(res.ci.low) - sub_value.to(res.ci.low)
-    ci = type(res.ci)((res.ci.low + shift).clamp(lo, hi), (res.ci.high + shift).clamp(lo, hi))
-    return _Controls(res.null, ci)
 
 
 class _Controls(NamedTuple):
@@ -257,58 +265,111 @@ def stack_moments(stack: _Rows, *, seed: int = 0, progress: bool = False, name: 
     return second.compute()
 
 
-def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
-                    device: torch.device | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Exact linear measures of all layer pairs from sums streamed over both stacks' rows.
+class Streamed(NamedTuple):
+    """What :func:`stream_measures` returns: ``values`` ``{measure: [La, Lb]}`` and, with a bootstrap plan,
+    ``replicates`` ``{measure: [R, La, Lb]}`` (NaN where a replicate is degenerate; else None)."""
 
-    Layer pairs go in blocks whose :class:`~homoscope.measures.streaming.CrossMoments` sums
-    (``La' Lb' da db`` float64 values, about half of the budget) fit in ``memory_mb``; each block is
-    one pass over the rows, one shard at a time.
+    values: dict
+    replicates: dict | None
+
+
+def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
+                    device: torch.device | None = None, progress: bool = False, boot=None) -> Streamed:
+    """Exact linear measures of all layer pairs, and their group bootstrap, from sums streamed over both stacks.
+
+    Layer pairs go in blocks whose sums (one set per bootstrap group) fit in half of ``memory_mb`` (see
+    :func:`layer_blocks`); each block is one pass over the rows, one shard at a time.
 
     Args:
         names: measures of :data:`~homoscope.measures.streaming.STREAMING_MEASURES`.
         X, Y: stacks ``[La, n, da]``, ``[Lb, n, db]`` (:class:`~.shards.ShardedStack` or
             :class:`~.shards.InMemoryStack`) of the same rows.
+        boot: ``(unit of each row [n] int64 in 0 .. G-1, counts [R, G])`` (see :func:`bootstrap_units`);
+            each replicate is the measure on the rows of the drawn units, repeated by their counts.
 
-    Returns ``{measure: [La, Lb] float64}`` (on CPU), equal to the in-memory measures on all rows.
+    Returns a :class:`Streamed` (float64, CPU); the values equal the in-memory measures on all rows.
 
     Raises:
         ValueError: the measures' input rules (too few rows, a constant layer, n <= d for CCA).
     """
     from tqdm.auto import tqdm
 
-    from ..measures.streaming import CrossMoments
+    from ..measures import CrossMoments, GroupedMoments
 
     out = {m: torch.empty(X.layers, Y.layers, dtype=torch.float64) for m in names}
+    units, W = boot if boot is not None else (None, None)
+    reps = {m: torch.empty(W.shape[0], X.layers, Y.layers, dtype=torch.float64) for m in names} if boot else None
     if not names:
-        return out
-    blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb)
+        return Streamed(out, reps)
+    G = 1 if boot is None else int(W.shape[1])
+    blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb, copies=G)
     # float32 products keep CKA and Procrustes within 1e-7; the CCA family's error grows with the
     # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
-    precision = "float64" if any(m in CCA_FAMILY for m in names) else "float32"
+    opts = dict(debiased="debiased_cka" in names, precision="float64" if any(m in CCA_FAMILY for m in names) else "float32")
+    move = (lambda t: t) if device is None else (lambda t: t.to(device))  # noqa: E731
     with tqdm(total=X.n * len(blocks), desc=f"streaming {len(blocks)} layer block(s)", unit="row",
               disable=not progress, leave=False) as bar:
         for xs, ys in blocks:
-            acc = CrossMoments(debiased="debiased_cka" in names, precision=precision)
+            acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, **opts)
+            start = 0
             for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
-                acc.update(cx if device is None else cx.to(device), cy if device is None else cy.to(device))
-                bar.update(cx.shape[1])
+                m = cx.shape[1]
+                acc.update(move(cx), move(cy), *(() if boot is None else (units[start : start + m],)))
+                start += m
+                bar.update(m)
+            whole = acc if boot is None else acc.merged()
             for m in names:
-                out[m][xs, ys] = acc.compute(m).cpu()
-    return out
+                out[m][xs, ys] = whole.compute(m).cpu()
+            if boot is not None:
+                for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 4)).items():
+                    reps[m][:, xs, ys] = r
+    return Streamed(out, reps)
 
 
-def layer_blocks(La: int, Lb: int, da: int, db: int, memory_mb: int) -> list[tuple[slice, slice]]:
-    """Blocks of layer pairs ``(X layers, Y layers)`` whose cross sums ``La' Lb' da db`` float64 values
-    take at most half of ``memory_mb`` (one layer pair at least); blocks of even size, X split first."""
-    pairs = max(1, (memory_mb * 2**20 // 2) // (8 * da * db))
-    if pairs >= Lb:
-        bx, by = min(La, pairs // Lb), Lb
-    else:
-        bx, by = 1, pairs
-    cut = lambda L, b: np.array_split(np.arange(L), -(-L // b))  # noqa: E731 - even parts of at most b
+def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
+    """The resampling unit of each row for the streamed bootstrap: ``[n]`` int64 ids ``0 .. G-1``, ``G <= cap``.
+
+    With ``groups`` (one id per row, e.g. document ids) of at least two distinct ids: each group is a unit,
+    numbered by first appearance; with more than ``cap`` groups, consecutive groups are bundled into units
+    of about ``n / cap`` rows (a group is never split). Otherwise: ``min(cap, n)`` runs of consecutive rows.
+    """
+    if groups is not None:
+        ids = np.asarray(groups)
+        uniq, first, inverse, counts = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
+        if len(uniq) >= 2:
+            order = np.argsort(first, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            unit = rank[inverse.ravel()]
+            if len(uniq) > cap:  # bundle by where each group starts in the row count
+                sizes = counts[order]
+                bundle = (np.cumsum(sizes) - sizes) * cap // n
+                unit = np.unique(bundle, return_inverse=True)[1].ravel()[unit]
+            return torch.from_numpy(unit.astype(np.int64))
+    return torch.from_numpy(np.arange(n, dtype=np.int64) * min(cap, n) // n)
+
+
+def layer_blocks(La: int, Lb: int, da: int, db: int, memory_mb: int, copies: int = 1) -> list[tuple[slice, slice]]:
+    """Blocks of layer pairs ``(X layers, Y layers)`` whose sums fit in half of ``memory_mb``.
+
+    A block of ``bx`` X and ``by`` Y layers keeps ``copies (bx by da db + bx da^2 + by db^2)`` float64 values
+    (cross sums and each layer's own; ``copies``: one set per bootstrap group); one layer pair at least.
+    Each block forms its layers' own products again, so among the splits that fit, the one with the
+    fewest products per row is taken (then the fewest blocks); layers are split into even parts.
+    """
+    budget = memory_mb * 2**20 // 2 // (8 * max(1, copies))
+    best = None
+    for nx in range(1, La + 1):
+        for ny in range(1, Lb + 1):
+            bx, by = -(-La // nx), -(-Lb // ny)
+            if (bx, by) != (1, 1) and bx * by * da * db + bx * da * da + by * db * db > budget:
+                continue
+            key = (ny * La * da * da + nx * Lb * db * db, nx * ny)
+            if best is None or key < best[0]:
+                best = (key, nx, ny)
+    _, nx, ny = best
     return [(slice(int(x[0]), int(x[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1))
-            for x in cut(La, bx) for y in cut(Lb, by)]
+            for x in np.array_split(np.arange(La), nx) for y in np.array_split(np.arange(Lb), ny)]
 
 
 def zip_rows(gx: Iterator[torch.Tensor], gy: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

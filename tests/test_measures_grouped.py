@@ -1,0 +1,76 @@
+"""Exact group bootstrap from per-group streamed sums (homoscope.measures.grouped)."""
+import pytest
+import torch
+
+from homoscope.measures import STREAMING_MEASURES, CrossMoments, GroupedMoments, bootstrap_weights, compute
+
+
+def _pair(n=240, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(2, n, 6, generator=g, dtype=torch.float64) * 2 + 50
+    Y = (X[:, :, :4] - 50) @ torch.randn(4, 5, generator=g, dtype=torch.float64) + torch.randn(2, n, 5, generator=g, dtype=torch.float64)
+    return X, Y
+
+
+def _resampled(m, X, Y, units, w):
+    rows = torch.arange(X.shape[1]).repeat_interleave(w[units].long())
+    opts = {"precision": "float64"} if m in ("linear_cka", "debiased_cka") else {}
+    return compute(m, X[:, rows], Y[:, rows], **opts)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_each_replicate_is_the_measure_on_the_resampled_rows(precision):
+    X, Y = _pair()
+    g = torch.Generator().manual_seed(1)
+    units = torch.randint(0, 7, (240,), generator=g)  # interleaved groups: chunks hold rows of many groups
+    acc = GroupedMoments(7, precision=precision)
+    for s in range(0, 240, 33):
+        acc.update(X[:, s : s + 33], Y[:, s : s + 33], units[s : s + 33])
+    W = bootstrap_weights(7, 6, seed=4)
+    names = [m for m in STREAMING_MEASURES if m != "procrustes_distance"]
+    reps = acc.replicates(names, W, memory_mb=1)  # one replicate per batch
+    tol = 1e-10 if precision == "float64" else 1e-7
+    for m in names:
+        for r, w in enumerate(W):
+            assert (reps[m][r] - _resampled(m, X, Y, units, w)).abs().max() <= tol, (m, r)
+    assert acc.n == 240 and acc.group_n.sum() == 240
+    whole = acc.merged()
+    one = CrossMoments(precision=precision).update(X, Y)
+    for m in names:
+        assert (whole.compute(m) - one.compute(m)).abs().max() <= tol, m
+
+
+def test_degenerate_replicates_are_nan_and_bad_input_raises():
+    X, Y = _pair(n=40)
+    X[:, 20:] = 3.0  # group 1 is constant: a replicate drawing only group 1 has a constant layer
+    acc = GroupedMoments(2, precision="float64").update(X, Y, torch.arange(40) // 20)
+    reps = acc.replicates(["linear_cka"], torch.tensor([[0.0, 2.0], [1.0, 1.0]]))["linear_cka"]
+    assert torch.isnan(reps[0]).all() and torch.isfinite(reps[1]).all()
+    with pytest.raises(ValueError, match="one integer id per row"):
+        acc.update(X, Y, torch.zeros(39, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"ids must lie in 0 \.\. 1"):
+        acc.update(X, Y, torch.full((40,), 2))
+    with pytest.raises(ValueError, match=r"shape \[R, 2\]"):
+        acc.replicates(["linear_cka"], torch.ones(3, 3))
+    with pytest.raises(ValueError, match="no streaming form"):
+        acc.replicates(["rbf_cka"], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="empty"):
+        GroupedMoments(3).replicates(["linear_cka"], torch.ones(1, 3))
+    with pytest.raises(ValueError, match="n_groups"):
+        GroupedMoments(0)
+
+
+def test_float32_products_with_a_shared_workspace():
+    # wide enough for float32 GEMMs; each group passes its float64 warm-up rows first
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(1, 5000, 1024, generator=g) + 5
+    Y = X * 0.5 + torch.randn(1, 5000, 1024, generator=g)
+    units = torch.arange(5000) // 2500
+    acc = GroupedMoments(2, debiased=False)
+    for s in range(0, 5000, 1250):
+        acc.update(X[:, s : s + 1250], Y[:, s : s + 1250], units[s : s + 1250])
+    assert sum(p.f32_rows for p in acc.parts) > 0
+    W = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    reps = acc.replicates(["linear_cka"], W)["linear_cka"]
+    for r, w in enumerate(W):
+        assert (reps[r] - _resampled("linear_cka", X.double(), Y.double(), units, w)).abs().max() <= 1e-7
