@@ -500,3 +500,33 @@ def test_store_keys_hash_every_part():
                  ("dtype", "float16")]:
         keys.add(fingerprint_key(**{**base, k: v}))
     assert len(keys) == 7
+
+
+def test_store_sweeps_a_killed_writers_temporaries_and_says_when_it_waits(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import torch
+    from filelock import FileLock
+
+    from homoscope.extract import store as store_mod
+
+    root = tmp_path / "store"
+    root.mkdir()
+    orphan = root / ".m-0123.safetensors.abc.tmp"  # what a writer killed mid-write leaves
+    orphan.write_bytes(b"partial")
+    st = store_mod.RepresentationStore(root)
+    monkeypatch.setattr(store_mod, "LOCK_NOTICE_S", 0.2)
+    taken = threading.Event()
+
+    def other_writer():  # holds the write lock for a second
+        with FileLock(str(root / ".write.lock")):
+            taken.set()
+            time.sleep(1.0)
+
+    threading.Thread(target=other_writer).start()
+    taken.wait(5)
+    with pytest.warns(RuntimeWarning, match=r"waiting for the write lock of the store .*held by another process"):
+        st.put("m", "k" * 64, torch.ones(2, 3, 4), {})
+    assert not orphan.exists() and not list(root.glob(".*.tmp"))
+    assert torch.equal(st.read("m", "k" * 64), torch.ones(2, 3, 4))

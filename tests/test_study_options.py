@@ -99,8 +99,8 @@ def test_schema_holds_the_rules_that_were_written_by_hand():
     assert rules["max_rows"] == rules["bootstrap"] == rules["permutations"] == "a non-negative integer"
     assert rules["probe_test_size"] == "a number strictly between 0 and 1"
     assert rules["unit"] == "one of sentence, word, token" and rules["agreement"] == "one of auto, on, off"
-    with pytest.raises(ValueError, match=r"sentences=2 must be an integer >= 4 \(or omitted\)"):
-        Study(models=["a", "b"], sentences=2).validate()
+    with pytest.raises(ValueError, match=r"sentences=-1 must be a non-negative integer \(or omitted\)"):
+        Study(models=["a", "b"], sentences=-1).validate()
     with pytest.raises(ValueError, match=r"probe_test_size=nan must be a number strictly between 0 and 1"):
         Study(models=["a", "b"], probe_test_size=float("nan")).validate()
     with pytest.raises(ValueError, match=r"memory_mb=True must be an integer >= 64"):
@@ -218,3 +218,30 @@ def test_help_lists_every_option_with_its_help(command, capsys, monkeypatch):
         assert opt.flag in flat and re.sub(r"\s+", "", opt.help) in flat, (command, opt.name)
     shown = cli.COMMAND_DEFAULTS[command]
     assert ("(default:on)" if shown.get("random_init") else "(default:off)") in flat
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(seed=2**70), r"seed=\d+ must be an integer between 0 and 4,294,967,295"),
+    (dict(random_init="no"), r"random_init='no' must be true or false"),
+    (dict(shard_size=4.0), r"shard_size=4\.0 must be an integer >= 1"),
+    (dict(sentences=2), r"sentences=2 must be 0 \(every text\) or at least 4"),
+    (dict(out=""), r"out='' is empty"),
+    (dict(store=" "), r"store=' ' is empty; give a folder or file name or leave it out"),
+])
+def test_python_api_values_are_checked_like_the_study_file(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Study(**kw).validate()
+
+
+def test_sentences_zero_takes_every_text(tmp_path):
+    from homoscope.study.run import _prepare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"text number {i} here" for i in range(7)) + "\n")
+    from homoscope.models.tiny import tiny_model
+
+    study = Study(models=["bert", "gpt2"], corpus=str(corpus), sentences=0, out=str(tmp_path / "o"),
+                  store=str(tmp_path / "s"))
+    loaded = {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
+    ctx = _prepare(study, loaded, lambda *a, **k: None)
+    assert len(ctx.corpus.texts) == 7

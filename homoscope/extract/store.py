@@ -14,7 +14,9 @@ and the tensor file's size and sha256 match it. The key is the sha256 of the JSO
 (model weights fingerprint, corpus fingerprint, unit, pooling, max length, dtype, padding side,
 extractor version, and for a shard its text range): change any of them and the entry is computed
 again. Writers take the store's lock file (``filelock``) for the write itself (not the computation),
-so two processes writing the same entry leave one whole entry.
+so two processes writing the same entry leave one whole entry; a writer waiting over
+:data:`LOCK_NOTICE_S` seconds says so, and the first write of a store object removes the temporary
+files a killed writer left.
 """
 from __future__ import annotations
 
@@ -22,16 +24,19 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .._paths import file_mode, homoscope_home, safe_name
 
 EXTRACTOR_VERSION = 1
+# seconds a writer waits for the store's write lock before it says it is waiting
+LOCK_NOTICE_S = 10
 
 
 def fingerprint_key(**parts) -> str:
@@ -75,6 +80,7 @@ class RepresentationStore:
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"store folder {str(self.root)!r} is a file; give a folder")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._swept = False
 
     def _paths(self, model_name: str, key: str) -> tuple[Path, Path]:
         stem = f"{safe_name(model_name)}-{key[:16]}"
@@ -128,8 +134,27 @@ class RepresentationStore:
         and two processes writing one entry leave one whole entry.
         """
         tpath, jpath = self._paths(model_name, key)
-        with FileLock(str(self.root / ".write.lock")):
+        lock = FileLock(str(self.root / ".write.lock"))
+        try:
+            lock.acquire(timeout=LOCK_NOTICE_S)
+        except Timeout:
+            warnings.warn(f"waiting for the write lock of the store {self.root} (.write.lock), held by another "
+                          "process writing to it", RuntimeWarning, stacklevel=2)
+            lock.acquire()
+        try:
+            self._sweep()
             return self._put(tpath, jpath, model_name, key, stack, record)
+        finally:
+            lock.release()
+
+    def _sweep(self) -> None:
+        """Remove temporary files left by a killed writer (called under the write lock, which every writer
+        holds while its temporaries exist: any found then are orphans); once per store object."""
+        if self._swept:
+            return
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        self._swept = True
 
     def _put(self, tpath: Path, jpath: Path, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{tpath.name}.", suffix=".tmp", dir=self.root)

@@ -146,13 +146,14 @@ class Option:
         kind = "a number" if float in self.types else {int: "an integer", bool: "true or false", list: "a list",
                                                         str: "a string"}[self.types[0]]
         low, high, strictly = self.minimum, self.maximum, "strictly " if self.exclusive else ""
+        num = lambda v: f"{int(v):,}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
         if low is not None and high is not None:
-            return f"{kind} {strictly}between {low:g} and {high:g}"
+            return f"{kind} {strictly}between {num(low)} and {num(high)}"
         if low == 0 and kind == "an integer" and not self.exclusive:
             return "a non-negative integer"
         if low is not None or high is not None:
             sign = (">" if low is not None else "<") + ("" if self.exclusive else "=")
-            return f"{kind} {sign} {low if low is not None else high:g}"
+            return f"{kind} {sign} {num(low if low is not None else high)}"
         return kind
 
     def accepts(self, value: Any) -> bool:
@@ -176,6 +177,8 @@ class Option:
         """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
         if value is None and self.optional:
             return ""
+        if not self.accepts(value):
+            return f"must be {self.rule}" + (" (or omitted)" if self.optional else "")
         if self.choices is not None:
             return "" if value in self.choices else f"is not {self.rule}"
         if (self.minimum is not None or self.maximum is not None) and not self._within(value):
@@ -290,9 +293,10 @@ class Study:
                           "{name, spec} tables", flag=False)
     out: str = option("homoscope-out", "output folder")
     corpus: str = option("bbc", "'bbc' (BBC News sentences) or a .txt/.jsonl/.csv file")
-    sentences: int | None = option(1000, "texts sampled from the corpus", minimum=4,
-                                   details="None (left out of a study file): every text.")
-    seed: int = option(0, "sampling / permutation / bootstrap seed", minimum=0)
+    sentences: int | None = option(1000, "texts sampled from the corpus (0 = every text)", minimum=0,
+                                   details="0 (or None in Python) takes every text of the corpus; otherwise at "
+                                           "least 4.")
+    seed: int = option(0, "sampling / permutation / bootstrap seed", minimum=0, maximum=2**32 - 1)
     text_column: str = option("text", "text column of a .jsonl/.csv corpus")
     label_column: str | None = option(None, "label column of a .jsonl/.csv corpus")
     doc_column: str | None = option(None, "document id column of a .jsonl/.csv corpus")
@@ -360,6 +364,8 @@ class Study:
         """
         for opt in OPTIONS:
             opt.check(getattr(self, opt.name))
+        if self.sentences is not None and 0 < self.sentences < 4:
+            raise ValueError(f"sentences={self.sentences!r} must be 0 (every text) or at least 4")
         self._check_models()
         self._check_measures()
         if self.unit == "word" and self.pooling not in ROW_POOLINGS:
@@ -367,6 +373,11 @@ class Study:
                 f"pooling={self.pooling!r} does not apply to unit='word'; pool a word's tokens with "
                 f"{', '.join(ROW_POOLINGS)}")
         _check_device(self.device)
+        for name in ("out", "store", "corpus"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise ValueError(f"{name}={value!r} is empty; give a folder or file name"
+                                 + (" or leave it out" if name == "store" else ""))
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"out={self.out!r} is a file; give a folder for the study's outputs")

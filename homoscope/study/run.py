@@ -171,7 +171,7 @@ def _prepare(study: Study, loaded_models: dict | None, log) -> _Context:
     _resolve_specs(study, loaded_models)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    corpus = load_corpus(study.corpus, sentences=study.sentences, seed=study.seed, text_column=study.text_column,
+    corpus = load_corpus(study.corpus, sentences=study.sentences or None, seed=study.seed, text_column=study.text_column,
                          label_column=study.label_column, doc_column=study.doc_column)
     timings = {"load_corpus": time.perf_counter() - t0}
     log(f"corpus: {corpus.source}, {len(corpus)} texts")
