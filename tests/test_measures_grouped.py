@@ -50,8 +50,28 @@ def test_degenerate_replicates_are_nan_and_bad_input_raises():
         acc.update(X, Y, torch.zeros(39, dtype=torch.long))
     with pytest.raises(ValueError, match=r"ids must lie in 0 \.\. 1"):
         acc.update(X, Y, torch.full((40,), 2))
-    with pytest.raises(ValueError, match=r"shape \[R, 2\]"):
+    with pytest.raises(ValueError, match=r"integer counts .* of shape \[R, 2\]"):
         acc.replicates(["linear_cka"], torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"integer counts"):
+        acc.replicates(["linear_cka"], torch.full((1, 2), 0.5))
+    # mistakes of the call raise, never hide as degenerate (NaN) replicates
+    with pytest.raises(ValueError, match="debiased=True"):
+        GroupedMoments(2, debiased=False).update(X, Y, torch.arange(40) // 20).replicates(["debiased_cka"], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="variance_kept"):
+        acc.replicates(["svcca"], torch.ones(1, 2), options={"svcca": {"variance_kept": 5}})
+    # a bad chunk is refused whole: no group takes its rows
+    bad = Y.clone()
+    bad[0, 30, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite|NaN|nan"):
+        acc.update(X, bad, torch.arange(40) // 20)
+    assert acc.n == 40
+    with pytest.raises(ValueError, match="disagrees with earlier chunks"):
+        acc.update(X[:1], Y, torch.arange(40) // 20)
+    # numpy ids of any integer dtype and stride
+    import numpy as np
+
+    acc.update(X, Y, (np.arange(40, dtype=np.uint8) // 20)[::-1][::-1])
+    assert acc.n == 80
     with pytest.raises(ValueError, match="no streaming form"):
         acc.replicates(["rbf_cka"], torch.ones(1, 2))
     with pytest.raises(ValueError, match="empty"):

@@ -281,7 +281,15 @@ def test_bootstrap_units():
     # documents numbered by first appearance; interleaved rows keep their document
     assert bootstrap_units(["b", "a", "b", "c"], 4, 8).tolist() == [0, 1, 0, 2]
     # a document larger than a bundle is never split; bundle ids have no gaps
-    assert bootstrap_units(["a"] * 6 + ["b", "c", "d", "e"], 10, 3).tolist() == [0] * 6 + [1, 2, 2, 2]
+    assert bootstrap_units(["a"] * 6 + ["b", "c", "d", "e"], 10, 3).tolist() == [0] * 6 + [1, 1, 1, 2]
+    # small documents first and one large one: still two units, never one (a zero-width interval)
+    assert bootstrap_units(["a", "b"] + ["c"] * 98, 100, 2).unique().tolist() == [0, 1]
+    units = bootstrap_units([f"d{i // 3}" for i in range(300)], 300, 16)  # 100 documents of 3 rows
+    assert units.unique().numel() == 16 and np.bincount(units.numpy()).max() <= 2 * 300 / 16
+    with pytest.raises(ValueError, match="bootstrap_groups must be an integer >= 2"):
+        bootstrap_units(None, 10, 1)
+    with pytest.raises(ValueError, match="one id per row"):
+        bootstrap_units(["a", "b"], 3, 4)
     assert bootstrap_units(["a"] * 6 + ["b", "c", "d", "e"], 10, 5).tolist() == [0] * 6 + [1, 2, 3, 4]
 
 

@@ -152,8 +152,13 @@ class RepresentationStore:
         holds while its temporaries exist: any found then are orphans); once per store object."""
         if self._swept:
             return
-        for tmp in self.root.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for pattern in (".*.safetensors.*.tmp", ".*.json.*.tmp"):  # the names _put gives its temporaries
+            for tmp in self.root.glob(pattern):
+                if tmp.is_file():
+                    try:
+                        tmp.unlink()
+                    except OSError:
+                        pass  # a temporary that cannot go harms nothing: it is never read
         self._swept = True
 
     def _put(self, tpath: Path, jpath: Path, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import numbers
 import os
 import re
 import shlex
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..extract.runner import POOLINGS
@@ -90,13 +92,15 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
 
 
 def _toml_value(v) -> str:
-    """``v`` (bool, number, string, list, table) written as a TOML value."""
-    if isinstance(v, bool):
+    """``v`` (bool, number, string or path, list, table) written as a TOML value."""
+    if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, numbers.Integral):
+        return repr(int(v))
+    if isinstance(v, float):
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (str, os.PathLike)):
+        return json.dumps(os.fspath(v), ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -160,6 +164,12 @@ class Option:
         """Whether ``value`` has one of the option's types (a bool is not an int here; None if optional)."""
         if value is None:
             return self.optional
+        if str in self.types and isinstance(value, os.PathLike):
+            return True
+        if int in self.types and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            return True
+        if bool in self.types and isinstance(value, np.bool_):
+            return True
         return isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool))
 
     def check(self, value: Any, label: str | None = None) -> None:
@@ -366,6 +376,11 @@ class Study:
             opt.check(getattr(self, opt.name))
         if self.sentences is not None and 0 < self.sentences < 4:
             raise ValueError(f"sentences={self.sentences!r} must be 0 (every text) or at least 4")
+        for name in ("permutations", "bootstrap"):  # a spread needs two draws
+            if getattr(self, name) == 1:
+                raise ValueError(f"{name}=1 must be 0 (off) or at least 2: a spread needs two draws")
+        if self.store is not None and Path(self.store).exists() and not Path(self.store).is_dir():
+            raise ValueError(f"store={str(self.store)!r} is a file; give a folder for the representation store")
         self._check_models()
         self._check_measures()
         if self.unit == "word" and self.pooling not in ROW_POOLINGS:
@@ -427,10 +442,13 @@ class Study:
         return result
 
     def to_toml(self) -> str:
-        """The study as TOML that :meth:`from_toml` reads back (options set to None are left out)."""
+        """The study as TOML that :meth:`from_toml` reads back (options set to None are left out;
+        ``sentences = None``, every text, is written as 0)."""
         lines = []
         for opt in OPTIONS:
             v = getattr(self, opt.name)
+            if opt.name == "sentences" and v is None:
+                v = 0
             if v is not None:
                 lines.append(f"{opt.name} = {_toml_value(v)}")
         return "\n".join(lines) + "\n"

@@ -327,26 +327,47 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
 
 
 def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
-    """The resampling unit of each row for the streamed bootstrap: ``[n]`` int64 ids ``0 .. G-1``, ``G <= cap``.
+    """The resampling unit of each row for the streamed bootstrap: ``[n]`` int64 ids ``0 .. G-1``, ``2 <= G <= cap``.
 
-    With ``groups`` (one id per row, e.g. document ids) of at least two distinct ids: each group is a unit,
-    numbered by first appearance; with more than ``cap`` groups, consecutive groups are bundled into units
-    of about ``n / cap`` rows (a group is never split). Otherwise: ``min(cap, n)`` runs of consecutive rows.
+    With ``groups`` (one id per row, e.g. document ids; compared as text) of at least two distinct ids:
+    each group is a unit, numbered by first appearance; with more than ``cap`` groups, consecutive groups
+    are bundled into at most ``cap`` units of about ``n / cap`` rows (a group is never split). Otherwise:
+    ``min(cap, n)`` runs of consecutive rows.
+
+    Raises:
+        ValueError: ``cap`` below 2, or ``groups`` not one id per row.
     """
+    if type(cap) is not int or cap < 2:
+        raise ValueError(f"bootstrap_groups must be an integer >= 2; got bootstrap_groups={cap!r}")
     if groups is not None:
-        ids = np.asarray(groups)
-        uniq, first, inverse, counts = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
+        if len(groups) != n:
+            raise ValueError(f"groups must give one id per row (length n={n}); got length {len(groups)}")
+        codes, uniq = pd.factorize(pd.Series([str(g) for g in groups]), sort=False)  # by first appearance
         if len(uniq) >= 2:
-            order = np.argsort(first, kind="stable")
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            unit = rank[inverse.ravel()]
-            if len(uniq) > cap:  # bundle by where each group starts in the row count
-                sizes = counts[order]
-                bundle = (np.cumsum(sizes) - sizes) * cap // n
-                unit = np.unique(bundle, return_inverse=True)[1].ravel()[unit]
-            return torch.from_numpy(unit.astype(np.int64))
+            if len(uniq) > cap:
+                codes = _bundle(np.bincount(codes, minlength=len(uniq)), n / cap, cap)[codes]
+            return torch.from_numpy(np.asarray(codes, dtype=np.int64))
     return torch.from_numpy(np.arange(n, dtype=np.int64) * min(cap, n) // n)
+
+
+def _bundle(sizes: np.ndarray, target: float, cap: int) -> np.ndarray:
+    """The bundle of each group (sizes in order): a bundle closes before a group that would take it past
+    ``target`` rows; then the adjacent pair of bundles with the fewest rows merges until ``cap`` remain."""
+    bounds, rows = [0], 0
+    for i, size in enumerate(sizes):
+        if rows and rows + size > target:
+            bounds.append(i)
+            rows = 0
+        rows += size
+    parts = [list(range(a, b)) for a, b in zip(bounds, bounds[1:] + [len(sizes)])]
+    while len(parts) > cap:
+        pair = [sizes[parts[k]].sum() + sizes[parts[k + 1]].sum() for k in range(len(parts) - 1)]
+        k = int(np.argmin(pair))
+        parts[k : k + 2] = [parts[k] + parts[k + 1]]
+    out = np.empty(len(sizes), dtype=np.int64)
+    for unit, members in enumerate(parts):
+        out[members] = unit
+    return out
 
 
 def layer_blocks(La: int, Lb: int, da: int, db: int, memory_mb: int, copies: int = 1) -> list[tuple[slice, slice]]:
