@@ -455,7 +455,13 @@ def test_controls_verdicts_follow_the_stated_rule(frame):
     assert t.loc[(MODELS[0][0], EVIL), "best_verdict"] == VERDICT_ABOVE
     assert (t.best_vs_random == "above").all()  # CI low (value - 0.03) lies above random-init (0.4..0.5)
     high = frame.assign(random_init=np.where(frame.measure == "linear_cka", 0.99, np.nan))
-    assert (controls_table(high, "linear_cka", info).best_vs_random == "within").all()
+    assert (controls_table(high, "linear_cka", info).best_vs_random == "below").all()  # above every CI high
+    same = frame.assign(random_init=np.where(frame.measure == "linear_cka", frame.value, np.nan))
+    assert (controls_table(same, "linear_cka", info).best_vs_random == "within").all()  # inside every CI
+    from homoscope.report.analysis import index_reading
+
+    assert index_reading(-0.2) == "The models are less alike than untrained networks of the same shapes."
+    assert index_reading(0.05).startswith("The models are barely more alike")
     pw = controls_table(frame, "pwcca", resolve_measure_info("pwcca", measure_info))
     assert (pw.best_verdict == VERDICT_NONE).all() and (pw.best_vs_random == "").all()
 

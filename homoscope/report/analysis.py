@@ -166,6 +166,13 @@ def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
     return None
 
 
+# what the report adds after a best score that is not above its random-init baseline
+_BASELINE_CLAUSE = {
+    "within": " That is not above its random-init baseline: untrained networks of these shapes are as alike.",
+    "below": " That is below its random-init baseline: untrained networks of these shapes are more alike.",
+}
+
+
 def _better(a: float, b: float, info: MeasureInfo) -> bool:
     """True when ``a`` is more alike than ``b``."""
     return a > b if info.higher_is_better else a < b
@@ -185,8 +192,9 @@ def controls_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.D
     Adds to :func:`homoscope.report.summary_table`, for ``where`` in ``best`` and ``final``:
     ``{where}_verdict`` (:data:`VERDICT_ABOVE`, :data:`VERDICT_NS` or :data:`VERDICT_NONE`, by
     :data:`NULL_RULE`), ``{where}_baseline`` (the random-init control, else NaN) and
-    ``{where}_vs_random`` (``'above'``, ``'within'`` or ``''``: above = the bootstrap interval, or the
-    value where there is none, is on the more-alike side of the random-init control).
+    ``{where}_vs_random`` (``'above'``, ``'within'``, ``'below'`` or ``''``: above / below = the bootstrap
+    interval, or the value where there is none, lies wholly on the more / less alike side of the
+    random-init control; within = it holds the control).
     """
     table = summary_table(frame, measure, measure_info=lambda _n: info)
     for where in ("best", "final"):
@@ -199,8 +207,9 @@ def controls_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.D
             if not (math.isfinite(ri) and math.isfinite(v)):
                 vs.append("")
                 continue
-            edge = (lo if info.higher_is_better else hi) if math.isfinite(lo) and math.isfinite(hi) else v
-            vs.append("above" if _better(edge, ri, info) else "within")
+            both = math.isfinite(lo) and math.isfinite(hi)
+            near, far = ((lo, hi) if info.higher_is_better else (hi, lo)) if both else (v, v)
+            vs.append("above" if _better(near, ri, info) else "below" if _better(ri, far, info) else "within")
         table[f"{where}_verdict"] = verdicts
         table[f"{where}_vs_random"] = vs
     return table
@@ -506,8 +515,7 @@ def findings(
                          f"{_int(top.best_layer_a)} of {top.layers_a - 1} and {_int(top.best_layer_b)} of "
                          f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
                          f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), ".",
-                         " That is not above its random-init baseline: untrained networks of these shapes are as "
-                         "alike." if top.best_vs_random == "within" else None))
+                         _BASELINE_CLAUSE.get(top.best_vs_random)))
             if len(ok) > 1:
                 low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
                 if (low.model_a, low.model_b) != (top.model_a, top.model_b):
@@ -574,6 +582,8 @@ def index_reading(h: float, baseline: str = "random-init") -> str:
     than = {"random-init": "untrained networks of the same shapes",
             "permutation null mean": "their permutation null (the random-init control was not run)"}.get(
         baseline, "their baselines (random-init where run, else the permutation null)")
+    if h < 0:
+        return f"The models are less alike than {than}."
     if h < 0.1:
         return f"The models are barely more alike than {than}."
     if h < 0.4:
@@ -856,8 +866,8 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
           f" ({interval(top.best_ci_low, top.best_ci_high)}) at its layer {_int(top.best_layer_a)} of "
           f"{top.layers_a - 1} and layer {_int(top.best_layer_b)} of {top.layers_b - 1} of the reference",
           _controls_clause(top, "best"), ".")
-    if top.best_vs_random == "within":
-        s = s + T(" That is within the random-init baseline: untrained networks of these shapes are as alike.")
+    if top.best_vs_random in _BASELINE_CLAUSE:
+        s = s + T(_BASELINE_CLAUSE[top.best_vs_random])
     elif top.best_vs_random == "above":
         s = s + T(" That is above the random-init baseline.")
     out.append(s)
