@@ -103,7 +103,8 @@ def score_pairs(
     for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
         try:
             scored = plan.score(names, src[a], src[b], keys=(a, b))
-            random = plan.score(names, csrc[a], csrc[b], with_controls=False) if controls is not None else None
+            random = (plan.score(names, csrc[a], csrc[b], with_controls=False,
+                                 keys=(f"{a} (random-init)", f"{b} (random-init)")) if controls is not None else None)
         except ValueError as err:  # name the models: the measure only knows X and Y
             raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
         for m in names:
@@ -154,14 +155,14 @@ class _Plan:
             Xm, Ym = self._to(X.load()), self._to(Y.load())
             out = {m: (*v, X.n) for m, v in self._in_memory(names, Xm, Ym, self.groups, controlled, drawn).items()}
         else:
-            out = self._streamed(names, X, Y, controlled, drawn, analytic)
+            out = self._streamed(names, X, Y, controlled, drawn, analytic, keys)
         for m in analytic:
             value, n, res, k = out[m]
             null = self._analytic(m, keys, X, Y, value)
             out[m] = (value, n, _Controls(null, res.ci if res is not None else None), k)
         return out
 
-    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int, analytic: list) -> dict:
+    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int, analytic: list, keys=None) -> dict:
         """Exact linear measures and their bootstrap streamed over all rows; the rest and the drawn nulls on
         the subsample (``analytic``: measures whose null is in closed form, not drawn)."""
         from ..measures import STREAMING_MEASURES
@@ -169,7 +170,7 @@ class _Plan:
         streamed = [m for m in names if m in STREAMING_MEASURES]
         boot = self._boot_plan(X.n) if controlled and self.bootstrap and streamed else None
         got = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
-                              progress=self.progress, boot=boot)
+                              progress=self.progress, boot=boot, label=" vs ".join(keys) if keys else "")
         cis = {m: percentile_interval(r) for m, r in (got.replicates or {}).items()}
         rest = [m for m in names if m not in streamed]
         k = len(self.sub)
@@ -274,7 +275,8 @@ class Streamed(NamedTuple):
 
 
 def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
-                    device: torch.device | None = None, progress: bool = False, boot=None) -> Streamed:
+                    device: torch.device | None = None, progress: bool = False, boot=None,
+                    label: str = "") -> Streamed:
     """Exact linear measures of all layer pairs, and their group bootstrap, from sums streamed over both stacks.
 
     Layer pairs go in blocks whose sums (one set per bootstrap group) fit in half of ``memory_mb`` (see
@@ -307,7 +309,8 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
     # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
     opts = dict(debiased="debiased_cka" in names, precision="float64" if any(m in CCA_FAMILY for m in names) else "float32")
     move = (lambda t: t) if device is None else (lambda t: t.to(device))  # noqa: E731
-    with tqdm(total=X.n * len(blocks), desc=f"streaming {len(blocks)} layer block(s)", unit="row",
+    what = f"{label}: " if label else ""
+    with tqdm(total=X.n * len(blocks), desc=f"{what}streaming {len(blocks)} layer block(s)", unit="row",
               disable=not progress, leave=False) as bar:
         for xs, ys in blocks:
             acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, **opts)
@@ -321,6 +324,7 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
             for m in names:
                 out[m][xs, ys] = whole.compute(m).cpu()
             if boot is not None:
+                bar.set_postfix_str(f"{W.shape[0]} bootstrap replicates", refresh=True)
                 for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 4)).items():
                     reps[m][:, xs, ys] = r
     return Streamed(out, reps)
