@@ -357,8 +357,6 @@ class _CKAEngine:
         - row sums ``(S K0 S^T 1)_k = (K0 w)_i``, totals ``w' K0 w``, and diagonal terms in ``w k``.
         """
         W = W.to(self.K.device)
-        m = W.sum(-1)[:, None, None]  # [R, 1, 1]
-        mm = m[:, :, 0]  # [R, 1]
         if self._boot_key is not None and torch.equal(self._boot_key, W):
             terms = self._boot_sums
         else:
@@ -366,54 +364,67 @@ class _CKAEngine:
             self._boot_key, self._boot_sums = W.clone(), terms
         T0, S0x, S0y, ex, ey, qx, qy, exy, exx, eyy = terms
         kx, ky = self.kx, self.ky  # [La, n], [Lb, n] diagonals
-        out = {}
-        for name in names:
-            if name == "biased":
-                # tr((A + Da) H (B + Db) H) with A = S K0 S^T, a = k[idx]; see the docstring
-                wk, wl = W @ kx.T, W @ ky.T  # sum_i w_i k_i  [R, La], [R, Lb]
-                wkl = (W[:, None, :] * kx[None]) @ ky.T  # sum_i w_i k_i l_i  [R, La, Lb]
-                lk = torch.bmm(ex.permute(2, 0, 1), (W.T[None] * ky[:, :, None]).permute(2, 1, 0))  # sum w (K0w) l
-                kl_ = torch.bmm((W.T[None] * kx[:, :, None]).permute(2, 0, 1), ey.permute(2, 1, 0))  # sum w k (L0w)
-                cross = (
-                    T0
-                    - 2 / m * exy
-                    + qx[:, :, None] * qy[:, None, :] / (m * m)
-                    - 2 / m * lk
-                    + qx[:, :, None] * wl[:, None, :] / (m * m)
-                    - 2 / m * kl_
-                    + wk[:, :, None] * qy[:, None, :] / (m * m)
-                    + (1 - 2 / m) * wkl
-                    + wk[:, :, None] * wl[:, None, :] / (m * m)
-                )
-                wkk, wll = W @ (kx * kx).T, W @ (ky * ky).T
-                ekx = (ex * (W.T[None] * kx[:, :, None])).sum(1).T  # sum_i w_i (K0w)_i k_i  [R, La]
-                ely = (ey * (W.T[None] * ky[:, :, None])).sum(1).T
-                hx = (
-                    S0x
-                    - 2 / mm * exx
-                    + qx * qx / (mm * mm)
-                    - 4 / mm * ekx
-                    + 2 * qx * wk / (mm * mm)
-                    + (1 - 2 / mm) * wkk
-                    + wk * wk / (mm * mm)
-                )
-                hy = (
-                    S0y
-                    - 2 / mm * eyy
-                    + qy * qy / (mm * mm)
-                    - 4 / mm * ely
-                    + 2 * qy * wl / (mm * mm)
-                    + (1 - 2 / mm) * wll
-                    + wl * wl / (mm * mm)
-                )
-                out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(0.0, 1.0)
-            else:
-                # unbiased HSIC on the zero-diagonal resampled Gram S K0 S^T
-                cross = T0 + qx[:, :, None] * qy[:, None, :] / ((m - 1) * (m - 2)) - 2 / (m - 2) * exy
-                hx = S0x + qx * qx / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * exx
-                hy = S0y + qy * qy / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * eyy
-                out[name] = (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(-1.0, 1.0)
-        return out
+        t = BootTerms(W.sum(-1), T0, S0x, S0y, qx, qy, exy, exx, eyy)
+        if "biased" in names:  # the diagonal terms only the biased estimator keeps
+            Wk, Wl = W.T[None] * kx[:, :, None], W.T[None] * ky[:, :, None]  # w_i k_i [La, n, R]
+            t = t._replace(
+                wk=W @ kx.T, wl=W @ ky.T, wkk=W @ (kx * kx).T, wll=W @ (ky * ky).T,
+                wkl=(W[:, None, :] * kx[None]) @ ky.T,
+                lk=torch.bmm(ex.permute(2, 0, 1), Wl.permute(2, 1, 0)),
+                kl=torch.bmm(Wk.permute(2, 0, 1), ey.permute(2, 1, 0)),
+                ekx=(ex * Wk).sum(1).T, ely=(ey * Wl).sum(1).T)
+        return {name: cka_from_terms(name, t) for name in names}
+
+
+class BootTerms(NamedTuple):
+    """The sums a bootstrap replicate's CKA needs (see :meth:`_CKAEngine.bootstrap`), for counts ``w`` of
+    the units, ``K0`` / ``L0`` the centered Grams with zero diagonal, ``k`` / ``l`` their diagonals.
+
+    Shapes: ``m [R]`` (rows of each replicate, ``sum w``); ``[R, La, Lb]`` for ``T0``, ``exy``, ``wkl``,
+    ``lk``, ``kl``; ``[R, La]`` / ``[R, Lb]`` for the others. The last eight only the biased estimator
+    needs (None otherwise).
+    """
+
+    m: torch.Tensor
+    T0: torch.Tensor  # sum_ij w_i w_j K0_ij L0_ij
+    S0x: torch.Tensor  # sum_ij w_i w_j K0_ij^2
+    S0y: torch.Tensor
+    qx: torch.Tensor  # w' K0 w
+    qy: torch.Tensor
+    exy: torch.Tensor  # sum_i w_i (K0 w)_i (L0 w)_i
+    exx: torch.Tensor  # sum_i w_i (K0 w)_i^2
+    eyy: torch.Tensor
+    wk: torch.Tensor | None = None  # sum_i w_i k_i
+    wl: torch.Tensor | None = None
+    wkk: torch.Tensor | None = None  # sum_i w_i k_i^2
+    wll: torch.Tensor | None = None
+    wkl: torch.Tensor | None = None  # sum_i w_i k_i l_i
+    lk: torch.Tensor | None = None  # sum_i w_i (K0 w)_i l_i
+    kl: torch.Tensor | None = None  # sum_i w_i k_i (L0 w)_i
+    ekx: torch.Tensor | None = None  # sum_i w_i (K0 w)_i k_i
+    ely: torch.Tensor | None = None
+
+
+def cka_from_terms(kind: str, t: BootTerms) -> torch.Tensor:
+    """CKA of each replicate ``[R, La, Lb]`` on the resampled Gram ``K_b = S K0 S^T + diag(k[idx])`` (copies of
+    one unit not compared with each other): ``kind`` ``"biased"`` (linear / RBF CKA) or ``"unbiased"``."""
+    m = t.m.to(t.T0)[:, None, None]
+    mm = m[:, :, 0]
+    qx, qy = t.qx[:, :, None], t.qy[:, None, :]
+    if kind != "biased":  # unbiased HSIC on the zero-diagonal resampled Gram S K0 S^T
+        cross = t.T0 + qx * qy / ((m - 1) * (m - 2)) - 2 / (m - 2) * t.exy
+        hx = t.S0x + t.qx * t.qx / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * t.exx
+        hy = t.S0y + t.qy * t.qy / ((mm - 1) * (mm - 2)) - 2 / (mm - 2) * t.eyy
+        return (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(-1.0, 1.0)
+    # tr((A + Da) H (B + Db) H) with A = S K0 S^T, a = k[idx]
+    wk, wl = t.wk[:, :, None], t.wl[:, None, :]
+    cross = (t.T0 - 2 / m * t.exy + qx * qy / (m * m) - 2 / m * t.lk + qx * wl / (m * m) - 2 / m * t.kl
+             + wk * qy / (m * m) + (1 - 2 / m) * t.wkl + wk * wl / (m * m))
+    hx = (t.S0x - 2 / mm * t.exx + t.qx * t.qx / (mm * mm) - 4 / mm * t.ekx + 2 * t.qx * t.wk / (mm * mm)
+          + (1 - 2 / mm) * t.wkk + t.wk * t.wk / (mm * mm))
+    hy = (t.S0y - 2 / mm * t.eyy + t.qy * t.qy / (mm * mm) - 4 / mm * t.ely + 2 * t.qy * t.wl / (mm * mm)
+          + (1 - 2 / mm) * t.wll + t.wl * t.wl / (mm * mm))
+    return (cross / torch.sqrt(hx[:, :, None] * hy[:, None, :])).clamp(0.0, 1.0)
 
 
 _ENGINE_CACHE: dict[str, Any] = {}

@@ -6,6 +6,11 @@ replacement holds every row of group ``g`` as often as ``g`` was drawn (``w_g`` 
 expressed at one shift, the replicate's sums are ``sum_g w_g S_g`` and ``n = sum_g w_g n_g``; its measure
 is then computed from those sums exactly as on the resampled rows (the rows of each drawn group
 repeated), and no resampled data are formed (the cluster bootstrap of Davison & Hinkley 1997, sec. 3.8).
+``linear_cka`` and ``debiased_cka`` follow the in-memory bootstrap of :mod:`homoscope.measures.controls`
+instead: two copies of one row are not compared with each other (otherwise the copies inflate both
+estimators); their replicates come from the same sums weighted by the counts, their squares and cubes
+(:meth:`GroupedMoments._cka_terms`, :func:`~homoscope.measures.controls.cka_from_terms`), and equal the
+in-memory engine's replicates for the same row counts.
 
 Precision: the groups' sums are re-expressed at one shift (the mean of all rows), so a replicate is as
 accurate as a :class:`CrossMoments` whose rows sit at their distance from that mean: within 1e-10 where
@@ -33,7 +38,12 @@ import numpy as np
 import torch
 
 from ._validate import column_range, shape_pair
+from .controls import BootTerms, cka_from_terms
 from .streaming import F64, CrossMoments, _chunk_dtype
+
+# the CKA measures whose replicates follow the in-memory bootstrap (copies of a row not compared with
+# each other; see homoscope.measures.controls), and their estimator
+CKA_KINDS = {"linear_cka": "biased", "debiased_cka": "unbiased"}
 
 # the largest count of one group in a replicate (counts beyond it are no bootstrap)
 MAX_COUNT = 2**31
@@ -109,13 +119,15 @@ class GroupedMoments:
                 acc._sums[k] = self._stacked[k][g]
 
     def _shift_together(self) -> None:
-        """Express every group's sums at one shift (the row-weighted mean of the groups' shifts)."""
+        """Express every group's sums at one shift: the column means of all rows (so the shifted rows are the
+        centered rows the CKA bootstrap terms are written in)."""
         if self._shifted_together:
             return
         live = [p for p in self.parts if p.n]
         total = sum(p.n for p in live)
-        cx = sum(p._cx * (p.n / total) for p in live)
-        cy = sum(p._cy * (p.n / total) for p in live)
+        # the means of all rows: each group's shift plus its shifted rows' sum
+        cx = sum(p._cx * p.n + p.sx for p in live) / total
+        cy = sum(p._cy * p.n + p.sy for p in live) / total
         for p in live:
             p._move_shift(cx.clone(), cy.clone())
         self._cx, self._cy = cx, cy
@@ -157,6 +169,8 @@ class GroupedMoments:
         whole = self.merged()  # raises as the measures do: unknown names, bad options, missing sums
         for name in names:
             whole.compute(name, **(options or {}).get(name, {}))
+            if name in CKA_KINDS and not whole.debiased:
+                raise ValueError(f"the bootstrap of {name} needs the sums of an accumulator built with debiased=True")
         dev = next(iter(self._stacked.values())).device
         W = W.to(dev)
         per = sum(t[0].numel() for t in self._stacked.values())
@@ -168,12 +182,46 @@ class GroupedMoments:
         for start in range(0, W.shape[0], batch):
             Wb = W[start : start + batch]
             sums = {k: (Wb @ t.view(G, -1)).view((Wb.shape[0],) + t.shape[1:]) for k, t in self._stacked.items()}
+            for m in names:
+                if m in CKA_KINDS:
+                    out[m][start : start + len(Wb)] = cka_from_terms(CKA_KINDS[m], self._cka_terms(Wb, sums)).cpu()
             for r in range(Wb.shape[0]):
                 acc = _from_sums(ref, {k: s[r] for k, s in sums.items()}, self._cx, self._cy,
                                  int(round(float(Wb[r] @ counts))), int(round(float(Wb[r] @ f32))))
                 for m in names:
-                    out[m][start + r] = _measure(acc, m, (options or {}).get(m, {}))
+                    if m not in CKA_KINDS:
+                        out[m][start + r] = _measure(acc, m, (options or {}).get(m, {}))
         return out
+
+
+    def _cka_terms(self, Wb: torch.Tensor, S1: dict) -> BootTerms:
+        """The CKA bootstrap terms (:class:`~homoscope.measures.controls.BootTerms`) of the replicates ``Wb [r, G]``
+        from the groups' sums at the mean of all rows (``u = x - mean``, ``a = ||u||^2 = k``): ``S1`` sums
+        weighted by the counts, ``S2``, ``S3`` by their squares and cubes (the diagonal terms of the copies)."""
+        d, G = next(p for p in self.parts if p.n)._dims, len(self.parts)
+        small = ("sa", "sb", "saa", "sbb", "sab", "sax", "sby", "say", "sbx")
+        S2 = {k: ((Wb * Wb) @ self._stacked[k].view(G, -1)).view((len(Wb),) + self._stacked[k].shape[1:]) for k in small}
+        S3 = {k: ((Wb ** 3) @ self._stacked[k].view(G, -1)).view((len(Wb),) + self._stacked[k].shape[1:])
+              for k in ("saa", "sbb", "sab")}
+        Sx, Sy = S1["sx"], S1["sy"]  # [r, La, da], [r, Lb, db]
+        cxy = S1["cxy"].view(len(Wb), d.La, d.da, d.Lb, d.db)
+        full = torch.stack([cxy[:, :, :, b].square().sum((-2, -1)) for b in range(d.Lb)], -1)  # [r, La, Lb]
+        bil = torch.stack([torch.einsum("rad,radc,rc->ra", Sx, cxy[:, :, :, b], Sy[:, b]) for b in range(d.Lb)], -1)
+        quad = lambda c, v: torch.einsum("rld,rlde,rle->rl", v, c, v)  # noqa: E731 - v' C v per layer
+        dot = lambda a, v: (a * v).sum(-1)  # noqa: E731
+        return BootTerms(
+            m=Wb @ torch.tensor([float(p.n) for p in self.parts], dtype=F64, device=Wb.device),
+            T0=full - S2["sab"],
+            S0x=S1["cxx"].square().sum((-2, -1)) - S2["saa"], S0y=S1["cyy"].square().sum((-2, -1)) - S2["sbb"],
+            qx=Sx.square().sum(-1) - S2["sa"], qy=Sy.square().sum(-1) - S2["sb"],
+            exy=(bil - torch.einsum("rabd,rbd->rab", S2["say"], Sy) - torch.einsum("rbad,rad->rab", S2["sbx"], Sx)
+                 + S3["sab"]),
+            exx=quad(S1["cxx"], Sx) - 2 * dot(S2["sax"], Sx) + S3["saa"],
+            eyy=quad(S1["cyy"], Sy) - 2 * dot(S2["sby"], Sy) + S3["sbb"],
+            wk=S1["sa"], wl=S1["sb"], wkk=S1["saa"], wll=S1["sbb"], wkl=S1["sab"],
+            lk=torch.einsum("rbad,rad->rab", S1["sbx"], Sx) - S2["sab"],
+            kl=torch.einsum("rabd,rbd->rab", S1["say"], Sy) - S2["sab"],
+            ekx=dot(S1["sax"], Sx) - S2["saa"], ely=dot(S1["sby"], Sy) - S2["sbb"])
 
 
 def _group_ids(group: Any, m: int, G: int) -> torch.Tensor:

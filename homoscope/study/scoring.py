@@ -307,7 +307,8 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
     blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb, copies=G)
     # float32 products keep CKA and Procrustes within 1e-7; the CCA family's error grows with the
     # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
-    opts = dict(debiased="debiased_cka" in names, precision="float64" if any(m in CCA_FAMILY for m in names) else "float32")
+    cka_boot = boot is not None and "linear_cka" in names  # its bootstrap terms use the debiased sums
+    opts = dict(debiased="debiased_cka" in names or cka_boot, precision="float64" if any(m in CCA_FAMILY for m in names) else "float32")
     move = (lambda t: t) if device is None else (lambda t: t.to(device))  # noqa: E731
     what = f"{label}: " if label else ""
     with tqdm(total=X.n * len(blocks), desc=f"{what}streaming {len(blocks)} layer block(s)", unit="row",
