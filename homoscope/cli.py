@@ -47,7 +47,8 @@ def _add_study_options(p: argparse.ArgumentParser, command: str) -> None:
         if opt.flag is None:
             continue
         default = defaults.get(opt.name, opt.default)
-        help_text = opt.help + ("" if default is None else f" (default: {opt.show(default)})")
+        bounds = f"; {opt.rule}" if opt.choices is None and (opt.minimum, opt.maximum) != (None, None) else ""
+        help_text = opt.help + ("" if default is None else f" (default: {opt.show(default)}{bounds})")
         if bool in opt.types:
             kind = {"action": argparse.BooleanOptionalAction}
         elif opt.choices is not None:

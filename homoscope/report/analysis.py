@@ -39,9 +39,14 @@ NULL_RULE = (
     "n.s., never as similarity. p-values come from the permutation test (rows of one side shuffled). For "
     "linear and debiased CKA no permutation is drawn: the permutation distribution's mean, standard deviation "
     "and skewness are exact (closed form on all n rows; Josse, Pages & Husson 2008) and p is the upper tail of "
-    "the Pearson type III distribution with those moments. For the other measures P permutations are drawn "
-    "and the smallest possible p is 1 / (P + 1); where the frame has a control_n column, the drawn null and the "
-    "bootstrap used that many rows (a seeded subsample, the same for every model)."
+    "the Pearson type III distribution with those moments; debiased CKA's null standard deviation is "
+    "sqrt(2 / (n (n - 3))) whatever the data, so it repeats in every cell. For the other measures P "
+    "permutations are drawn and the smallest possible p is 1 / (P + 1); where the frame has a control_n "
+    "column, the drawn null used that many rows (a seeded subsample, the same for every model). Intervals are "
+    "bootstrap 95% percentile intervals over resamples of whole documents (runs of rows where the corpus has "
+    "none); under CKA two copies of one row in a resample are not compared with each other. Above "
+    "pairwise_rows rows the linear measures' resamples are exact on all rows and draw bundles of consecutive "
+    "documents (at most bootstrap_groups of them); the n x n measures resample their subsample."
 )
 
 #: How an interval of a mean over pairs is formed; printed in the report.

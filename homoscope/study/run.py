@@ -127,6 +127,8 @@ def run_study(
         if agreement is not None:
             ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
         caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+    for w in sorted(set(caught)):  # recorded above for the manifest and the report; said here too
+        log(w)
     manifest = _manifest(study, ctx, ext, agreement, caught, commands)
     files = _write(study, ctx, ext, frame, manifest, agreement, progress, t_all)
     return StudyResult(frame=frame, out=ctx.out, manifest=manifest, files=files,
