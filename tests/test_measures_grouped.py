@@ -101,3 +101,18 @@ def test_float32_products_with_a_shared_workspace():
     reps = acc.replicates(["linear_cka"], W)["linear_cka"]
     for r, w in enumerate(W[:1]):
         assert (reps[r] - _resampled("linear_cka", X.double(), Y.double(), units, w)).abs().max() <= 1e-7
+
+
+def test_given_means_keep_every_group_in_place_and_the_replicates_exact():
+    X, Y = _pair(n=200, seed=7)
+    units = torch.arange(200) % 5  # interleaved groups
+    means = (X.mean(1), Y.mean(1))
+    acc = GroupedMoments(5, precision="float64", means=means)
+    for s in range(0, 200, 64):
+        acc.update(X[:, s : s + 64], Y[:, s : s + 64], units[s : s + 64])
+    W = bootstrap_weights(5, 4, seed=2)
+    reps = acc.replicates(["linear_cka", "debiased_cka", "cca_rho"], W)
+    assert all(torch.equal(p._cx, means[0]) for p in acc.parts)  # no group's sums were re-expressed
+    for m in ("linear_cka", "debiased_cka", "cca_rho"):
+        for r, w in enumerate(W):
+            assert (reps[m][r] - _resampled(m, X, Y, units, w)).abs().max() <= 1e-10, (m, r)

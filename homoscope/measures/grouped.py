@@ -39,7 +39,7 @@ import torch
 
 from ._validate import column_range, shape_pair
 from .controls import BootTerms, cka_from_terms
-from .streaming import F64, CrossMoments, _chunk_dtype
+from .streaming import F64, CrossMoments, Dims, _chunk_dtype
 
 # the CKA measures whose replicates follow the in-memory bootstrap (copies of a row not compared with
 # each other; see homoscope.measures.controls), and their estimator
@@ -55,6 +55,9 @@ class GroupedMoments:
     Args:
         n_groups: number of groups ``G`` (>= 1); rows carry group ids ``0 .. G-1``.
         debiased, precision: as for :class:`CrossMoments` (every group uses the same).
+        means: optional column means of all rows ``(mx [La, da], my [Lb, db])`` (float64, e.g. from a first
+            pass): every group's sums are kept at them from the start, so no group's sums are ever
+            re-expressed (faster; each replicate's CKA terms need sums at the means).
 
     Attributes:
         n: rows seen so far; ``group_n``: rows per group ``[G]`` (int64).
@@ -63,10 +66,13 @@ class GroupedMoments:
         ValueError: ``n_groups`` not a positive integer, and the errors of :class:`CrossMoments`.
     """
 
-    def __init__(self, n_groups: int, *, debiased: bool = True, precision: str = "float32"):
+    def __init__(self, n_groups: int, *, debiased: bool = True, precision: str = "float32", means=None):
         if type(n_groups) is not int or n_groups < 1:
             raise ValueError(f"n_groups must be a positive integer; got n_groups={n_groups!r}")
         self.parts = [CrossMoments(debiased=debiased, precision=precision) for _ in range(n_groups)]
+        self._means = None if means is None else tuple(torch.as_tensor(m, dtype=F64) for m in means)
+        for p in self.parts:
+            p.fixed_shift = self._means is not None
         self._workspace: dict = {}  # one block workspace for all groups (they update one at a time)
         self._stacked: dict[str, torch.Tensor] = {}
         self._shifted_together = False
@@ -108,15 +114,22 @@ class GroupedMoments:
     def _update_part(self, g: int, x: torch.Tensor, y: torch.Tensor) -> None:
         acc = self.parts[g]
         acc._ws = self._workspace
+        if self._means is not None and not acc._sums:  # sums at the given means, in the side-by-side storage
+            self._allocate_stacked(Dims(x.shape[0], x.shape[2], y.shape[0], y.shape[2]), x.device, acc)
+            acc._allocate(acc._dims, x.device, *self._means, storage={k: t[g] for k, t in self._stacked.items()})
         fresh = acc.n == 0
         acc.update(x, y)
-        if fresh:  # move the new group's sums into the side-by-side storage
-            if not self._stacked:
-                self._stacked = {k: torch.zeros((len(self.parts),) + t.shape, dtype=F64, device=t.device)
-                                 for k, t in acc._sums.items()}
+        if fresh and self._means is None:  # move the new group's sums into the side-by-side storage
+            self._allocate_stacked(acc._dims, x.device, acc)
             for k, t in acc._sums.items():
                 self._stacked[k][g].copy_(t)
                 acc._sums[k] = self._stacked[k][g]
+
+    def _allocate_stacked(self, dims: Dims, device, acc: CrossMoments) -> None:
+        acc._check_dims(dims)
+        if not self._stacked:
+            self._stacked = {s.name: torch.zeros((len(self.parts),) + s.shape(dims), dtype=F64, device=device)
+                             for s in acc._declared}
 
     def _shift_together(self) -> None:
         """Express every group's sums at one shift: the column means of all rows (so the shifted rows are the
@@ -128,7 +141,11 @@ class GroupedMoments:
         # the means of all rows: each group's shift plus its shifted rows' sum
         cx = sum(p._cx * p.n + p.sx for p in live) / total
         cy = sum(p._cy * p.n + p.sy for p in live) / total
-        for p in live:
+        given = self._means is not None and all(torch.equal(p._cx, self._means[0].to(p._cx)) and
+                                                torch.equal(p._cy, self._means[1].to(p._cy)) for p in live)
+        if given:  # every group is at the given means already: moving them would cost O(sums) each
+            cx, cy = live[0]._cx, live[0]._cy
+        for p in live if not given else ():
             p._move_shift(cx.clone(), cy.clone())
         self._cx, self._cy = cx, cy
         self._shifted_together = True

@@ -303,6 +303,7 @@ class CrossMoments:
         self._device: torch.device | None = None
         self._cx = self._cy = None  # shifts [La, da], [Lb, db]
         self._sums: dict[str, torch.Tensor] = {}
+        self.fixed_shift = False  # True: float32 blocks never move the shift (see GroupedMoments)
         self._ws: dict[torch.dtype, dict[str, torch.Tensor]] = {}
         self._cache: dict = {}
 
@@ -337,10 +338,12 @@ class CrossMoments:
         self._cache.clear()
         return self
 
-    def _allocate(self, dims: Dims, device, cx: torch.Tensor, cy: torch.Tensor) -> None:
+    def _allocate(self, dims: Dims, device, cx: torch.Tensor, cy: torch.Tensor, storage: dict | None = None) -> None:
+        """Zero sums (or the given zeroed ``storage`` tensors, by name) at shifts ``cx``, ``cy``."""
         self._dims, self._device = dims, device
         self._cx, self._cy = cx.to(device=device, dtype=F64).clone(), cy.to(device=device, dtype=F64).clone()
-        self._sums = {s.name: torch.zeros(s.shape(dims), dtype=F64, device=device) for s in self._declared}
+        self._sums = dict(storage) if storage is not None else {
+            s.name: torch.zeros(s.shape(dims), dtype=F64, device=device) for s in self._declared}
 
     def _rows(self, dtype: torch.dtype) -> int:
         if self.block_rows:
@@ -391,7 +394,7 @@ class CrossMoments:
         if self.n:
             d = self._dims
             mx, my = self._cx + sums[0].view(d.La, d.da) / m, self._cy + sums[1].view(d.Lb, d.db) / m
-            if self._offset(mx, my) > RESHIFT_RATIO:
+            if not self.fixed_shift and self._offset(mx, my) > RESHIFT_RATIO:
                 self._move_shift(mx, my)
                 zx, zy = self._shifted(xb, yb, torch.float32)
                 sums = _drop_rows(zx, zy, big)

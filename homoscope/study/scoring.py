@@ -314,7 +314,7 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
     with tqdm(total=X.n * len(blocks), desc=f"{what}streaming {len(blocks)} layer block(s)", unit="row",
               disable=not progress, leave=False) as bar:
         for xs, ys in blocks:
-            acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, **opts)
+            acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, means=_column_means(X, Y, xs, ys), **opts)
             start = 0
             for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
                 m = cx.shape[1]
@@ -329,6 +329,18 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
                 for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 4)).items():
                     reps[m][:, xs, ys] = r
     return Streamed(out, reps)
+
+
+def _column_means(X: _Rows, Y: _Rows, xs: slice, ys: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 column means ``([La', da], [Lb', db])`` of the layers ``xs`` of X and ``ys`` of Y (one pass)."""
+    out = []
+    for S, layers in ((X, xs), (Y, ys)):
+        total = None
+        for chunk in S.chunks(layers):
+            part = chunk.double().sum(1)
+            total = part if total is None else total + part
+        out.append(total / S.n)
+    return out[0], out[1]
 
 
 def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
