@@ -337,7 +337,7 @@ def _column_means(X: _Rows, Y: _Rows, xs: slice, ys: slice) -> tuple[torch.Tenso
     for S, layers in ((X, xs), (Y, ys)):
         total = None
         for chunk in S.chunks(layers):
-            part = chunk.double().sum(1)
+            part = chunk.sum(1, dtype=torch.float64)  # no float64 copy of the chunk
             total = part if total is None else total + part
         out.append(total / S.n)
     return out[0], out[1]
