@@ -157,8 +157,12 @@ def main() -> None:
         earlier = [r["command"] for r in old if r.get("bench") == "machine" and r.get("command")]
         info["commands"] = list(dict.fromkeys(earlier + [info["command"]]))
         done = {_spec_key(r) for r in results}
+    earlier = []  # scale results accumulate: each case is an hour of its own, scale.md shows the latest of each
+    if args.scale and not args.resume and jsonl.exists():
+        earlier = [r for r in (json.loads(x) for x in jsonl.read_text().splitlines() if x.strip())
+                   if r.get("bench") != "machine"]
     t_all = time.perf_counter()
-    with jsonl.open("a" if args.resume else "w") as fh:
+    with jsonl.open("a" if args.resume or args.scale else "w") as fh:
         fh.write(json.dumps({"bench": "machine", **info}) + "\n")
         for module, spec, timeout in todo:
             if spec.get("reference") and args.resume and all(_spec_key(c) in done for _, c, _ in todo
@@ -184,7 +188,8 @@ def main() -> None:
     if args.scale:
         from .scale import write_scale_report
 
-        write_scale_report(results, info)
+        latest = {_spec_key(r): r for r in earlier + results}
+        write_scale_report(list(latest.values()), info)
         return
     write_report(results, info)
 

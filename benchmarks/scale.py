@@ -148,9 +148,10 @@ def targets(results: list[dict]) -> list[str]:
         out.append(f"- compare, peak memory 8,000 / 1,000 sentences <= 1.5: {ratio:.2f} "
                    f"({cmp[8000]['peak_mb']:.0f} / {cmp[1000]['peak_mb']:.0f} MB): "
                    f"{'held' if ratio <= 1.5 else 'missed'}")
-    for r in (r for r in ok if r["case"] == "words"):
+    for r in (r for r in results if r.get("status") == "ok" and r["case"] == "words"):
         share = r.get("scoring_share", float("nan"))
-        out.append(f"- words, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
+        code = "" if r.get("code", "current") == "current" else f" (code {r['code']})"
+        out.append(f"- words{code}, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
                    f"{'held' if r['peak_mb'] <= 3072 else 'missed'}); scoring and controls {share:.1%} of the wall "
                    f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})")
     for r in (r for r in ok if r["case"] == "sentences"):

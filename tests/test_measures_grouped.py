@@ -116,3 +116,16 @@ def test_given_means_keep_every_group_in_place_and_the_replicates_exact():
     for m in ("linear_cka", "debiased_cka", "cca_rho"):
         for r, w in enumerate(W):
             assert (reps[m][r] - _resampled(m, X, Y, units, w)).abs().max() <= 1e-10, (m, r)
+
+
+def test_means_that_are_not_the_rows_means_are_not_trusted():
+    from homoscope.measures.controls import _linear_engine
+
+    X, Y = _pair(n=60, seed=3)
+    ids = torch.arange(60) % 6
+    W = bootstrap_weights(6, 3, seed=1)
+    ref = _linear_engine(X, Y, torch.float64).bootstrap(["biased"], W[:, ids])["biased"]
+    off = GroupedMoments(6, precision="float64", means=(X.mean(1) + 1, Y.mean(1))).update(X, Y, ids)
+    assert (off.replicates(["linear_cka"], W)["linear_cka"] - ref).abs().max() <= 1e-10
+    with pytest.raises(ValueError, match=r"means must have shapes \(2, 6\) and \(2, 5\)"):
+        GroupedMoments(6, means=(X.mean(1)[0], Y.mean(1))).update(X, Y, ids)

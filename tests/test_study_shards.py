@@ -291,6 +291,10 @@ def test_bootstrap_units():
     assert bootstrap_units(["a", "b"] + ["c"] * 98, 100, 2).unique().tolist() == [0, 1]
     units = bootstrap_units([f"d{i // 3}" for i in range(300)], 300, 16)  # 100 documents of 3 rows
     assert units.unique().numel() == 16 and np.bincount(units.numpy()).max() <= 2 * 300 / 16
+    # ids are equal as values, not as printed text; None is an id of its own
+    assert bootstrap_units(torch.tensor([0.1] * 2 + [0.10001] * 2), 4, 4).tolist() == [0, 0, 1, 1]
+    assert bootstrap_units([1, 1, "1", 1.0], 4, 4).tolist() == [0, 0, 1, 0]
+    assert bootstrap_units([None, "a", None], 3, 4).tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match="bootstrap_groups must be an integer >= 2"):
         bootstrap_units(None, 10, 1)
     with pytest.raises(ValueError, match="one id per row"):

@@ -115,7 +115,12 @@ class GroupedMoments:
         acc = self.parts[g]
         acc._ws = self._workspace
         if self._means is not None and not acc._sums:  # sums at the given means, in the side-by-side storage
-            self._allocate_stacked(Dims(x.shape[0], x.shape[2], y.shape[0], y.shape[2]), x.device, acc)
+            dims = Dims(x.shape[0], x.shape[2], y.shape[0], y.shape[2])
+            want = ((dims.La, dims.da), (dims.Lb, dims.db))
+            if tuple(tuple(m.shape) for m in self._means) != want:
+                raise ValueError(f"means must have shapes {want[0]} and {want[1]}; got "
+                                 f"{tuple(self._means[0].shape)} and {tuple(self._means[1].shape)}")
+            self._allocate_stacked(dims, x.device, acc)
             acc._allocate(acc._dims, x.device, *self._means, storage={k: t[g] for k, t in self._stacked.items()})
         fresh = acc.n == 0
         acc.update(x, y)
@@ -143,6 +148,9 @@ class GroupedMoments:
         cy = sum(p._cy * p.n + p.sy for p in live) / total
         given = self._means is not None and all(torch.equal(p._cx, self._means[0].to(p._cx)) and
                                                 torch.equal(p._cy, self._means[1].to(p._cy)) for p in live)
+        # given means that are not the rows' means (to rounding) would bias the CKA terms: move to the real ones
+        given = given and all(bool(((c - m.to(c)).abs() <= 1e-9 * (1 + m.to(c).abs())).all())
+                              for c, m in ((cx, self._means[0]), (cy, self._means[1])))
         if given:  # every group is at the given means already: moving them would cost O(sums) each
             cx, cy = live[0]._cx, live[0]._cy
         for p in live if not given else ():

@@ -332,7 +332,7 @@ class Study:
                              "run loses at most one shard", minimum=1,
                              details="Each model's representations are extracted and stored one shard at a time "
                                      "(rows keep corpus order); word and token shards are cut between texts.")
-    memory_mb: int = option(1024, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
+    memory_mb: int = option(512, "memory budget of streamed scoring in MiB: layer pairs are scored in blocks",
                             minimum=64, details="The layer pairs of a model pair are scored in blocks whose sums "
                                                 "fit in it.")
     pairwise_rows: int = option(1024, "row cap of the n x n measures, of their controls and of the drawn "

@@ -62,7 +62,7 @@ def score_pairs(
     device: torch.device | None = None,
     progress: bool = True,
     controls: dict | None = None,
-    memory_mb: int = 1024,
+    memory_mb: int = 512,
     pairwise_rows: int = 1024,
     bootstrap_groups: int = 32,
 ) -> pd.DataFrame:
@@ -274,7 +274,7 @@ class Streamed(NamedTuple):
     replicates: dict | None
 
 
-def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 1024,
+def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 512,
                     device: torch.device | None = None, progress: bool = False, boot=None,
                     label: str = "") -> Streamed:
     """Exact linear measures of all layer pairs, and their group bootstrap, from sums streamed over both stacks.
@@ -326,7 +326,7 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 10
                 out[m][xs, ys] = whole.compute(m).cpu()
             if boot is not None:
                 bar.set_postfix_str(f"{W.shape[0]} bootstrap replicates", refresh=True)
-                for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 4)).items():
+                for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 8)).items():
                     reps[m][:, xs, ys] = r
     return Streamed(out, reps)
 
@@ -346,7 +346,7 @@ def _column_means(X: _Rows, Y: _Rows, xs: slice, ys: slice) -> tuple[torch.Tenso
 def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
     """The resampling unit of each row for the streamed bootstrap: ``[n]`` int64 ids ``0 .. G-1``, ``2 <= G <= cap``.
 
-    With ``groups`` (one id per row, e.g. document ids; compared as text) of at least two distinct ids:
+    With ``groups`` (one id per row, e.g. document ids; equal ids as values, 1 == 1.0) of at least two ids:
     each group is a unit, numbered by first appearance; with more than ``cap`` groups, consecutive groups
     are bundled into at most ``cap`` units of about ``n / cap`` rows (a group is never split). Otherwise:
     ``min(cap, n)`` runs of consecutive rows.
@@ -359,7 +359,8 @@ def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
     if groups is not None:
         if len(groups) != n:
             raise ValueError(f"groups must give one id per row (length n={n}); got length {len(groups)}")
-        codes, uniq = pd.factorize(pd.Series([str(g) for g in groups]), sort=False)  # by first appearance
+        ids = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else pd.Series(list(groups), dtype=object)
+        codes, uniq = pd.factorize(ids, sort=False, use_na_sentinel=False)  # by first appearance, equal as values
         if len(uniq) >= 2:
             if len(uniq) > cap:
                 codes = _bundle(np.bincount(codes, minlength=len(uniq)), n / cap, cap)[codes]
