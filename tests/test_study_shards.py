@@ -278,6 +278,19 @@ def test_streamed_bootstrap_is_exact_on_all_rows():
     assert f[f.measure == "linear_cka"].p_value.notna().all()
 
 
+def test_a_layer_pair_above_the_budget_says_so():
+    from homoscope.study.scoring import bootstrap_units
+
+    X, Y = torch.randn(1, 40, 200), torch.randn(1, 40, 200)
+    units = bootstrap_units(None, 40, 8)
+    W = torch.ones(2, 8, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"a vs b: one layer pair of widths 200 x 200 needs 7 MiB of sums "
+                                            r"\(8 bootstrap group\(s\)\), above half of memory_mb=4"):
+        got = stream_measures(["linear_cka"], InMemoryStack(X), InMemoryStack(Y), memory_mb=4, boot=(units, W),
+                              label="a vs b")
+    assert torch.isfinite(got.values["linear_cka"]).all()
+
+
 def test_bootstrap_units():
     from homoscope.study.scoring import bootstrap_units
 
