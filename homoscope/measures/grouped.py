@@ -176,7 +176,8 @@ class GroupedMoments:
         """Each measure on each replicate given by group counts ``W [R, G]``: ``{name: [R, La, Lb]}`` float64.
 
         Row ``r`` of ``W`` says how often each group is drawn in replicate ``r`` (``torch.ones(1, G)`` is
-        the sample itself). A replicate whose measure is undefined (a constant layer, too few rows) is NaN.
+        the sample itself). A replicate whose measure is undefined (a constant layer, too few rows) is NaN,
+        except under ``linear_cka`` / ``debiased_cka``, which follow the in-memory engine there too.
         Replicates' sums are formed ``memory_mb`` MiB at a time.
 
         Raises:
@@ -207,10 +208,11 @@ class GroupedMoments:
         for start in range(0, W.shape[0], batch):
             Wb = W[start : start + batch]
             sums = {k: (Wb @ t.view(G, -1)).view((Wb.shape[0],) + t.shape[1:]) for k, t in self._stacked.items()}
+            terms = self._cka_terms(Wb, sums) if any(m in CKA_KINDS for m in names) else None
             for m in names:
                 if m in CKA_KINDS:
-                    out[m][start : start + len(Wb)] = cka_from_terms(CKA_KINDS[m], self._cka_terms(Wb, sums)).cpu()
-            for r in range(Wb.shape[0]):
+                    out[m][start : start + len(Wb)] = cka_from_terms(CKA_KINDS[m], terms).cpu()
+            for r in range(Wb.shape[0]) if any(m not in CKA_KINDS for m in names) else ():
                 acc = _from_sums(ref, {k: s[r] for k, s in sums.items()}, self._cx, self._cy,
                                  int(round(float(Wb[r] @ counts))), int(round(float(Wb[r] @ f32))))
                 for m in names:

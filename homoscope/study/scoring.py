@@ -308,8 +308,9 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
     one = 8 * G * (X.width * Y.width + X.width**2 + Y.width**2) / 2**20  # MiB of one layer pair's sums
     if one > memory_mb / 2:
         warnings.warn(f"{label or 'streamed scoring'}: one layer pair of widths {X.width} x {Y.width} needs "
-                      f"{one:,.0f} MiB of sums ({G} bootstrap group(s)), above half of memory_mb={memory_mb}; it "
-                      "runs anyway: raise memory_mb, or lower bootstrap_groups", RuntimeWarning, stacklevel=2)
+                      f"{one:,.0f} MiB of sums{f' for {G} bootstrap groups' if boot is not None else ''}, above half "
+                      f"of memory_mb={memory_mb}; it runs anyway: raise memory_mb"
+                      + (", or lower bootstrap_groups" if boot is not None else ""), RuntimeWarning, stacklevel=2)
     # float32 products keep CKA and Procrustes within 1e-7; the CCA family's error grows with the
     # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
     cka_boot = boot is not None and "linear_cka" in names  # its bootstrap terms use the debiased sums
