@@ -335,3 +335,12 @@ def test_a_malformed_shard_record_is_recomputed(tmp_path, corpus_file, models):
     again = run_study(_study(tmp_path, corpus_file, shard_size=4), progress=False, loaded_models=models, log=None)
     assert again.manifest["models"][0]["shards_reused"] == 3
     pd.testing.assert_frame_equal(first.frame, again.frame, check_exact=True)
+
+
+def test_a_constant_first_token_layer_names_the_pooling(tmp_path, corpus_file):
+    # pooling="cls": layer 0 is the embedding of [CLS] at position 0, the same row for every text
+    two = {"bert": tiny_model("bert", seed=0), "bert2": tiny_model("bert", seed=1)}
+    study = _study(tmp_path, corpus_file, models=["bert", "bert2"], pooling="cls")
+    with pytest.raises(ValueError, match=r"X layer 0 has zero variance .*pooling='cls' a layer can hold the same row "
+                                         r"for every text .*use pooling='mean'"):
+        run_study(study, progress=False, loaded_models=two, log=None)

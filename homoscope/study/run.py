@@ -115,7 +115,8 @@ def run_study(
         ext = extract_all(study, ctx, loaded_models, progress, log)
         t0 = time.perf_counter()
         names = [n for n, _ in study.model_specs()]
-        frame = score_pairs(
+        frame = _score(
+            study,
             ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
             permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
             device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
@@ -134,6 +135,18 @@ def run_study(
     return StudyResult(frame=frame, out=ctx.out, manifest=manifest, files=files,
                        representations=Representations(ext.stacks), rows=ext.rows_table,
                        controls=Representations(ext.controls), agreement=agreement)
+
+
+def _score(study: Study, *args, **kwargs):
+    """:func:`score_pairs`, its constant-layer error explained where the pooling makes one likely."""
+    try:
+        return score_pairs(*args, **kwargs)
+    except ValueError as err:
+        if "zero variance" in str(err) and study.pooling in ("cls", "first", "last"):
+            raise ValueError(f"{err}. With pooling={study.pooling!r} a layer can hold the same row for every text "
+                             "(layer 0 is the embedding of the same special token at the same position): use "
+                             "pooling='mean'") from None
+        raise
 
 
 @dataclass
