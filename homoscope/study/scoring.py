@@ -317,10 +317,11 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
     opts = dict(debiased="debiased_cka" in names or cka_boot, precision="float64" if any(m in CCA_FAMILY for m in names) else "float32")
     move = (lambda t: t) if device is None else (lambda t: t.to(device))  # noqa: E731
     what = f"{label}: " if label else ""
+    means = _column_means(X, Y) if boot is not None else None  # one pass, shared by every block
     with tqdm(total=X.n * len(blocks), desc=f"{what}streaming {len(blocks)} layer block(s)", unit="row",
               disable=not progress, leave=False) as bar:
         for xs, ys in blocks:
-            acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, means=_column_means(X, Y, xs, ys), **opts)
+            acc = CrossMoments(**opts) if boot is None else GroupedMoments(G, means=(means[0][xs], means[1][ys]), **opts)
             start = 0
             for cx, cy in zip_rows(X.chunks(xs), Y.chunks(ys)):
                 m = cx.shape[1]
@@ -337,12 +338,12 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
     return Streamed(out, reps)
 
 
-def _column_means(X: _Rows, Y: _Rows, xs: slice, ys: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 column means ``([La', da], [Lb', db])`` of the layers ``xs`` of X and ``ys`` of Y (one pass)."""
+def _column_means(X: _Rows, Y: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 column means ``([La, da], [Lb, db])`` of every layer of X and Y (one pass over each)."""
     out = []
-    for S, layers in ((X, xs), (Y, ys)):
+    for S in (X, Y):
         total = None
-        for chunk in S.chunks(layers):
+        for chunk in S.chunks():
             part = chunk.sum(1, dtype=torch.float64)  # no float64 copy of the chunk
             total = part if total is None else total + part
         out.append(total / S.n)
