@@ -129,3 +129,36 @@ def test_means_that_are_not_the_rows_means_are_not_trusted():
     assert (off.replicates(["linear_cka"], W)["linear_cka"] - ref).abs().max() <= 1e-10
     with pytest.raises(ValueError, match=r"means must have shapes \(2, 6\) and \(2, 5\)"):
         GroupedMoments(6, means=(X.mean(1)[0], Y.mean(1))).update(X, Y, ids)
+
+
+def test_cca_replicates_rewhitened_from_the_whole_sample_equal_the_resampled_rows():
+    """Replicates of the CCA family whiten relative to the whole sample's basis (a Cholesky factor, not an
+    eigendecomposition per replicate); a direction without variance in a replicate falls back to its own."""
+    from homoscope.measures import streaming
+
+    g = torch.Generator().manual_seed(3)
+    n, G = 600, 6
+    scale = torch.logspace(0, -3, 12, dtype=torch.float64)  # covariance condition number ~1e6
+    X = torch.randn(2, n, 12, generator=g, dtype=torch.float64) * scale + 7.0
+    Y = X[:, :, :8] @ torch.randn(8, 9, generator=g, dtype=torch.float64) + torch.randn(2, n, 9, generator=g, dtype=torch.float64)
+    units = torch.arange(n) * G // n
+    X[1, :, 11] = 0.0
+    X[1, units == 2, 11] = torch.randn(int((units == 2).sum()), generator=g, dtype=torch.float64)  # only group 2 varies
+    acc = GroupedMoments(G, precision="float64").update(X, Y, units)
+    W = torch.tensor([[1.0] * G, [2, 0, 0, 1, 2, 1], [0, 1, 0, 3, 1, 1]])  # the last two omit group 2
+    calls = {"own": 0}
+    whitening = streaming._whitening
+
+    def counted(*a):
+        calls["own"] += 1
+        return whitening(*a)
+
+    streaming._whitening = counted
+    try:
+        reps = acc.replicates(["cca_rho", "cca_r2", "pwcca"], W)
+    finally:
+        streaming._whitening = whitening
+    assert calls["own"] == 2 + 2  # the whole sample's two sides, then one X side per replicate omitting group 2
+    for m, r in reps.items():
+        for i, w in enumerate(W):
+            assert (r[i] - _resampled(m, X, Y, units, w)).abs().max() <= 1e-10, (m, i)

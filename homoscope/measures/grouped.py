@@ -205,6 +205,8 @@ class GroupedMoments:
         counts = torch.tensor([float(p.n) for p in self.parts], dtype=F64, device=dev)
         f32 = torch.tensor([float(p.f32_rows) for p in self.parts], dtype=F64, device=dev)
         out = {m: torch.full((W.shape[0], ref._dims.La, ref._dims.Lb), float("nan"), dtype=F64) for m in names}
+        cca = [m for m in names if m in ("cca_rho", "cca_r2", "pwcca")]
+        basis = {s: whole._whitened(s) for s in "xy"} if cca and whole.f32_rows == 0 else None
         for start in range(0, W.shape[0], batch):
             Wb = W[start : start + batch]
             sums = {k: (Wb @ t.view(G, -1)).view((Wb.shape[0],) + t.shape[1:]) for k, t in self._stacked.items()}
@@ -215,6 +217,7 @@ class GroupedMoments:
             for r in range(Wb.shape[0]) if any(m not in CKA_KINDS for m in names) else ():
                 acc = _from_sums(ref, {k: s[r] for k, s in sums.items()}, self._cx, self._cy,
                                  int(round(float(Wb[r] @ counts))), int(round(float(Wb[r] @ f32))))
+                acc.replicate_of = basis
                 for m in names:
                     if m not in CKA_KINDS:
                         out[m][start + r] = _measure(acc, m, (options or {}).get(m, {}))
