@@ -38,13 +38,50 @@ STUDY = textwrap.dedent("""
     cap = os.environ.get("BENCH_MEM_CAP_GB")  # address-space cap: a study that needs more fails cleanly
     if cap:
         resource.setrlimit(resource.RLIMIT_AS, (int(float(cap) * 2**30),) * 2)
+    import threading
+    import homoscope.study.run as stage
     from homoscope.study import Study, run_study
 
+    rss = {"peak": 0.0, "before": None, "during": None}  # sampled resident memory: before and during scoring
+
+    def sample():
+        while True:
+            with open("/proc/self/status") as fh:
+                now = next(int(x.split()[1]) / 1024 for x in fh if x.startswith("VmRSS"))
+            rss["peak"] = max(rss["peak"], now)
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    score = stage._score
+
+    def timed_score(*a, **k):
+        rss["before"], rss["peak"] = rss["peak"], 0.0
+        try:
+            return score(*a, **k)
+        finally:
+            rss["during"] = rss["peak"]
+
+    stage._score = timed_score
+
     spec = json.loads(sys.argv[1])
+    floor_wanted = spec.pop("floor", False)
     t0 = time.perf_counter()
     result = run_study(Study(**spec), progress=False, log=None)
     timings = result.manifest["timings"]
+    floor = None
+    if floor_wanted:  # the cross products of all layer pairs over all rows, at this machine's GEMM rate
+        import torch
+        f = result.frame
+        dims = (f["layer_a"].max() + 1) * f["d_a"].iloc[0], (f["layer_b"].max() + 1) * f["d_b"].iloc[0]
+        dt = torch.float64 if set(spec["measures"]) & {"cca_rho", "cca_r2", "svcca", "pwcca"} else torch.float32
+        a, b = torch.randn(4096, int(dims[0]), dtype=dt), torch.randn(4096, int(dims[1]), dtype=dt)
+        a.T @ b
+        t1 = time.perf_counter()
+        for _ in range(3):
+            a.T @ b
+        floor = (time.perf_counter() - t1) / 3 * int(f["n"].max()) / 4096
     print("STUDY " + json.dumps({
+        "gemm_floor_s": floor, "extract_peak_mb": rss["before"], "scoring_peak_mb": rss["during"],
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": time.perf_counter() - t0,
         "n": int(result.frame["n"].max()),
@@ -60,7 +97,7 @@ CASES = {
     "compare": dict(models="copy", measures=["linear_cka", "debiased_cka"], permutations=100, bootstrap=100,
                     random_init=False, agreement="off", outliers=True),
     "words": dict(models="minilm-mpnet", measures=["linear_cka", "debiased_cka", "cca_rho"], unit="word", max_rows=0,
-                  permutations=100, bootstrap=100, random_init=False, agreement="off", memory_mb=2048),
+                  permutations=100, bootstrap=100, random_init=False, agreement="off", memory_mb=2048, floor=True),
     "sentences": dict(models="minilm-mpnet", measures=["linear_cka", "debiased_cka"], permutations=100,
                       bootstrap=100, random_init=True, agreement="off"),
 }
@@ -135,8 +172,9 @@ def _row(r: dict) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in r.get("options", {}).items())
     return (f"| {r['case']} | {r.get('sentences') or 'all'} | {r.get('code', 'current')[:12]} | {opts} | "
             f"{r['status']} | {f(r.get('n'))} | {f(r.get('control_n'))} | {f(r.get('peak_mb'))} | "
+            f"{f(r.get('extract_peak_mb'))} | {f(r.get('scoring_peak_mb'))} | "
             f"{f(r.get('extract_s'))} | {f(r.get('measures_s'))} | {f(r.get('wall_s'))} | "
-            f"{f(r.get('scoring_share'), '{:.1%}')} | {r.get('note', '')} |")
+            f"{f(r.get('scoring_share'), '{:.1%}')} | {f(r.get('gemm_floor_s'))} | {r.get('note', '')} |")
 
 
 def targets(results: list[dict]) -> list[str]:
@@ -169,10 +207,14 @@ def write_scale_report(results: list[dict], info: dict) -> Path:
     lines = ["# Scale benchmark", "", f"Machine: {info.get('cpu')}, {info.get('cores')} cores, "
              f"{info.get('mem_gb')} GB, torch {info.get('torch')}. Command: `{info.get('command')}`.", "",
              "Each case is a whole study in a fresh process with a fresh store (extraction included); "
-             "`peak MB` is that process's peak resident memory; `scoring` is the scoring stage (measures, "
-             "nulls, bootstrap), its share is of the study's wall time.", "",
-             "| case | sentences | code | options | status | n | control n | peak MB | extract s | scoring s | "
-             "wall s | scoring share | note |", "|" + "---|" * 13]
+             "`peak MB` is that process's peak resident memory (and, sampled every 50 ms, its peak before and "
+             "during the scoring stage); `scoring` is the scoring stage (measures, "
+             "nulls, bootstrap), its share is of the study's wall time; `GEMM floor` (words) is the time of "
+             "the cross products of all layer pairs over all rows alone, at the GEMM rate measured in the same "
+             "process (float64 where the CCA family is scored): no exact streamed scoring is faster.", "",
+             "| case | sentences | code | options | status | n | control n | peak MB | extraction peak MB | "
+             "scoring peak MB | extract s | scoring s | wall s | scoring share | GEMM floor s | note |",
+             "|" + "---|" * 16]
     lines += [_row(r) for r in results]
     lines += ["", "## Targets", ""] + (targets(results) or ["- no complete pair of cases yet"])
     path = REPORT_DIR / "scale.md"
