@@ -193,7 +193,10 @@ def targets(results: list[dict]) -> list[str]:
         code = "" if r.get("code", "current") == "current" else f" (code {r['code']})"
         out.append(f"- words{code}, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
                    f"{'held' if r['peak_mb'] <= 3072 else 'missed'}); scoring and controls {share:.1%} of the wall "
-                   f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})")
+                   f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})"
+                   + (f"; the GEMM floor alone (cross products of all layer pairs over all rows) is "
+                      f"{r['gemm_floor_s']:.0f} s, {r['gemm_floor_s'] / (r.get('total_s') or r['wall_s']):.1%} of the "
+                      f"wall time" if r.get("gemm_floor_s") else ""))
     for r in (r for r in ok if r["case"] == "sentences"):
         out.append(f"- sentences, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 4,096: "
                    f"{'held' if r['peak_mb'] <= 4096 else 'missed'})")
