@@ -102,6 +102,16 @@ def test_wilson_interval_reference_values():
     lo, hi = wilson_interval(8, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    # the closed form of Wilson (1927), z = Phi^-1(0.975): the library's interval is the same number
+    z = 1.959963984540054
+    for k, n in [(0, 1), (1, 1), (3, 7), (8, 10), (50, 97), (999, 1000)]:
+        p, denom = k / n, 1 + z * z / n
+        centre, half = (p + z * z / (2 * n)) / denom, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+        np.testing.assert_allclose(wilson_interval(k, n), (max(0, centre - half), min(1, centre + half)), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="n=0"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes=11"):
+        wilson_interval(11, 10)
 
 
 # ----------------------------------------------------------------------------- homogenization

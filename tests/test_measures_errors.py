@@ -99,10 +99,11 @@ def test_cca_needs_more_rows_than_columns(name):
 
 def test_cca_counts_columns_after_dropping_constant_ones():
     X, Y = _xy(n=8, da=6, db=3)
-    X = torch.cat([X, torch.ones(2, 8, 4, dtype=torch.float64)], dim=2)  # d=10 but 6 vary
+    wide = torch.cat([X, torch.ones(2, 8, 4, dtype=torch.float64)], dim=2)  # d=10 > n but only 6 vary
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compute("cca_rho", X, Y)
+        # accepted (n=8 > 6 varying columns), and the constant columns change nothing
+        torch.testing.assert_close(compute("cca_rho", wide, Y), compute("cca_rho", X, Y), rtol=0, atol=1e-10)
 
 
 def test_svcca_accepts_wide_layers_but_warns_when_kept_dimensions_reach_n():

@@ -257,10 +257,11 @@ def test_sanitize_max_length():
     assert sanitize_max_length(BertConfig(max_position_embeddings=512), Tok()) == 128
 
 
-def test_best_device_is_a_device():
-    dev = best_device()
-    assert isinstance(dev, torch.device)
-    assert dev.type == ("cuda" if torch.cuda.is_available() else dev.type)
+@pytest.mark.parametrize("cuda, mps, want", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_best_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert best_device() == torch.device(want)
 
 
 # ----------------------------------------------------------------------------- local folders, file fingerprints

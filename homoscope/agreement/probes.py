@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binomtest
 
 from .split import split_by_document
 
-Z95 = 1.959963984540054
 SELECT = ("validation", "test")
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927); 95 % by default.
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927), without continuity correction;
+    95 % by default (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
 
     Raises:
         ValueError: ``n < 1`` or ``successes`` outside ``[0, n]``.
@@ -38,12 +39,8 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
         raise ValueError(f"n={n} must be >= 1 for a confidence interval")
     if not 0 <= successes <= n:
         raise ValueError(f"successes={successes} must lie in [0, n={n}]")
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass

@@ -496,14 +496,6 @@ def _pool_layers(hidden, w: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def layer_count_check(stack: torch.Tensor, blocks: int | None, name: str) -> None:
-    """Raise ValueError unless ``stack`` has ``blocks + 1`` layers (embeddings + one per block)."""
-    if blocks is not None and stack.shape[0] != blocks + 1:
-        raise ValueError(
-            f"model {name!r} returned {stack.shape[0]} hidden states, expected blocks + 1 = {blocks + 1}"
-        )
-
-
 def suggested_batch_tokens(device: torch.device | str) -> int:
     """A padded-token budget per forward pass: 65,536 on a GPU, 8,192 on a CPU or MPS."""
     return 65_536 if torch.device(device).type == "cuda" else 8192

@@ -166,17 +166,17 @@ def bh_adjust(p: Any) -> np.ndarray:
 
     Returns:
         float64 array of the shape of ``p``: ``q_(i) = min_{j >= i} m p_(j) / j`` over the sorted
-        finite p-values, clipped to at most 1 (Benjamini and Hochberg 1995).
+        finite p-values, clipped to at most 1 (Benjamini and Hochberg 1995;
+        ``scipy.stats.false_discovery_control``).
     """
+    from scipy.stats import false_discovery_control
+
     arr = np.asarray(p, dtype=float)
     flat = arr.ravel()
     q = np.full(flat.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(flat))
-    m = ok.size
-    if m:
-        order = ok[np.argsort(flat[ok], kind="stable")]
-        ranked = flat[order] * m / np.arange(1, m + 1)
-        q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    ok = np.isfinite(flat)
+    if ok.any():
+        q[ok] = false_discovery_control(flat[ok], method="bh")
     return q.reshape(arr.shape)
 
 

@@ -11,7 +11,7 @@ Sentences are :class:`Text` objects: runs of fixed wording, data (model names, l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -899,14 +899,3 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
             names = names + (T(", ") if k else T()) + T(B(r.ref))
         out.append(T("Not distinguishable from the null against: ", names, "."))
     return out
-
-
-def extra_or_none(extra: Mapping[str, pd.DataFrame] | None, key: str) -> pd.DataFrame | None:
-    """``extra[key]`` where present and not empty, else None."""
-    df = (extra or {}).get(key)
-    return df if isinstance(df, pd.DataFrame) and not df.empty else None
-
-
-def infos_for(frame: pd.DataFrame, resolve: Callable[[str], MeasureInfo]) -> dict[str, MeasureInfo]:
-    """``{measure: MeasureInfo}`` for every measure of the frame."""
-    return {m: resolve(m) for m in measures_of(frame)}
