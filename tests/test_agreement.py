@@ -262,6 +262,13 @@ def test_bootstrap_intervals_bracket_the_value():
     f = agreement_table({"a": a, "b": b}, y, bootstrap=200, groups=docs, seed=0)
     assert ((f.ci_low <= f.value + 1e-12) & (f.value <= f.ci_high + 1e-12)).all()
     assert (f.ci_high - f.ci_low > 0).all()
+    # the same documents as every other interval of the study: measures.bootstrap_weights with the same seed
+    from homoscope.measures import bootstrap_weights
+
+    W = bootstrap_weights(150, 200, docs, seed=0).numpy()
+    agree = ((a == b) * W).sum(1) / W.sum(1)
+    row = f[f.measure == "agreement"].iloc[0]
+    assert (row.ci_low, row.ci_high) == pytest.approx((np.percentile(agree, 2.5), np.percentile(agree, 97.5)), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- split and probes

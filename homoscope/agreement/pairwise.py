@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..measures.controls import bootstrap_weights
+
 PAIR_MEASURES = ("agreement", "cohen_kappa", "error_overlap", "error_overlap_conditional", "jsd")
 LN2 = math.log(2.0)
 
@@ -313,25 +315,6 @@ def pair_measures(
     return out
 
 
-def _bootstrap_weights(n: int, groups, n_boot: int, seed: int) -> np.ndarray:
-    """Replicate weights ``[B, n]``: how often each row is drawn, resampling whole groups if given."""
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        draws = rng.integers(0, n, size=(n_boot, n))
-        W = np.zeros((n_boot, n), dtype=np.float64)
-        for r in range(n_boot):
-            W[r] = np.bincount(draws[r], minlength=n)
-        return W
-    g = np.asarray(groups)
-    _, inv = np.unique(g.astype(str), return_inverse=True)
-    G = int(inv.max()) + 1
-    picks = rng.integers(0, G, size=(n_boot, G))
-    W = np.zeros((n_boot, G), dtype=np.float64)
-    for r in range(n_boot):
-        W[r] = np.bincount(picks[r], minlength=G)
-    return W[:, inv]
-
-
 def _bootstrap_pair(a, b, y, C, pa, pb, W) -> dict[tuple[str, bool], np.ndarray]:
     """Replicate values of every pair measure; NaN where a replicate leaves it undefined."""
     tot = W.sum(axis=1)
@@ -446,7 +429,7 @@ def agreement_table(
                 probs[k] = np.pad(P, ((0, 0), (0, C - P.shape[1])))
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries but y_true has {n}")
-    W = _bootstrap_weights(n, groups, bootstrap, seed) if bootstrap else None
+    W = bootstrap_weights(n, bootstrap, groups, seed).numpy() if bootstrap else None
     rows = []
     for ka, kb in pairs:
         a, b = code_of[ka], code_of[kb]
