@@ -127,6 +127,9 @@ def run_case(spec: dict) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="homoscope-scale-"))
     code = spec.get("code", "current")
     where = _code_dir(code, tmp)
+    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=where, capture_output=True,
+                            text=True).stdout.strip()
+    spec = {**spec, "commit": commit + ("+" if code == "current" and _dirty() else "")}
     try:
         base = dict(CASES[spec["case"]])
         study = {**{k: v for k, v in base.items() if k != "models"}, "models": _models(base["models"], tmp),
@@ -153,6 +156,13 @@ def run_case(spec: dict) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _dirty() -> bool:
+    """Whether this checkout's tracked files differ from its commit (the row's code is then not that commit)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                         text=True).stdout
+    return bool(out.strip())
+
+
 def plan(before: str | None = None) -> list[tuple[str, dict, float]]:
     """The scale cases as (module, spec, timeout); ``before`` adds the earlier path's runs of each case."""
     cases = [{"case": "compare", "sentences": 1000}, {"case": "compare", "sentences": 8000},
@@ -170,7 +180,8 @@ def _row(r: dict) -> str:
         return "" if x is None else fmt.format(x)
 
     opts = ", ".join(f"{k}={v}" for k, v in r.get("options", {}).items())
-    return (f"| {r['case']} | {r.get('sentences') or 'all'} | {r.get('code', 'current')[:12]} | {opts} | "
+    code = r.get("commit") or r.get("code", "current")[:12]
+    return (f"| {r['case']} | {r.get('sentences') or 'all'} | {code} | {opts} | "
             f"{r['status']} | {f(r.get('n'))} | {f(r.get('control_n'))} | {f(r.get('peak_mb'))} | "
             f"{f(r.get('extract_peak_mb'))} | {f(r.get('scoring_peak_mb'))} | "
             f"{f(r.get('extract_s'))} | {f(r.get('measures_s'))} | {f(r.get('wall_s'))} | "

@@ -83,6 +83,34 @@ def test_register_a_custom_measure():
         registry._REGISTRY.pop("tmp_neg", None)
 
 
+def test_a_measure_declared_beside_its_code_reaches_the_registry_and_the_report():
+    """Adding a measure is one decorated function: its options come from its signature, and the study's
+    frame and the report read the declared metadata."""
+    from homoscope.measures._meta import measure
+    from homoscope.report._measures import resolve_measure_info
+
+    @measure("tmp_sq_cka", kind="similarity", symmetric=True, value_range=(0.0, 1.0), min_n=2,
+             reference="test", description="linear CKA squared", family="cka", display_range=(0.0, 0.5))
+    def tmp_sq_cka(X, Y, *, power: float = 2.0):
+        """Linear CKA to a power. Raises: ValueError as linear_cka."""
+        return measures.linear_cka(X, Y) ** power
+
+    try:
+        names = list_measures()
+        assert names.index("tmp_sq_cka") == names.index("minibatch_cka") + 1  # family order, then declaration
+        info = get_measure("tmp_sq_cka")
+        assert info.options == {"power": 2.0} and info.fn is tmp_sq_cka
+        g = torch.Generator().manual_seed(1)
+        X, Y = torch.randn(2, 20, 3, generator=g), torch.randn(20, 4, generator=g)
+        torch.testing.assert_close(compute("tmp_sq_cka", X, Y, power=3.0), measures.linear_cka(X, Y) ** 3)
+        seen = resolve_measure_info("tmp_sq_cka")
+        assert seen is info and seen.colour_range == (0.0, 0.5) and seen.identity == 1.0
+    finally:
+        from homoscope.measures import registry
+
+        registry._REGISTRY.pop("tmp_sq_cka", None)
+
+
 def test_numpy_and_list_inputs_and_output_device():
     import numpy as np
 

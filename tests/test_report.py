@@ -21,7 +21,6 @@ import pytest  # noqa: E402
 
 from homoscope.report import (  # noqa: E402
     SUMMARY_COLUMNS,
-    builtin_measure_info,
     escape_md,
     layer_matrix,
     plot_layer_heatmap,
@@ -357,11 +356,18 @@ def test_escape_md_and_safe_unique_file_stems():
 
 
 def test_measure_info_sources():
-    builtin = builtin_measure_info("linear_cka")
-    assert builtin.kind == "similarity" and builtin.value_range == (0.0, 1.0) and builtin.symmetric
-    assert not builtin_measure_info("pwcca").symmetric
-    with pytest.raises(KeyError, match="nope"):
-        builtin_measure_info("nope")
+    # the registry's declarations (beside each measure's code) are what the report reads
+    from homoscope.measures import get_measure
+
+    lin = resolve_measure_info("linear_cka")
+    assert lin is get_measure("linear_cka") and lin.kind == "similarity" and lin.value_range == (0.0, 1.0)
+    assert not resolve_measure_info("pwcca").symmetric
+    nope = resolve_measure_info("nope")  # nobody describes it: a neutral similarity, unbounded
+    assert nope.kind == "similarity" and nope.value_range == (-float("inf"), float("inf")) and nope.fn is None
+    assert resolve_measure_info("my_dist").kind == "distance"
+    # a manifest entry that leaves fields out: the registry fills them
+    partial = resolve_measure_info("cknna", lambda _n: {"kind": "similarity"})
+    assert partial.value_range == (-1.0, 1.0) and partial.colour_range == (0.0, 1.0) and partial.reference.startswith("Huh")
     deb = resolve_measure_info("debiased_cka", measure_info)
     assert deb.value_range == (-1.0, 1.0) and deb.colour_range == (0.0, 1.0)  # read on 0..1
 

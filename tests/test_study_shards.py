@@ -344,3 +344,35 @@ def test_a_constant_first_token_layer_names_the_pooling(tmp_path, corpus_file):
     with pytest.raises(ValueError, match=r"X layer 0 has zero variance .*pooling='cls' a layer can hold the same row "
                                          r"for every text .*use pooling='mean'"):
         run_study(study, progress=False, loaded_models=two, log=None)
+
+
+def test_store_files_take_the_umask_like_any_new_file(tmp_path):
+    """A shared store stays readable by others where the umask allows it: the tensor file too."""
+    import os
+
+    from homoscope._paths import file_mode
+    from homoscope.extract import RepresentationStore
+
+    old = os.umask(0o022)
+    try:
+        path = RepresentationStore(tmp_path / "store").put("m", "k", torch.zeros(2, 3, 4), {"n": 3})
+        files = sorted((tmp_path / "store").iterdir())
+        assert path in files and len(files) >= 2
+        for f in files:
+            if f.suffix in (".safetensors", ".json"):
+                assert f.stat().st_mode & 0o777 == file_mode() == 0o644, f
+    finally:
+        os.umask(old)
+
+
+def test_one_document_bootstrap_resamples_rows_with_a_warning():
+    """Resampling the only document would give a zero-width interval: rows are resampled, and it is said."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(2, 60, 5, generator=g, dtype=torch.float64)
+    stacks = {"a": X, "b": X + 0.5 * torch.randn(2, 60, 5, generator=g, dtype=torch.float64)}
+    kw = dict(measures=["linear_cka"], bootstrap=50, seed=0, progress=False)
+    with pytest.warns(RuntimeWarning, match="one document"):
+        one = score_pairs(stacks, [("a", "b")], groups=["D"] * 60, **kw)
+    rows = score_pairs(stacks, [("a", "b")], **kw)
+    assert (one.ci_high - one.ci_low > 1e-3).all()
+    pd.testing.assert_frame_equal(one, rows)

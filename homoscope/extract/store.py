@@ -167,6 +167,7 @@ class RepresentationStore:
         os.close(fd)
         try:
             save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})
+            os.chmod(tmp, file_mode())  # save_file re-creates the file (mode 0600)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, tpath)

@@ -316,20 +316,30 @@ def _row_sqnorms(xcat: torch.Tensor, L: int, d: int) -> torch.Tensor:
     return torch.linalg.vector_norm(xcat.view(-1, L, d), dim=-1, dtype=torch.float64).square().T
 
 
-def unbiased_from_terms(cross, sx, sy, kx, ky, n: int):
-    """Unbiased HSIC (times n(n-3)) from centered-linear-Gram terms.
+def unbiased_hsic(cross, sx, sy, kl, kk, ll, sk, sl, n: int):
+    """Unbiased HSIC (times n(n-3)) of centered linear Grams ``K``, ``L`` from their sums: the one formula.
 
     For centered data (``K 1 = 0``) the U-statistic of Song et al. (2012) reduces to
     ``<K, L> - n/(n-2) k.l + (sum k)(sum l) / ((n-1)(n-2))`` with ``k = diag K``, ``l = diag L``.
-    Returns ``(cross_u [La, Lb], hx [La], hy [Lb])``.
+
+    Args:
+        cross: ``<K, L>`` ``[..., La, Lb]``; sx, sy: ``<K, K>`` ``[La]``, ``<L, L>`` ``[Lb]``.
+        kl: ``k.l`` ``[..., La, Lb]``; kk, ll: ``k.k`` ``[La]``, ``l.l`` ``[Lb]``; sk, sl: ``sum k`` ``[La]``,
+            ``sum l`` ``[Lb]``; n: rows.
+
+    Returns ``(cross_u [..., La, Lb], hx [La], hy [Lb])``.
     """
     c1 = n / (n - 2)
     c2 = 1.0 / ((n - 1) * (n - 2))
-    skx, sky = kx.sum(-1), ky.sum(-1)
-    cross_u = cross - c1 * (kx @ ky.T) + c2 * skx[:, None] * sky[None, :]
-    hx = sx - c1 * (kx * kx).sum(-1) + c2 * skx * skx
-    hy = sy - c1 * (ky * ky).sum(-1) + c2 * sky * sky
+    cross_u = cross - c1 * kl + c2 * sk[:, None] * sl[None, :]
+    hx = sx - c1 * kk + c2 * sk * sk
+    hy = sy - c1 * ll + c2 * sl * sl
     return cross_u, hx, hy
+
+
+def unbiased_from_terms(cross, sx, sy, kx, ky, n: int):
+    """:func:`unbiased_hsic` from the Grams' diagonals ``kx [La, n]``, ``ky [Lb, n]``."""
+    return unbiased_hsic(cross, sx, sy, kx @ ky.T, (kx * kx).sum(-1), (ky * ky).sum(-1), kx.sum(-1), ky.sum(-1), n)
 
 
 def unbiased_amplification(t: Terms) -> float:

@@ -32,7 +32,10 @@ from typing import Any, TypeVar
 import torch
 
 from . import _linalg as la
+from ._meta import ROTATION_INVARIANT, measure
 from ._validate import prepare_pair
+
+CCA_INVARIANT = ROTATION_INVARIANT + ("invertible_linear",)
 
 EPS = torch.finfo(torch.float64).eps
 T = TypeVar("T")
@@ -289,6 +292,9 @@ def _prepare(X: Any, Y: Any, measure: str):
     return Xs, Ys, layer_bases(Xc, Xs), layer_bases(Yc, Ys)
 
 
+@measure("cca_rho", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=CCA_INVARIANT, min_n=2,
+         reference="Hotelling 1936, Relations Between Two Sets of Variates (Biometrika); as used by Raghu et al. 2017",
+         description="mean canonical correlation (needs n > d)", family="cca", streaming=True)
 def cca_rho(X: Any, Y: Any) -> torch.Tensor:
     """Mean canonical correlation for all layer pairs.
 
@@ -317,6 +323,9 @@ def cca_rho(X: Any, Y: Any) -> torch.Tensor:
     return mean_correlations(bx, by)
 
 
+@measure("cca_r2", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=CCA_INVARIANT, min_n=2,
+         reference="Hotelling 1936; mean squared canonical correlation (Kornblith et al. 2019, R^2_CCA)",
+         description="mean squared canonical correlation (needs n > d)", family="cca", streaming=True)
 def cca_r2(X: Any, Y: Any) -> torch.Tensor:
     """Mean squared canonical correlation for all layer pairs.
 
@@ -344,6 +353,11 @@ def cca_r2(X: Any, Y: Any) -> torch.Tensor:
     return (la.cross_sqnorms(bx.U, by.U) / _pair_count(bx.rank, by.rank)).clamp_(0.0, 1.0)
 
 
+@measure("svcca", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=ROTATION_INVARIANT, min_n=2,
+         reference="Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017, SVCCA: Singular Vector Canonical Correlation "
+         "Analysis for Deep Learning Dynamics and Interpretability (NeurIPS)",
+         description="mean canonical correlation after keeping the top singular directions holding 99% of the variance",
+         family="cca", streaming=True)
 def svcca(X: Any, Y: Any, *, variance_kept: float = 0.99) -> torch.Tensor:
     """SVCCA (Raghu et al. 2017) for all layer pairs.
 
@@ -428,6 +442,12 @@ def pwcca_from_bases(bx: Bases, by: Bases) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+@measure("pwcca", kind="similarity", symmetric=False, value_range=(0.0, 1.0),
+         invariances=("translation", "isotropic_scaling", "permutation"), min_n=2,
+         reference="Morcos, Raghu & Bengio 2018, Insights on representational similarity in neural networks with "
+         "canonical correlation (NeurIPS)",
+         description="projection-weighted mean canonical correlation, weights from X (the first argument) unless "
+         "weights_from='y'", family="cca", streaming=True)
 def pwcca(X: Any, Y: Any, *, weights_from: str = "x") -> torch.Tensor:
     """Projection-weighted CCA (Morcos et al. 2018) for all layer pairs; asymmetric.
 

@@ -38,6 +38,7 @@ from ._hsic import (  # noqa: F401  (choose_route: public here)
     terms,
     unbiased_from_terms,
 )
+from ._meta import KORNBLITH_2019, ROTATION_INVARIANT, measure
 from ._validate import check_min_n, check_option_positive, prepare_pair, shape_pair
 
 def _terms(X: Any, Y: Any, measure: str, min_n: int, why: str, route: str, precision: str, unbiased: bool = False):
@@ -60,6 +61,9 @@ def _ratio(cross: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, lo: float, h
     return (cross / torch.sqrt(hx[:, None] * hy[None, :])).clamp_(lo, hi)
 
 
+@measure("linear_cka", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=ROTATION_INVARIANT,
+         min_n=2, reference=KORNBLITH_2019, description="linear CKA, biased HSIC estimator", family="cka",
+         streaming=True)
 def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the biased HSIC estimator, all layer pairs (Kornblith et al. 2019).
 
@@ -86,6 +90,11 @@ def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32
     return _ratio(t.cross, t.sx, t.sy, 0.0, 1.0)
 
 
+@measure("debiased_cka", kind="similarity", symmetric=True, value_range=(-1.0, 1.0), invariances=ROTATION_INVARIANT,
+         min_n=4, reference="Song, Smola, Gretton, Bedo & Borgwardt 2012, Feature Selection via Dependence "
+         "Maximization (JMLR); CKA as in " + KORNBLITH_2019,
+         description="linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)", family="cka",
+         streaming=True, display_range=(0.0, 1.0))
 def debiased_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the unbiased HSIC estimator (Song et al. 2012), all layer pairs.
 
@@ -135,6 +144,9 @@ def rbf_kernels(Xs: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.exp(-D / (2 * sigma2[:, None, None]))
 
 
+@measure("rbf_cka", kind="similarity", symmetric=True, value_range=(-1.0, 1.0), invariances=ROTATION_INVARIANT,
+         min_n=2, reference=KORNBLITH_2019,
+         description="CKA with a Gaussian kernel, bandwidth = threshold x median pairwise distance", family="cka")
 def rbf_cka(X: Any, Y: Any, *, threshold: float = 1.0, debiased: bool = False) -> torch.Tensor:
     """CKA with a Gaussian (RBF) kernel, all layer pairs (Kornblith et al. 2019).
 
@@ -211,6 +223,10 @@ def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool, pre
     return _per_batch(cross, sx, sy, kx, ky, Xb.shape[1], debiased)
 
 
+@measure("minibatch_cka", kind="similarity", symmetric=True, value_range=(-1.0, 1.0),
+         invariances=ROTATION_INVARIANT, min_n=4,
+         reference="Nguyen, Raghu & Kornblith 2021, Do Wide and Deep Networks Learn the Same Things? (ICLR)",
+         description="linear CKA from HSIC sums accumulated over minibatches", family="cka", streaming=True)
 def minibatch_cka(
     X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = True, precision: str = "float32"
 ) -> torch.Tensor:

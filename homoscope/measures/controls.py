@@ -50,6 +50,7 @@ import torch
 from . import _linalg as la
 from . import knn as _knn
 from . import rsa as _rsa
+from ._hsic import unbiased_hsic
 from ._validate import as_pair, prepare_pair
 from .cka import _check_positive_self, rbf_centered, unbiased_from_terms
 from .registry import compute, get_measure
@@ -274,14 +275,6 @@ class _CKAEngine:
         # the null GEMM and the bootstrap sums are shared by both CKAs: keep the last of each
         self._null_key = self._null_T = self._boot_key = self._boot_sums = None
 
-    def _unbiased(self, cross, kl, sx, sy, kxs, kys, kk, ll):
-        n = self.n
-        c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
-        cu = cross - c1 * kl + c2 * kxs * kys
-        hx = sx - c1 * kk + c2 * kxs * kxs
-        hy = sy - c1 * ll + c2 * kys * kys
-        return (cu / torch.sqrt(hx * hy)).clamp(-1.0, 1.0)
-
     def observed(self, name: str, measure: str) -> torch.Tensor:
         if name == "biased":
             return (self.cross / torch.sqrt(self.sx[:, None] * self.sy[None, :])).clamp(0.0, 1.0)
@@ -308,16 +301,9 @@ class _CKAEngine:
                 out[name] = (T / torch.sqrt(self.sx[:, None] * self.sy[None, :])[None]).clamp(0.0, 1.0)
             else:
                 kl = torch.einsum("ai,bpi->pab", self.kx, self.ky[:, perms.to(self.ky.device)])
-                out[name] = self._unbiased(
-                    T,
-                    kl,
-                    self.sx[None, :, None],
-                    self.sy[None, None, :],
-                    self.kx.sum(-1)[None, :, None],
-                    self.ky.sum(-1)[None, None, :],
-                    (self.kx * self.kx).sum(-1)[None, :, None],
-                    (self.ky * self.ky).sum(-1)[None, None, :],
-                )
+                cu, hx, hy = unbiased_hsic(T, self.sx, self.sy, kl, (self.kx * self.kx).sum(-1),
+                                           (self.ky * self.ky).sum(-1), self.kx.sum(-1), self.ky.sum(-1), self.n)
+                out[name] = (cu / torch.sqrt(hx[:, None] * hy[None, :])).clamp(-1.0, 1.0)
         return out
 
     def _boot_terms(self, W: torch.Tensor):

@@ -217,7 +217,7 @@ class GroupedMoments:
             for r in range(Wb.shape[0]) if any(m not in CKA_KINDS for m in names) else ():
                 acc = _from_sums(ref, {k: s[r] for k, s in sums.items()}, self._cx, self._cy,
                                  int(round(float(Wb[r] @ counts))), int(round(float(Wb[r] @ f32))))
-                acc.replicate_of = basis
+                acc.replicate_of = basis if basis is not None else {}
                 for m in names:
                     if m not in CKA_KINDS:
                         out[m][start + r] = _measure(acc, m, (options or {}).get(m, {}))

@@ -25,7 +25,10 @@ from typing import Any
 import torch
 
 from . import _linalg as la
+from ._meta import measure
 from ._validate import as_pair, check_int_range, check_min_n, check_variance
+
+HUH_2024 = "Huh, Cheung, Wang & Isola 2024, The Platonic Representation Hypothesis (ICML)"
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -122,6 +125,9 @@ def _pair_sums(idx_x, idx_y, vx=None, vy=None) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+@measure("mutual_knn", kind="similarity", symmetric=True, value_range=(0.0, 1.0),
+         invariances=("isotropic_scaling", "orthogonal", "permutation"), min_n=3, reference=HUH_2024,
+         description="share of each unit's k cosine nearest neighbours found in both representations", family="knn")
 def mutual_knn(X: Any, Y: Any, *, k: int = 10, center: bool = False) -> torch.Tensor:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024) for all layer pairs.
 
@@ -169,6 +175,10 @@ def centered_neighbour_values(Z: torch.Tensor, sim: torch.Tensor) -> torch.Tenso
     return sim - row_mean[..., None]
 
 
+@measure("cknna", kind="similarity", symmetric=True, value_range=(-1.0, 1.0),
+         invariances=("isotropic_scaling", "orthogonal", "permutation"), min_n=3, reference=HUH_2024,
+         description="centered kernel alignment restricted to mutual k-nearest-neighbour pairs", family="knn",
+         display_range=(0.0, 1.0))
 def cknna(X: Any, Y: Any, *, k: int = 10, center: bool = False) -> torch.Tensor:
     """Centered kernel nearest-neighbour alignment (Huh et al. 2024) for all layer pairs.
 

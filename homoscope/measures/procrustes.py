@@ -20,7 +20,10 @@ from typing import Any
 import torch
 
 from . import _linalg as la
+from ._meta import ROTATION_INVARIANT, measure
 from ._validate import prepare_pair
+
+DING_2021 = "Ding, Denain & Steinhardt 2021, Grounding Representation Similarity with Statistical Testing (NeurIPS)"
 
 
 def layer_factors(Xc: torch.Tensor) -> torch.Tensor:
@@ -49,6 +52,10 @@ def nuclear_cross(Fx: torch.Tensor, Fy: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+@measure("procrustes", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=ROTATION_INVARIANT,
+         min_n=2, reference="Schoenemann 1966; " + DING_2021,
+         description="orthogonal Procrustes similarity: nuclear norm of the cross-covariance of centered, unit-norm "
+         "inputs", family="procrustes", streaming=True)
 def procrustes(X: Any, Y: Any) -> torch.Tensor:
     """Orthogonal Procrustes similarity ``||A^T B||_*`` for all layer pairs.
 
@@ -70,6 +77,10 @@ def procrustes(X: Any, Y: Any) -> torch.Tensor:
     return nuclear_cross(layer_factors(Xc), layer_factors(Yc)).clamp_(0.0, 1.0)
 
 
+@measure("procrustes_distance", kind="distance", symmetric=True, value_range=(0.0, 2.0),
+         invariances=ROTATION_INVARIANT, min_n=2, reference=DING_2021,
+         description="squared orthogonal Procrustes distance 2 - 2 * procrustes (0 = same up to rotation, scale, "
+         "shift)", family="procrustes", streaming=True)
 def procrustes_distance(X: Any, Y: Any) -> torch.Tensor:
     """Squared orthogonal Procrustes distance (Ding et al. 2021) for all layer pairs.
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from . import _linalg as la
+from ._meta import measure
 from ._validate import as_pair, check_min_n, check_variance
 
 EPS = torch.finfo(torch.float64).eps
@@ -103,6 +104,11 @@ def standardized_rank_rdms(Xs: torch.Tensor, name: str = "X") -> torch.Tensor:
     return R + R.transpose(1, 2)
 
 
+@measure("rsa", kind="similarity", symmetric=True, value_range=(-1.0, 1.0),
+         invariances=("isotropic_scaling", "permutation"), min_n=3,
+         reference="Kriegeskorte, Mur & Bandettini 2008, Representational similarity analysis - connecting the "
+         "branches of systems neuroscience (Front. Syst. Neurosci.)",
+         description="Spearman correlation of correlation-distance RDMs", family="rsa")
 def rsa(X: Any, Y: Any) -> torch.Tensor:
     """RSA score for all layer pairs: Spearman correlation between correlation-distance RDMs.
 

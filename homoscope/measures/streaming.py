@@ -69,7 +69,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from . import cca as _cca
-from ._hsic import F32_PARTIAL, FLOAT32_MIN_ROWS, check_precision, column_means
+from ._hsic import F32_PARTIAL, FLOAT32_MIN_ROWS, check_precision, column_means, unbiased_hsic
 from ._validate import check_min_n, column_range, shape_pair
 from .cka import _check_positive_self, minibatch_hsic_terms
 
@@ -309,7 +309,8 @@ class CrossMoments:
         self.fixed_shift = False  # True: float32 blocks never move the shift (see GroupedMoments)
         self._ws: dict[torch.dtype, dict[str, torch.Tensor]] = {}
         self._cache: dict = {}
-        # a bootstrap replicate's CCA: the whole sample's whitening per side (see GroupedMoments.replicates)
+        # set on a bootstrap replicate (see GroupedMoments.replicates): singular values from the smaller Gram
+        # (_gram_svdvals) and, for the CCA family, the whole sample's whitening per side ({} where none)
         self.replicate_of: dict | None = None
 
     @property
@@ -601,7 +602,7 @@ class CrossMoments:
         sk, sl = self.sa - n * px, self.sb - n * py
         gxx, gyy = self._gram("x"), self._gram("y")
         sx, sy = gxx.square().sum(dim=(-2, -1)), gyy.square().sum(dim=(-2, -1))
-        return unbiased_from_sums(self._cross_sq(), sx, sy, kl, kk, ll, sk, sl, n)
+        return unbiased_hsic(self._cross_sq(), sx, sy, kl, kk, ll, sk, sl, n)
 
     # ------------------------------------------------------------------ measures
     def compute(self, name: str, **options: Any) -> torch.Tensor:
@@ -636,7 +637,8 @@ class CrossMoments:
             sx, sy = (self._gram(s).square().sum(dim=(-2, -1)) for s in ("x", "y"))
             return (self._cross_sq() / torch.sqrt(sx[:, None] * sy[None, :])).clamp_(0.0, 1.0)
         tx, ty = (self._gram(s).diagonal(dim1=-2, dim2=-1).sum(-1) for s in ("x", "y"))
-        nuc = torch.stack([torch.linalg.svdvals(self._cross_block(c)).sum(-1) for c in range(self._dims.Lb)], 1)
+        sv = _gram_svdvals if self.replicate_of is not None else torch.linalg.svdvals  # see _gram_svdvals
+        nuc = torch.stack([sv(self._cross_block(c)).sum(-1) for c in range(self._dims.Lb)], 1)
         sim = (nuc / torch.sqrt(tx[:, None] * ty[None, :])).clamp_(0.0, 1.0)
         return sim if name == "procrustes" else (2.0 - 2.0 * sim).clamp_(0.0, 2.0)
 
@@ -648,7 +650,7 @@ class CrossMoments:
         :func:`_rewhitening`), eigenvalues and ranks being the whole sample's.
         """
         exact = lambda: _whitening(self._gram(side), self._raw_diag(side), self.n)  # noqa: E731
-        if any_basis and self.replicate_of is not None and self.f32_rows == 0:
+        if any_basis and self.replicate_of and self.f32_rows == 0:
             return self._cached(("rewhite", side), lambda: _rewhitening(
                 self._gram(side), self.replicate_of[side], lambda: self._whitened(side)))
         return self._cached(("white", side), exact)
@@ -826,19 +828,6 @@ def _add_product(acc: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> None:
         acc.add_(a @ z)
 
 
-def unbiased_from_sums(cross, sx, sy, kl, kk, ll, sk, sl, n: int):
-    """Unbiased HSIC terms (times n(n-3)) from sums: ``<K,L>``, ``sum k l``, ``sum k^2``, ``sum k`` ...
-
-    Same algebra as :func:`homoscope.measures.cka.unbiased_from_terms` with the diagonals summarised.
-    """
-    c1 = n / (n - 2)
-    c2 = 1.0 / ((n - 1) * (n - 2))
-    cross_u = cross - c1 * kl + c2 * sk[:, None] * sl[None, :]
-    hx = sx - c1 * kk + c2 * sk * sk
-    hy = sy - c1 * ll + c2 * sl * sl
-    return cross_u, hx, hy
-
-
 def _no_options(name: str, options: dict) -> None:
     if options:
         raise TypeError(f"{name} takes no options in streaming form; got {sorted(options)}")
@@ -901,9 +890,9 @@ def _rewhitening(g: torch.Tensor, whole: tuple, own: Callable):
 
 def _gram_svdvals(M: torch.Tensor) -> torch.Tensor:
     """Singular values of ``M [..., p, q]`` as square roots of the eigenvalues of its smaller Gram matrix:
-    about 8x faster than an SVD for whitened 384 x 768 blocks on a CPU; absolute error about
-    ``eps / (2 s)`` on a singular value ``s`` (at most ``sqrt(eps) = 1.5e-8`` near 0), far below a
-    bootstrap's spread."""
+    about 8x faster than an SVD for 384 x 768 blocks on a CPU; absolute error about ``eps s_max^2 / (2 s)``
+    on a singular value ``s`` (at most ``sqrt(eps) s_max = 1.5e-8 s_max`` near 0), far below a bootstrap's
+    spread. Used for bootstrap replicates (CCA family, Procrustes) only."""
     gram = M @ M.mT if M.shape[-2] <= M.shape[-1] else M.mT @ M
     return torch.linalg.eigvalsh(gram).clamp_(min=0.0).sqrt_().flip(-1)
 
@@ -1045,4 +1034,4 @@ class MinibatchCKA:
         return (self.cross / torch.sqrt(self.hx[:, None] * self.hy[None, :])).clamp_(lo, 1.0)
 
 
-__all__ = ["CrossMoments", "MinibatchCKA", "StreamingMeasure", "STREAMING_MEASURES", "unbiased_from_sums"]
+__all__ = ["CrossMoments", "MinibatchCKA", "StreamingMeasure", "STREAMING_MEASURES"]

@@ -17,7 +17,7 @@ How to read a measure (similarity or distance, its range, symmetry, reference) c
 """
 from __future__ import annotations
 
-from ._measures import BUILTIN_MEASURES, MeasureInfo, builtin_measure_info, resolve_measure_info
+from ._measures import MeasureInfo, resolve_measure_info
 from .analysis import (
     INDEX_DEFINITION,
     NULL_RULE,
@@ -59,8 +59,6 @@ __all__ = [
     "NULL_RULE",
     "escape_md",
     "MeasureInfo",
-    "BUILTIN_MEASURES",
-    "builtin_measure_info",
     "resolve_measure_info",
     "SUMMARY_COLUMNS",
 ]

@@ -166,7 +166,7 @@ def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
     order = [m for m in study if m in present] + [m for m in present if m not in study]
     order = sorted(order, key=lambda m: m != "debiased_cka")
     for m in order:
-        if infos[m].higher_is_better:
+        if infos[m].higher_is_more_alike:
             return m
     return None
 
@@ -180,7 +180,7 @@ _BASELINE_CLAUSE = {
 
 def _better(a: float, b: float, info: MeasureInfo) -> bool:
     """True when ``a`` is more alike than ``b``."""
-    return a > b if info.higher_is_better else a < b
+    return a > b if info.higher_is_more_alike else a < b
 
 
 def _verdict(q: float, p: float) -> str:
@@ -213,7 +213,7 @@ def controls_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.D
                 vs.append("")
                 continue
             both = math.isfinite(lo) and math.isfinite(hi)
-            near, far = ((lo, hi) if info.higher_is_better else (hi, lo)) if both else (v, v)
+            near, far = ((lo, hi) if info.higher_is_more_alike else (hi, lo)) if both else (v, v)
             vs.append("above" if _better(near, ri, info) else "below" if _better(ri, far, info) else "within")
         table[f"{where}_verdict"] = verdicts
         table[f"{where}_vs_random"] = vs
@@ -509,7 +509,7 @@ def findings(
     ok = table[np.isfinite(table["best"].astype(float))]
     if not ok.empty:
         sig = ok[ok["best_verdict"] != VERDICT_NS]
-        hi = info.higher_is_better
+        hi = info.higher_is_more_alike
         if sig.empty:
             out.append(T("No pair's best score under ", C(m), " is distinguishable from its permutation null: "
                          "the data do not show these models to be alike."))
@@ -679,7 +679,7 @@ def _measures_agree(frame: pd.DataFrame, primary: str, infos: Mapping[str, Measu
         t = t[np.isfinite(t["best"].astype(float))]
         if t.empty:
             continue
-        r = t.loc[t["best"].idxmax() if infos[x].higher_is_better else t["best"].idxmin()]
+        r = t.loc[t["best"].idxmax() if infos[x].higher_is_more_alike else t["best"].idxmin()]
         tops[x] = frozenset((r.model_a, r.model_b)) if infos[x].symmetric else (r.model_a, r.model_b)
     if primary not in tops or len(tops) < 2:
         return []
@@ -805,7 +805,7 @@ def compare_view(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
     new, refs = order_[0], order_[1:]
     m = primary_measure(frame, manifest, infos) or measures_of(frame)[0]
     info = infos[m]
-    better = np.nanargmax if info.higher_is_better else np.nanargmin
+    better = np.nanargmax if info.higher_is_more_alike else np.nanargmin
     rows, spear = [], {}
     for ref in refs:
         try:
@@ -860,7 +860,7 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
     ok["ref"] = [r.model_b if r.model_a == view.new else r.model_a for r in ok.itertuples(index=False)]
     sig = ok[ok["best_verdict"] != VERDICT_NS]
     ns = ok[ok["best_verdict"] == VERDICT_NS]
-    hi = info.higher_is_better
+    hi = info.higher_is_more_alike
     out: list[Text] = []
     if sig.empty:
         out.append(T(B(view.new), " is not distinguishable from its permutation null against any reference under ",

@@ -92,7 +92,7 @@ def _colour_scale(
 
 
 def _cmap(info: MeasureInfo):
-    return matplotlib.colormaps["viridis" if info.higher_is_better else "viridis_r"].with_extremes(bad="#d9d9d9")
+    return matplotlib.colormaps["viridis" if info.higher_is_more_alike else "viridis_r"].with_extremes(bad="#d9d9d9")
 
 
 def _new_figure(figsize: tuple[float, float], dpi: int, layout: str | None = None) -> Figure:
@@ -178,7 +178,7 @@ def plot_layer_heatmap(
     mat = layer_matrix(rows, model_a, model_b, measure, measure_info=lambda _n: info).to_numpy()
     n_a, n_b = mat.shape
     lo, hi, extend = _colour_scale(info, mat, vlim)
-    better = np.nanargmax if info.higher_is_better else np.nanargmin
+    better = np.nanargmax if info.higher_is_more_alike else np.nanargmin
     qmat = _cell_matrix(rows, "p_value", mat.shape, transposed)
     qmat = bh_adjust(qmat)
     ns_cells = np.isfinite(qmat) & (qmat >= alpha)
@@ -200,7 +200,7 @@ def plot_layer_heatmap(
 
     title = (f"{_txt(model_a)}  vs  {_txt(model_b)}" if len(str(model_a)) + len(str(model_b)) < 56
              else f"{_wrap(model_a, 64)}\nvs  {_wrap(model_b, 64)}")
-    sub = f"{_txt(measure)}  ({info.kind}, {'higher' if info.higher_is_better else 'lower'} = more alike)"
+    sub = f"{_txt(measure)}  ({info.kind}, {'higher' if info.higher_is_more_alike else 'lower'} = more alike)"
     if not info.symmetric:
         sub += "\nasymmetric: measured from row model to column model"
 
@@ -452,9 +452,9 @@ def plot_summary_heatmap(
         fig.text((left + side / 2) / width, 1 - 0.08 / height, f"{_txt(measure)}: {_HOW_TITLE[how]}",
                  ha="center", va="top", fontweight="bold", fontsize=10)
         cb = fig.colorbar(im, cax=cax, extend=extend)
-        cb.set_label(f"{_txt(measure)} ({'higher' if info.higher_is_better else 'lower'} = more alike)")
+        cb.set_label(f"{_txt(measure)} ({'higher' if info.higher_is_more_alike else 'lower'} = more alike)")
         cb.outline.set_linewidth(0.5)
-        how_txt = ("cell = " + ("max" if info.higher_is_better else "min") + " over all layer pairs"
+        how_txt = ("cell = " + ("max" if info.higher_is_more_alike else "min") + " over all layer pairs"
                    if how == "best" else "cell = last layer vs last layer")
         parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
         if n is not None:
@@ -490,7 +490,7 @@ def plot_dendrogram(
     if k < 2:
         raise ValueError(f"a dendrogram needs at least 2 models; frame has {k} for measure={measure!r}")
     m = mat_df.to_numpy(dtype=float)
-    dis = (info.identity - m) if info.higher_is_better else m.copy()
+    dis = (info.identity - m) if info.higher_is_more_alike else m.copy()
     dis = (dis + dis.T) / 2.0
     if not np.isfinite(dis).all():
         i, j = np.argwhere(~np.isfinite(dis))[0]
@@ -511,7 +511,7 @@ def plot_dendrogram(
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
         ax.tick_params(axis="y", length=0)
-        what = f"{info.identity:g} \u2212 {_txt(measure)}" if info.higher_is_better else _txt(measure)
+        what = f"{info.identity:g} \u2212 {_txt(measure)}" if info.higher_is_more_alike else _txt(measure)
         both = "; mean of both directions" if not info.symmetric else ""
         ax.set_xlabel(f"{what}  ({_HOW_TITLE[how]}{both}; average linkage)")
         ax.set_title(f"models clustered by {_txt(measure)}", fontweight="bold", fontsize=10)
@@ -586,7 +586,7 @@ def plot_controls(
         ax.set_ylim(-0.7, k - 0.3)
         pad = 0.03 * (hi - lo)
         ax.set_xlim(lo - pad, hi + pad)
-        ax.set_xlabel(f"{_txt(measure)} ({'higher' if info.higher_is_better else 'lower'} = more alike)")
+        ax.set_xlabel(f"{_txt(measure)} ({'higher' if info.higher_is_more_alike else 'lower'} = more alike)")
         ax.tick_params(axis="y", length=0)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)

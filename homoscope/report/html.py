@@ -417,7 +417,7 @@ def _summary_table(table: pd.DataFrame, info: MeasureInfo) -> str:
         row += [_score(r.final, r.final_verdict), f3(r.mean), _int(r.n), f"{_int(r.d_a)}, {_int(r.d_b)}"]
         rows.append(row)
     nums = [1, 2, 3] + ([4] if has_ci else []) + [len(header) - 4, len(header) - 3, len(header) - 2, len(header) - 1]
-    word = "largest" if info.higher_is_better else "smallest"
+    word = "largest" if info.higher_is_more_alike else "smallest"
     return (_table(header, rows, nums) + f'<p class="note">best = {word} value over all layer pairs; final = last '
             "layer against last layer; mean = mean over all layer pairs.</p>")
 
@@ -485,7 +485,7 @@ def _study_section(frame, manifest, study, corpus, model_meta, models, measures,
         info = infos[m]
         lo, hi = info.value_range
         rng = f"{_bound(lo)} to {_bound(hi)}"
-        rows.append([f"<code>{e(m)}</code>", e(info.kind), "higher" if info.higher_is_better else "lower", e(rng),
+        rows.append([f"<code>{e(m)}</code>", e(info.kind), "higher" if info.higher_is_more_alike else "lower", e(rng),
                      "yes" if info.symmetric else "no (both directions)", e(info.reference or "\u2013"),
                      e(info.description)])
     s.append(_table(["measure", "kind", "more alike", "range", "symmetric", "reference", "description"], rows))

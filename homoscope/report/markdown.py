@@ -212,7 +212,7 @@ def _summary_sentence(table: pd.DataFrame, info: MeasureInfo) -> str:
     ok = table[np.isfinite(table["best"].astype(float))]
     if ok.empty:
         return f"Under {name} no pair has a finite value."
-    hi = info.higher_is_better
+    hi = info.higher_is_more_alike
     top = ok.loc[ok["best"].idxmax() if hi else ok["best"].idxmin()]
     low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
 
@@ -432,7 +432,7 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
         if info.display_range is not None and info.display_range != info.value_range:
             rng += f" (shown {_bound(info.display_range[0])} to {_bound(info.display_range[1])})"
         rows.append([f"`{m}`" if "`" not in m else escape_md(m), info.kind,
-                     "higher" if info.higher_is_better else "lower", rng,
+                     "higher" if info.higher_is_more_alike else "lower", rng,
                      "yes" if info.symmetric else "no (both directions)", escape_md(info.reference or "\u2013"),
                      escape_md(info.description)])
     lines += _table(["measure", "kind", "more alike", "range", "symmetric", "reference", "description"], rows)
@@ -482,7 +482,7 @@ def _write_report_md(frame, manifest, out_dir, figures, measure_info, extra) -> 
             rows.append(row)
         align = "lrll" + ("r" if has_ci else "") + ("r" if has_p else "") + "rrrr"
         lines += _table(header, rows, align)
-        best_word = "largest" if info.higher_is_better else "smallest"
+        best_word = "largest" if info.higher_is_more_alike else "smallest"
         lines += ["", f"best = {best_word} value over all layer pairs; final = last layer vs last layer; "
                   f"mean = mean over all layer pairs; n.s. = not distinguishable from its permutation null.", ""]
 

@@ -116,7 +116,7 @@ def layer_matrix(
 def _pick(values: np.ndarray, info: MeasureInfo) -> int | None:
     if not np.isfinite(values).any():
         return None
-    return int(np.nanargmax(values) if info.higher_is_better else np.nanargmin(values))
+    return int(np.nanargmax(values) if info.higher_is_more_alike else np.nanargmin(values))
 
 
 _CACHE: ContextVar[dict | None] = ContextVar("homoscope_summary_cache", default=None)

@@ -91,6 +91,11 @@ def score_pairs(
     src = {k: _source(v) for k, v in stacks.items()}
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
+    if bootstrap and groups is not None and len(pd.unique(pd.Series(list(groups), dtype=object))) < 2:
+        warnings.warn("bootstrap: every row belongs to one document, and resampling one document gives an "
+                      "interval of zero width; rows are resampled instead (runs of consecutive rows where the "
+                      "bootstrap is streamed)", RuntimeWarning, stacklevel=2)
+        groups = None
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
     plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
     jobs: dict[tuple[str, str], list[str]] = {}
