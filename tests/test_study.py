@@ -104,6 +104,8 @@ def test_study_toml_errors_name_key_and_line(tmp_path):
 def test_study_validation_messages(tmp_path):
     with pytest.raises(ValueError, match="'nope' is not a known measure; valid: linear_cka"):
         Study(models=["a", "b"], measures=["nope"]).validate()
+    with pytest.raises(ValueError, match=r"'rbf-cka' is not a known measure; valid: .*\(did you mean 'rbf_cka'\?\)$"):
+        Study(models=["a", "b"], measures=["rbf-cka"]).validate()
     with pytest.raises(ValueError, match="'m' appear more than once"):
         Study(models=["x/m", "y/m"]).validate()
     f = tmp_path / "file"

@@ -423,7 +423,8 @@ class Study:
             raise ValueError(f"measures: {', '.join(map(repr, twice))} named more than once; name each measure once")
         for m in self.measures:
             if m not in valid:
-                raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}")
+                raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}"
+                                 f"{_did_you_mean(str(m), valid)}")
 
     def model_specs(self) -> list[tuple[str, str]]:
         """(display name, spec) for every model; a plain spec is named by its last path part."""
