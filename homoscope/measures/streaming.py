@@ -637,10 +637,13 @@ class CrossMoments:
             sx, sy = (self._gram(s).square().sum(dim=(-2, -1)) for s in ("x", "y"))
             return (self._cross_sq() / torch.sqrt(sx[:, None] * sy[None, :])).clamp_(0.0, 1.0)
         tx, ty = (self._gram(s).diagonal(dim1=-2, dim2=-1).sum(-1) for s in ("x", "y"))
-        sv = _gram_svdvals if self.replicate_of is not None else torch.linalg.svdvals  # see _gram_svdvals
-        nuc = torch.stack([sv(self._cross_block(c)).sum(-1) for c in range(self._dims.Lb)], 1)
+        nuc = torch.stack([self._svdvals(self._cross_block(c)).sum(-1) for c in range(self._dims.Lb)], 1)
         sim = (nuc / torch.sqrt(tx[:, None] * ty[None, :])).clamp_(0.0, 1.0)
         return sim if name == "procrustes" else (2.0 - 2.0 * sim).clamp_(0.0, 2.0)
+
+    def _svdvals(self, M: torch.Tensor) -> torch.Tensor:
+        """Singular values of ``M [..., p, q]``: an SVD, or in a bootstrap replicate :func:`_gram_svdvals`."""
+        return _gram_svdvals(M) if self.replicate_of is not None else torch.linalg.svdvals(M)
 
     def _whitened(self, side: str, any_basis: bool = False):
         """``(W [L, d, d], rank [L], d_eff [L], eigenvalues [L, d])`` of one side (see :func:`_whitening`).
@@ -649,11 +652,10 @@ class CrossMoments:
         bootstrap replicate (``replicate_of`` set) W is then re-whitened from the whole sample's (see
         :func:`_rewhitening`), eigenvalues and ranks being the whole sample's.
         """
-        exact = lambda: _whitening(self._gram(side), self._raw_diag(side), self.n)  # noqa: E731
         if any_basis and self.replicate_of and self.f32_rows == 0:
             return self._cached(("rewhite", side), lambda: _rewhitening(
                 self._gram(side), self.replicate_of[side], lambda: self._whitened(side)))
-        return self._cached(("white", side), exact)
+        return self._cached(("white", side), lambda: _whitening(self._gram(side), self._raw_diag(side), self.n))
 
     def float32_error(self, name: str, **options: Any) -> float:
         """Estimated largest error of the CCA measure ``name`` due to the float32 products (0 without them).
@@ -724,8 +726,7 @@ class CrossMoments:
         if name == "cca_r2":
             return (M * M).sum(dim=(-2, -1)) / count
         if name in ("cca_rho", "svcca"):
-            rho = _gram_svdvals(M) if self.replicate_of is not None else torch.linalg.svdvals(M)
-            return rho.clamp_(0.0, 1.0).sum(-1) / count
+            return self._svdvals(M).clamp_(0.0, 1.0).sum(-1) / count
         # pwcca: weights from the side's canonical variates h_i = Zc W p_i: <h_i, z_j> = (G W p_i)_j
         if weights_from == "x":
             gw = self._cached("gw_x", lambda: self._gram("x") @ wx)
