@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 DEMO_OUT = "homoscope-demo"
+# the reference of `homoscope compare` when --against is not given: packaged, so every machine compares
+# against the same weights (no network probe decides it)
+DEFAULT_REFERENCE = ("minilm-l6",)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -89,7 +92,7 @@ def build_study(args):
     defaults = COMMAND_DEFAULTS[args.command]
     if args.command == "demo":
         return Study(**{**defaults, "models": list(args.models or PACKAGED_DEMO_MODELS), **given})
-    refs = args.against or default_reference()
+    refs = args.against or list(DEFAULT_REFERENCE)
     made = {"models": [args.new, *refs], "out": f"homoscope-compare-{_default_name(args.new)}",
             "name": f"{args.new} compared with {', '.join(refs)}"}
     return Study(**{**defaults, **made, **given})
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare one model with reference models")
     p.add_argument("new", help="the model to compare (packaged name, local folder or hub id)")
     p.add_argument("--against", nargs="+", default=None, metavar="REF",
-                   help="reference models (default: minilm-l6, or bert-base-uncased where the hub is reachable)")
+                   help="reference models (default: the packaged BERT-architecture minilm-l6, the same on every machine; "
+                        "name bert-base-uncased or any hub model to compare against it)")
     _add_study_options(p, "compare")
 
     p = sub.add_parser("models", help="packaged offline models")
@@ -173,21 +177,6 @@ def _command_line() -> str:
 def cmd_study(args) -> int:
     """``demo``, ``run`` and ``compare``: build the study, run it, print where the outputs went."""
     return _run(build_study(args), args, [_command_line()])
-
-
-def default_reference() -> list[str]:
-    """``bert-base-uncased`` where the hub answers, else the packaged BERT-architecture ``minilm-l6``."""
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return ["minilm-l6"]
-    try:
-        import socket
-
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return ["bert-base-uncased"]
-    except OSError:
-        return ["minilm-l6"]
 
 
 def cmd_models(args) -> int:

@@ -51,8 +51,13 @@ def test_all_measures_registered_with_complete_metadata():
         params = inspect.signature(info.fn).parameters
         for opt, default in info.options.items():
             assert params[opt].default == default, (name, opt)
-        assert info.streaming == (name in STREAMING_MEASURES or name == "minibatch_cka")
         assert info.fn.__doc__ and "Raises" in info.fn.__doc__
+
+
+def test_the_streamed_measures_are_the_exact_linear_ones():
+    streamed = [m for m in list_measures() if get_measure(m).streaming]
+    assert streamed == list(STREAMING_MEASURES) == ["linear_cka", "debiased_cka", "cca_rho", "cca_r2", "svcca",
+                                                    "pwcca", "procrustes", "procrustes_distance"]
 
 
 def test_only_distances_say_so_and_only_pwcca_is_asymmetric():

@@ -113,14 +113,24 @@ def cohen_kappa(a: Sequence, b: Sequence) -> float:
 
 
 def _kappa_codes(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
-    n = a.size
-    po = float(np.mean(a == b))
-    pe = float(np.dot(np.bincount(a, minlength=n_classes), np.bincount(b, minlength=n_classes))) / (n * n)
-    if pe >= 1.0 - 1e-15:
+    """Cohen's kappa of class codes ``[n]`` in ``0 .. n_classes-1`` (``sklearn.metrics.cohen_kappa_score``).
+
+    Raises:
+        ValueError: chance agreement 1 (both use one and the same single label), where kappa is undefined.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    if _chance_agreement(a, b, n_classes) >= 1.0 - 1e-15:
         raise ValueError(
             "cohen_kappa is undefined: both label sequences use the same single label (chance agreement 1)"
         )
-    return (po - pe) / (1.0 - pe)
+    return float(cohen_kappa_score(a, b, labels=np.arange(n_classes)))
+
+
+def _chance_agreement(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
+    """``p_e = sum_c p_a(c) p_b(c)`` from each sequence's own class shares."""
+    n = a.size
+    return float(np.dot(np.bincount(a, minlength=n_classes), np.bincount(b, minlength=n_classes))) / (n * n)
 
 
 def category_counts(ratings, n_classes: int | None = None) -> np.ndarray:
@@ -214,15 +224,12 @@ def jsd(p, q, *, base: float = 2.0) -> np.ndarray:
     return _jsd_unchecked(p, q) / math.log(base)
 
 
-def _entropy(p: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(p > 0, p * np.log(p), 0.0)
-    return -t.sum(axis=-1)
-
-
 def _jsd_unchecked(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """JSD in nats for normalised p, q; clipped at 0 against round-off."""
-    return np.maximum(_entropy((p + q) / 2.0) - (_entropy(p) + _entropy(q)) / 2.0, 0.0)
+    """JSD in nats of normalised distributions along the last axis (broadcast):
+    ``scipy.spatial.distance.jensenshannon`` squared."""
+    from scipy.spatial.distance import jensenshannon
+
+    return np.square(jensenshannon(p, q, axis=-1))
 
 
 def _expected_jsd(pa: np.ndarray, pb: np.ndarray, y: np.ndarray, chunk: int = 256) -> float:
@@ -287,8 +294,7 @@ def pair_measures(
     out.append(("agreement", False, agree, agree_ind))
     try:
         kappa = _kappa_codes(a, b, n_classes)
-        n = a.size
-        pe = float(np.dot(np.bincount(a, minlength=n_classes), np.bincount(b, minlength=n_classes))) / (n * n)
+        pe = _chance_agreement(a, b, n_classes)
         out.append(("cohen_kappa", False, kappa, (agree_ind - pe) / (1.0 - pe)))
     except ValueError as err:
         warnings.warn(f"cohen_kappa left out: {err}", RuntimeWarning, stacklevel=3)

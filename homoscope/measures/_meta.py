@@ -40,7 +40,6 @@ class MeasureInfo:
         description: one line for reports and ``--help``.
         options: option names and defaults accepted by ``fn`` (its keyword-only parameters).
         family: one of :data:`FAMILIES`.
-        streaming: whether an exact streaming accumulator exists (see ``streaming.py``).
         display_range: ``(low, high)`` of the report's colour scale where it differs from ``value_range``
             (debiased CKA can dip below 0 but is read on 0..1); None: ``value_range``.
     """
@@ -56,13 +55,19 @@ class MeasureInfo:
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     family: str = ""
-    streaming: bool = False
     display_range: tuple[float, float] | None = None
 
     @property
     def higher_is_more_alike(self) -> bool:
         """True for similarities, False for distances."""
         return self.kind == "similarity"
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the exact streaming accumulator computes it over shards (``streaming.STREAMING_MEASURES``)."""
+        from .streaming import STREAMING_MEASURES
+
+        return self.name in STREAMING_MEASURES
 
     @property
     def colour_range(self) -> tuple[float, float]:

@@ -294,7 +294,7 @@ def _prepare(X: Any, Y: Any, measure: str):
 
 @measure("cca_rho", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=CCA_INVARIANT, min_n=2,
          reference="Hotelling 1936, Relations Between Two Sets of Variates (Biometrika); as used by Raghu et al. 2017",
-         description="mean canonical correlation (needs n > d)", family="cca", streaming=True)
+         description="mean canonical correlation (needs n > d)", family="cca")
 def cca_rho(X: Any, Y: Any) -> torch.Tensor:
     """Mean canonical correlation for all layer pairs.
 
@@ -325,7 +325,7 @@ def cca_rho(X: Any, Y: Any) -> torch.Tensor:
 
 @measure("cca_r2", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=CCA_INVARIANT, min_n=2,
          reference="Hotelling 1936; mean squared canonical correlation (Kornblith et al. 2019, R^2_CCA)",
-         description="mean squared canonical correlation (needs n > d)", family="cca", streaming=True)
+         description="mean squared canonical correlation (needs n > d)", family="cca")
 def cca_r2(X: Any, Y: Any) -> torch.Tensor:
     """Mean squared canonical correlation for all layer pairs.
 
@@ -357,7 +357,7 @@ def cca_r2(X: Any, Y: Any) -> torch.Tensor:
          reference="Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017, SVCCA: Singular Vector Canonical Correlation "
          "Analysis for Deep Learning Dynamics and Interpretability (NeurIPS)",
          description="mean canonical correlation after keeping the top singular directions holding 99% of the variance",
-         family="cca", streaming=True)
+         family="cca")
 def svcca(X: Any, Y: Any, *, variance_kept: float = 0.99) -> torch.Tensor:
     """SVCCA (Raghu et al. 2017) for all layer pairs.
 
@@ -447,7 +447,7 @@ def pwcca_from_bases(bx: Bases, by: Bases) -> torch.Tensor:
          reference="Morcos, Raghu & Bengio 2018, Insights on representational similarity in neural networks with "
          "canonical correlation (NeurIPS)",
          description="projection-weighted mean canonical correlation, weights from X (the first argument) unless "
-         "weights_from='y'", family="cca", streaming=True)
+         "weights_from='y'", family="cca")
 def pwcca(X: Any, Y: Any, *, weights_from: str = "x") -> torch.Tensor:
     """Projection-weighted CCA (Morcos et al. 2018) for all layer pairs; asymmetric.
 

@@ -62,8 +62,7 @@ def _ratio(cross: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, lo: float, h
 
 
 @measure("linear_cka", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=ROTATION_INVARIANT,
-         min_n=2, reference=KORNBLITH_2019, description="linear CKA, biased HSIC estimator", family="cka",
-         streaming=True)
+         min_n=2, reference=KORNBLITH_2019, description="linear CKA, biased HSIC estimator", family="cka")
 def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the biased HSIC estimator, all layer pairs (Kornblith et al. 2019).
 
@@ -93,8 +92,7 @@ def linear_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32
 @measure("debiased_cka", kind="similarity", symmetric=True, value_range=(-1.0, 1.0), invariances=ROTATION_INVARIANT,
          min_n=4, reference="Song, Smola, Gretton, Bedo & Borgwardt 2012, Feature Selection via Dependence "
          "Maximization (JMLR); CKA as in " + KORNBLITH_2019,
-         description="linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)", family="cka",
-         streaming=True, display_range=(0.0, 1.0))
+         description="linear CKA, unbiased HSIC estimator (near 0 for unrelated representations)", family="cka", display_range=(0.0, 1.0))
 def debiased_cka(X: Any, Y: Any, *, route: str = "auto", precision: str = "float32") -> torch.Tensor:
     """Linear CKA with the unbiased HSIC estimator (Song et al. 2012), all layer pairs.
 
@@ -226,7 +224,7 @@ def minibatch_hsic_terms(Xb: torch.Tensor, Yb: torch.Tensor, debiased: bool, pre
 @measure("minibatch_cka", kind="similarity", symmetric=True, value_range=(-1.0, 1.0),
          invariances=ROTATION_INVARIANT, min_n=4,
          reference="Nguyen, Raghu & Kornblith 2021, Do Wide and Deep Networks Learn the Same Things? (ICLR)",
-         description="linear CKA from HSIC sums accumulated over minibatches", family="cka", streaming=True)
+         description="linear CKA from HSIC sums accumulated over minibatches", family="cka")
 def minibatch_cka(
     X: Any, Y: Any, *, batch_size: int = 256, debiased: bool = True, precision: str = "float32"
 ) -> torch.Tensor:

@@ -55,7 +55,7 @@ def nuclear_cross(Fx: torch.Tensor, Fy: torch.Tensor) -> torch.Tensor:
 @measure("procrustes", kind="similarity", symmetric=True, value_range=(0.0, 1.0), invariances=ROTATION_INVARIANT,
          min_n=2, reference="Schoenemann 1966; " + DING_2021,
          description="orthogonal Procrustes similarity: nuclear norm of the cross-covariance of centered, unit-norm "
-         "inputs", family="procrustes", streaming=True)
+         "inputs", family="procrustes")
 def procrustes(X: Any, Y: Any) -> torch.Tensor:
     """Orthogonal Procrustes similarity ``||A^T B||_*`` for all layer pairs.
 
@@ -80,7 +80,7 @@ def procrustes(X: Any, Y: Any) -> torch.Tensor:
 @measure("procrustes_distance", kind="distance", symmetric=True, value_range=(0.0, 2.0),
          invariances=ROTATION_INVARIANT, min_n=2, reference=DING_2021,
          description="squared orthogonal Procrustes distance 2 - 2 * procrustes (0 = same up to rotation, scale, "
-         "shift)", family="procrustes", streaming=True)
+         "shift)", family="procrustes")
 def procrustes_distance(X: Any, Y: Any) -> torch.Tensor:
     """Squared orthogonal Procrustes distance (Ding et al. 2021) for all layer pairs.
 

@@ -85,21 +85,13 @@ def _quiet_transformers(progress: bool):
 
 @contextlib.contextmanager
 def _lock(name: str):
-    """An exclusive advisory lock per model name, so two installs never assemble the same folder."""
+    """An exclusive lock per model name (``filelock``), so two installs never assemble the same folder."""
+    from filelock import FileLock
+
     root = models_dir()
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f".{name}.lock"
-    fh = path.open("a+")
-    try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            fcntl = None
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    with FileLock(root / f".{name}.lock"):
         yield
-    finally:
-        fh.close()
 
 
 def pip_install(requirements: list[str], *, progress: bool = True) -> None:

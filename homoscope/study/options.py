@@ -91,21 +91,16 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
         raise ValueError(f"{what}={str(folder)!r} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
-def _toml_value(v) -> str:
-    """``v`` (bool, number, string or path, list, table) written as a TOML value."""
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, numbers.Integral):
-        return repr(int(v))
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (str, os.PathLike)):
-        return json.dumps(os.fspath(v), ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+def _plain(v):
+    """``v`` as the plain values TOML and JSON write: paths as strings, tuples as lists, numpy scalars as
+    Python numbers."""
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(type(v))
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v.item() if isinstance(v, np.generic) else v
 
 
 # ------------------------------------------------------------------------------------- the schema
@@ -284,7 +279,7 @@ def _attributes_doc(options: tuple[Option, ...]) -> str:
         if o.choices is not None or o.minimum is not None or o.maximum is not None:
             text += f" {o.rule[0].upper()}{o.rule[1:]}."
         if o.default is not None:
-            text += f" Default: ``{_toml_value(list(o.default) if isinstance(o.default, tuple) else o.default)}``."
+            text += f" Default: ``{json.dumps(_plain(o.default))}``."
         lines += textwrap.wrap(text, 108, initial_indent=" " * 8, subsequent_indent=" " * 12,
                                break_on_hyphens=False)
     return "\n".join(lines) + "\n"
@@ -445,14 +440,16 @@ class Study:
     def to_toml(self) -> str:
         """The study as TOML that :meth:`from_toml` reads back (options set to None are left out;
         ``sentences = None``, every text, is written as 0)."""
-        lines = []
+        import tomli_w
+
+        data = {}
         for opt in OPTIONS:
             v = getattr(self, opt.name)
             if opt.name == "sentences" and v is None:
                 v = 0
             if v is not None:
-                lines.append(f"{opt.name} = {_toml_value(v)}")
-        return "\n".join(lines) + "\n"
+                data[opt.name] = _plain(v)
+        return tomli_w.dumps(data)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Study":
