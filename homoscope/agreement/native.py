@@ -202,14 +202,37 @@ def native_head_agreement(
             why, and points to probes for comparing them); a masked LM tokenizer without a mask
             token; no position to compare; bad ``mask_rate`` or ``batch_size``.
     """
-    from tqdm.auto import tqdm
-
     models = _as_models(loaded_models)
+    names = list(models)
+    kind, task = _check_models(models, texts, mask_rate, batch_size, allow_random_head)
+    caps = [int(getattr(models[m].info, "max_length", max_length) or max_length) for m in names]
+    max_length = int(min([max_length, *caps]))
+    _check_tokenizers(models, list(texts), max_length)
+    ref = models[names[0]].tokenizer
+    ids, special = _encode(ref, list(texts), max_length)
+    mask_id = getattr(ref, "mask_token_id", None)
+    if kind == "encoder" and mask_id is None:
+        raise ValueError(f"the tokenizer of {names[0]!r} has no mask token; a masked-LM comparison needs one")
+    pad_id = ref.pad_token_id if ref.pad_token_id is not None else (ref.eos_token_id or 0)
+    items = _positions(kind, ids, special, float(mask_rate), seed)
+    order = sorted((i for i, it in enumerate(items) if it[1]), key=lambda i: (-len(items[i][0]), i))
+    if not order:
+        raise ValueError("no position to compare: every text is too short (or all special tokens)")
+    heads = _run_heads(models, items, order, mask_id if kind == "encoder" else None, pad_id, batch_size,
+                       f"native heads ({task})", progress)
+    frames = _native_frames(models, heads, task, permutations, seed)
+    meta = {"task": task, "models": names, "positions": heads.targets.size, "texts": len(order),
+            "max_length": max_length, "mask_rate": float(mask_rate) if kind == "encoder" else None, "seed": seed,
+            "vocab_sizes": sorted(heads.vocab_sizes)}
+    return NativeHeadResult(frames=frames, predictions=heads.predictions, targets=heads.targets, meta=meta)
+
+
+def _check_models(models: dict, texts, mask_rate, batch_size, allow_random_head) -> tuple[str, str]:
+    """``(kind, task)`` of the models to compare; raises where they cannot be compared (see the caller)."""
     names = list(models)
     if len(names) < 2:
         raise ValueError(f"native_head_agreement needs at least two models; got {len(names)}")
-    texts = list(texts)
-    if not texts:
+    if not list(texts):
         raise ValueError("texts is empty; give at least one text")
     if not 0.0 < float(mask_rate) <= 1.0:
         raise ValueError(f"mask_rate={mask_rate!r} must lie in (0, 1]")
@@ -222,13 +245,16 @@ def native_head_agreement(
             + ", ".join(f"{m} ({k})" for m, k in kinds.items())
         )
     kind = kinds[names[0]]
-    task = TASKS.get(kind)
-    if task is None:
+    if kind not in TASKS:
         raise ValueError(f"model kind {kind!r} has no native head task (masked LM or causal LM)")
     for m in names:
         _check_head(m, models[m], allow_random_head)
-    caps = [int(getattr(models[m].info, "max_length", max_length) or max_length) for m in names]
-    max_length = int(min([max_length, *caps]))
+    return kind, TASKS[kind]
+
+
+def _check_tokenizers(models: dict, texts: list, max_length: int) -> None:
+    """Raise unless every model cuts ``texts`` into the same tokens as the first."""
+    names = list(models)
     ref = models[names[0]].tokenizer
     for m in names[1:]:
         why = tokenizer_difference(ref, models[m].tokenizer, texts, max_length)
@@ -238,65 +264,74 @@ def native_head_agreement(
                 f"({why}), so their predictions are not over the same tokens; compare them through probes "
                 "(run_agreement) instead"
             )
-    ids, special = _encode(ref, texts, max_length)
-    mask_id = getattr(ref, "mask_token_id", None)
-    if kind == "encoder" and mask_id is None:
-        raise ValueError(f"the tokenizer of {names[0]!r} has no mask token; a masked-LM comparison needs one")
-    pad_id = ref.pad_token_id if ref.pad_token_id is not None else (ref.eos_token_id or 0)
-    items = _positions(kind, ids, special, float(mask_rate), seed)
-    order = sorted((i for i, it in enumerate(items) if it[1]), key=lambda i: (-len(items[i][0]), i))
-    if not order:
-        raise ValueError("no position to compare: every text is too short (or all special tokens)")
 
-    preds = {m: [] for m in names}
-    targets: list[int] = []
+
+@dataclass
+class _Heads:
+    """What the heads predicted at the compared positions (see :func:`_run_heads`)."""
+
+    predictions: dict  # {model: int64 [P]} top-1 token ids
+    targets: np.ndarray  # int64 [P]
+    jsd: dict  # {(a, b): mean JSD in bits}
+    jsd_null: dict  # {(a, b): mean JSD against the positions shifted by one, or NaN}
+    vocab_sizes: set
+
+
+def _run_heads(models: dict, items: list, order: list, mask_id, pad_id: int, batch_size: int, desc: str,
+               progress: bool) -> _Heads:
+    """Run every model's head on the texts ``order`` (``batch_size`` at a time, the masked positions set to
+    ``mask_id`` where given) with the probe runner's padding; top-1 predictions and JSD sums per pair."""
+    from tqdm.auto import tqdm
+
+    from ..extract.runner import model_inputs
+
+    names = list(models)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    jsd_sum = {p: 0.0 for p in pairs}
-    jsd_null = {p: 0.0 for p in pairs}
+    preds, targets, vocab = {m: [] for m in names}, [], set()
+    jsd, null = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0.0)
     null_count = 0
-    vocab_sizes = set()
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=f"native heads ({task})", disable=not progress, leave=False):
-        t = max(len(items[i][0]) for i in batch)
-        inp = torch.full((len(batch), t), pad_id, dtype=torch.long)
-        att = torch.zeros((len(batch), t), dtype=torch.long)
-        rows, cols, tgt = [], [], []
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = order[start : start + batch_size]
+        rows, cols, xs = [], [], []
         for r, i in enumerate(batch):
             x, pos, tg = items[i]
-            xx = list(x)
-            if kind == "encoder":
-                for p in pos:
-                    xx[p] = mask_id
-            inp[r, : len(xx)] = torch.tensor(xx)
-            att[r, : len(xx)] = 1
+            masked = set(pos) if mask_id is not None else set()
+            xs.append([mask_id if p in masked else t for p, t in enumerate(x)])
             rows += [r] * len(pos)
             cols += pos
-            tgt += tg
-        targets += tgt
-        logp = {}
+            targets += tg
+        logp = _head_logprobs(models, model_inputs(xs, pad_id), rows, cols, vocab)
         for m in names:
-            model = models[m].model
-            dev = next(model.parameters()).device
-            with torch.inference_mode():
-                out = model(input_ids=inp.to(dev), attention_mask=att.to(dev), return_dict=True)
-            lg = out.logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
-            logp[m] = lg.to("cpu", torch.float64)
-            vocab_sizes.add(lg.shape[-1])
-        v = min(lp.shape[-1] for lp in logp.values())
-        for m in names:
-            lp = torch.log_softmax(logp[m][:, :v], dim=-1)
-            logp[m] = lp
-            preds[m].append(lp.argmax(dim=-1).numpy().astype(np.int64))
-        P = len(rows)
+            preds[m].append(logp[m].argmax(dim=-1).numpy().astype(np.int64))
         for a, b in pairs:
-            jsd_sum[(a, b)] += float(_jsd_rows(logp[a], logp[b]).sum())
-            if P > 1:
-                jsd_null[(a, b)] += float(_jsd_rows(logp[a], torch.roll(logp[b], 1, dims=0)).sum())
-        if P > 1:
-            null_count += P
+            jsd[(a, b)] += float(_jsd_rows(logp[a], logp[b]).sum())
+            if len(rows) > 1:
+                null[(a, b)] += float(_jsd_rows(logp[a], torch.roll(logp[b], 1, dims=0)).sum())
+        null_count += len(rows) if len(rows) > 1 else 0
+    P = len(targets)
+    return _Heads({m: np.concatenate(preds[m]) for m in names}, np.asarray(targets, dtype=np.int64),
+                  {p: v / P for p, v in jsd.items()},
+                  {p: v / null_count if null_count else np.nan for p, v in null.items()}, vocab)
 
-    y = np.asarray(targets, dtype=np.int64)
-    pred = {m: np.concatenate(preds[m]) for m in names}
+
+def _head_logprobs(models: dict, inputs: dict, rows: list, cols: list, vocab: set) -> dict:
+    """``{model: float64 [P, V]}`` log-probabilities at positions ``(rows, cols)`` of one padded batch, over
+    the vocabulary all heads share (the first ``V`` ids)."""
+    logits = {}
+    for m, lm in models.items():
+        dev = next(lm.model.parameters()).device
+        with torch.inference_mode():
+            out = lm.model(**{k: v.to(dev) for k, v in inputs.items()}, return_dict=True)
+        lg = out.logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
+        logits[m] = lg.to("cpu", torch.float64)
+        vocab.add(lg.shape[-1])
+    v = min(lg.shape[-1] for lg in logits.values())
+    return {m: torch.log_softmax(lg[:, :v], dim=-1) for m, lg in logits.items()}
+
+
+def _native_frames(models: dict, heads: _Heads, task: str, permutations: int, seed: int) -> dict:
+    """The ``accuracy``, ``agreement`` and ``homogenization`` frames of :class:`NativeHeadResult`."""
+    names, y, pred = list(models), heads.targets, heads.predictions
     P = y.size
     layer = {m: int(models[m].info.blocks) for m in names}
     width = {m: int(models[m].info.width) for m in names}
@@ -307,33 +342,33 @@ def native_head_agreement(
         acc_rows.append({"model": m, "layer": layer[m], "measure": "native_top1_accuracy", "value": correct / P,
                          "ci_low": lo, "ci_high": hi, "n": P, "d": width[m], "unit": "token", "task": task})
     pair_rows = []
-    for a, b in pairs:
+    for a, b in heads.jsd:
         base = {"model_a": a, "layer_a": layer[a], "model_b": b, "layer_b": layer[b], "n": P, "d_a": width[a],
                 "d_b": width[b], "unit": "token", "selection": "head", "task": task}
-        ua, ca = np.unique(pred[a], return_counts=True)
-        ub, cb = np.unique(pred[b], return_counts=True)
-        _, ia, ib = np.intersect1d(ua, ub, return_indices=True)
-        chance = float(np.dot(ca[ia], cb[ib])) / (P * P)
-        pair_rows.append({**base, "measure": "agreement", "value": float(np.mean(pred[a] == pred[b])),
-                          "expected_independent": chance})
-        pair_rows.append({**base, "measure": "jsd", "value": jsd_sum[(a, b)] / P,
-                          "expected_independent": jsd_null[(a, b)] / null_count if null_count else np.nan})
-        wa, wb = pred[a] != y, pred[b] != y
-        either = float(np.mean(wa | wb))
-        if either > 0:
-            ea, eb = float(wa.mean()), float(wb.mean())
-            pair_rows.append({**base, "measure": "error_overlap", "value": float(np.mean(wa & wb)) / either,
-                              "expected_independent": ea * eb / (ea + eb - ea * eb)})
+        pair_rows += [{**base, **r} for r in _pair_rows(pred[a], pred[b], y, heads.jsd[(a, b)],
+                                                        heads.jsd_null[(a, b)])]
     agreement = pd.DataFrame(pair_rows).reindex(columns=AGREEMENT_COLUMNS)
     failures = np.stack([pred[m] != y for m in names])
-    base = {"selection": "head", "models": json.dumps(names, ensure_ascii=False), "layers": json.dumps([layer[m] for m in names]),
-            "k": len(names), "n": P, "unit": "token", "task": task}
+    base = {"selection": "head", "models": json.dumps(names, ensure_ascii=False),
+            "layers": json.dumps([layer[m] for m in names]), "k": len(names), "n": P, "unit": "token", "task": task}
     sets = pd.DataFrame(failure_rows(failures, base, ("instances",), y, permutations, seed, "native heads"))
-    sets = sets.reindex(columns=SET_COLUMNS)
-    meta = {"task": task, "models": names, "positions": P, "texts": len(order), "max_length": max_length,
-            "mask_rate": float(mask_rate) if kind == "encoder" else None, "seed": seed,
-            "vocab_sizes": sorted(vocab_sizes)}
-    return NativeHeadResult(
-        frames={"accuracy": pd.DataFrame(acc_rows), "agreement": agreement, "homogenization": sets},
-        predictions=pred, targets=y, meta=meta,
-    )
+    return {"accuracy": pd.DataFrame(acc_rows), "agreement": agreement, "homogenization": sets.reindex(columns=SET_COLUMNS)}
+
+
+def _pair_rows(pa: np.ndarray, pb: np.ndarray, y: np.ndarray, jsd: float, jsd_null: float) -> list[dict]:
+    """``agreement``, ``jsd`` and (where either model errs) ``error_overlap`` of two models' top-1 tokens,
+    each with its ``expected_independent`` (see the module doc)."""
+    P = y.size
+    ua, ca = np.unique(pa, return_counts=True)
+    ub, cb = np.unique(pb, return_counts=True)
+    _, ia, ib = np.intersect1d(ua, ub, return_indices=True)
+    out = [{"measure": "agreement", "value": float(np.mean(pa == pb)),
+            "expected_independent": float(np.dot(ca[ia], cb[ib])) / (P * P)},
+           {"measure": "jsd", "value": jsd, "expected_independent": jsd_null}]
+    wa, wb = pa != y, pb != y
+    either = float(np.mean(wa | wb))
+    if either > 0:
+        ea, eb = float(wa.mean()), float(wb.mean())
+        out.append({"measure": "error_overlap", "value": float(np.mean(wa & wb)) / either,
+                    "expected_independent": ea * eb / (ea + eb - ea * eb)})
+    return out

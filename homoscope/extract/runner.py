@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -440,19 +441,10 @@ def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positi
     ``weights(batch, attn, spec)`` (``[b, r, t]``, zero on pad positions).
 
     Raises NonFiniteHiddenStateError when a real token's hidden state holds NaN or inf."""
-    t = max(len(ids[i]) for i in batch)
-
-    def padded(rows, fill):  # one [b, t] tensor from ragged lists, padded on ``padding_side``
-        if padding_side == "right":
-            return torch.tensor([list(x) + [fill] * (t - len(x)) for x in rows], dtype=torch.long)
-        return torch.tensor([[fill] * (t - len(x)) + list(x) for x in rows], dtype=torch.long)
-
-    input_ids = padded([ids[i] for i in batch], pad_id)
-    attn = padded([[1] * len(ids[i]) for i in batch], 0)
-    spec = padded([special[i] for i in batch], 0)
-    kwargs = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device)}
-    if pass_positions:
-        kwargs["position_ids"] = (attn.cumsum(dim=1) - 1).clamp(min=0).to(device)
+    inputs = model_inputs([ids[i] for i in batch], pad_id, padding_side=padding_side, pass_positions=pass_positions)
+    attn = inputs["attention_mask"]
+    spec = pad_rows([special[i] for i in batch], 0, padding_side)
+    kwargs = {k: v.to(device) for k, v in inputs.items()}
     with torch.inference_mode():
         output = model(**kwargs, output_hidden_states=True, return_dict=True)
         hidden = getattr(output, "hidden_states", None)
@@ -484,6 +476,28 @@ def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positi
             pad = ~real[:, :, None]
             pooled = _pool_layers([h.masked_fill(pad, 0) for h in hidden], w_all)
         return pooled[:, :, :r, :].cpu()
+
+
+def pad_rows(rows: Sequence[Sequence[int]], fill: int, padding_side: str = "right") -> torch.Tensor:
+    """Ragged integer rows as one int64 ``[b, t]`` tensor (``t`` the longest row), padded with ``fill`` on
+    ``padding_side`` (``"right"`` or ``"left"``)."""
+    t = max(len(x) for x in rows)
+    if padding_side == "right":
+        return torch.tensor([list(x) + [fill] * (t - len(x)) for x in rows], dtype=torch.long)
+    return torch.tensor([[fill] * (t - len(x)) + list(x) for x in rows], dtype=torch.long)
+
+
+def model_inputs(rows: Sequence[Sequence[int]], pad_id: int, *, padding_side: str = "right",
+                 pass_positions: bool = False) -> dict[str, torch.Tensor]:
+    """The padded forward-pass inputs of token-id rows: ``input_ids`` and ``attention_mask`` (int64
+    ``[b, t]``, on the CPU), and with ``pass_positions`` the ``position_ids`` that count real tokens
+    only (so left padding does not shift a decoder's positions)."""
+    input_ids = pad_rows(rows, pad_id, padding_side)
+    attn = pad_rows([[1] * len(x) for x in rows], 0, padding_side)
+    out = {"input_ids": input_ids, "attention_mask": attn}
+    if pass_positions:
+        out["position_ids"] = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    return out
 
 
 def _pool_layers(hidden, w: torch.Tensor) -> torch.Tensor:
