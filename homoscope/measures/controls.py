@@ -583,31 +583,34 @@ def with_controls(
         eng = _cached_engine(X, Y, Xs, Ys, dtype)
         out.update(_engine_controls(eng, {nm: estimator[nm] for nm in cka_names}, perms, W, level))
     for name in names:
-        if name in out:
-            continue
-        opts = dict(options.get(name, {}))
-        if "precision" in get_measure(name).options:
-            opts.setdefault("precision", precision)  # the controls' precision, unless the measure's is given
-        value = compute(name, Xs, Ys, **opts)  # validates the input and the options
-        if name == "rbf_cka":
-            threshold, debiased = opts.get("threshold", 1.0), opts.get("debiased", False)
-            eng = _CKAEngine(rbf_centered(Xs, threshold, False), rbf_centered(Ys, threshold, False), dtype)
-            out.update(_engine_controls(eng, {name: "unbiased" if debiased else "biased"}, perms, W, level))
-            continue
-        null = ci = None
-        if perms is not None:
-            if name in PAIR_MATRIX:
-                A, sym = _pair_matrices(name, Xs, "X", opts)
-                B, _ = _pair_matrices(name, Ys, "Y", opts)
-                lo, hi = get_measure(name).value_range
-                vals = _permuted_inner(A, B, perms, symmetric=sym, dtype=dtype).clamp_(lo, hi)
-            else:
-                vals = _generic_null(name, Xs, Ys, perms, opts)
-            null = _summarise_null(name, value, vals)
-        if W is not None:
-            ci = percentile_interval(_generic_boot(name, Xs, Ys, W, opts), level)
-        out[name] = Controlled(value, null, ci)
+        if name not in out:
+            opts = dict(options.get(name, {}))
+            if "precision" in get_measure(name).options:
+                opts.setdefault("precision", precision)  # the controls' precision, unless the measure's is given
+            out[name] = _one_controlled(name, Xs, Ys, opts, perms, W, level, dtype)
     return {nm: out[nm] for nm in names}
+
+
+def _one_controlled(name: str, Xs, Ys, opts: dict, perms, W, level: float, dtype) -> Controlled:
+    """Value, null and interval of one measure outside the shared CKA engine (see :func:`with_controls`)."""
+    value = compute(name, Xs, Ys, **opts)  # validates the input and the options
+    if name == "rbf_cka":
+        threshold, debiased = opts.get("threshold", 1.0), opts.get("debiased", False)
+        eng = _CKAEngine(rbf_centered(Xs, threshold, False), rbf_centered(Ys, threshold, False), dtype)
+        return _engine_controls(eng, {name: "unbiased" if debiased else "biased"}, perms, W, level)[name]
+    null = ci = None
+    if perms is not None:
+        if name in PAIR_MATRIX:
+            A, sym = _pair_matrices(name, Xs, "X", opts)
+            B, _ = _pair_matrices(name, Ys, "Y", opts)
+            lo, hi = get_measure(name).value_range
+            vals = _permuted_inner(A, B, perms, symmetric=sym, dtype=dtype).clamp_(lo, hi)
+        else:
+            vals = _generic_null(name, Xs, Ys, perms, opts)
+        null = _summarise_null(name, value, vals)
+    if W is not None:
+        ci = percentile_interval(_generic_boot(name, Xs, Ys, W, opts), level)
+    return Controlled(value, null, ci)
 
 
 def _engine_controls(eng: _CKAEngine, est: dict[str, str], perms, W, level) -> dict[str, Controlled]:
