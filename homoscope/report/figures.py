@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, select
+from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, num, select
 from ._measures import MeasureInfo, resolve_measure_info
 from .tables import layer_matrix, pair_rows, summary_matrix
 
@@ -320,13 +320,13 @@ def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat=None, al
         brow = _row_at(rows, i, j, transposed)
         controls = []
         if brow is not None:
-            lo_ci, hi_ci = _num(brow.get("ci_low")), _num(brow.get("ci_high"))
+            lo_ci, hi_ci = num(brow.get("ci_low")), num(brow.get("ci_high"))
             if np.isfinite(lo_ci) and np.isfinite(hi_ci):
                 best_line += f", 95% CI [{_fmt(lo_ci)}, {_fmt(hi_ci)}]"
-            ri = _num(brow.get("random_init"))
+            ri = num(brow.get("random_init"))
             if np.isfinite(ri):
                 controls.append(f"random-init {_fmt(ri)}")
-            nm, ns = _num(brow.get("null_mean")), _num(brow.get("null_std"))
+            nm, ns = num(brow.get("null_mean")), num(brow.get("null_std"))
             if np.isfinite(nm):
                 controls.append(f"null {_fmt(nm)}" + (f" \u00b1 {_fmt(ns)}" if np.isfinite(ns) else ""))
         best_line += f"   \u00b7   final {_fmt(mat[n_a - 1, n_b - 1])}"
@@ -340,13 +340,6 @@ def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat=None, al
     if np.isnan(mat).any():
         lines.append("grey: layer pair not measured")
     return lines
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _row_at(rows: pd.DataFrame, i: int, j: int, transposed: bool) -> pd.Series | None:
@@ -561,25 +554,25 @@ def plot_controls(
         for yi, r in zip(y, table.itertuples(index=False), strict=True):
             ns = r.best_verdict == VERDICT_NS
             ax.axhline(yi, color="0.92", lw=0.6, zorder=0)
-            nm, nsd = _num(r.best_null_mean), _num(r.best_null_std)
+            nm, nsd = num(r.best_null_mean), num(r.best_null_std)
             if np.isfinite(nm):
                 if np.isfinite(nsd):
                     ax.plot([nm - 1.96 * nsd, nm + 1.96 * nsd], [yi - 0.18] * 2, color="0.55", lw=2.2,
                             solid_capstyle="butt", zorder=1)
                 ax.scatter([nm], [yi - 0.18], marker="x", s=22, c="0.4", linewidths=1.0, zorder=2)
-            ri = _num(r.best_random_init)
+            ri = num(r.best_random_init)
             if np.isfinite(ri):
                 ax.scatter([ri], [yi], marker="s", s=26, facecolors="white", edgecolors="black", linewidths=0.9,
                            zorder=3)
-            if np.isfinite(_num(r.final)):
-                flo, fhi = _num(r.final_ci_low), _num(r.final_ci_high)
+            if np.isfinite(num(r.final)):
+                flo, fhi = num(r.final_ci_low), num(r.final_ci_high)
                 if np.isfinite(flo) and np.isfinite(fhi):
                     ax.plot([flo, fhi], [yi + 0.18] * 2, color=orange, lw=1.0, zorder=3)
                 ax.scatter([r.final], [yi + 0.18], marker="D", s=18, c=orange, zorder=4)
-            blo, bhi = _num(r.best_ci_low), _num(r.best_ci_high)
+            blo, bhi = num(r.best_ci_low), num(r.best_ci_high)
             if np.isfinite(blo) and np.isfinite(bhi):
                 ax.plot([blo, bhi], [yi] * 2, color=blue, lw=1.4, zorder=4)
-            if np.isfinite(_num(r.best)):
+            if np.isfinite(num(r.best)):
                 ax.scatter([r.best], [yi], marker="o", s=34, facecolors="white" if ns else blue,
                            edgecolors=blue, linewidths=1.2, zorder=5)
         ax.set_yticks(y, labels)
