@@ -302,8 +302,9 @@ def _join(texts: Iterable[Text], sep: str = " ") -> Text:
 
 
 def _d(v: Any) -> Text:
-    """A value from data as text; :data:`EMPTY` where missing."""
-    return T(D(v)) if v not in (None, "") else T(EMPTY)
+    """A value from data as text; :data:`EMPTY` where missing (None, empty, NaN)."""
+    missing = v is None or (isinstance(v, str) and not v) or (isinstance(v, float) and math.isnan(v))
+    return T(EMPTY) if missing else T(D(v))
 
 
 def _pair(a: str, b: str, info: MeasureInfo) -> Cell:
@@ -692,7 +693,7 @@ def _provenance_section(f: Facts) -> Section:
     controls = manifest.get("controls")
     controls = controls.get("random_init") if isinstance(controls, Mapping) else None
     if isinstance(controls, list) and controls:
-        rows = tuple((cell(B(c.get("name"))), _code_cell(c.get("fingerprint")), cell(D(c.get("notes") or "")),
+        rows = tuple((cell(B(c.get("name") or "")), _code_cell(c.get("fingerprint")), cell(D(c.get("notes") or "")),
                       cell("reused" if c.get("reused") else "extracted")) for c in controls if isinstance(c, Mapping))
         head = header(["control", "fingerprint", "notes", "representations"])
         blocks.append(Section("", T("Random-init controls"), 3, (Table(head, rows),)))
@@ -715,7 +716,7 @@ def _fingerprints_section(f: Facts) -> Section:
     rows = []
     for m in f.model_meta:
         reused = "reused" if m.get("reused") else ("extracted" if "reused" in m else EMPTY)
-        rows.append((cell(B(m.get("name"))), _code_cell(m.get("fingerprint")), Cell(_d(m.get("source_kind"))),
+        rows.append((cell(B(m.get("name") or "")), _code_cell(m.get("fingerprint")), Cell(_d(m.get("source_kind"))),
                      Cell(_d(m.get("spec"))), _code_cell(m.get("location")),
                      _code_cell(str(m.get("store_key") or "")[:16]), cell(reused)))
     corpus = f.corpus

@@ -40,9 +40,11 @@ def e(value: Any) -> str:
 
 
 def text_html(text: Text) -> str:
-    """Render a :class:`~homoscope.report.analysis.Text` as html, escaping every run."""
+    """Render a :class:`~homoscope.report.analysis.Text` as html, escaping every run (empty runs are left out)."""
     out = []
     for kind, s in text.runs:
+        if not s:
+            continue
         if kind == "b":
             out.append(f'<strong class="name">{e(s)}</strong>')
         elif kind == "c":

@@ -77,6 +77,8 @@ def text_md(text: Text) -> str:
     :func:`escape_md` (bold for model names), code as inline code, fixed wording lightly escaped."""
     out = []
     for kind, s in text.runs:
+        if not s:
+            continue
         if kind == "b":
             out.append(f"**{escape_md(s)}**")
         elif kind == "c":
