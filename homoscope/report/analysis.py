@@ -11,7 +11,7 @@ Sentences are :class:`Text` objects: runs of fixed wording, data (model names, l
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from ._measures import MeasureInfo
 from .tables import pair_rows, summary_table
 
 __all__ = [
-    "Text", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
+    "Text", "T", "B", "C", "D", "join", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
     "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra", "agreement_rows",
     "probe_best", "index_text", "index_details", "index_reading", "MeasureSummary", "PairBest", "measure_summary",
     "summary_text", "AGREEMENT_LABELS",
@@ -132,6 +132,14 @@ def C(s: Any) -> tuple[str, str]:
 def D(s: Any) -> tuple[str, str]:
     """Data shown plain (a label, a task)."""
     return ("d", str(s))
+
+
+def join(texts: Iterable[Text], sep: str = ", ") -> Text:
+    """The texts one after the other with ``sep`` (fixed wording) between them."""
+    out = T()
+    for k, t in enumerate(texts):
+        out = out + (T(sep) if k else T()) + t
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -673,9 +681,7 @@ def _control_findings(ok: pd.DataFrame, info: MeasureInfo) -> list[Text]:
                      if len(tested) > 1 else
                      f"{every} best score is distinguishable from its permutation null (BH q < {ALPHA:g})."))
         return out
-    listed = T()
-    for k, r in enumerate(ns.head(3).itertuples(index=False)):
-        listed = listed + (T(", ") if k else T()) + _pair_text(r.model_a, r.model_b, info)
+    listed = join(_pair_text(r.model_a, r.model_b, info) for r in ns.head(3).itertuples(index=False))
     more = f" and {len(ns) - 3} more" if len(ns) > 3 else ""
     out.append(T(f"{len(ns)} of {len(tested)} pairs' best scores are not distinguishable from their "
                  "permutation null: ", listed, more, "."))
@@ -808,19 +814,10 @@ def _measures_agree(primary: str, summaries: Mapping[str, MeasureSummary]) -> li
     same = [x for x in others if x in tops and tops[x] == tops[primary]]
     differ = [x for x in others if x in tops and tops[x] != tops[primary]]
     if not differ:
-        return [T(f"The other measure{'s' if len(same) > 1 else ''} (", *_join_code(same),
+        return [T(f"The other measure{'s' if len(same) > 1 else ''} (", join(T(C(x)) for x in same),
                   ") agree" if len(same) > 1 else ") agrees", " on the most alike pair.")]
-    return [T("The measures disagree on the most alike pair: ", *_join_code(differ),
+    return [T("The measures disagree on the most alike pair: ", join(T(C(x)) for x in differ),
               " pick" if len(differ) > 1 else " picks", " a different pair than ", C(primary), ".")]
-
-
-def _join_code(names: Sequence[str]) -> list:
-    parts: list = []
-    for k, x in enumerate(names):
-        if k:
-            parts.append(", ")
-        parts.append(C(x))
-    return parts
 
 
 def _agreement_findings(extra: Mapping[str, pd.DataFrame]) -> list[Text]:
@@ -1026,8 +1023,6 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
         out.append(T("Its layers map onto ", B(top.ref), f"'s {how} (Spearman rho {rho:.2f} between its layer and "
                      "the best-matching reference layer)."))
     if not ns.empty:
-        names = T()
-        for k, r in enumerate(ns.itertuples(index=False)):
-            names = names + (T(", ") if k else T()) + T(B(r.ref))
+        names = join(T(B(r.ref)) for r in ns.itertuples(index=False))
         out.append(T("Not distinguishable from the null against: ", names, "."))
     return out

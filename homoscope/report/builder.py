@@ -61,6 +61,7 @@ from .analysis import (
     homogenization_index,
     index_details,
     index_text,
+    join,
     measure_summary,
     normalize_extra,
     probe_best,
@@ -294,13 +295,6 @@ def build_document(facts: Facts, figures: Mapping[str, Sequence[str | os.PathLik
     return Document(_title(facts), _head(facts), tuple(sections), T(FOOTER))
 
 
-def _join(texts: Iterable[Text], sep: str = " ") -> Text:
-    out = T()
-    for k, t in enumerate(texts):
-        out = out + (T(sep) if k else T()) + t
-    return out
-
-
 def _d(v: Any) -> Text:
     """A value from data as text; :data:`EMPTY` where missing (None, empty, NaN)."""
     missing = v is None or (isinstance(v, str) and not v) or (isinstance(v, float) and math.isnan(v))
@@ -326,7 +320,7 @@ def _title(f: Facts) -> Text:
 def _head(f: Facts) -> tuple:
     """The opening summary (the study in one sentence, then each measure's summary), the date and the data
     files beside the report."""
-    intro = T(f"This report compares {plural(len(f.models), 'model')} (", _join((T(D(m)) for m in f.models), ", "),
+    intro = T(f"This report compares {plural(len(f.models), 'model')} (", join((T(D(m)) for m in f.models), ", "),
               ") layer by layer")
     if f.n_rows is not None:
         intro += T(f" on n = {int_txt(f.n_rows)} ", D(UNIT_PLURAL.get(str(f.unit), f.unit or "rows")))
@@ -334,8 +328,8 @@ def _head(f: Facts) -> tuple:
         intro += T(" from ", D(f.corpus["name"]))
     if f.study.get("pooling") and str(f.unit) == "sentence":
         intro += T(" (", D(f.study["pooling"]), " pooling)")
-    intro += T(f", with {plural(len(f.measures), 'measure')} (", _join((T(C(m)) for m in f.measures), ", "), ").")
-    blocks: list = [Paragraph(_join([intro, *(summary_text(f.summaries[m]) for m in f.measures)]), "lead")]
+    intro += T(f", with {plural(len(f.measures), 'measure')} (", join((T(C(m)) for m in f.measures), ", "), ").")
+    blocks: list = [Paragraph(join([intro, *(summary_text(f.summaries[m]) for m in f.measures)], " "), "lead")]
     if f.manifest.get("created"):
         blocks.append(Paragraph(T("Created ", D(f.manifest["created"]), "."), "muted"))
     files = tuple(n for n in DATA_FILES if (f.out / n).is_file())
@@ -369,7 +363,7 @@ def _compare_section(view: CompareView) -> Section:
                          num_cell(p_txt(r.best_q_value)), cell(r.best_verdict), score_cell(r.final, r.final_verdict)))
     head = header(["measure", "reference", "best", "95% CI", "layers (new, ref)", "random-init", "null mean", "q",
                    "verdict", "final"], numeric=(2, 3, 4, 5, 6, 7, 9))
-    blocks: list = [Paragraph(_join(view.verdict)),
+    blocks: list = [Paragraph(join(view.verdict, " ")),
                     Section("", T("Overall similarity to each reference"), 3, (Table(head, tuple(rows)),))]
     if not view.per_layer.empty:
         blocks.append(_compare_layers(view))
@@ -397,7 +391,7 @@ def _compare_layers(view: CompareView) -> Section:
             row += [num_cell(f"{int(r.best_layer)} ({f3(r.best_depth, 2)})"),
                     score_cell(r.value, VERDICT_NS if ns else "", bold=True), num_cell(span(r.ci_low, r.ci_high))]
         rows.append(tuple(row))
-    order = _join((T(D(r), f": {f3(v, 2)}") for r, v in view.order.items()), "; ") if view.order else T(EMPTY)
+    order = join((T(D(r), f": {f3(v, 2)}") for r, v in view.order.items()), "; ") if view.order else T(EMPTY)
     note = T("Layer (depth): the reference layer (relative depth) that best matches this layer; score: the measure "
              "there, n.s. where not distinguishable from its permutation null. Spearman rho of layer against "
              "best-matching layer (1 = same processing order): ", order, ".")
@@ -456,7 +450,7 @@ def _labels_text(labels: Any, shown: int = 20) -> Text:
     if not isinstance(labels, Mapping) or not labels:
         return T("none")
     items = sorted(labels.items(), key=lambda kv: (-num(kv[1]) if finite(kv[1]) else 0, str(kv[0])))
-    listed = _join((T(D(k), f" ({int_txt(v)})") for k, v in items[:shown]), ", ")
+    listed = join((T(D(k), f" ({int_txt(v)})") for k, v in items[:shown]), ", ")
     more = f", \u2026 {len(items) - shown} more" if len(items) > shown else ""
     return T(f"{len(items)}: ", listed, more)
 
@@ -609,7 +603,7 @@ def _agreement_section(f: Facts, figs: _Figures) -> Section:
     if isinstance(meta, Mapping):
         keep = [T(D(k), ": ", D(value_txt(v))) for k, v in meta.items() if k in _AGREEMENT_META]
         if keep:
-            blocks.append(Paragraph(_join(keep, "; ") + T("."), "note"))
+            blocks.append(Paragraph(join(keep, "; ") + T("."), "note"))
     parts = (("Probe accuracy", "probes", "No probe table.", lambda df: _probes_blocks(df, f.models, figs)),
              ("Pairwise agreement of predictions", "agreement", "No agreement table.", _pairwise_blocks),
              ("Agreement over all models and outcome homogenization", "homogenization", "No homogenization table.",
@@ -665,7 +659,7 @@ def _pairwise_blocks(agree: pd.DataFrame) -> tuple:
     labels = [T(C(m), ": ", AGREEMENT_LABELS[m]) for m in measures if m in AGREEMENT_LABELS]
     note = T("In parentheses: the value expected if the two models erred independently at their own error rates; in "
              "brackets: the 95% interval. A directional measure gives the first model \u2192 second model, then "
-             "(\u2190) second \u2192 first.", *((" ", _join(labels, "; "), ".") if labels else ()))
+             "(\u2190) second \u2192 first.", *((" ", join(labels, "; "), ".") if labels else ()))
     return (Table(head, tuple(rows)), Paragraph(note, "note"))
 
 
