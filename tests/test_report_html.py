@@ -11,7 +11,6 @@ import html
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 from test_report import (  # noqa: E402
     CORPUS_NAME,
     EVIL,
@@ -169,7 +169,8 @@ def browser():
 
 
 def _png_size(path: Path) -> tuple[int, int]:
-    return struct.unpack(">II", path.read_bytes()[16:24])
+    with Image.open(path) as img:
+        return img.size
 
 
 def test_html_renders_in_headless_chromium(browser, outputs, compare_outputs, tmp_path):
@@ -226,7 +227,9 @@ def test_comparison_report_answers_for_the_new_model(compare_outputs):
     assert per_layer.count("<tr>") == 1 + MODELS[0][1]  # header + one row per layer of the new model
     for layer, cells in frame[frame.model_b == refs[1]].groupby("layer_a"):
         b = cells.loc[cells.value.idxmax()]
-        assert f"layer {b.layer_b} ({b.layer_b / 6:.2f}): <strong>{b.value:.3f}</strong>" in per_layer, layer
+        expected = (f'<td class="num">{b.layer_b} ({b.layer_b / 6:.2f})</td>'
+                    f'<td class="num"><strong>{b.value:.3f}</strong>')
+        assert expected in per_layer, layer
     assert "## Comparison: minilm-l6 against the references" in md and "### Overall similarity" in md
     assert "Not computed in this study: no probe, agreement or homogenization tables were given." in md
     assert len(files["heatmaps"]) == 2 and len(files["summaries"]) == 2  # no dendrogram: ref pairs not measured

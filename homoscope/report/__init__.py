@@ -9,8 +9,11 @@ Everything derives from these inputs and never recomputes a measure:
 - the study manifest (corpus, models, versions, timings, warnings, commands);
 - optionally the prediction-agreement frames (``probes``, ``agreement``, ``homogenization``).
 
-:func:`write_outputs` writes tables, figures, ``report.md`` and a self-contained ``report.html``;
-:func:`rebuild_report` does the same from a results folder (:func:`load_results`), without a model.
+:func:`write_outputs` writes tables, figures, ``findings.json``, ``report.md`` and a self-contained
+``report.html``; :func:`rebuild_report` does the same from a results folder (:func:`load_results`), without
+a model. The analysis is computed once (:func:`gather`: controls, index, findings, per-measure summaries)
+and laid out once as a document (:func:`build_document`); ``findings.json`` saves the same objects, and the
+two reports are Jinja2 renderings of that one document (templates in ``homoscope/report/templates``).
 
 How to read a measure (similarity or distance, its range, symmetry, reference) comes from a
 ``measure_info(name)`` callable, by default the measure registry or a built-in table.
@@ -22,15 +25,18 @@ from .analysis import (
     INDEX_DEFINITION,
     NULL_RULE,
     HomogenizationIndex,
+    MeasureSummary,
     compare_view,
     controls_table,
     findings,
     homogenization_index,
+    measure_summary,
 )
+from .builder import build_document, findings_record, gather
 from .figures import plot_controls, plot_dendrogram, plot_layer_heatmap, plot_probes, plot_summary_heatmap
 from .html import write_report_html
 from .markdown import escape_md, write_report_md
-from .outputs import EXTRA_TABLES, load_results, rebuild_report, write_manifest, write_outputs
+from .outputs import EXTRA_TABLES, load_results, rebuild_report, write_findings, write_manifest, write_outputs
 from .tables import SUMMARY_COLUMNS, layer_matrix, summary_matrix, summary_table, write_tables
 
 __all__ = [
@@ -46,6 +52,12 @@ __all__ = [
     "write_report_md",
     "write_report_html",
     "write_manifest",
+    "write_findings",
+    "gather",
+    "build_document",
+    "findings_record",
+    "measure_summary",
+    "MeasureSummary",
     "write_outputs",
     "load_results",
     "rebuild_report",

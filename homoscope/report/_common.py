@@ -212,3 +212,32 @@ def rows_used(frame: pd.DataFrame) -> tuple[int | None, str]:
         names = ", ".join(sorted(map(str, drawn["measure"].unique())))
         notes.append(f"the drawn nulls of {names} on {int(drawn['control_n'].min()):,}")
     return n, ("; ".join(notes) + " (a seeded subsample)") if notes else ""
+
+
+# ------------------------------------------------------------------------------ where each figure is written
+
+
+def heatmap_relpath(measure: str, model_a: str, model_b: str, stems: dict[str, str]) -> str:
+    """Relative path of a layer heatmap: ``heatmaps/<measure>__<a>__vs__<b>.png`` (safe names; ``stems``
+    from :func:`file_stems`)."""
+    return f"heatmaps/{safe_name(measure, max_len=40)}__{stems[model_a]}__vs__{stems[model_b]}.png"
+
+
+def summary_relpath(measure: str, how: str) -> str:
+    """Relative path of a model-by-model matrix: ``summary_<measure>_<how>.png``."""
+    return f"summary_{safe_name(measure, max_len=40)}_{how}.png"
+
+
+def dendrogram_relpath(measure: str) -> str:
+    """Relative path of a dendrogram: ``dendrogram_<measure>.png``."""
+    return f"dendrogram_{safe_name(measure, max_len=40)}.png"
+
+
+def controls_relpath(measure: str) -> str:
+    """Relative path of a controls figure: ``controls_<measure>.png``."""
+    return f"controls_{safe_name(measure, max_len=40)}.png"
+
+
+def probes_relpath() -> str:
+    """Relative path of the probe-accuracy figure: ``probes.png``."""
+    return "probes.png"

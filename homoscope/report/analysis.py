@@ -11,7 +11,7 @@ Sentences are :class:`Text` objects: runs of fixed wording, data (model names, l
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 
 from ._common import ALPHA, bh_adjust, column, finite, measures_of, model_order, num
+from ._format import f3, int_txt, interval, p_is, plural, span
 from ._measures import MeasureInfo
 from .tables import pair_rows, summary_table
 
 __all__ = [
-    "Text", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
+    "Text", "T", "B", "C", "D", "join", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
     "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra", "agreement_rows",
+    "probe_best", "index_text", "index_details", "index_reading", "MeasureSummary", "PairBest", "measure_summary",
+    "summary_text", "AGREEMENT_LABELS",
     "INDEX_DEFINITION", "NULL_RULE", "MEAN_INTERVAL_RULE", "VERDICT_ABOVE", "VERDICT_NS", "VERDICT_NONE",
 ]
 
@@ -69,6 +72,18 @@ INDEX_DEFINITION = (
     "above). Where a pair lacks the random-init control, the permutation null mean at the same layers "
     "stands in for b, and the report says so."
 )
+
+
+#: What each pairwise prediction-agreement measure is, for table notes.
+AGREEMENT_LABELS = {
+    "agreement": "share of identical predictions",
+    "cohen_kappa": "agreement beyond chance (Cohen 1960)",
+    "error_overlap": "shared errors / errors of either model (Jaccard)",
+    "error_overlap_jaccard": "shared errors / errors of either model (Jaccard)",
+    "error_overlap_conditional": "P(second model wrong | first model wrong)",
+    "p_b_wrong_given_a_wrong": "P(second model wrong | first model wrong)",
+    "jsd": "Jensen-Shannon divergence of predictive distributions (bits; lower = more alike)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -119,29 +134,12 @@ def D(s: Any) -> tuple[str, str]:
     return ("d", str(s))
 
 
-def f3(v: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; an en dash where it is missing."""
-    f = num(v)
-    return f"{f:.{digits}f}" if math.isfinite(f) else "\u2013"
-
-
-def interval(lo: Any, hi: Any, what: str = "95% CI") -> str:
-    """``'95% CI 0.801–0.861'``, or ``'no interval'`` where a bound is missing."""
-    return f"{what} {f3(lo)}\u2013{f3(hi)}" if finite(lo, hi) else "no interval"
-
-
-def p_txt(v: Any) -> str:
-    """A p- or q-value for a table cell: ``'< 0.001'``, ``'0.012'`` or an en dash."""
-    f = num(v)
-    if not math.isfinite(f):
-        return "\u2013"
-    return "< 0.001" if f < 0.001 else f"{f:.3f}"
-
-
-def p_is(name: str, v: Any) -> str:
-    """A p- or q-value in a sentence: ``'p < 0.001'`` or ``'p = 0.012'``."""
-    t = p_txt(v)
-    return f"{name} {t}" if t.startswith("<") else f"{name} = {t}"
+def join(texts: Iterable[Text], sep: str = ", ") -> Text:
+    """The texts one after the other with ``sep`` (fixed wording) between them."""
+    out = T()
+    for k, t in enumerate(texts):
+        out = out + (T(sep) if k else T()) + t
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -218,6 +216,107 @@ def controls_table(frame: pd.DataFrame, measure: str, info: MeasureInfo) -> pd.D
         table[f"{where}_verdict"] = verdicts
         table[f"{where}_vs_random"] = vs
     return table
+
+
+# ------------------------------------------------------------------------------------------ per measure
+
+
+@dataclass(frozen=True)
+class PairBest:
+    """One model pair at its best-matching layer pair: value, layers and bootstrap interval (NaN where none)."""
+
+    model_a: str
+    model_b: str
+    value: float
+    layer_a: int | None
+    layer_b: int | None
+    ci_low: float
+    ci_high: float
+
+    def key(self, symmetric: bool) -> frozenset | tuple[str, str]:
+        """The pair as a set (a symmetric measure) or as an ordered (a, b)."""
+        return frozenset((self.model_a, self.model_b)) if symmetric else (self.model_a, self.model_b)
+
+
+@dataclass(frozen=True)
+class MeasureSummary:
+    """What the report's summary says of one measure.
+
+    Attributes:
+        measure: the measure; symmetric: whether (a, b) and (b, a) are one pair.
+        n_pairs: pairs with a finite best value.
+        most, least: the most and least alike pair at their best layers (None without a finite value).
+        mean_best: mean of the best values over those pairs.
+        final_low, final_high, n_final: range of the final-layer values and the pairs that have one.
+    """
+
+    measure: str
+    symmetric: bool
+    n_pairs: int
+    most: PairBest | None
+    least: PairBest | None
+    mean_best: float
+    final_low: float
+    final_high: float
+    n_final: int
+
+
+def _pair_best(r: pd.Series) -> PairBest:
+    def layer(v: Any) -> int | None:
+        return int(v) if finite(v) else None
+
+    return PairBest(str(r["model_a"]), str(r["model_b"]), num(r["best"]), layer(r["best_layer_a"]),
+                    layer(r["best_layer_b"]), num(r["best_ci_low"]), num(r["best_ci_high"]))
+
+
+def measure_summary(table: pd.DataFrame, info: MeasureInfo) -> MeasureSummary:
+    """Summarize one measure from its :func:`controls_table` (or summary table) rows.
+
+    Returns:
+        A :class:`MeasureSummary`: the most and least alike pair by their best value (largest or smallest
+        by the measure's direction), the mean best value and the range of the final-layer values.
+    """
+    best = table["best"].astype(float)
+    ok = table[np.isfinite(best)]
+    fin = table["final"].astype(float)
+    fin = fin[np.isfinite(fin)]
+    most = least = None
+    if not ok.empty:
+        hi = info.higher_is_more_alike
+        most = _pair_best(ok.loc[ok["best"].idxmax() if hi else ok["best"].idxmin()])
+        least = _pair_best(ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()])
+    return MeasureSummary(
+        info.name, bool(info.symmetric), len(ok), most, least,
+        float(ok["best"].mean()) if len(ok) else math.nan,
+        float(fin.min()) if len(fin) else math.nan, float(fin.max()) if len(fin) else math.nan, len(fin))
+
+
+def summary_text(s: MeasureSummary) -> Text:
+    """One or two sentences on a measure: the most and least alike pair at their best layers, the mean
+    best value (over three or more pairs) and the range of the final-layer values."""
+    if s.most is None or s.least is None:
+        return T("Under ", C(s.measure), " no pair has a finite value.")
+    sep = " and " if s.symmetric else " \u2192 "
+
+    def pair(p: PairBest) -> Text:
+        return T(B(p.model_a), sep, B(p.model_b))
+
+    def at(p: PairBest) -> str:
+        ci = f", CI {span(p.ci_low, p.ci_high)}" if finite(p.ci_low, p.ci_high) else ""
+        return f"{f3(p.value)} at layers {int_txt(p.layer_a)} and {int_txt(p.layer_b)}{ci}"
+
+    if s.n_pairs == 1:
+        out = T("Under ", C(s.measure), ", the one pair, ", pair(s.most), f", reaches {at(s.most)} at best")
+    else:
+        out = T("Under ", C(s.measure), ", the most alike pair is ", pair(s.most), f" ({at(s.most)}) and the least "
+                "alike is ", pair(s.least), f" ({at(s.least)}), comparing each pair at its best-matching layers")
+    if s.n_pairs > 2:
+        out += T(f"; averaged over the {s.n_pairs} pairs, the best value is {f3(s.mean_best)}")
+    if s.n_final > 1:
+        out += T(f"; final layer against final layer, values run from {f3(s.final_low)} to {f3(s.final_high)}")
+    elif s.n_final == 1:
+        out += T(f"; final layer against final layer it is {f3(s.final_low)}")
+    return out + T(".")
 
 
 # ------------------------------------------------------------------------------------------ the index
@@ -477,7 +576,7 @@ def _mean_ci(df: pd.DataFrame, col: str, lo: str, hi: str) -> tuple[float, float
 def findings(
     frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos: Mapping[str, MeasureInfo],
     extra: Mapping[str, pd.DataFrame] | None = None, index: HomogenizationIndex | None = None,
-    include_index: bool = True,
+    include_index: bool = True, summaries: Mapping[str, MeasureSummary] | None = None,
 ) -> list[Text]:
     """Plain sentences generated from the numbers, each citing its value and interval.
 
@@ -488,98 +587,135 @@ def findings(
     the relative depth at which models agree most; final layers against best layers; whether the other
     measures agree with the primary one on the most alike pair; and, where the agreement frames are given,
     probes, pairwise agreement, Fleiss' kappa and outcome homogenization.
+
+    Args:
+        frame: the tidy results frame.
+        manifest: the study manifest (``models`` with ``kind`` and ``outliers`` are read), or None.
+        infos: :class:`MeasureInfo` of every measure of the frame.
+        extra: the optional prediction-agreement frames.
+        index: the homogenization index where already computed.
+        include_index: start with the index sentence.
+        summaries: :func:`measure_summary` of every measure where already computed.
+
+    Returns:
+        The sentences, as :class:`Text`.
     """
     manifest = manifest or {}
-    out: list[Text] = []
     index = index if index is not None else homogenization_index(frame, manifest, infos)
     m = index.measure or primary_measure(frame, manifest, infos) or measures_of(frame)[0]
     info = infos[m]
-    if not include_index:
-        pass
-    elif index.computed:
-        ci = (f" (interval {f3(index.low)}\u2013{f3(index.high)})" if finite(index.low, index.high)
-              else " (no interval: no bootstrap)")
-        out.append(T("Homogenization index H = ", f3(index.value), ci, f" over {index.n_pairs} model pair"
-                     f"{'s' if index.n_pairs != 1 else ''} under ", C(m), f"; {index.note}. ",
-                     index_reading(index.value, index.baseline)))
-    else:
-        out.append(T("Homogenization index: ", index.note, "."))
-
+    out: list[Text] = [index_text(index)] if include_index else []
     table = controls_table(frame, m, info)
     ok = table[np.isfinite(table["best"].astype(float))]
     if not ok.empty:
-        sig = ok[ok["best_verdict"] != VERDICT_NS]
-        hi = info.higher_is_more_alike
-        if sig.empty:
-            out.append(T("No pair's best score under ", C(m), " is distinguishable from its permutation null: "
-                         "the data do not show these models to be alike."))
-        else:
-            top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
-            out.append(T("Most alike: ", _pair_text(top.model_a, top.model_b, info), ", ", C(m), " ",
-                         f3(top.best), f" ({interval(top.best_ci_low, top.best_ci_high)}) at layers "
-                         f"{_int(top.best_layer_a)} of {top.layers_a - 1} and {_int(top.best_layer_b)} of "
-                         f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
-                         f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), ".",
-                         _BASELINE_CLAUSE.get(top.best_vs_random)))
-            if len(ok) > 1:
-                low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
-                if (low.model_a, low.model_b) != (top.model_a, top.model_b):
-                    ns = " (not distinguishable from its null)" if low.best_verdict == VERDICT_NS else ""
-                    out.append(T("Least alike: ", _pair_text(low.model_a, low.model_b, info), ", ", C(m), " ",
-                                 f3(low.best), f" ({interval(low.best_ci_low, low.best_ci_high)}) at their "
-                                 f"best-matching layers{ns}."))
-        with_ri = ok[ok["best_vs_random"] != ""]
-        if not with_ri.empty:
-            above = int((with_ri["best_vs_random"] == "above").sum())
-            out.append(T(f"{above} of {len(with_ri)} pairs score above their random-init baseline at their best "
-                         f"layers (mean baseline {f3(with_ri['best_random_init'].mean())}, mean score "
-                         f"{f3(with_ri['best'].mean())}); a score within its baseline says as much about the "
-                         "architectures and the data as about training."))
-        tested = ok[ok["best_verdict"] != VERDICT_NONE]
-        if not tested.empty:
-            ns = tested[tested["best_verdict"] == VERDICT_NS]
-            if ns.empty:
-                every = {1: "The one pair's", 2: "Both pairs'"}.get(len(tested), f"All {len(tested)} pairs'")
-                out.append(T(f"{every} best scores are distinguishable from their permutation null (BH q < {ALPHA:g})."
-                             if len(tested) > 1 else
-                             f"{every} best score is distinguishable from its permutation null (BH q < {ALPHA:g})."))
-            else:
-                names = [_pair_text(r.model_a, r.model_b, info) for r in ns.head(3).itertuples(index=False)]
-                listed = T()
-                for k, t in enumerate(names):
-                    listed = listed + (T(", ") if k else T()) + t
-                more = f" and {len(ns) - 3} more" if len(ns) > 3 else ""
-                out.append(T(f"{len(ns)} of {len(tested)} pairs' best scores are not distinguishable from their "
-                             "permutation null: ", listed, more, "."))
+        out += _extreme_findings(ok, m, info)
+        out += _control_findings(ok, info)
         out += _kind_finding(ok, manifest, m, info)
-        prof = depth_profile(frame, m, info)
-        prof = prof[np.isfinite(prof["mean"])]
-        if len(prof) >= 2:
-            best_bin = prof.loc[prof["mean"].idxmax() if hi else prof["mean"].idxmin()]
-            worst_bin = prof.loc[prof["mean"].idxmin() if hi else prof["mean"].idxmax()]
-            out.append(T("Along equal relative depth, models agree most at relative depth "
-                         f"{best_bin.bin_low:.1f}\u2013{best_bin.bin_high:.1f} (mean ", C(m), " ", f3(best_bin["mean"]),
-                         f", {interval(best_bin.low, best_bin.high, 'interval')}) and least at "
-                         f"{worst_bin.bin_low:.1f}\u2013{worst_bin.bin_high:.1f} ({f3(worst_bin['mean'])}); "
-                         f"best-matching layers lie at a mean relative depth of "
-                         f"{f3(((ok['best_depth_a'] + ok['best_depth_b']) / 2).mean(), 2)}."))
-        fin = ok[np.isfinite(ok["final"].astype(float))]
-        if not fin.empty:
-            fm, flo, fhi = _mean_ci(fin, "final", "final_ci_low", "final_ci_high")
-            bm, blo, bhi = _mean_ci(fin, "best", "best_ci_low", "best_ci_high")
-            word = "less" if _better(bm, fm, info) and abs(bm - fm) > 1e-9 else "as"
-            out.append(T(f"Final layers are {word} alike {'than' if word == 'less' else 'as'} the best-matching "
-                         "layers: mean ", C(m), f" {f3(fm)} ({interval(flo, fhi, 'interval')}) final against final, "
-                         f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs."))
-    out += _measures_agree(frame, m, infos)
+        out += _depth_finding(frame, ok, m, info)
+        out += _final_finding(ok, m, info)
+    if summaries is None:
+        summaries = {x: measure_summary(controls_table(frame, x, infos[x]), infos[x]) for x in measures_of(frame)}
+    out += _measures_agree(m, summaries)
     out += _outlier_findings(manifest)
     out += _agreement_findings(normalize_extra(extra))
     return out
 
 
-def _int(v: Any) -> str:
-    f = num(v)
-    return str(int(f)) if math.isfinite(f) else "?"
+def index_text(index: HomogenizationIndex) -> Text:
+    """The homogenization index in one sentence: value, interval, pairs, primary measure, baseline and
+    reading; or why it was not computed."""
+    if not index.computed:
+        return T("Homogenization index: ", index.note, ".")
+    return T("Homogenization index H = ", f3(index.value), " ", index_details(index))
+
+
+def index_details(index: HomogenizationIndex) -> Text:
+    """What follows the value of a computed index: ``'(interval …; 3 model pairs; primary measure …;
+    baseline …). <reading>'``."""
+    iv = f"interval {span(index.low, index.high)}; " if finite(index.low, index.high) else ""
+    return T(f"({iv}{plural(index.n_pairs, 'model pair')}; primary measure ", C(index.measure),
+             f"; {index.note}). ", index_reading(index.value, index.baseline))
+
+
+def _extreme_findings(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
+    """The most alike pair among those above their null, and the least alike pair."""
+    sig = ok[ok["best_verdict"] != VERDICT_NS]
+    hi = info.higher_is_more_alike
+    if sig.empty:
+        return [T("No pair's best score under ", C(m), " is distinguishable from its permutation null: "
+                  "the data do not show these models to be alike.")]
+    top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
+    out = [T("Most alike: ", _pair_text(top.model_a, top.model_b, info), ", ", C(m), " ",
+             f3(top.best), f" ({interval(top.best_ci_low, top.best_ci_high)}) at layers "
+             f"{int_txt(top.best_layer_a)} of {top.layers_a - 1} and {int_txt(top.best_layer_b)} of "
+             f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
+             f"{f3(top.best_depth_b, 2)})", _controls_clause(top, "best"), ".",
+             _BASELINE_CLAUSE.get(top.best_vs_random))]
+    if len(ok) > 1:
+        low = ok.loc[ok["best"].idxmin() if hi else ok["best"].idxmax()]
+        if (low.model_a, low.model_b) != (top.model_a, top.model_b):
+            ns = " (not distinguishable from its null)" if low.best_verdict == VERDICT_NS else ""
+            out.append(T("Least alike: ", _pair_text(low.model_a, low.model_b, info), ", ", C(m), " ",
+                         f3(low.best), f" ({interval(low.best_ci_low, low.best_ci_high)}) at their "
+                         f"best-matching layers{ns}."))
+    return out
+
+
+def _control_findings(ok: pd.DataFrame, info: MeasureInfo) -> list[Text]:
+    """Pairs above their random-init baseline; pairs not distinguishable from their permutation null."""
+    out = []
+    with_ri = ok[ok["best_vs_random"] != ""]
+    if not with_ri.empty:
+        above = int((with_ri["best_vs_random"] == "above").sum())
+        out.append(T(f"{above} of {len(with_ri)} pairs score above their random-init baseline at their best "
+                     f"layers (mean baseline {f3(with_ri['best_random_init'].mean())}, mean score "
+                     f"{f3(with_ri['best'].mean())}); a score within its baseline says as much about the "
+                     "architectures and the data as about training."))
+    tested = ok[ok["best_verdict"] != VERDICT_NONE]
+    if tested.empty:
+        return out
+    ns = tested[tested["best_verdict"] == VERDICT_NS]
+    if ns.empty:
+        every = {1: "The one pair's", 2: "Both pairs'"}.get(len(tested), f"All {len(tested)} pairs'")
+        out.append(T(f"{every} best scores are distinguishable from their permutation null (BH q < {ALPHA:g})."
+                     if len(tested) > 1 else
+                     f"{every} best score is distinguishable from its permutation null (BH q < {ALPHA:g})."))
+        return out
+    listed = join(_pair_text(r.model_a, r.model_b, info) for r in ns.head(3).itertuples(index=False))
+    more = f" and {len(ns) - 3} more" if len(ns) > 3 else ""
+    out.append(T(f"{len(ns)} of {len(tested)} pairs' best scores are not distinguishable from their "
+                 "permutation null: ", listed, more, "."))
+    return out
+
+
+def _depth_finding(frame: pd.DataFrame, ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
+    """The relative depth at which the models agree most and least (see :func:`depth_profile`)."""
+    prof = depth_profile(frame, m, info)
+    prof = prof[np.isfinite(prof["mean"])]
+    if len(prof) < 2:
+        return []
+    hi = info.higher_is_more_alike
+    best_bin = prof.loc[prof["mean"].idxmax() if hi else prof["mean"].idxmin()]
+    worst_bin = prof.loc[prof["mean"].idxmin() if hi else prof["mean"].idxmax()]
+    return [T("Along equal relative depth, models agree most at relative depth "
+              f"{best_bin.bin_low:.1f}\u2013{best_bin.bin_high:.1f} (mean ", C(m), " ", f3(best_bin["mean"]),
+              f", {interval(best_bin.low, best_bin.high, 'interval')}) and least at "
+              f"{worst_bin.bin_low:.1f}\u2013{worst_bin.bin_high:.1f} ({f3(worst_bin['mean'])}); "
+              f"best-matching layers lie at a mean relative depth of "
+              f"{f3(((ok['best_depth_a'] + ok['best_depth_b']) / 2).mean(), 2)}.")]
+
+
+def _final_finding(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
+    """Final layers against the best-matching layers, as means over the pairs with a final value."""
+    fin = ok[np.isfinite(ok["final"].astype(float))]
+    if fin.empty:
+        return []
+    fm, flo, fhi = _mean_ci(fin, "final", "final_ci_low", "final_ci_high")
+    bm, blo, bhi = _mean_ci(fin, "best", "best_ci_low", "best_ci_high")
+    word = "less" if _better(bm, fm, info) and abs(bm - fm) > 1e-9 else "as"
+    return [T(f"Final layers are {word} alike {'than' if word == 'less' else 'as'} the best-matching "
+              "layers: mean ", C(m), f" {f3(fm)} ({interval(flo, fhi, 'interval')}) final against final, "
+              f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs.")]
 
 
 def index_reading(h: float, baseline: str = "random-init") -> str:
@@ -662,105 +798,98 @@ def _outlier_findings(manifest: Mapping[str, Any]) -> list[Text]:
         dims = sorted({int(r["top_dim"]) for r in layers if "top_dim" in r})
         out.append(T("In ", B(model.get("name", "?")), f", one dimension holds more than "
                      f"{OUTLIER_SHARE:.0%} of the variance in {len(layers)} of {len(model['outliers'])} layers "
-                     f"(up to {num(top.get('top_dim_share')):.1%} at layer {_int(top.get('layer'))}; "
+                     f"(up to {num(top.get('top_dim_share')):.1%} at layer {int_txt(top.get('layer'))}; "
                      f"dimension{'s' if len(dims) > 1 else ''} {', '.join(map(str, dims[:5]))}). Similarity "
                      "scores at those layers mostly compare that one dimension (massive activations); read them "
                      "with care."))
     return out
 
 
-def _measures_agree(frame: pd.DataFrame, primary: str, infos: Mapping[str, MeasureInfo]) -> list[Text]:
-    others = [x for x in measures_of(frame) if x != primary]
-    if not others:
-        return []
-    tops = {}
-    for x in [primary, *others]:
-        t = summary_table(frame, x, measure_info=lambda _n, i=infos[x]: i)
-        t = t[np.isfinite(t["best"].astype(float))]
-        if t.empty:
-            continue
-        r = t.loc[t["best"].idxmax() if infos[x].higher_is_more_alike else t["best"].idxmin()]
-        tops[x] = frozenset((r.model_a, r.model_b)) if infos[x].symmetric else (r.model_a, r.model_b)
-    if primary not in tops or len(tops) < 2:
+def _measures_agree(primary: str, summaries: Mapping[str, MeasureSummary]) -> list[Text]:
+    """Whether the other measures pick the same most alike pair as the primary measure."""
+    tops = {x: s.most.key(s.symmetric) for x, s in summaries.items() if s.most is not None}
+    others = [x for x in summaries if x != primary]
+    if not others or primary not in tops or len(tops) < 2:
         return []
     same = [x for x in others if x in tops and tops[x] == tops[primary]]
     differ = [x for x in others if x in tops and tops[x] != tops[primary]]
     if not differ:
-        return [T(f"The other measure{'s' if len(same) > 1 else ''} (", *_join_code(same),
+        return [T(f"The other measure{'s' if len(same) > 1 else ''} (", join(T(C(x)) for x in same),
                   ") agree" if len(same) > 1 else ") agrees", " on the most alike pair.")]
-    return [T("The measures disagree on the most alike pair: ", *_join_code(differ),
+    return [T("The measures disagree on the most alike pair: ", join(T(C(x)) for x in differ),
               " pick" if len(differ) > 1 else " picks", " a different pair than ", C(primary), ".")]
 
 
-def _join_code(names: Sequence[str]) -> list:
-    parts: list = []
-    for k, x in enumerate(names):
-        if k:
-            parts.append(", ")
-        parts.append(C(x))
-    return parts
-
-
 def _agreement_findings(extra: Mapping[str, pd.DataFrame]) -> list[Text]:
+    """Sentences on the probes, the pairwise agreement and the agreement over all models, where given."""
     out: list[Text] = []
-    probes = extra.get("probes")
-    if probes is not None:
-        best = probe_best(probes)
-        best = best[np.isfinite(best["accuracy"])]
-        if not best.empty:
-            hi, lo = best.loc[best["accuracy"].idxmax()], best.loc[best["accuracy"].idxmin()]
-            chance = f"; chance {f3(hi.chance)}" if math.isfinite(hi.chance) else ""
-            out.append(T("Linear probes at each model's best layer reach accuracy from ", f3(lo.accuracy),
-                         f" ({interval(lo.ci_low, lo.ci_high)}; ", B(lo.model), f", layer {lo.layer}) to ",
-                         f3(hi.accuracy), f" ({interval(hi.ci_low, hi.ci_high)}; ", B(hi.model),
-                         f", layer {hi.layer}){chance}."))
-    agree = extra.get("agreement")
-    if agree is not None:
-        a = _sel(agree)
-        for measure, label in (("cohen_kappa", "Cohen's kappa"), ("agreement", "agreement")):
-            g = a[a["measure"] == measure]
-            if g.empty:
-                continue
-            v = pd.to_numeric(g["value"], errors="coerce")
-            ind = pd.to_numeric(g["expected_independent"], errors="coerce") if "expected_independent" in g else None
-            ind_txt = (f"; {f3(ind.mean())} if the models erred independently at their own rates"
-                       if ind is not None and np.isfinite(ind).any() else "")
-            lo_hi = ""
-            if {"ci_low", "ci_high"} <= set(g.columns):
-                lo_v, hi_v = pd.to_numeric(g["ci_low"], errors="coerce"), pd.to_numeric(g["ci_high"], errors="coerce")
-                if np.isfinite(lo_v).all() and np.isfinite(hi_v).all():
-                    lo_hi = f", interval {f3(lo_v.mean())}\u2013{f3(hi_v.mean())}"
-            out.append(T(f"Probe predictions: mean pairwise {label} {f3(v.mean())} over {len(g)} pairs"
-                         f"{lo_hi}{ind_txt}."))
-            break
-    sets = extra.get("homogenization")
-    if sets is not None:
-        s = _sel(sets)
-        fk = s[s["measure"] == "fleiss_kappa"]
-        if not fk.empty:
-            r = fk.iloc[0]
-            k = f" over all {int(num(r.get('k')))} models" if math.isfinite(num(r.get("k"))) else ""
-            ind = num(r.get("expected_independent"))
-            out.append(T(f"Fleiss' kappa{k}: {f3(r['value'])}"
-                         + (f" (independent errors would give {f3(ind)})" if math.isfinite(ind) else "") + "."))
-        h = s[s["measure"] == "h_avg"]
-        if "groups" in h:
-            h = h[h["groups"] == "instances"] if (h["groups"] == "instances").any() else h
-        if not h.empty:
-            r = h.iloc[0]
-            extra_txt = ""
-            if math.isfinite(num(r.get("null_mean"))):
-                extra_txt = f"; null mean {f3(r.get('null_mean'))}, {p_is('p', r.get('p_value'))}"
-            p = num(r.get("p_value"))
-            if math.isfinite(p) and p >= ALPHA:
-                reading = (f"not distinguishable from independent failures ({p_is('p', p)}), so no claim of "
-                           "shared failures is made")
-            elif num(r["value"]) > 1:
-                reading = "failures concentrate on the same instances more than independent models' would"
-            else:
-                reading = "failures are no more shared than independent models' would be"
-            out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
-                         f"independent{extra_txt}): {reading}."))
+    if extra.get("probes") is not None:
+        out += _probe_finding(extra["probes"])
+    if extra.get("agreement") is not None:
+        out += _pairwise_finding(_sel(extra["agreement"]))
+    if extra.get("homogenization") is not None:
+        out += _sets_findings(_sel(extra["homogenization"]))
+    return out
+
+
+def _probe_finding(probes: pd.DataFrame) -> list[Text]:
+    best = probe_best(probes)
+    best = best[np.isfinite(best["accuracy"])]
+    if best.empty:
+        return []
+    hi, lo = best.loc[best["accuracy"].idxmax()], best.loc[best["accuracy"].idxmin()]
+    chance = f"; chance {f3(hi.chance)}" if math.isfinite(hi.chance) else ""
+    return [T("Linear probes at each model's best layer reach accuracy from ", f3(lo.accuracy),
+              f" ({interval(lo.ci_low, lo.ci_high)}; ", B(lo.model), f", layer {lo.layer}) to ",
+              f3(hi.accuracy), f" ({interval(hi.ci_low, hi.ci_high)}; ", B(hi.model), f", layer {hi.layer}){chance}.")]
+
+
+def _pairwise_finding(a: pd.DataFrame) -> list[Text]:
+    """The mean pairwise Cohen's kappa (else agreement) of the probes' predictions."""
+    for measure, label in (("cohen_kappa", "Cohen's kappa"), ("agreement", "agreement")):
+        g = a[a["measure"] == measure]
+        if g.empty:
+            continue
+        ind = column(g, "expected_independent")
+        ind_txt = (f"; {f3(np.nanmean(ind))} if the models erred independently at their own rates"
+                   if np.isfinite(ind).any() else "")
+        lo, hi = column(g, "ci_low"), column(g, "ci_high")
+        lo_hi = f", interval {span(lo.mean(), hi.mean())}" if np.isfinite(lo).all() and np.isfinite(hi).all() else ""
+        v = column(g, "value")
+        mean = float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+        return [T(f"Probe predictions: mean pairwise {label} {f3(mean)} over {len(g)} pairs{lo_hi}{ind_txt}.")]
+    return []
+
+
+def _sets_findings(s: pd.DataFrame) -> list[Text]:
+    """Fleiss' kappa over all models and the outcome homogenization h_avg over instances."""
+    out = []
+    fk = s[s["measure"] == "fleiss_kappa"]
+    if not fk.empty:
+        r = fk.iloc[0]
+        k = f" over all {int(num(r.get('k')))} models" if math.isfinite(num(r.get("k"))) else ""
+        ind = num(r.get("expected_independent"))
+        out.append(T(f"Fleiss' kappa{k}: {f3(r['value'])}"
+                     + (f" (independent errors would give {f3(ind)})" if math.isfinite(ind) else "") + "."))
+    h = s[s["measure"] == "h_avg"]
+    if "groups" in h:
+        h = h[h["groups"] == "instances"] if (h["groups"] == "instances").any() else h
+    if h.empty:
+        return out
+    r = h.iloc[0]
+    extra_txt = ""
+    if math.isfinite(num(r.get("null_mean"))):
+        extra_txt = f"; null mean {f3(r.get('null_mean'))}, {p_is('p', r.get('p_value'))}"
+    p = num(r.get("p_value"))
+    if math.isfinite(p) and p >= ALPHA:
+        reading = (f"not distinguishable from independent failures ({p_is('p', p)}), so no claim of shared "
+                   "failures is made")
+    elif num(r["value"]) > 1:
+        reading = "failures concentrate on the same instances more than independent models' would"
+    else:
+        reading = "failures are no more shared than independent models' would be"
+    out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
+                 f"independent{extra_txt}): {reading}."))
     return out
 
 
@@ -868,8 +997,8 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
         return out
     top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
     s = T(B(view.new), " is most alike ", B(top.ref), " under ", C(view.measure), ": ", f3(top.best),
-          f" ({interval(top.best_ci_low, top.best_ci_high)}) at its layer {_int(top.best_layer_a)} of "
-          f"{top.layers_a - 1} and layer {_int(top.best_layer_b)} of {top.layers_b - 1} of the reference",
+          f" ({interval(top.best_ci_low, top.best_ci_high)}) at its layer {int_txt(top.best_layer_a)} of "
+          f"{top.layers_a - 1} and layer {int_txt(top.best_layer_b)} of {top.layers_b - 1} of the reference",
           _controls_clause(top, "best"), ".")
     if top.best_vs_random in _BASELINE_CLAUSE:
         s = s + T(_BASELINE_CLAUSE[top.best_vs_random])
@@ -894,8 +1023,6 @@ def _compare_verdict(view: CompareView, info: MeasureInfo) -> list[Text]:
         out.append(T("Its layers map onto ", B(top.ref), f"'s {how} (Spearman rho {rho:.2f} between its layer and "
                      "the best-matching reference layer)."))
     if not ns.empty:
-        names = T()
-        for k, r in enumerate(ns.itertuples(index=False)):
-            names = names + (T(", ") if k else T()) + T(B(r.ref))
+        names = join(T(B(r.ref)) for r in ns.itertuples(index=False))
         out.append(T("Not distinguishable from the null against: ", names, "."))
     return out

@@ -10,6 +10,7 @@ import math
 import os
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, select
+from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, num, select
 from ._measures import MeasureInfo, resolve_measure_info
 from .tables import layer_matrix, pair_rows, summary_matrix
 
@@ -177,119 +178,165 @@ def plot_layer_heatmap(
     rows, transposed = pair_rows(frame, model_a, model_b, measure, info)
     mat = layer_matrix(rows, model_a, model_b, measure, measure_info=lambda _n: info).to_numpy()
     n_a, n_b = mat.shape
-    lo, hi, extend = _colour_scale(info, mat, vlim)
-    better = np.nanargmax if info.higher_is_more_alike else np.nanargmin
-    qmat = _cell_matrix(rows, "p_value", mat.shape, transposed)
-    qmat = bh_adjust(qmat)
-    ns_cells = np.isfinite(qmat) & (qmat >= alpha)
-
-    d_a, d_b = _series_int(rows, "d_a"), _series_int(rows, "d_b")
-    if transposed:
-        d_a, d_b = d_b, d_a
-    n = int(rows["n"].min()) if "n" in rows and rows["n"].notna().any() else None
-    unit = str(first_value(rows["unit"])) if "unit" in rows and first_value(rows["unit"]) is not None else None
-
-    rows_ok = [i for i in range(n_a) if np.isfinite(mat[i]).any()]
-    best_cols = [int(better(mat[i])) for i in rows_ok]
-    star = divmod(int(better(mat)), n_b) if rows_ok else None
-    lines = _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat, alpha)
-
     rel = (n_a != n_b) if relative is None else bool(relative)
-    sy = 1.0 / max(n_a - 1, 1) if rel else 1.0
-    sx = 1.0 / max(n_b - 1, 1) if rel else 1.0
-
+    grid = _layer_grid(rows, mat, transposed, info, alpha, rel)
+    lines = _layer_caption(rows, mat, grid.star, transposed, *_pair_sizes(rows, transposed), grid.qmat, alpha)
     title = (f"{_txt(model_a)}  vs  {_txt(model_b)}" if len(str(model_a)) + len(str(model_b)) < 56
              else f"{_wrap(model_a, 64)}\nvs  {_wrap(model_b, 64)}")
     sub = f"{_txt(measure)}  ({info.kind}, {'higher' if info.higher_is_more_alike else 'lower'} = more alike)"
     if not info.symmetric:
         sub += "\nasymmetric: measured from row model to column model"
 
-    # geometry in inches, laid out by hand (fast, and the same for every pair): cells roughly square
-    # within a paper-friendly box; below the axes the tick labels, axis label, legend and caption
-    width, left, right = 5.2, 0.95, 1.0
-    ax_h = 3.5 * min(max(n_a / n_b, 0.6), 1.25)
-    top = 0.16 + 0.19 * (title.count("\n") + 1) + 0.16 * (sub.count("\n") + 1) + 0.06
-    cap_h = 0.1 + 0.165 * len(lines)
-    legend_h, xlab_h = 0.3 + (0.18 if ns_cells.any() else 0.0), 0.62
-    bottom = cap_h + legend_h + xlab_h
-    height = top + ax_h + bottom
+    width, height, ax_box, cax_box, legend_y = _layer_geometry(n_a, n_b, title, sub, len(lines),
+                                                                bool(grid.ns_cells.any()))
     fig = _new_figure((width, height), dpi, layout=None)
     with matplotlib.rc_context(_RC):
-        ax = fig.add_axes((left / width, bottom / height, (width - left - right) / width, ax_h / height))
-        cax = fig.add_axes(((width - right + 0.14) / width, bottom / height, 0.14 / width, ax_h / height))
-        extent = (-sx / 2, (n_b - 1) * sx + sx / 2, -sy / 2, (n_a - 1) * sy + sy / 2)
-        im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", cmap=_cmap(info), norm=Normalize(lo, hi),
-                       aspect="auto", interpolation="nearest", extent=extent)
-        if ns_cells.any():
-            rects = [Rectangle((j * sx - sx / 2, i * sy - sy / 2), sx, sy) for i, j in np.argwhere(ns_cells)]
-            ax.add_collection(PatchCollection(rects, facecolor=(1, 1, 1, 0.55), edgecolor="0.3", hatch="////",
-                                              linewidth=0, zorder=1.5))
-        if n_a <= 10 and n_b <= 10:  # few cells: print the values too (below the markers)
-            cmap, norm = im.get_cmap(), im.norm
-            for i in range(n_a):
-                for j in range(n_b):
-                    if np.isfinite(mat[i, j]):
-                        colour = "0.15" if ns_cells[i, j] else _text_colour(cmap(norm(mat[i, j])))
-                        ax.text(j * sx, (i - 0.3) * sy, _fmt(mat[i, j], 2), ha="center", va="center",
-                                fontsize=6.5, color=colour, zorder=5)
-        # equal relative depth: layer_a / (n_a - 1) == layer_b / (n_b - 1)
-        ax.plot([0, (n_b - 1) * sx], [0, (n_a - 1) * sy], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95,
-                zorder=2)
-        size = float(np.clip(900.0 / max(n_a, n_b), 6, 36))
-        if len(rows_ok) > 1:  # the best-matching path: each row's best column, joined
-            ax.plot([j * sx for j in best_cols], [i * sy for i in rows_ok], color="white", lw=1.3, zorder=3,
-                    path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()])
-        dots = [(j, i) for i, j in zip(rows_ok, best_cols, strict=True) if (i, j) != star]
-        if dots:
-            xs, ys = zip(*dots, strict=True)
-            ax.scatter([x * sx for x in xs], [y * sy for y in ys], s=size, c="white", edgecolors="black",
-                       linewidths=0.6, zorder=4)
-        if star is not None:
-            ax.scatter([star[1] * sx], [star[0] * sy], s=size * 4.0, marker="*", c="white", edgecolors="black",
-                       linewidths=0.6, zorder=4.5)
-        ax.set_xlim(extent[0], extent[1])
-        ax.set_ylim(extent[2], extent[3])
-
-        if rel:
-            for axis, count in ((ax.xaxis, n_b), (ax.yaxis, n_a)):
-                axis.set_ticks([0, 0.25, 0.5, 0.75, 1.0], ["0", ".25", ".5", ".75", "1"])
-                axis.set_ticks([k / max(count - 1, 1) for k in range(count)], minor=True)
-            ax.set_xlabel(f"{_txt(model_b, 56)}\nrelative depth (layer / {n_b - 1})")
-            ax.set_ylabel(f"{_txt(model_a, 40)}\nrelative depth (layer / {n_a - 1})")
-        else:
-            ax.set_xticks(_ticks(n_b))
-            ax.set_yticks(_ticks(n_a))
-            ax.set_xticks(range(n_b), minor=True)
-            ax.set_yticks(range(n_a), minor=True)
-            ax.set_xlabel(f"{_txt(model_b, 56)}\nlayer (0 = embeddings)")
-            ax.set_ylabel(f"{_txt(model_a, 40)}\nlayer (0 = embeddings)")
-        ax.tick_params(which="minor", length=2)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-
+        ax, cax = fig.add_axes(ax_box), fig.add_axes(cax_box)
+        lo, hi, extend = _colour_scale(info, mat, vlim)
+        im = _draw_layer_cells(ax, grid, info, Normalize(lo, hi))
+        _draw_best_path(ax, grid)
+        _layer_axes(ax, rel, model_a, model_b, n_a, n_b)
         fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=10, fontweight="bold")
         ax.set_title(sub, fontsize=8.5, color="0.25")
-
         cb = fig.colorbar(im, cax=cax, extend=extend)
         cb.set_label(_txt(measure))
         cb.outline.set_linewidth(0.5)
-
-        handles = [
-            Line2D([], [], color="white", lw=1.3, marker="o", mfc="white", mec="black", mew=0.6, ms=5,
-                   path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()],
-                   label="best match per row"),
-            Line2D([], [], ls="none", marker="*", mfc="white", mec="black", mew=0.6, ms=9, label="best overall"),
-            Line2D([], [], color="0.35", lw=1.1, ls=(0, (5, 3)), label="equal relative depth"),
-        ]
-        if ns_cells.any():
-            handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="////", lw=0,
-                                 label=f"n.s.: not above null (BH q \u2265 {alpha:g})"))
-        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (cap_h + legend_h) / height),
-                   ncols=2 if len(handles) > 3 else 3, frameon=False, handletextpad=0.4, columnspacing=1.4,
-                   borderaxespad=0.0)
+        _layer_legend(fig, grid.ns_cells.any(), alpha, legend_y)
         fig.text(0.5, 0.08 / height, "\n".join(lines), ha="center", va="bottom", fontsize=7.5, color="0.2",
                  linespacing=1.5)
         return _save(fig, path, dpi, tight=False)
+
+
+def _layer_geometry(n_a: int, n_b: int, title: str, sub: str, n_lines: int, hatched: bool):
+    """Figure size and boxes of a layer heatmap, laid out by hand in inches (fast, and the same for every
+    pair): cells roughly square within a paper-friendly box; below the axes the tick labels, axis label,
+    legend and caption. Returns ``(width, height, axes box, colourbar box, legend top)``, boxes and legend
+    top as fractions of the figure."""
+    width, left, right = 5.2, 0.95, 1.0
+    ax_h = 3.5 * min(max(n_a / n_b, 0.6), 1.25)
+    top = 0.16 + 0.19 * (title.count("\n") + 1) + 0.16 * (sub.count("\n") + 1) + 0.06
+    cap_h = 0.1 + 0.165 * n_lines
+    legend_h, xlab_h = 0.3 + (0.18 if hatched else 0.0), 0.62
+    bottom = cap_h + legend_h + xlab_h
+    height = top + ax_h + bottom
+    ax_box = (left / width, bottom / height, (width - left - right) / width, ax_h / height)
+    cax_box = ((width - right + 0.14) / width, bottom / height, 0.14 / width, ax_h / height)
+    return width, height, ax_box, cax_box, (cap_h + legend_h) / height
+
+
+@dataclass
+class _LayerGrid:
+    """One pair's layer-by-layer matrix and what is drawn on it: the hatched cells (BH q at least alpha),
+    each row's best column, the best cell overall, and the size of a cell in axis units."""
+
+    mat: np.ndarray
+    qmat: np.ndarray
+    ns_cells: np.ndarray
+    rows_ok: list[int]
+    best_cols: list[int]
+    star: tuple[int, int] | None
+    sx: float
+    sy: float
+
+
+def _layer_grid(rows: pd.DataFrame, mat: np.ndarray, transposed: bool, info: MeasureInfo, alpha: float,
+                rel: bool) -> _LayerGrid:
+    n_a, n_b = mat.shape
+    better = np.nanargmax if info.higher_is_more_alike else np.nanargmin
+    qmat = bh_adjust(_cell_matrix(rows, "p_value", mat.shape, transposed))
+    rows_ok = [i for i in range(n_a) if np.isfinite(mat[i]).any()]
+    return _LayerGrid(mat, qmat, np.isfinite(qmat) & (qmat >= alpha), rows_ok, [int(better(mat[i])) for i in rows_ok],
+                      divmod(int(better(mat)), n_b) if rows_ok else None,
+                      1.0 / max(n_b - 1, 1) if rel else 1.0, 1.0 / max(n_a - 1, 1) if rel else 1.0)
+
+
+def _pair_sizes(rows: pd.DataFrame, transposed: bool) -> tuple[int | None, str | None, int | None, int | None]:
+    """``(n, unit, d_a, d_b)`` of one pair's rows, widths in the order the figure shows the models."""
+    d_a, d_b = _series_int(rows, "d_a"), _series_int(rows, "d_b")
+    if transposed:
+        d_a, d_b = d_b, d_a
+    n = int(rows["n"].min()) if "n" in rows and rows["n"].notna().any() else None
+    unit = str(first_value(rows["unit"])) if "unit" in rows and first_value(rows["unit"]) is not None else None
+    return n, unit, d_a, d_b
+
+
+def _draw_layer_cells(ax, grid: _LayerGrid, info: MeasureInfo, norm: Normalize):
+    """The coloured cells, the hatching of cells not above their null and, for a small grid, the values."""
+    mat, ns_cells, sx, sy = grid.mat, grid.ns_cells, grid.sx, grid.sy
+    n_a, n_b = mat.shape
+    extent = (-sx / 2, (n_b - 1) * sx + sx / 2, -sy / 2, (n_a - 1) * sy + sy / 2)
+    im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", cmap=_cmap(info), norm=norm, aspect="auto",
+                   interpolation="nearest", extent=extent)
+    if ns_cells.any():
+        rects = [Rectangle((j * sx - sx / 2, i * sy - sy / 2), sx, sy) for i, j in np.argwhere(ns_cells)]
+        ax.add_collection(PatchCollection(rects, facecolor=(1, 1, 1, 0.55), edgecolor="0.3", hatch="////",
+                                          linewidth=0, zorder=1.5))
+    if n_a <= 10 and n_b <= 10:  # few cells: print the values too (below the markers)
+        cmap = im.get_cmap()
+        for i in range(n_a):
+            for j in range(n_b):
+                if np.isfinite(mat[i, j]):
+                    colour = "0.15" if ns_cells[i, j] else _text_colour(cmap(norm(mat[i, j])))
+                    ax.text(j * sx, (i - 0.3) * sy, _fmt(mat[i, j], 2), ha="center", va="center",
+                            fontsize=6.5, color=colour, zorder=5)
+    return im
+
+
+def _draw_best_path(ax, grid: _LayerGrid) -> None:
+    """The diagonal of equal relative depth, each row's best column joined by a line, the best cell's star."""
+    (n_a, n_b), sx, sy, star = grid.mat.shape, grid.sx, grid.sy, grid.star
+    extent = (-sx / 2, (n_b - 1) * sx + sx / 2, -sy / 2, (n_a - 1) * sy + sy / 2)
+    # equal relative depth: layer_a / (n_a - 1) == layer_b / (n_b - 1)
+    ax.plot([0, (n_b - 1) * sx], [0, (n_a - 1) * sy], color="white", lw=1.1, ls=(0, (5, 3)), alpha=0.95, zorder=2)
+    size = float(np.clip(900.0 / max(n_a, n_b), 6, 36))
+    if len(grid.rows_ok) > 1:  # the best-matching path: each row's best column, joined
+        ax.plot([j * sx for j in grid.best_cols], [i * sy for i in grid.rows_ok], color="white", lw=1.3, zorder=3,
+                path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()])
+    dots = [(j, i) for i, j in zip(grid.rows_ok, grid.best_cols, strict=True) if (i, j) != star]
+    if dots:
+        xs, ys = zip(*dots, strict=True)
+        ax.scatter([x * sx for x in xs], [y * sy for y in ys], s=size, c="white", edgecolors="black",
+                   linewidths=0.6, zorder=4)
+    if star is not None:
+        ax.scatter([star[1] * sx], [star[0] * sy], s=size * 4.0, marker="*", c="white", edgecolors="black",
+                   linewidths=0.6, zorder=4.5)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+
+
+def _layer_axes(ax, rel: bool, model_a: str, model_b: str, n_a: int, n_b: int) -> None:
+    """Ticks and labels: relative depth, or layer indices, with a minor tick at every layer."""
+    if rel:
+        for axis, count in ((ax.xaxis, n_b), (ax.yaxis, n_a)):
+            axis.set_ticks([0, 0.25, 0.5, 0.75, 1.0], ["0", ".25", ".5", ".75", "1"])
+            axis.set_ticks([k / max(count - 1, 1) for k in range(count)], minor=True)
+        ax.set_xlabel(f"{_txt(model_b, 56)}\nrelative depth (layer / {n_b - 1})")
+        ax.set_ylabel(f"{_txt(model_a, 40)}\nrelative depth (layer / {n_a - 1})")
+    else:
+        ax.set_xticks(_ticks(n_b))
+        ax.set_yticks(_ticks(n_a))
+        ax.set_xticks(range(n_b), minor=True)
+        ax.set_yticks(range(n_a), minor=True)
+        ax.set_xlabel(f"{_txt(model_b, 56)}\nlayer (0 = embeddings)")
+        ax.set_ylabel(f"{_txt(model_a, 40)}\nlayer (0 = embeddings)")
+    ax.tick_params(which="minor", length=2)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _layer_legend(fig: Figure, hatched: bool, alpha: float, y: float) -> None:
+    handles = [
+        Line2D([], [], color="white", lw=1.3, marker="o", mfc="white", mec="black", mew=0.6, ms=5,
+               path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()],
+               label="best match per row"),
+        Line2D([], [], ls="none", marker="*", mfc="white", mec="black", mew=0.6, ms=9, label="best overall"),
+        Line2D([], [], color="0.35", lw=1.1, ls=(0, (5, 3)), label="equal relative depth"),
+    ]
+    if hatched:
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="////", lw=0,
+                             label=f"n.s.: not above null (BH q \u2265 {alpha:g})"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, y), ncols=2 if len(handles) > 3 else 3,
+               frameon=False, handletextpad=0.4, columnspacing=1.4, borderaxespad=0.0)
 
 
 def _cell_matrix(rows: pd.DataFrame, col: str, shape: tuple[int, int], transposed: bool) -> np.ndarray:
@@ -320,13 +367,13 @@ def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat=None, al
         brow = _row_at(rows, i, j, transposed)
         controls = []
         if brow is not None:
-            lo_ci, hi_ci = _num(brow.get("ci_low")), _num(brow.get("ci_high"))
+            lo_ci, hi_ci = num(brow.get("ci_low")), num(brow.get("ci_high"))
             if np.isfinite(lo_ci) and np.isfinite(hi_ci):
                 best_line += f", 95% CI [{_fmt(lo_ci)}, {_fmt(hi_ci)}]"
-            ri = _num(brow.get("random_init"))
+            ri = num(brow.get("random_init"))
             if np.isfinite(ri):
                 controls.append(f"random-init {_fmt(ri)}")
-            nm, ns = _num(brow.get("null_mean")), _num(brow.get("null_std"))
+            nm, ns = num(brow.get("null_mean")), num(brow.get("null_std"))
             if np.isfinite(nm):
                 controls.append(f"null {_fmt(nm)}" + (f" \u00b1 {_fmt(ns)}" if np.isfinite(ns) else ""))
         best_line += f"   \u00b7   final {_fmt(mat[n_a - 1, n_b - 1])}"
@@ -340,13 +387,6 @@ def _layer_caption(rows, mat, star, transposed, n, unit, d_a, d_b, qmat=None, al
     if np.isnan(mat).any():
         lines.append("grey: layer pair not measured")
     return lines
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _row_at(rows: pd.DataFrame, i: int, j: int, transposed: bool) -> pd.Series | None:
@@ -397,73 +437,93 @@ def plot_summary_heatmap(
     lo, hi, extend = _colour_scale(info, off)
     cmap, norm = _cmap(info), Normalize(lo, hi)
 
-    sub = select(frame, measure)
-    n = int(sub["n"].min()) if "n" in sub and sub["n"].notna().any() else None
-    unit = str(first_value(sub["unit"])) if "unit" in sub and first_value(sub["unit"]) is not None else None
+    n, unit, _, _ = _pair_sizes(select(frame, measure), False)
     labels = [_txt(m, 30) for m in names]
-    # geometry in inches, generous; the saved figure is trimmed to its content
-    cell = float(np.clip(0.95 - 0.045 * k, 0.42, 0.8))
-    side = cell * k
-    label_w = 0.3 + 0.068 * max((len(x) for x in labels), default=4)
-    left, bottom = label_w + (0.3 if not info.symmetric else 0.0), 0.6 * label_w + 0.55
-    width, height = left + side + 1.35, bottom + side + 0.56 + (0.17 if ns_cells.any() else 0.0)
+    width, height, ax_box, cax_box = _matrix_geometry(labels, info.symmetric, bool(ns_cells.any()))
     fig = _new_figure((width, height), dpi)
     with matplotlib.rc_context(_RC):
-        ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
-        cax = fig.add_axes(((left + side + 0.18) / width, bottom / height + 0.05 * side / height, 0.14 / width,
-                            0.9 * side / height))
+        ax, cax = fig.add_axes(ax_box), fig.add_axes(cax_box)
         shown = mat.copy()
         np.fill_diagonal(shown, np.nan)
         shown[ns_cells] = np.nan  # never coloured as similarity
         im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, aspect="equal", interpolation="nearest")
-        digits = 3 if k <= 6 else 2
-        fs = float(np.clip(10.5 - 0.45 * k, 5.5, 9))
-        for i in range(k):
-            for j in range(k):
-                v = mat[i, j]
-                if i == j:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2",
-                                                              edgecolor="#bdbdbd", hatch="////", lw=0))
-                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=fs, color="0.35",
-                            style="italic")
-                elif np.isfinite(v) and ns_cells[i, j]:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f7f7f7", edgecolor="#9e9e9e",
-                                           hatch="////", lw=0))
-                    ax.text(j, i, f"{_fmt(v, digits)}\nn.s.", ha="center", va="center", fontsize=fs * 0.9,
-                            color="0.3",
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
-                elif np.isfinite(v):
-                    ax.text(j, i, _fmt(v, digits), ha="center", va="center", fontsize=fs,
-                            color=_text_colour(cmap(norm(v))))
-                else:
-                    ax.text(j, i, "not\nmeasured", ha="center", va="center", fontsize=fs * 0.7, color="0.4")
-        ax.set_xticks(range(k), labels, rotation=35, ha="right", rotation_mode="anchor")
-        ax.set_yticks(range(k), labels)
-        ax.tick_params(length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
-        ax.grid(which="minor", color="white", lw=1.5)
-        ax.tick_params(which="minor", length=0)
-        if not info.symmetric:
-            ax.set_ylabel("from (row model)")
-            ax.set_xlabel("to (column model)")
-        fig.text((left + side / 2) / width, 1 - 0.08 / height, f"{_txt(measure)}: {_HOW_TITLE[how]}",
+        _annotate_matrix(ax, mat, ns_cells, cmap, norm)
+        _matrix_axes(ax, labels, info)
+        fig.text(ax_box[0] + ax_box[2] / 2, 1 - 0.08 / height, f"{_txt(measure)}: {_HOW_TITLE[how]}",
                  ha="center", va="top", fontweight="bold", fontsize=10)
         cb = fig.colorbar(im, cax=cax, extend=extend)
         cb.set_label(f"{_txt(measure)} ({'higher' if info.higher_is_more_alike else 'lower'} = more alike)")
         cb.outline.set_linewidth(0.5)
-        how_txt = ("cell = " + ("max" if info.higher_is_more_alike else "min") + " over all layer pairs"
-                   if how == "best" else "cell = last layer vs last layer")
-        parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
-        if n is not None:
-            parts.insert(0, f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
-        note = "   \u00b7   ".join(parts)
-        if ns_cells.any():
-            note += f"\nn.s. = not distinguishable from its permutation null (BH q \u2265 {alpha:g})"
-        ax.set_title(note, fontsize=7.5, color="0.25", pad=5)
+        ax.set_title(_matrix_note(info, how, n, unit, bool(ns_cells.any()), alpha), fontsize=7.5, color="0.25",
+                     pad=5)
         return _save(fig, path, dpi)
+
+
+def _matrix_geometry(labels: list[str], symmetric: bool, hatched: bool):
+    """Figure size and boxes of a model-by-model matrix in inches, generous (the saved figure is trimmed to
+    its content). Returns ``(width, height, axes box, colourbar box)``, boxes as fractions of the figure."""
+    k = len(labels)
+    side = float(np.clip(0.95 - 0.045 * k, 0.42, 0.8)) * k
+    label_w = 0.3 + 0.068 * max((len(x) for x in labels), default=4)
+    left, bottom = label_w + (0.3 if not symmetric else 0.0), 0.6 * label_w + 0.55
+    width, height = left + side + 1.35, bottom + side + 0.56 + (0.17 if hatched else 0.0)
+    return (width, height, (left / width, bottom / height, side / width, side / height),
+            ((left + side + 0.18) / width, bottom / height + 0.05 * side / height, 0.14 / width, 0.9 * side / height))
+
+
+def _annotate_matrix(ax, mat: np.ndarray, ns_cells: np.ndarray, cmap, norm: Normalize) -> None:
+    """Each cell's value: the identity on the hatched diagonal, n.s. cells hatched and greyed, a pair not
+    measured said so."""
+    k = len(mat)
+    digits = 3 if k <= 6 else 2
+    fs = float(np.clip(10.5 - 0.45 * k, 5.5, 9))
+    for i in range(k):
+        for j in range(k):
+            v = mat[i, j]
+            if i == j:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2", edgecolor="#bdbdbd",
+                                       hatch="////", lw=0))
+                ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=fs, color="0.35", style="italic")
+            elif np.isfinite(v) and ns_cells[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f7f7f7", edgecolor="#9e9e9e",
+                                       hatch="////", lw=0))
+                ax.text(j, i, f"{_fmt(v, digits)}\nn.s.", ha="center", va="center", fontsize=fs * 0.9, color="0.3",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+            elif np.isfinite(v):
+                ax.text(j, i, _fmt(v, digits), ha="center", va="center", fontsize=fs,
+                        color=_text_colour(cmap(norm(v))))
+            else:
+                ax.text(j, i, "not\nmeasured", ha="center", va="center", fontsize=fs * 0.7, color="0.4")
+
+
+def _matrix_axes(ax, labels: list[str], info: MeasureInfo) -> None:
+    """Model names on both axes, white lines between the cells, direction labels for an asymmetric measure."""
+    k = len(labels)
+    ax.set_xticks(range(k), labels, rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), labels)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
+    ax.grid(which="minor", color="white", lw=1.5)
+    ax.tick_params(which="minor", length=0)
+    if not info.symmetric:
+        ax.set_ylabel("from (row model)")
+        ax.set_xlabel("to (column model)")
+
+
+def _matrix_note(info: MeasureInfo, how: str, n: int | None, unit: str | None, hatched: bool, alpha: float) -> str:
+    """The line above a model-by-model matrix: n, what a cell is, the diagonal, and n.s. where used."""
+    how_txt = ("cell = " + ("max" if info.higher_is_more_alike else "min") + " over all layer pairs"
+               if how == "best" else "cell = last layer vs last layer")
+    parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
+    if n is not None:
+        parts.insert(0, f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
+    note = "   \u00b7   ".join(parts)
+    if hatched:
+        note += f"\nn.s. = not distinguishable from its permutation null (BH q \u2265 {alpha:g})"
+    return note
 
 
 def plot_dendrogram(
@@ -557,31 +617,8 @@ def plot_controls(
     with matplotlib.rc_context(_RC):
         ax = fig.add_axes((left / width, 1.05 / height, ax_w / width, ax_h / height))
         y = np.arange(k)[::-1].astype(float)
-        blue, orange = "#31688e", "#e08214"
         for yi, r in zip(y, table.itertuples(index=False), strict=True):
-            ns = r.best_verdict == VERDICT_NS
-            ax.axhline(yi, color="0.92", lw=0.6, zorder=0)
-            nm, nsd = _num(r.best_null_mean), _num(r.best_null_std)
-            if np.isfinite(nm):
-                if np.isfinite(nsd):
-                    ax.plot([nm - 1.96 * nsd, nm + 1.96 * nsd], [yi - 0.18] * 2, color="0.55", lw=2.2,
-                            solid_capstyle="butt", zorder=1)
-                ax.scatter([nm], [yi - 0.18], marker="x", s=22, c="0.4", linewidths=1.0, zorder=2)
-            ri = _num(r.best_random_init)
-            if np.isfinite(ri):
-                ax.scatter([ri], [yi], marker="s", s=26, facecolors="white", edgecolors="black", linewidths=0.9,
-                           zorder=3)
-            if np.isfinite(_num(r.final)):
-                flo, fhi = _num(r.final_ci_low), _num(r.final_ci_high)
-                if np.isfinite(flo) and np.isfinite(fhi):
-                    ax.plot([flo, fhi], [yi + 0.18] * 2, color=orange, lw=1.0, zorder=3)
-                ax.scatter([r.final], [yi + 0.18], marker="D", s=18, c=orange, zorder=4)
-            blo, bhi = _num(r.best_ci_low), _num(r.best_ci_high)
-            if np.isfinite(blo) and np.isfinite(bhi):
-                ax.plot([blo, bhi], [yi] * 2, color=blue, lw=1.4, zorder=4)
-            if np.isfinite(_num(r.best)):
-                ax.scatter([r.best], [yi], marker="o", s=34, facecolors="white" if ns else blue,
-                           edgecolors=blue, linewidths=1.2, zorder=5)
+            _draw_controls_row(ax, yi, r, r.best_verdict == VERDICT_NS)
         ax.set_yticks(y, labels)
         ax.set_ylim(-0.7, k - 0.3)
         pad = 0.03 * (hi - lo)
@@ -592,15 +629,44 @@ def plot_controls(
             ax.spines[side].set_visible(False)
         ax.set_title(f"{_txt(measure)}: each score beside its controls", fontweight="bold", fontsize=10)
         handles = [
-            Line2D([], [], color=blue, lw=1.4, marker="o", ms=5, label="best layer pair (95% CI)"),
-            Line2D([], [], color=orange, lw=1.0, marker="D", ms=4, label="final layers (95% CI)"),
+            Line2D([], [], color=_BLUE, lw=1.4, marker="o", ms=5, label="best layer pair (95% CI)"),
+            Line2D([], [], color=_ORANGE, lw=1.0, marker="D", ms=4, label="final layers (95% CI)"),
             Line2D([], [], ls="none", marker="s", mfc="white", mec="black", ms=5, label="random-init at best"),
             Line2D([], [], color="0.55", lw=2.2, marker="x", mec="0.4", ms=5, label="null mean \u00b1 1.96 sd"),
-            Line2D([], [], ls="none", marker="o", mfc="white", mec=blue, ms=5, label="n.s.: not above null"),
+            Line2D([], [], ls="none", marker="o", mfc="white", mec=_BLUE, ms=5, label="n.s.: not above null"),
         ]
         fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncols=3, frameon=False,
                    handletextpad=0.4, columnspacing=1.2, fontsize=7.5)
         return _save(fig, path, dpi)
+
+
+_BLUE, _ORANGE = "#31688e", "#e08214"
+
+
+def _draw_controls_row(ax, yi: float, r: Any, ns: bool) -> None:
+    """One pair of the controls figure: null mean and bar, random-init, final score and interval, best score
+    and interval (hollow where ``ns``)."""
+    ax.axhline(yi, color="0.92", lw=0.6, zorder=0)
+    nm, nsd = num(r.best_null_mean), num(r.best_null_std)
+    if np.isfinite(nm):
+        if np.isfinite(nsd):
+            ax.plot([nm - 1.96 * nsd, nm + 1.96 * nsd], [yi - 0.18] * 2, color="0.55", lw=2.2, solid_capstyle="butt",
+                    zorder=1)
+        ax.scatter([nm], [yi - 0.18], marker="x", s=22, c="0.4", linewidths=1.0, zorder=2)
+    ri = num(r.best_random_init)
+    if np.isfinite(ri):
+        ax.scatter([ri], [yi], marker="s", s=26, facecolors="white", edgecolors="black", linewidths=0.9, zorder=3)
+    if np.isfinite(num(r.final)):
+        flo, fhi = num(r.final_ci_low), num(r.final_ci_high)
+        if np.isfinite(flo) and np.isfinite(fhi):
+            ax.plot([flo, fhi], [yi + 0.18] * 2, color=_ORANGE, lw=1.0, zorder=3)
+        ax.scatter([r.final], [yi + 0.18], marker="D", s=18, c=_ORANGE, zorder=4)
+    blo, bhi = num(r.best_ci_low), num(r.best_ci_high)
+    if np.isfinite(blo) and np.isfinite(bhi):
+        ax.plot([blo, bhi], [yi] * 2, color=_BLUE, lw=1.4, zorder=4)
+    if np.isfinite(num(r.best)):
+        ax.scatter([r.best], [yi], marker="o", s=34, facecolors="white" if ns else _BLUE, edgecolors=_BLUE,
+                   linewidths=1.2, zorder=5)
 
 
 def plot_probes(

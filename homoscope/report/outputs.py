@@ -1,5 +1,5 @@
-"""Everything a study writes after its measures: tables, figures, manifest, report.md and report.html;
-and reading a results folder back to rebuild them without any model."""
+"""Everything a study writes after its measures: tables, figures, findings.json, manifest, report.md and
+report.html; and reading a results folder back to rebuild them without any model."""
 from __future__ import annotations
 
 import json
@@ -17,15 +17,21 @@ from ._common import (
     atomic_path,
     atomic_write_text,
     check_frame,
+    controls_relpath,
+    dendrogram_relpath,
     file_stems,
     has_controls,
+    heatmap_relpath,
     inside,
     measures_of,
     model_order,
     pairs_of,
+    probes_relpath,
+    summary_relpath,
 )
 from ._measures import manifest_measure_info, resolve_measure_info
 from .analysis import normalize_extra
+from .builder import Facts, build_document, findings_record, gather
 from .figures import (
     DPI,
     _colour_scale,
@@ -35,18 +41,11 @@ from .figures import (
     plot_probes,
     plot_summary_heatmap,
 )
-from .html import write_report_html
-from .markdown import (
-    controls_relpath,
-    dendrogram_relpath,
-    heatmap_relpath,
-    probes_relpath,
-    summary_relpath,
-    write_report_md,
-)
+from .html import render_html
+from .markdown import render_markdown
 from .tables import summary_cache, summary_table, write_tables
 
-__all__ = ["write_outputs", "write_manifest", "load_results", "rebuild_report", "EXTRA_TABLES"]
+__all__ = ["write_outputs", "write_manifest", "write_findings", "load_results", "rebuild_report", "EXTRA_TABLES"]
 
 #: Show a progress bar for the figure loop from this many figures on.
 PROGRESS_MIN_FIGURES = 12
@@ -100,7 +99,12 @@ def write_outputs(
     - ``controls_<measure>.png`` for each measure with any control (random_init, null_mean, p_value,
       ci_low, ci_high);
       ``probes.png`` where ``extra`` has probes;
-    - ``manifest.json`` (indent 2), ``report.md`` and the self-contained ``report.html``.
+    - ``findings.json``: the analysis the report quotes (homogenization index with its definition, the
+      finding sentences, per measure the most and least alike pair, mean best value and final range; see
+      :func:`~homoscope.report.builder.findings_record`);
+    - ``manifest.json`` (indent 2), ``report.md`` and the self-contained ``report.html``: two renderings
+      of one document (:func:`~homoscope.report.builder.build_document`), built from the same objects as
+      ``findings.json``.
 
     Model and measure names are sanitized in file names (``homoscope._paths.safe_name``; names that
     would collide get a short hash) and every path is checked to stay inside ``out_dir``. Each file is
@@ -128,7 +132,8 @@ def write_outputs(
 
     Returns:
         ``{'tables': [...], 'heatmaps': [...], 'summaries': [...], 'controls': [...], 'agreement': [...],
-        'manifest': [...], 'report': [...]}`` (report: report.md, then report.html).
+        'manifest': [...], 'report': [...]}`` (tables: the data files, findings.json last; report: report.md,
+        then report.html).
 
     Raises:
         ValueError / TypeError: ``frame`` is not a valid results frame, it is empty, or an extra frame
@@ -148,37 +153,59 @@ def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi,
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {}
     measure_info = measure_info or manifest_measure_info(manifest)
+    infos = {m: resolve_measure_info(m, measure_info) for m in measures_of(frame)}
+    result: dict[str, list[Path]] = {"tables": _write_data(frame, given, extra, out, infos), "heatmaps": [],
+                                     "summaries": [], "controls": [], "agreement": [], "manifest": [], "report": []}
     names = [str(m.get("name")) for m in (manifest.get("models") or []) if isinstance(m, Mapping) and m.get("name")]
     order = [m for m in model_order(frame, names) if m in set(model_order(frame))]
-    stems = file_stems(sorted(set(order)))
-    measures = measures_of(frame)
-    infos = {m: resolve_measure_info(m, measure_info) for m in measures}
+    jobs = _figure_jobs(frame, extra, out, order, infos, dpi)
+    bar = tqdm(jobs, desc="figures", unit="fig", disable=not (progress and len(jobs) >= PROGRESS_MIN_FIGURES),
+               leave=False)
+    for key, job in bar:
+        path = job()
+        if path is not None:
+            result[key].append(path)
 
-    result: dict[str, list[Path]] = {"tables": [], "heatmaps": [], "summaries": [], "controls": [], "agreement": [],
-                                     "manifest": [], "report": []}
-    result["tables"] += write_tables(frame, out)
-    summary = pd.concat([summary_table(frame, m, measure_info=lambda _n, i=infos[m]: i) for m in measures],
+    facts = gather(frame, manifest, out, measure_info=lambda n: infos[n], extra=extra)
+    result["tables"].append(write_findings(facts, out))
+    result["manifest"].append(write_manifest(manifest, out))
+    doc = build_document(facts, {k: result[k] for k in ("heatmaps", "summaries", "controls", "agreement")})
+    result["report"].append(atomic_write_text(out / "report.md", render_markdown(doc)))
+    if html:
+        result["report"].append(atomic_write_text(out / "report.html", render_html(doc, out)))
+    return result
+
+
+def _write_data(frame: pd.DataFrame, given: Mapping[str, pd.DataFrame], extra: Mapping[str, pd.DataFrame], out: Path,
+                infos: Mapping[str, Any]) -> list[Path]:
+    """The results frame, ``summary.csv`` and the extra frames (as given) beside them; returns their paths."""
+    paths = write_tables(frame, out)
+    summary = pd.concat([summary_table(frame, m, measure_info=lambda _n, i=i: i) for m, i in infos.items()],
                         ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
-    result["tables"].append(out / "summary.csv")
+    paths.append(out / "summary.csv")
     for key in extra:
         path = inside(out / _extra_name(key), out)
         with atomic_path(path) as tmp:
             given[key].to_csv(tmp, index=False)
-        result["tables"].append(path)
+        paths.append(path)
+    return paths
 
-    # one job per figure; each gets only its own rows so that validation stays cheap
+
+def _figure_jobs(frame: pd.DataFrame, extra: Mapping[str, pd.DataFrame], out: Path, order: list[str],
+                 infos: Mapping[str, Any], dpi: int) -> list[tuple[str, Callable[[], Path | None]]]:
+    """One job per figure, with the key of ``write_outputs``' result it belongs to; each gets only its own
+    rows so that validation stays cheap."""
+    stems = file_stems(sorted(set(order)))
     jobs: list[tuple[str, Callable[[], Path | None]]] = []
-    for m in measures:
-        info = infos[m]
+    for m, info in infos.items():
         sub = frame[frame["measure"] == m]
         vlim = _colour_scale(info, sub["value"].astype(float).to_numpy())[:2]  # one scale for all pairs
         by_pair = dict(tuple(sub.groupby(["model_a", "model_b"], sort=False)))
         for a, b in pairs_of(sub):
             path = inside(out / heatmap_relpath(m, a, b, stems), out)
-            rows = by_pair[(a, b)]
-            jobs.append(("heatmaps", lambda rows=rows, a=a, b=b, m=m, path=path, info=info, vlim=vlim:
+            jobs.append(("heatmaps", lambda rows=by_pair[(a, b)], a=a, b=b, m=m, path=path, info=info, vlim=vlim:
                          plot_layer_heatmap(rows, a, b, m, path, measure_info=lambda _n: info, dpi=dpi, vlim=vlim)))
         present = [x for x in order if x in set(model_order(sub))]
         for how in ("best", "final"):
@@ -197,22 +224,15 @@ def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi,
     if "probes" in extra:
         path = inside(out / probes_relpath(), out)
         jobs.append(("agreement", lambda path=path: plot_probes(extra["probes"], path, models=order, dpi=dpi)))
+    return jobs
 
-    bar = tqdm(jobs, desc="figures", unit="fig", disable=not (progress and len(jobs) >= PROGRESS_MIN_FIGURES),
-               leave=False)
-    for key, job in bar:
-        path = job()
-        if path is not None:
-            result[key].append(path)
 
-    result["manifest"].append(write_manifest(manifest, out))
-    figures = {k: result[k] for k in ("heatmaps", "summaries", "controls", "agreement")}
-    result["report"].append(write_report_md(frame, manifest, out, figures, measure_info=lambda n: infos[n],
-                                            extra=extra))
-    if html:
-        result["report"].append(write_report_html(frame, manifest, out, figures, measure_info=lambda n: infos[n],
-                                                  extra=extra))
-    return result
+def write_findings(facts: Facts, out_dir: str | os.PathLike) -> Path:
+    """Write ``findings.json`` (:func:`~homoscope.report.builder.findings_record`: the homogenization index,
+    the findings, each measure's summary numbers) atomically, indent 2, missing numbers as null; returns
+    its path."""
+    text = json.dumps(findings_record(facts), indent=2, ensure_ascii=False, allow_nan=False)
+    return atomic_write_text(Path(out_dir) / "findings.json", text + "\n")
 
 
 def _maybe_dendrogram(sub: pd.DataFrame, measure: str, path: Path, models: list[str], info, dpi: int) -> Path | None:
@@ -230,7 +250,9 @@ def load_results(
 
     Reads ``similarity.parquet`` (``similarity.csv`` where the parquet is missing or unreadable),
     ``manifest.json`` (an empty manifest where missing) and ``probes.csv``, ``agreement.csv``,
-    ``homogenization.csv`` where present. Loads no model and computes no measure.
+    ``homogenization.csv`` where present. Loads no model and computes no measure. ``findings.json``,
+    ``summary.csv``, the figures and the reports are derived from these and are not read: a rebuild
+    writes them anew.
 
     Returns:
         ``(frame, manifest, extra)``.
@@ -279,10 +301,15 @@ def rebuild_report(
     results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
     dpi: int = DPI,
 ) -> dict[str, list[Path]]:
-    """Rebuild every table, figure, ``report.md`` and ``report.html`` of a results folder, without a model.
+    """Rebuild every table, figure, ``findings.json``, ``report.md`` and ``report.html`` of a results
+    folder from its files alone, without a model.
 
     Reads the folder with :func:`load_results` and writes with :func:`write_outputs` into ``out_dir``
-    (default: the results folder itself; the frame, manifest and extra tables are written back unchanged).
+    (default: the results folder itself; the frame, manifest and extra tables are written back unchanged),
+    so that the rebuilt ``report.md`` is the one the study wrote, byte for byte.
+
+    Returns:
+        As :func:`write_outputs`.
 
     Raises:
         ValueError: as :func:`load_results` and :func:`write_outputs`.
