@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("measures", help="list the measures with their metadata")
 
-    p = sub.add_parser("report", help="rebuild report.md, report.html and the figures of a results folder "
-                                      "(no model is loaded)")
+    p = sub.add_parser("report", help="rebuild report.md, report.html, findings.json and the figures of a results "
+                                      "folder from its files (no model is loaded)")
     p.add_argument("results", help="a folder a study wrote (similarity.parquet or .csv, manifest.json)")
     p.add_argument("--out", default=None, help="write the rebuilt report here (default: the results folder)")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
