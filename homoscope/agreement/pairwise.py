@@ -395,8 +395,7 @@ def _encode_predictions(pred: Mapping, y_true: Sequence) -> tuple[np.ndarray, di
 def _normalised_proba(proba: Mapping, pred: Mapping, n: int, C: int) -> tuple[dict, int]:
     """Check the predictive distributions ``{key: [n, C']}`` and renormalise every row to sum to 1.
 
-    Returns ``({key: [n, C] float64}, C)``, C the widest of the labels' classes and the columns given
-    (narrower distributions are padded with zero columns).
+    Returns ``({key: [n, C] float64}, C)``: C the widest of ``C`` and the columns given, zero-padded.
     """
     probs: dict = {}
     for k, P in proba.items():
@@ -421,7 +420,7 @@ def _normalised_proba(proba: Mapping, pred: Mapping, n: int, C: int) -> tuple[di
 def _pair_row(
     names: tuple, measure: str, rev: bool, value: float, expected: float, n: int, reps: dict | None
 ) -> dict:
-    """One :func:`agreement_table` row for ``names = ((model_a, layer_a), (model_b, layer_b))``, swapped if ``rev``.
+    """One :func:`agreement_table` row for ``names = ((model, layer), (model, layer))``, swapped if ``rev``.
 
     With bootstrap replicates ``reps`` (from :func:`_bootstrap_pair`) it adds the 95 % percentile interval.
     """

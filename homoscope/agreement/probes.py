@@ -213,10 +213,9 @@ def _check_fit_settings(y_train: np.ndarray, C: float, max_iter: int) -> None:
 def _inner_split(
     y: np.ndarray, train: np.ndarray, groups: Sequence | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split the training rows by document (25 % held out) for layer selection.
+    """Split the training rows by document (25 % held out, stratified by ``y``) for layer selection.
 
-    Takes class codes ``y [n]``, the training rows and optional n document ids; returns
-    ``(inner_train, inner_validation)`` row positions.
+    ``groups``: n document ids, or None to split by row. Returns ``(inner_train, inner_validation)``.
     """
     if groups is not None:
         g = np.asarray(groups)
