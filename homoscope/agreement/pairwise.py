@@ -356,6 +356,89 @@ def _key(k) -> tuple[str, int]:
     return str(k), -1
 
 
+def _check_pairs(pred: Mapping, pairs: Sequence[tuple] | None, bootstrap: int) -> Sequence[tuple]:
+    """Check the pairs to score against the keys of ``pred``, and the bootstrap count.
+
+    Returns the pairs; by default every unordered pair of keys, in the order of ``pred``.
+    """
+    keys = list(pred)
+    if pairs is None:
+        if len(keys) < 2:
+            raise ValueError(f"pred has {len(keys)} model(s); agreement needs at least two")
+        pairs = list(itertools.combinations(keys, 2))
+    for pa_, pb_ in pairs:
+        for k in (pa_, pb_):
+            if k not in pred:
+                raise ValueError(f"pair key {k!r} is not in pred (keys: {keys})")
+    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap!r} must be a non-negative integer")
+    return pairs
+
+
+def _encode_predictions(pred: Mapping, y_true: Sequence) -> tuple[np.ndarray, dict, int]:
+    """Encode true labels and every model's predictions jointly (:func:`encode_labels`).
+
+    Returns ``(true codes [n], {key: predicted codes [n]}, number of classes)``.
+    """
+    y = _as_1d(y_true, "y_true")
+    n = y.size
+    arrays = []
+    for k in pred:
+        p = _as_1d(pred[k], f"pred[{k!r}]")
+        if p.size != n:
+            raise ValueError(f"pred[{k!r}] has {p.size} rows but y_true has {n}; give the same rows")
+        arrays.append(p)
+    codes, classes = encode_labels(y, *arrays)
+    return codes[0], dict(zip(pred, codes[1:])), len(classes)
+
+
+def _normalised_proba(proba: Mapping, pred: Mapping, n: int, C: int) -> tuple[dict, int]:
+    """Check the predictive distributions ``{key: [n, C']}`` and renormalise every row to sum to 1.
+
+    Returns ``({key: [n, C] float64}, C)``: C the widest of ``C`` and the columns given, zero-padded.
+    """
+    probs: dict = {}
+    for k, P in proba.items():
+        if k not in pred:
+            raise ValueError(f"proba key {k!r} is not in pred")
+        P = np.asarray(P, dtype=np.float64)
+        if P.ndim != 2 or P.shape[0] != n:
+            raise ValueError(f"proba[{k!r}] must be [n={n}, C]; got shape {P.shape}")
+        if P.shape[1] < C:
+            raise ValueError(f"proba[{k!r}] has {P.shape[1]} columns but the labels use {C} classes")
+        if P.shape[1] > C:
+            C = P.shape[1]
+        if not np.all(np.isfinite(P)) or np.any(P < 0) or np.any(P.sum(axis=1) <= 0):
+            raise ValueError(f"proba[{k!r}] must hold non-negative finite rows with positive sums")
+        probs[k] = P / P.sum(axis=1, keepdims=True)
+    for k, P in probs.items():
+        if P.shape[1] < C:
+            probs[k] = np.pad(P, ((0, 0), (0, C - P.shape[1])))
+    return probs, C
+
+
+def _pair_row(
+    names: tuple, measure: str, rev: bool, value: float, expected: float, n: int, reps: dict | None
+) -> dict:
+    """One :func:`agreement_table` row for ``names = ((model, layer), (model, layer))``, swapped if ``rev``.
+
+    With bootstrap replicates ``reps`` (from :func:`_bootstrap_pair`) it adds the 95 % percentile interval.
+    """
+    (ma, la), (mb, lb) = names
+    row = {
+        "model_a": mb if rev else ma, "layer_a": lb if rev else la,
+        "model_b": ma if rev else mb, "layer_b": la if rev else lb,
+        "measure": measure, "value": value, "expected_independent": expected, "n": n,
+    }
+    if reps is not None:
+        r = reps[(measure, rev)]
+        r = r[np.isfinite(r)]
+        row["ci_low"], row["ci_high"] = (
+            (float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))) if r.size else (np.nan, np.nan)
+        )
+    return row
+
+
 def agreement_table(
     pred: Mapping,
     y_true: Sequence,
@@ -393,46 +476,10 @@ def agreement_table(
             ``y_true``, a proba of the wrong shape, a pair naming an unknown key, or
             ``bootstrap < 0``.
     """
-    keys = list(pred)
-    if pairs is None:
-        if len(keys) < 2:
-            raise ValueError(f"pred has {len(keys)} model(s); agreement needs at least two")
-        pairs = list(itertools.combinations(keys, 2))
-    for pa_, pb_ in pairs:
-        for k in (pa_, pb_):
-            if k not in pred:
-                raise ValueError(f"pair key {k!r} is not in pred (keys: {keys})")
-    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ValueError(f"bootstrap={bootstrap!r} must be a non-negative integer")
-    y = _as_1d(y_true, "y_true")
-    n = y.size
-    arrays = []
-    for k in keys:
-        p = _as_1d(pred[k], f"pred[{k!r}]")
-        if p.size != n:
-            raise ValueError(f"pred[{k!r}] has {p.size} rows but y_true has {n}; give the same rows")
-        arrays.append(p)
-    codes, classes = encode_labels(y, *arrays)
-    C = len(classes)
-    yc, code_of = codes[0], dict(zip(keys, codes[1:]))
-    probs: dict = {}
-    if proba is not None:
-        for k, P in proba.items():
-            if k not in pred:
-                raise ValueError(f"proba key {k!r} is not in pred")
-            P = np.asarray(P, dtype=np.float64)
-            if P.ndim != 2 or P.shape[0] != n:
-                raise ValueError(f"proba[{k!r}] must be [n={n}, C]; got shape {P.shape}")
-            if P.shape[1] < C:
-                raise ValueError(f"proba[{k!r}] has {P.shape[1]} columns but the labels use {C} classes")
-            if P.shape[1] > C:
-                C = P.shape[1]
-            if not np.all(np.isfinite(P)) or np.any(P < 0) or np.any(P.sum(axis=1) <= 0):
-                raise ValueError(f"proba[{k!r}] must hold non-negative finite rows with positive sums")
-            probs[k] = P / P.sum(axis=1, keepdims=True)
-        for k, P in probs.items():
-            if P.shape[1] < C:
-                probs[k] = np.pad(P, ((0, 0), (0, C - P.shape[1])))
+    pairs = _check_pairs(pred, pairs, bootstrap)
+    yc, code_of, C = _encode_predictions(pred, y_true)
+    n = yc.size
+    probs, C = _normalised_proba(proba, pred, n, C) if proba is not None else ({}, C)
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries but y_true has {n}")
     W = bootstrap_weights(n, bootstrap, groups, seed).numpy() if bootstrap else None
@@ -440,21 +487,10 @@ def agreement_table(
     for ka, kb in pairs:
         a, b = code_of[ka], code_of[kb]
         pa, pb = probs.get(ka), probs.get(kb)
-        (ma, la), (mb, lb) = _key(ka), _key(kb)
+        names = _key(ka), _key(kb)
         reps = _bootstrap_pair(a, b, yc, C, pa, pb, W) if W is not None else None
         for measure, rev, value, expected in pair_measures(a, b, yc, C, pa, pb):
-            row = {
-                "model_a": mb if rev else ma, "layer_a": lb if rev else la,
-                "model_b": ma if rev else mb, "layer_b": la if rev else lb,
-                "measure": measure, "value": value, "expected_independent": expected, "n": n,
-            }
-            if reps is not None:
-                r = reps[(measure, rev)]
-                r = r[np.isfinite(r)]
-                row["ci_low"], row["ci_high"] = (
-                    (float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))) if r.size else (np.nan, np.nan)
-                )
-            rows.append(row)
+            rows.append(_pair_row(names, measure, rev, value, expected, n, reps))
     cols = ["model_a", "layer_a", "model_b", "layer_b", "measure", "value", "expected_independent", "n"]
     if W is not None:
         cols += ["ci_low", "ci_high"]

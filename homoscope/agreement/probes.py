@@ -169,6 +169,144 @@ def _fit_one(X: np.ndarray, y: np.ndarray, train: np.ndarray, evals: Sequence[np
     return outs, int(np.max(clf.n_iter_))
 
 
+@dataclass(frozen=True)
+class _ProbeTask:
+    """What every probe of one :func:`fit_probes` call shares: class codes, row splits and settings.
+
+    ``inner`` is ``(inner_train, inner_validation)`` for ``select='validation'``, else None.
+    """
+
+    y: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    inner: tuple[np.ndarray, np.ndarray] | None
+    n_classes: int
+    C: float
+    max_iter: int
+    seed: int
+
+
+def _class_codes(labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Encode n labels as ``(classes in numpy.unique order, int64 codes [n])``.
+
+    Raises ValueError unless ``labels`` is a non-empty 1-D sequence.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence; got shape {lab.shape}")
+    classes, y = np.unique(lab.astype(str) if lab.dtype.kind not in "iu" else lab, return_inverse=True)
+    return classes, y.astype(np.int64)
+
+
+def _check_fit_settings(y_train: np.ndarray, C: float, max_iter: int) -> None:
+    """Raise a ValueError for training codes with fewer than two classes, a bad ``max_iter`` or ``C``."""
+    if np.unique(y_train).size < 2:
+        raise ValueError(
+            f"the training rows hold {np.unique(y_train).size} distinct label(s); a probe needs at least two"
+        )
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r} must be a positive integer")
+    if not C > 0:
+        raise ValueError(f"C={C!r} must be positive")
+
+
+def _inner_split(
+    y: np.ndarray, train: np.ndarray, groups: Sequence | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training rows by document (25 % held out, stratified by ``y``) for layer selection.
+
+    ``groups``: n document ids, or None to split by row. Returns ``(inner_train, inner_validation)``.
+    """
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.size != y.size:
+            raise ValueError(f"groups has {g.size} entries but there are {y.size} labels")
+        try:
+            a, b = split_by_document(g[train], 0.25, seed, labels=y[train])
+        except ValueError as err:
+            raise ValueError(
+                f"select='validation' needs at least two training documents to hold some out ({err}); "
+                "use select='test' for tiny corpora"
+            ) from None
+    else:
+        a, b = split_by_document(np.arange(train.size), 0.25, seed, labels=y[train])
+    inner_tr, inner_val = train[a], train[b]
+    if np.unique(y[inner_tr]).size < 2:
+        raise ValueError("the inner training part holds a single label; use select='test' or more data")
+    return inner_tr, inner_val
+
+
+def _probe_layer(S: dict, name: str, li: int, task: _ProbeTask) -> tuple:
+    """Fit the probe of layer ``li`` of model ``name`` in stacks ``S``.
+
+    Returns ``(name, layer, test distributions [n_test, C], n_iter, validation accuracy or NaN)``.
+    """
+    X = S[name][li].detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"stacks[{name!r}] layer {li} holds non-finite values (NaN or inf)")
+    K, C, max_iter, seed = task.n_classes, task.C, task.max_iter, task.seed
+    (P_test,), it = _fit_one(X, task.y, task.train, [task.test], K, C, max_iter, seed)
+    val = float("nan")
+    if task.inner is not None:
+        inner_tr, inner_val = task.inner
+        (P_val,), _ = _fit_one(X, task.y, inner_tr, [inner_val], K, C, max_iter, seed)
+        val = float(np.mean(P_val.argmax(axis=1) == task.y[inner_val]))
+    return name, li, P_test, it, val
+
+
+def _fit_layers(S: dict, per_model: dict, task: _ProbeTask, n_jobs: int) -> list[tuple]:
+    """Fit the probes of ``per_model = {model: [layer, ...]}`` in ``n_jobs`` threads.
+
+    Returns one :func:`_probe_layer` tuple per probe, models and layers in the order given.
+    """
+    tasks = [(name, li) for name, ls in per_model.items() for li in ls]
+    if n_jobs and n_jobs != 1:
+        from joblib import Parallel, delayed
+
+        jobs = (delayed(_probe_layer)(S, nm, li, task) for nm, li in tasks)
+        return Parallel(n_jobs=n_jobs, prefer="threads")(jobs)
+    return [_probe_layer(S, nm, li, task) for nm, li in tasks]
+
+
+def _accuracy_frame(S: dict, results: list[tuple], task: _ProbeTask) -> tuple[dict, dict, pd.DataFrame]:
+    """Turn :func:`_fit_layers` tuples into the ``(predictions, proba, frame)`` of a :class:`ProbeResult`.
+
+    The frame's ``best`` column is all False; :func:`_mark_best_layers` sets it.
+    """
+    y, train, test = task.y, task.train, task.test
+    majority = int(np.argmax(np.bincount(y[train], minlength=task.n_classes)))
+    chance = float(np.mean(y[test] == majority))
+    predictions, proba, rows = {}, {}, []
+    y_test = y[test]
+    for name, li, P, it, val in results:
+        pred = P.argmax(axis=1).astype(np.int64)
+        predictions[(name, li)] = pred
+        proba[(name, li)] = P
+        correct = int(np.sum(pred == y_test))
+        lo, hi = wilson_interval(correct, test.size)
+        rows.append({
+            "model": name, "layer": li, "measure": "probe_accuracy", "value": correct / test.size,
+            "ci_low": lo, "ci_high": hi, "n": int(test.size), "n_train": int(train.size),
+            "d": int(S[name].shape[2]), "n_classes": task.n_classes, "chance": chance, "val_accuracy": val,
+            "best": False, "converged": it < task.max_iter, "n_iter": it,
+        })
+    return predictions, proba, pd.DataFrame(rows)
+
+
+def _mark_best_layers(frame: pd.DataFrame, per_model: dict, select: str) -> dict:
+    """Set ``best`` in the probe ``frame`` on each model's best layer, chosen by ``select``.
+
+    Returns ``{model: best layer}``.
+    """
+    best = {}
+    for name in per_model:
+        sub = frame[frame.model == name].sort_values("layer", kind="stable")
+        score = sub["val_accuracy"] if select == "validation" else sub["value"]
+        best[name] = int(sub["layer"].to_numpy()[int(np.argmax(score.to_numpy()))])
+        frame.loc[(frame.model == name) & (frame.layer == best[name]), "best"] = True
+    return best
+
+
 def fit_probes(
     stacks: Mapping[str, torch.Tensor],
     labels: Sequence,
@@ -209,92 +347,23 @@ def fit_probes(
     """
     if select not in SELECT:
         raise ValueError(f"select={select!r} is not one of {', '.join(SELECT)}")
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence; got shape {lab.shape}")
-    n = lab.size
+    classes, y = _class_codes(labels)
+    n = y.size
     S = _check_stacks(stacks, n)
     train = _check_indices(train_idx, n, "train_idx")
     test = _check_indices(test_idx, n, "test_idx")
     if np.intersect1d(train, test).size:
         raise ValueError("train_idx and test_idx share rows; a probe must not be tested on its training rows")
-    classes, y = np.unique(lab.astype(str) if lab.dtype.kind not in "iu" else lab, return_inverse=True)
-    y = y.astype(np.int64)
-    K = len(classes)
-    if np.unique(y[train]).size < 2:
-        raise ValueError(
-            f"the training rows hold {np.unique(y[train]).size} distinct label(s); a probe needs at least two"
-        )
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter={max_iter!r} must be a positive integer")
-    if not C > 0:
-        raise ValueError(f"C={C!r} must be positive")
-
-    inner_tr = inner_val = None
-    if select == "validation":
-        if groups is not None:
-            g = np.asarray(groups)
-            if g.size != n:
-                raise ValueError(f"groups has {g.size} entries but there are {n} labels")
-            try:
-                a, b = split_by_document(g[train], 0.25, seed, labels=y[train])
-            except ValueError as err:
-                raise ValueError(
-                    f"select='validation' needs at least two training documents to hold some out ({err}); "
-                    "use select='test' for tiny corpora"
-                ) from None
-        else:
-            a, b = split_by_document(np.arange(train.size), 0.25, seed, labels=y[train])
-        inner_tr, inner_val = train[a], train[b]
-        if np.unique(y[inner_tr]).size < 2:
-            raise ValueError("the inner training part holds a single label; use select='test' or more data")
-
+    _check_fit_settings(y[train], C, max_iter)
+    inner = _inner_split(y, train, groups, seed) if select == "validation" else None
+    task = _ProbeTask(y=y, train=train, test=test, inner=inner, n_classes=len(classes), C=C, max_iter=max_iter,
+                      seed=seed)
     per_model = {name: _resolve_layers(layers, St.shape[0], name) for name, St in S.items()}
-    majority = int(np.argmax(np.bincount(y[train], minlength=K)))
-    chance = float(np.mean(y[test] == majority))
-
-    def job(name: str, li: int):
-        X = S[name][li].detach().to("cpu", torch.float64).numpy()
-        if not np.all(np.isfinite(X)):
-            raise ValueError(f"stacks[{name!r}] layer {li} holds non-finite values (NaN or inf)")
-        (P_test,), it = _fit_one(X, y, train, [test], K, C, max_iter, seed)
-        val = float("nan")
-        if select == "validation":
-            (P_val,), _ = _fit_one(X, y, inner_tr, [inner_val], K, C, max_iter, seed)
-            val = float(np.mean(P_val.argmax(axis=1) == y[inner_val]))
-        return name, li, P_test, it, val
-
-    tasks = [(name, li) for name, ls in per_model.items() for li in ls]
-    if n_jobs and n_jobs != 1:
-        from joblib import Parallel, delayed
-
-        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(job)(nm, li) for nm, li in tasks)
-    else:
-        results = [job(nm, li) for nm, li in tasks]
-
-    predictions, proba, rows = {}, {}, []
-    y_test = y[test]
-    for name, li, P, it, val in results:
-        pred = P.argmax(axis=1).astype(np.int64)
-        predictions[(name, li)] = pred
-        proba[(name, li)] = P
-        correct = int(np.sum(pred == y_test))
-        lo, hi = wilson_interval(correct, test.size)
-        rows.append({
-            "model": name, "layer": li, "measure": "probe_accuracy", "value": correct / test.size,
-            "ci_low": lo, "ci_high": hi, "n": int(test.size), "n_train": int(train.size),
-            "d": int(S[name].shape[2]), "n_classes": K, "chance": chance, "val_accuracy": val,
-            "best": False, "converged": it < max_iter, "n_iter": it,
-        })
-    frame = pd.DataFrame(rows)
-    best = {}
-    for name in per_model:
-        sub = frame[frame.model == name].sort_values("layer", kind="stable")
-        score = sub["val_accuracy"] if select == "validation" else sub["value"]
-        best[name] = int(sub["layer"].to_numpy()[int(np.argmax(score.to_numpy()))])
-        frame.loc[(frame.model == name) & (frame.layer == best[name]), "best"] = True
+    results = _fit_layers(S, per_model, task, n_jobs)
+    predictions, proba, frame = _accuracy_frame(S, results, task)
+    best = _mark_best_layers(frame, per_model, select)
     return ProbeResult(
-        classes=classes, train_idx=train, test_idx=test, y_test=y_test, layers=per_model,
+        classes=classes, train_idx=train, test_idx=test, y_test=y[test], layers=per_model,
         predictions=predictions, proba=proba, best_layers=best, frame=frame, select=select,
         settings={"C": C, "max_iter": max_iter, "seed": seed, "select": select, "scaler": "standard",
                   "classifier": "LogisticRegression(lbfgs, multinomial, l2)"},

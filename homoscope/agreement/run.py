@@ -128,6 +128,145 @@ def failure_rows(
     return rows
 
 
+def _check_inputs(stacks: Mapping, corpus, groupings: Sequence[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """Check the stacks (two or more models, one n), the corpus and the groupings.
+
+    Returns ``({model: stack [L+1, n, d]}, n)``.
+    """
+    S = _check_stacks(stacks)
+    if len(S) < 2:
+        raise ValueError(f"stacks holds {len(S)} model(s); prediction agreement needs at least two")
+    ns = {name: St.shape[1] for name, St in S.items()}
+    if len(set(ns.values())) != 1:
+        raise ValueError(f"stacks disagree on the number of rows n: {ns}")
+    n = next(iter(ns.values()))
+    _check_corpus(corpus, n)
+    for g in groupings:
+        if g not in GROUPINGS:
+            raise ValueError(f"groupings: {g!r} is not one of {', '.join(GROUPINGS)}")
+    return S, n
+
+
+def _selections(S: dict, probes: ProbeResult) -> dict[str, dict]:
+    """The layer selections to score: ``{'best': {model: layer}}``, plus ``'final'`` (each model's last
+    layer) when every final layer was probed."""
+    selections = {"best": dict(probes.best_layers)}
+    final = {m: S[m].shape[0] - 1 for m in S}
+    if all(final[m] in probes.layers[m] for m in S):
+        selections["final"] = final
+    return selections
+
+
+def _selection_pairs(
+    probes: ProbeResult, selection: str, keys: list, pair_kw: dict, pairs: list | None = None
+) -> pd.DataFrame:
+    """:func:`agreement_table` of the probes' test predictions at ``keys = [(model, layer), ...]``.
+
+    ``pairs`` limits the pairs scored; the frame gets a ``selection`` column.
+    """
+    f = agreement_table({k: probes.predictions[k] for k in keys}, probes.y_test,
+                        {k: probes.proba[k] for k in keys}, pairs=pairs, **pair_kw)
+    f["selection"] = selection
+    return f
+
+
+def _asked_cells(layer_pairs: Sequence[tuple], S: dict, probes: ProbeResult, layers) -> list[tuple]:
+    """Check ``layer_pairs`` entries ``(model_a, layer_a, model_b, layer_b)`` against the probed layers.
+
+    Returns ``[((model_a, layer_a), (model_b, layer_b)), ...]`` with negative layers counted from the end.
+    """
+    asked = []
+    for cell in layer_pairs:
+        if len(cell) != 4:
+            raise ValueError(f"layer_pairs entry {cell!r} must be (model_a, layer_a, model_b, layer_b)")
+        ma, la, mb, lb = str(cell[0]), int(cell[1]), str(cell[2]), int(cell[3])
+        asked.append((_probed_layer(ma, la, S, probes, layers), _probed_layer(mb, lb, S, probes, layers)))
+    return asked
+
+
+def _probed_layer(model: str, layer: int, S: dict, probes: ProbeResult, layers) -> tuple[str, int]:
+    """Return ``(model, layer)`` with a negative layer counted from the end; ValueError unless it was probed."""
+    if model not in S:
+        raise ValueError(f"layer_pairs: model {model!r} is not among the stacks {list(S)}")
+    j = layer + S[model].shape[0] if layer < 0 else layer
+    if j not in probes.layers[model]:
+        raise ValueError(f"layer_pairs: layer {layer} of model {model!r} was not probed (layers={layers!r})")
+    return model, j
+
+
+def _pair_frames(
+    probes: ProbeResult, selections: dict, layer_pairs: Sequence[tuple] | None, S: dict, layers, pair_kw: dict
+) -> list[pd.DataFrame]:
+    """Pairwise agreement at every selection's layers, then at the ``layer_pairs`` cells ('asked').
+
+    Returns one :func:`_selection_pairs` frame per selection (and one for the asked cells).
+    """
+    frames = [_selection_pairs(probes, sel, [(m, chosen[m]) for m in S], pair_kw)
+              for sel, chosen in selections.items()]
+    if layer_pairs:
+        asked = _asked_cells(layer_pairs, S, probes, layers)
+        keys = list(dict.fromkeys(k for pair in asked for k in pair))
+        frames.append(_selection_pairs(probes, "asked", keys, pair_kw, pairs=asked))
+    return frames
+
+
+def _agreement_frame(frames: list[pd.DataFrame], S: dict, unit: str) -> pd.DataFrame:
+    """Join the pair frames into the agreement frame: widths ``d_a, d_b``, ``unit``, ``task``, empty
+    intervals where there was no bootstrap, columns in :data:`AGREEMENT_COLUMNS` order."""
+    widths = {m: int(S[m].shape[2]) for m in S}
+    agreement = pd.concat(frames, ignore_index=True)
+    agreement["d_a"] = agreement["model_a"].map(widths).astype("int64")
+    agreement["d_b"] = agreement["model_b"].map(widths).astype("int64")
+    agreement["unit"] = unit
+    agreement["task"] = "probe"
+    for c in ("ci_low", "ci_high"):
+        if c not in agreement:
+            agreement[c] = np.nan
+    return agreement[AGREEMENT_COLUMNS]
+
+
+def _set_frame(set_rows: list[dict]) -> pd.DataFrame:
+    """The homogenization frame of :func:`_set_rows` rows, in :data:`SET_COLUMNS` order."""
+    sets = pd.DataFrame(set_rows).reindex(columns=SET_COLUMNS)
+    for c in ("k", "n", "n_groups"):
+        sets[c] = sets[c].astype("int64")
+    return sets
+
+
+def _probe_frame(probes: ProbeResult, unit: str) -> pd.DataFrame:
+    """A copy of the probes' frame with the ``unit`` and ``task`` columns."""
+    probe_frame = probes.frame.copy()
+    probe_frame["unit"] = unit
+    probe_frame["task"] = "probe"
+    return probe_frame
+
+
+def _run_meta(
+    probes: ProbeResult, docs: list, train: np.ndarray, test: np.ndarray, n: int, *, test_size: float,
+    select: str, bootstrap: int, permutations: int, groupings: Sequence[str], seconds: dict,
+) -> dict:
+    """The JSON-able ``meta`` of an :class:`AgreementResult`: task, classes, split sizes in rows and
+    documents, best layers, settings and ``seconds``."""
+    doc_array = np.asarray(docs, dtype=object)
+    return {
+        "task": "label",
+        "classes": [str(c) for c in probes.classes],
+        "n": n,
+        "n_train": int(train.size),
+        "n_test": int(test.size),
+        "train_documents": len(set(doc_array[train].tolist())),
+        "test_documents": len(set(doc_array[test].tolist())),
+        "test_size": test_size,
+        "best_layers": {m: int(v) for m, v in probes.best_layers.items()},
+        "select": select,
+        "probe": probes.settings,
+        "bootstrap": bootstrap,
+        "permutations": permutations,
+        "groupings": list(groupings),
+        "seconds": seconds,
+    }
+
+
 def run_agreement(
     stacks: Mapping[str, torch.Tensor],
     corpus,
@@ -191,17 +330,7 @@ def run_agreement(
             probed, and every error of :func:`split_by_document` and :func:`fit_probes`.
     """
     t0 = time.perf_counter()
-    S = _check_stacks(stacks)
-    if len(S) < 2:
-        raise ValueError(f"stacks holds {len(S)} model(s); prediction agreement needs at least two")
-    ns = {name: St.shape[1] for name, St in S.items()}
-    if len(set(ns.values())) != 1:
-        raise ValueError(f"stacks disagree on the number of rows n: {ns}")
-    n = next(iter(ns.values()))
-    _check_corpus(corpus, n)
-    for g in groupings:
-        if g not in GROUPINGS:
-            raise ValueError(f"groupings: {g!r} is not one of {', '.join(GROUPINGS)}")
+    S, n = _check_inputs(stacks, corpus, groupings)
     labels, docs = list(corpus.labels), list(corpus.doc_ids)
     train, test = split_by_document(docs, test_size, seed, labels=labels)
     t_split = time.perf_counter()
@@ -209,79 +338,20 @@ def run_agreement(
                         max_iter=max_iter, n_jobs=n_jobs)
     t_probe = time.perf_counter()
 
-    names = list(S)
-    widths = {m: int(S[m].shape[2]) for m in names}
-    selections = {"best": dict(probes.best_layers)}
-    final = {m: S[m].shape[0] - 1 for m in names}
-    if all(final[m] in probes.layers[m] for m in names):
-        selections["final"] = final
+    selections = _selections(S, probes)
     test_docs = np.asarray(docs, dtype=object)[test]
-    frames = []
     pair_kw = {"bootstrap": bootstrap, "groups": test_docs if bootstrap else None, "seed": seed}
-    for sel, chosen in selections.items():
-        keys = [(m, chosen[m]) for m in names]
-        f = agreement_table({k: probes.predictions[k] for k in keys}, probes.y_test,
-                            {k: probes.proba[k] for k in keys}, **pair_kw)
-        f["selection"] = sel
-        frames.append(f)
-    if layer_pairs:
-        asked = []
-        for cell in layer_pairs:
-            if len(cell) != 4:
-                raise ValueError(f"layer_pairs entry {cell!r} must be (model_a, layer_a, model_b, layer_b)")
-            ma, la, mb, lb = str(cell[0]), int(cell[1]), str(cell[2]), int(cell[3])
-            for m, li in ((ma, la), (mb, lb)):
-                if m not in S:
-                    raise ValueError(f"layer_pairs: model {m!r} is not among the stacks {names}")
-                L = S[m].shape[0]
-                j = li + L if li < 0 else li
-                if j not in probes.layers[m]:
-                    raise ValueError(f"layer_pairs: layer {li} of model {m!r} was not probed (layers={layers!r})")
-            asked.append(((ma, la + S[ma].shape[0] if la < 0 else la), (mb, lb + S[mb].shape[0] if lb < 0 else lb)))
-        keys = list(dict.fromkeys(k for pair in asked for k in pair))
-        f = agreement_table({k: probes.predictions[k] for k in keys}, probes.y_test,
-                            {k: probes.proba[k] for k in keys}, pairs=asked, **pair_kw)
-        f["selection"] = "asked"
-        frames.append(f)
-    agreement = pd.concat(frames, ignore_index=True)
-    agreement["d_a"] = agreement["model_a"].map(widths).astype("int64")
-    agreement["d_b"] = agreement["model_b"].map(widths).astype("int64")
-    agreement["unit"] = unit
-    agreement["task"] = "probe"
-    for c in ("ci_low", "ci_high"):
-        if c not in agreement:
-            agreement[c] = np.nan
-    agreement = agreement[AGREEMENT_COLUMNS]
-
+    agreement = _agreement_frame(_pair_frames(probes, selections, layer_pairs, S, layers, pair_kw), S, unit)
     set_rows = []
     for sel, chosen in selections.items():
         set_rows += _set_rows(sel, chosen, probes, groupings, permutations, seed, unit)
-    sets = pd.DataFrame(set_rows).reindex(columns=SET_COLUMNS)
-    for c in ("k", "n", "n_groups"):
-        sets[c] = sets[c].astype("int64")
-
-    probe_frame = probes.frame.copy()
-    probe_frame["unit"] = unit
-    probe_frame["task"] = "probe"
+    sets = _set_frame(set_rows)
+    probe_frame = _probe_frame(probes, unit)
     t_end = time.perf_counter()
-    meta = {
-        "task": "label",
-        "classes": [str(c) for c in probes.classes],
-        "n": n,
-        "n_train": int(train.size),
-        "n_test": int(test.size),
-        "train_documents": len(set(np.asarray(docs, dtype=object)[train].tolist())),
-        "test_documents": len(set(test_docs.tolist())),
-        "test_size": test_size,
-        "best_layers": {m: int(v) for m, v in probes.best_layers.items()},
-        "select": select,
-        "probe": probes.settings,
-        "bootstrap": bootstrap,
-        "permutations": permutations,
-        "groupings": list(groupings),
-        "seconds": {"split": t_split - t0, "probes": t_probe - t_split, "agreement": t_end - t_probe,
-                    "total": t_end - t0},
-    }
+    seconds = {"split": t_split - t0, "probes": t_probe - t_split, "agreement": t_end - t_probe,
+               "total": t_end - t0}
+    meta = _run_meta(probes, docs, train, test, n, test_size=test_size, select=select, bootstrap=bootstrap,
+                     permutations=permutations, groupings=groupings, seconds=seconds)
     return AgreementResult(
         frames={"probes": probe_frame, "agreement": agreement, "homogenization": sets},
         probes=probes, best_layers=dict(probes.best_layers), meta=meta,

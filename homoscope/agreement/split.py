@@ -17,6 +17,76 @@ def _check_fraction(test_size: float) -> float:
     return t
 
 
+def _check_split_args(
+    docs: list, test_size: float, seed: int, labels: Sequence | None
+) -> tuple[float, list | None]:
+    """Validate the arguments of :func:`split_by_document`; return the test share and the labels as a list."""
+    n = len(docs)
+    if n == 0:
+        raise ValueError("doc_ids is empty; give one document id per row")
+    t = _check_fraction(test_size)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries but doc_ids has {n}; give one label per row")
+    return t, labels
+
+
+def _document_rows(docs: list) -> tuple[dict, list]:
+    """Group row positions by document; return ``({doc: [rows]}, documents in order of first appearance)``.
+
+    Raises ValueError for fewer than two distinct documents.
+    """
+    rows: dict = defaultdict(list)
+    for i, d in enumerate(docs):
+        rows[d].append(i)
+    order = sorted(rows, key=lambda d: rows[d][0])  # first appearance: independent of hash order
+    if len(order) < 2:
+        raise ValueError(
+            f"doc_ids holds {len(order)} distinct document(s); a split by document needs at least two"
+        )
+    return rows, order
+
+
+def _strata(order: list, rows: dict, labels: list | None) -> dict:
+    """File each document under its majority label (ties: smallest as a string); one stratum ``None`` without labels."""
+    strata: dict = defaultdict(list)
+    if labels is None:
+        strata[None] = order
+    else:
+        for d in order:
+            counts = Counter(labels[i] for i in rows[d])
+            top = max(counts.values())
+            strata[min(str(k) for k, c in counts.items() if c == top)].append(d)
+    return strata
+
+
+def _test_documents(strata: dict, rows: dict, t: float, seed: int) -> set:
+    """Draw each stratum's test documents until they hold ``round(t * rows)`` of its rows.
+
+    Takes ``{stratum: [doc, ...]}``, ``{doc: [rows]}``, the test share and the seed; returns the test documents.
+    """
+    rng = np.random.default_rng(int(seed))
+    test_docs: set = set()
+    for key in sorted(strata, key=lambda k: "" if k is None else k):
+        members = strata[key]
+        perm = rng.permutation(len(members))
+        if len(members) < 2:
+            continue  # a lone document stays on the training side
+        total = sum(len(rows[d]) for d in members)
+        target = max(1, round(t * total))
+        taken = 0
+        for j in perm[:-1]:  # at least one document of every stratum stays for training
+            if taken >= target:
+                break
+            d = members[j]
+            test_docs.add(d)
+            taken += len(rows[d])
+    return test_docs
+
+
 def split_by_document(
     doc_ids: Sequence,
     test_size: float = 0.3,
@@ -50,48 +120,10 @@ def split_by_document(
             a negative seed, fewer than two documents, or a split that would leave one side empty.
     """
     docs = list(doc_ids)
+    t, labels = _check_split_args(docs, test_size, seed, labels)
+    rows, order = _document_rows(docs)
+    test_docs = _test_documents(_strata(order, rows, labels), rows, t, seed)
     n = len(docs)
-    if n == 0:
-        raise ValueError("doc_ids is empty; give one document id per row")
-    t = _check_fraction(test_size)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    if labels is not None:
-        labels = list(labels)
-        if len(labels) != n:
-            raise ValueError(f"labels has {len(labels)} entries but doc_ids has {n}; give one label per row")
-    rows: dict = defaultdict(list)
-    for i, d in enumerate(docs):
-        rows[d].append(i)
-    order = sorted(rows, key=lambda d: rows[d][0])  # first appearance: independent of hash order
-    if len(order) < 2:
-        raise ValueError(
-            f"doc_ids holds {len(order)} distinct document(s); a split by document needs at least two"
-        )
-    strata: dict = defaultdict(list)
-    if labels is None:
-        strata[None] = order
-    else:
-        for d in order:
-            counts = Counter(labels[i] for i in rows[d])
-            top = max(counts.values())
-            strata[min(str(k) for k, c in counts.items() if c == top)].append(d)
-    rng = np.random.default_rng(int(seed))
-    test_docs: set = set()
-    for key in sorted(strata, key=lambda k: "" if k is None else k):
-        members = strata[key]
-        perm = rng.permutation(len(members))
-        if len(members) < 2:
-            continue  # a lone document stays on the training side
-        total = sum(len(rows[d]) for d in members)
-        target = max(1, round(t * total))
-        taken = 0
-        for j in perm[:-1]:  # at least one document of every stratum stays for training
-            if taken >= target:
-                break
-            d = members[j]
-            test_docs.add(d)
-            taken += len(rows[d])
     test = np.array(sorted(i for d in test_docs for i in rows[d]), dtype=np.int64)
     train = np.setdiff1d(np.arange(n, dtype=np.int64), test)
     if test.size == 0 or train.size == 0:

@@ -225,23 +225,30 @@ class _Parsed:
     stats: dict
 
 
-@lru_cache(maxsize=1)
-def _bbc_sentences() -> _Parsed:
-    """Every kept BBC sentence in corpus order (topic folder, then file), parsed once per process."""
-    articles, data_sha256 = _read_articles(data_dir())
+def _article_spans(articles: list[_Article], data_sha256: str) -> tuple[list[Spans], str]:
+    """Sentence spans of every article: from the frozen index when the files match it, else split live.
+
+    Returns the spans and a note on where the boundaries came from.
+    """
     frozen = _frozen_spans(articles, data_sha256)
     if frozen is not None:
         spans, splitter = frozen
-        boundaries = "frozen index built with " + splitter
-    else:
-        warnings.warn(
-            f"BBC News files differ from those of {PACKAGE} {PACKAGE_VERSION} the sentence index was built "
-            "from; splitting all articles with pysbd now (about a minute)",
-            UserWarning,
-            stacklevel=3,
-        )
-        spans, splitter = _split_live(articles)
-        boundaries = "split at load time with " + splitter
+        return spans, "frozen index built with " + splitter
+    warnings.warn(
+        f"BBC News files differ from those of {PACKAGE} {PACKAGE_VERSION} the sentence index was built "
+        "from; splitting all articles with pysbd now (about a minute)",
+        UserWarning,
+        stacklevel=4,
+    )
+    spans, splitter = _split_live(articles)
+    return spans, "split at load time with " + splitter
+
+
+def _kept_sentences(articles: list[_Article], spans: list[Spans]) -> tuple[tuple[list, ...], dict, int]:
+    """Cut the articles' sentences at ``spans``; keep those :func:`fragment_reason` passes, first copies only.
+
+    Returns ``((ids, texts, labels, doc_ids), drops by reason, number of sentences split)``.
+    """
     ids, texts, labels, doc_ids = [], [], [], []
     dropped = {"no_letters": 0, "too_short": 0, "too_long": 0, "no_final_punctuation": 0,
                "lowercase_start": 0, "duplicate": 0}
@@ -268,10 +275,16 @@ def _bbc_sentences() -> _Parsed:
                 texts.append(sentence)
                 labels.append(art.label)
                 doc_ids.append(art.doc_id)
+    return (ids, texts, labels, doc_ids), dropped, n_split
+
+
+def _bbc_stats(articles: list[_Article], data_sha256: str, boundaries: str, n_split: int, n_kept: int,
+               dropped: dict) -> dict:
+    """The corpus meta of the BBC parse: dataset, counts before and after filtering, rule, splitter, data hash."""
     by_label: dict[str, int] = {}
     for art in articles:
         by_label[art.label] = by_label.get(art.label, 0) + 1
-    stats = {
+    return {
         "dataset": "BBC News",
         "package": f"{PACKAGE} {_installed_version()}",
         "license": LICENSE_NOTE,
@@ -279,7 +292,7 @@ def _bbc_sentences() -> _Parsed:
         "articles_by_label": dict(sorted(by_label.items())),
         "titles_dropped_as_headings": len(articles),
         "sentences_before_filtering": n_split,
-        "sentences_after_filtering": len(texts),
+        "sentences_after_filtering": n_kept,
         "dropped": dropped,
         "rule": SENTENCE_RULE,
         "splitter": _SPLITTER,
@@ -287,6 +300,15 @@ def _bbc_sentences() -> _Parsed:
         "data_sha256": data_sha256,
         "read_as_cp1252": [a.doc_id for a in articles if a.cp1252],
     }
+
+
+@lru_cache(maxsize=1)
+def _bbc_sentences() -> _Parsed:
+    """Every kept BBC sentence in corpus order (topic folder, then file), parsed once per process."""
+    articles, data_sha256 = _read_articles(data_dir())
+    spans, boundaries = _article_spans(articles, data_sha256)
+    (ids, texts, labels, doc_ids), dropped, n_split = _kept_sentences(articles, spans)
+    stats = _bbc_stats(articles, data_sha256, boundaries, n_split, len(texts), dropped)
     return _Parsed(tuple(ids), tuple(texts), tuple(labels), tuple(doc_ids), stats)
 
 

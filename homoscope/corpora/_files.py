@@ -174,6 +174,71 @@ def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column)
     return rows, header
 
 
+def _non_blank(rows: list[tuple], text: str, shown: str, text_column: str) -> list[tuple]:
+    """Normalise the text of every ``(line, text, label, doc)`` record and drop blank ones.
+
+    Raises a ValueError saying why the file holds no text when none is left.
+    """
+    kept = [(lineno, normalise(body), label, doc) for lineno, body, label, doc in rows]
+    kept = [r for r in kept if r[1]]
+    if not kept:
+        if not text:
+            what = "is empty"
+        elif not text.strip():
+            what = "holds only blank lines"
+        elif not rows:
+            what = "has a header but no data rows"
+        else:
+            what = f"has only blank texts ({len(rows)} records, all blank in column {text_column!r})"
+        raise ValueError(f"corpus file {shown!r} {what}; give at least one non-blank text")
+    return kept
+
+
+def _read_file(p: Path, shown: str, text_column: str, label_column, doc_column) -> tuple[list[tuple], dict]:
+    """Read, decode and parse the corpus file ``p``.
+
+    Returns its non-blank ``(line, text, label, doc)`` records and the meta that describes the file.
+    """
+    raw = p.read_bytes()
+    text = _decode(raw, shown)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt == "txt":
+        rows, columns = _read_txt(text, shown, label_column, doc_column)
+    elif fmt == "jsonl":
+        rows, columns = _read_jsonl(text, shown, text_column, label_column, doc_column)
+    else:
+        rows, columns = _read_csv(text, shown, text_column, label_column, doc_column)
+    kept = _non_blank(rows, text, shown, text_column)
+    texts = [r[1] for r in kept]
+    meta = {
+        "path": shown,
+        "format": fmt,
+        "file_sha256": hashlib.sha256(raw).hexdigest(),
+        "columns": columns,
+        "text_column": None if fmt == "txt" else text_column,
+        "label_column": label_column,
+        "doc_column": doc_column,
+        "records": len(rows),
+        "blank_skipped": len(rows) - len(kept),
+        "duplicate_texts": len(texts) - len(set(texts)),
+        "texts_available": len(texts),
+    }
+    return kept, meta
+
+
+def _record_ids(kept: list[tuple]) -> list[str]:
+    """Row ids of ``(line, text, label, doc)`` records: ``'<line>'``, or ``'<doc>#<k>'`` with a document id."""
+    ids: list[str] = []
+    per_doc: Counter = Counter()
+    for lineno, _, _, doc in kept:
+        if doc is None:
+            ids.append(str(lineno))
+        else:
+            ids.append(f"{doc}#{per_doc[doc]}")
+            per_doc[doc] += 1
+    return ids
+
+
 def load_file(
     path,
     *,
@@ -223,72 +288,18 @@ def load_file(
         row has the wrong number of fields; ``sentences`` or ``seed`` is invalid.
     """
     p = check_path(path)
-    shown = str(path)
     if not isinstance(text_column, str) or not text_column:
         raise ValueError(f"text_column={text_column!r} must be a non-empty column name")
     k = check_count(sentences)
     s = check_seed(seed)
-    raw = p.read_bytes()
-    text = _decode(raw, shown)
-    fmt = p.suffix.lower().lstrip(".")
-    if fmt == "txt":
-        rows, columns = _read_txt(text, shown, label_column, doc_column)
-    elif fmt == "jsonl":
-        rows, columns = _read_jsonl(text, shown, text_column, label_column, doc_column)
-    else:
-        rows, columns = _read_csv(text, shown, text_column, label_column, doc_column)
-
-    kept = [(lineno, normalise(body), label, doc) for lineno, body, label, doc in rows]
-    blank = sum(1 for r in kept if not r[1])
-    kept = [r for r in kept if r[1]]
-    if not kept:
-        if not text:
-            what = "is empty"
-        elif not text.strip():
-            what = "holds only blank lines"
-        elif not rows:
-            what = "has a header but no data rows"
-        else:
-            what = f"has only blank texts ({len(rows)} records, all blank in column {text_column!r})"
-        raise ValueError(f"corpus file {shown!r} {what}; give at least one non-blank text")
-
-    ids: list[str] = []
-    per_doc: Counter = Counter()
-    for lineno, _, _, doc in kept:
-        if doc is None:
-            ids.append(str(lineno))
-        else:
-            ids.append(f"{doc}#{per_doc[doc]}")
-            per_doc[doc] += 1
+    kept, meta = _read_file(p, str(path), text_column, label_column, doc_column)
     texts = [r[1] for r in kept]
-    labels = None if label_column is None else [r[2] for r in kept]
-    doc_ids = None if doc_column is None else [r[3] for r in kept]
-
+    ids = _record_ids(kept)
     corpus_name = name if name is not None else p.stem
     chosen, sampled = sample_indices(len(texts), k, s, corpus_name)
-    meta = {
-        "path": shown,
-        "format": fmt,
-        "file_sha256": hashlib.sha256(raw).hexdigest(),
-        "columns": columns,
-        "text_column": None if fmt == "txt" else text_column,
-        "label_column": label_column,
-        "doc_column": doc_column,
-        "records": len(rows),
-        "blank_skipped": blank,
-        "duplicate_texts": len(texts) - len(set(texts)),
-        "texts_available": len(texts),
-        "sentences_requested": k,
-        "sentences": len(chosen),
-        "seed": s,
-        "sampled": sampled,
-    }
+    meta.update({"sentences_requested": k, "sentences": len(chosen), "seed": s, "sampled": sampled})
     return Corpus(
-        name=corpus_name,
-        source=f"file {p.name}",
-        texts=[texts[i] for i in chosen],
-        ids=[ids[i] for i in chosen],
-        labels=None if labels is None else [labels[i] for i in chosen],
-        doc_ids=None if doc_ids is None else [doc_ids[i] for i in chosen],
-        meta=meta,
+        name=corpus_name, source=f"file {p.name}", texts=[texts[i] for i in chosen], ids=[ids[i] for i in chosen],
+        labels=None if label_column is None else [kept[i][2] for i in chosen],
+        doc_ids=None if doc_column is None else [kept[i][3] for i in chosen], meta=meta,
     )

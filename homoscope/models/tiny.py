@@ -70,57 +70,54 @@ def _wordpiece_vocab(text: list[str], size: int) -> list[str]:
     return pieces
 
 
-def tiny_tokenizer(kind: str, vocab_size: int = 300):
-    """Build a fast tokenizer for a tiny model of ``kind`` from ``TINY_TEXT`` (deterministic).
-
-    - ``bert``: lowercasing WordPiece (vocabulary built by rule, not trained), ``[CLS] ... [SEP]``
-      template, pad ``[PAD]``, mask ``[MASK]``.
-    - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
-    - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
-
-    Returns:
-        a transformers fast tokenizer (``is_fast`` True, character offsets available).
-
-    Raises:
-        ValueError: unknown ``kind``.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def _bert_tokenizer(text: list[str], vocab_size: int):
+    """A lowercasing WordPiece fast tokenizer over a rule-built vocabulary of ``text`` (``vocab_size`` entries)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    _check_kind(kind)
-    text = list(TINY_TEXT)
-    if kind == "bert":
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        pieces = _wordpiece_vocab(text, vocab_size - len(specials))
-        vocab = {t: i for i, t in enumerate(specials + pieces)}
-        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-            sep_token="[SEP]", mask_token="[MASK]", model_max_length=64, padding_side="right",
-            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-        )
-    if kind == "gpt2":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(text, trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        tok.post_processor = processors.ByteLevel(trim_offsets=True)
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-            unk_token="<|endoftext|>", model_max_length=64, padding_side="right",
-            model_input_names=["input_ids", "attention_mask"],
-        )
-    # llama
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = _wordpiece_vocab(text, vocab_size - len(specials))
+    vocab = {t: i for i, t in enumerate(specials + pieces)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64, padding_side="right",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def _gpt2_tokenizer(text: list[str], vocab_size: int):
+    """A byte-level BPE fast tokenizer trained on ``text`` up to ``vocab_size`` entries, GPT-2's specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", model_max_length=64, padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def _llama_tokenizer(text: list[str], vocab_size: int):
+    """A Metaspace BPE fast tokenizer trained on ``text`` up to ``vocab_size`` entries, ``<s>`` prepended."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     alphabet = sorted(set("".join(text)) | set(_ALPHABET))
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
@@ -135,6 +132,25 @@ def tiny_tokenizer(kind: str, vocab_size: int = 300):
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         model_max_length=64, padding_side="left", model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def tiny_tokenizer(kind: str, vocab_size: int = 300):
+    """Build a fast tokenizer for a tiny model of ``kind`` from ``TINY_TEXT`` (deterministic).
+
+    - ``bert``: lowercasing WordPiece (vocabulary built by rule, not trained), ``[CLS] ... [SEP]``
+      template, pad ``[PAD]``, mask ``[MASK]``.
+    - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
+    - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
+
+    Returns:
+        a transformers fast tokenizer (``is_fast`` True, character offsets available).
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    _check_kind(kind)
+    build = {"bert": _bert_tokenizer, "gpt2": _gpt2_tokenizer, "llama": _llama_tokenizer}[kind]
+    return build(list(TINY_TEXT), vocab_size)
 
 
 def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, width: int = 32):
@@ -217,63 +233,61 @@ def save_tiny(kind: str, folder: str | os.PathLike, seed: int = 0, *, head: bool
     return folder
 
 
-def save_tiny_gguf(path: str | os.PathLike, seed: int = 0, *, quant: str = "Q4_1", blocks: int = 2,
-                   width: int = 32) -> Path:
-    """Write a tiny Llama-architecture GGUF file (random weights, byte-level BPE tokenizer); return its path.
+#: Attention heads and key/value heads of the tiny GGUF model.
+_GGUF_HEADS, _GGUF_KV_HEADS = 4, 2
 
-    The block matrices are stored quantized as ``quant`` (``Q4_1``, ``Q8_0`` or ``F32``) and norms as F32,
-    like a real quantized checkpoint, so GGUF loading and ``convert_gguf`` can be tested offline in
-    seconds. Deterministic in ``seed``.
 
-    Raises:
-        ValueError: unknown ``quant``, or ``width`` not a multiple of 32 (the quantization block).
-    """
+def _gguf_vocab() -> tuple[list[str], list[str], int]:
+    """The tiny GPT-2 tokenizer as GGUF wants it: ``(tokens in id order, merges as 'a b', eos id)``."""
     import json
 
-    import gguf
-    import numpy as np
-    from gguf.quants import quantize
-
-    if quant not in ("Q4_1", "Q8_0", "F32"):
-        raise ValueError(f"quant={quant!r} must be one of Q4_1, Q8_0, F32")
-    if width % 32:
-        raise ValueError(f"width={width} must be a multiple of 32 (the GGUF quantization block)")
     tok = tiny_tokenizer("gpt2")
     backend = json.loads(tok.backend_tokenizer.to_str())
     vocab = backend["model"]["vocab"]
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     merges = [" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]]
-    eos = vocab["<|endoftext|>"]
-    n_vocab, n_heads, n_kv = len(tokens), 4, 2
-    head_dim, inter = width // n_heads, 2 * width
-    rng = np.random.default_rng(int(seed))
-    qtype = getattr(gguf.GGMLQuantizationType, quant)
+    return tokens, merges, vocab["<|endoftext|>"]
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(f"tiny-llama-gguf-s{seed}")
+
+def _add_gguf_metadata(
+    w, name: str, blocks: int, width: int, tokens: list[str], merges: list[str], eos: int
+) -> None:
+    """Write the Llama hyperparameters and the byte-level BPE tokenizer of the tiny model to GGUF writer ``w``."""
+    w.add_name(name)
     w.add_context_length(64)
     w.add_embedding_length(width)
     w.add_block_count(blocks)
-    w.add_feed_forward_length(inter)
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head_dim)
+    w.add_feed_forward_length(2 * width)
+    w.add_head_count(_GGUF_HEADS)
+    w.add_head_count_kv(_GGUF_KV_HEADS)
+    w.add_rope_dimension_count(width // _GGUF_HEADS)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
+    w.add_vocab_size(len(tokens))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_merges(merges)
-    w.add_token_types([3 if i == eos else 1 for i in range(n_vocab)])
+    w.add_token_types([3 if i == eos else 1 for i in range(len(tokens))])
     w.add_bos_token_id(eos)
     w.add_eos_token_id(eos)
 
+
+def _add_gguf_tensors(w, rng, qtype, blocks: int, width: int, n_vocab: int) -> None:
+    """Add random Llama weights to GGUF writer ``w``: matrices stored as ``qtype``, norms as F32.
+
+    Draws from ``rng`` in tensor order, so a seed gives the same file.
+    """
+    import gguf
+    import numpy as np
+    from gguf.quants import quantize
+
+    head_dim, inter = width // _GGUF_HEADS, 2 * width
+    kv = _GGUF_KV_HEADS * head_dim
+
     def matrix(name: str, rows: int, cols: int) -> None:
         data = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
-        if quant == "F32":
+        if qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, data)
         else:
             w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
@@ -285,8 +299,8 @@ def save_tiny_gguf(path: str | os.PathLike, seed: int = 0, *, quant: str = "Q4_1
     for b in range(blocks):
         norm(f"blk.{b}.attn_norm.weight")
         matrix(f"blk.{b}.attn_q.weight", width, width)
-        matrix(f"blk.{b}.attn_k.weight", n_kv * head_dim, width)
-        matrix(f"blk.{b}.attn_v.weight", n_kv * head_dim, width)
+        matrix(f"blk.{b}.attn_k.weight", kv, width)
+        matrix(f"blk.{b}.attn_v.weight", kv, width)
         matrix(f"blk.{b}.attn_output.weight", width, width)
         norm(f"blk.{b}.ffn_norm.weight")
         matrix(f"blk.{b}.ffn_gate.weight", inter, width)
@@ -294,6 +308,35 @@ def save_tiny_gguf(path: str | os.PathLike, seed: int = 0, *, quant: str = "Q4_1
         matrix(f"blk.{b}.ffn_down.weight", width, inter)
     norm("output_norm.weight")
     matrix("output.weight", n_vocab, width)
+
+
+def save_tiny_gguf(path: str | os.PathLike, seed: int = 0, *, quant: str = "Q4_1", blocks: int = 2,
+                   width: int = 32) -> Path:
+    """Write a tiny Llama-architecture GGUF file (random weights, byte-level BPE tokenizer); return its path.
+
+    The block matrices are stored quantized as ``quant`` (``Q4_1``, ``Q8_0`` or ``F32``) and norms as F32,
+    like a real quantized checkpoint, so GGUF loading and ``convert_gguf`` can be tested offline in
+    seconds. Deterministic in ``seed``.
+
+    Raises:
+        ValueError: unknown ``quant``, or ``width`` not a multiple of 32 (the quantization block).
+    """
+    import gguf
+    import numpy as np
+
+    if quant not in ("Q4_1", "Q8_0", "F32"):
+        raise ValueError(f"quant={quant!r} must be one of Q4_1, Q8_0, F32")
+    if width % 32:
+        raise ValueError(f"width={width} must be a multiple of 32 (the GGUF quantization block)")
+    tokens, merges, eos = _gguf_vocab()
+    rng = np.random.default_rng(int(seed))
+    qtype = getattr(gguf.GGMLQuantizationType, quant)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    _add_gguf_metadata(w, f"tiny-llama-gguf-s{seed}", blocks, width, tokens, merges, eos)
+    _add_gguf_tensors(w, rng, qtype, blocks, width, len(tokens))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
