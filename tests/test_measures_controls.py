@@ -200,6 +200,16 @@ def test_controls_argument_errors():
         bootstrap_ci("linear_cka", X, Y, level=1.5)
     with pytest.raises(ValueError, match=r"groups must give one id per row \(length n=48\)"):
         bootstrap_ci("linear_cka", X, Y, groups=[0, 1, 2])
+    # a group bootstrap needs MIN_BOOTSTRAP_GROUPS distinct groups, and an id for every row
+    for k in (1, 2, 9):
+        with pytest.raises(ValueError, match=f"groups has {k} distinct ids?; a group bootstrap needs at least 10"):
+            bootstrap_ci("linear_cka", X, Y, groups=[i % k for i in range(48)])
+    assert bootstrap_weights(48, 3, [i % 10 for i in range(48)]).shape == (3, 48)
+    for bad in ([None] * 48, [float("nan")] + list(range(47))):
+        with pytest.raises(ValueError, match=r"groups has \d+ missing ids \(None or NaN\), first at row 0"):
+            bootstrap_ci("linear_cka", X, Y, groups=bad)
+    with pytest.raises(ValueError, match="groups must be a sequence of one id per row"):
+        bootstrap_ci("linear_cka", X, Y, groups=5)
     with pytest.raises(ValueError, match="unknown measure 'cka'"):
         permutation_null("cka", X, Y)
     with pytest.raises(ValueError, match="precision must be one of"):

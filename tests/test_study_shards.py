@@ -1,6 +1,8 @@
 """Shards and streaming scoring: the sharded store and the streamed measures equal the in-memory path."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -305,10 +307,12 @@ def test_bootstrap_units():
     assert bootstrap_units(["a", "b"] + ["c"] * 98, 100, 2).unique().tolist() == [0, 1]
     units = bootstrap_units([f"d{i // 3}" for i in range(300)], 300, 16)  # 100 documents of 3 rows
     assert units.unique().numel() == 16 and np.bincount(units.numpy()).max() <= 2 * 300 / 16
-    # ids are equal as values, not as printed text; None is an id of its own
+    # ids are equal as values, not as printed text; a missing id is refused, naming the row
     assert bootstrap_units(torch.tensor([0.1] * 2 + [0.10001] * 2), 4, 4).tolist() == [0, 0, 1, 1]
     assert bootstrap_units([1, 1, "1", 1.0], 4, 4).tolist() == [0, 0, 1, 0]
-    assert bootstrap_units([None, "a", None], 3, 4).tolist() == [0, 1, 0]
+    for missing in ([None, "a", None], ["a", float("nan"), "b"]):
+        with pytest.raises(ValueError, match=r"missing ids \(None or NaN\), first at row [01]"):
+            bootstrap_units(missing, 3, 4)
     with pytest.raises(ValueError, match="bootstrap_groups must be an integer >= 2"):
         bootstrap_units(None, 10, 1)
     with pytest.raises(ValueError, match="one id per row"):
@@ -365,14 +369,24 @@ def test_store_files_take_the_umask_like_any_new_file(tmp_path):
         os.umask(old)
 
 
-def test_one_document_bootstrap_resamples_rows_with_a_warning():
-    """Resampling the only document would give a zero-width interval: rows are resampled, and it is said."""
+@pytest.mark.parametrize("docs", [1, 2, 9])
+@pytest.mark.parametrize("pairwise_rows", [1024, 20])  # in memory, and streamed with a subsample
+def test_too_few_documents_bootstrap_rows_with_a_warning(docs, pairwise_rows):
+    """Below MIN_BOOTSTRAP_GROUPS documents a document bootstrap is too narrow to trust (one document: zero
+    width): rows are resampled, and it is said; the frame is the row bootstrap's."""
+    from homoscope.measures import MIN_BOOTSTRAP_GROUPS
+
+    assert MIN_BOOTSTRAP_GROUPS == 10
     g = torch.Generator().manual_seed(5)
     X = torch.randn(2, 60, 5, generator=g, dtype=torch.float64)
     stacks = {"a": X, "b": X + 0.5 * torch.randn(2, 60, 5, generator=g, dtype=torch.float64)}
-    kw = dict(measures=["linear_cka"], bootstrap=50, seed=0, progress=False)
-    with pytest.warns(RuntimeWarning, match="one document"):
-        one = score_pairs(stacks, [("a", "b")], groups=["D"] * 60, **kw)
+    kw = dict(measures=["linear_cka"], bootstrap=50, seed=0, progress=False, pairwise_rows=pairwise_rows)
+    with pytest.warns(RuntimeWarning, match=f"come from {docs} documents?, fewer than the 10"):
+        few = score_pairs(stacks, [("a", "b")], groups=[f"D{i * docs // 60}" for i in range(60)], **kw)
     rows = score_pairs(stacks, [("a", "b")], **kw)
-    assert (one.ci_high - one.ci_low > 1e-3).all()
-    pd.testing.assert_frame_equal(one, rows)
+    assert (few.ci_high - few.ci_low > 1e-3).all()
+    pd.testing.assert_frame_equal(few, rows)
+    with warnings.catch_warnings():  # ten documents are resampled as documents, without a warning
+        warnings.simplefilter("error", RuntimeWarning)
+        ten = score_pairs(stacks, [("a", "b")], groups=[f"D{i // 6}" for i in range(60)], **kw)
+    assert not np.allclose(ten.ci_low, rows.ci_low)

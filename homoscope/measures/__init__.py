@@ -51,11 +51,13 @@ and the rule; never a silent NaN.
 from .cca import cca_r2, cca_rho, pwcca, svcca
 from .cka import debiased_cka, linear_cka, minibatch_cka, rbf_cka
 from .controls import (
+    MIN_BOOTSTRAP_GROUPS,
     ConfidenceInterval,
     Controlled,
     NullResult,
     bootstrap_ci,
     bootstrap_weights,
+    group_codes,
     permutation_null,
     percentile_interval,
     permutations,
@@ -95,6 +97,8 @@ __all__ = [
     "analytic_null",
     "bootstrap_ci",
     "bootstrap_weights",
+    "group_codes",
+    "MIN_BOOTSTRAP_GROUPS",
     "percentile_interval",
     "cca_r2",
     "cca_rho",

@@ -44,6 +44,7 @@ import torch
 
 from ..extract.runner import POOLINGS
 from ..extract.words import DEFAULT_MAX_ROWS, PUNCTUATION, ROW_POOLINGS, SPECIAL_TOKENS
+from ..measures.controls import MIN_BOOTSTRAP_GROUPS
 
 PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
@@ -340,7 +341,7 @@ class Study:
     permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=0)
     bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=0)
     bootstrap_groups: int = option(32, "above pairwise_rows: the bootstrap resamples at most this many groups of "
-                                   "rows, each replicate exact on all rows", minimum=2,
+                                   "rows, each replicate exact on all rows", minimum=MIN_BOOTSTRAP_GROUPS,
                                    details="Groups are the corpus's documents, bundled into this many runs of "
                                            "consecutive documents where there are more (runs of consecutive rows "
                                            "without documents). Streamed scoring keeps one set of sums per group: "

@@ -91,11 +91,7 @@ def score_pairs(
     src = {k: _source(v) for k, v in stacks.items()}
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
-    if bootstrap and groups is not None and len(pd.unique(pd.Series(list(groups), dtype=object))) < 2:
-        warnings.warn("bootstrap: every row belongs to one document, and resampling one document gives an "
-                      "interval of zero width; rows are resampled instead (runs of consecutive rows where the "
-                      "bootstrap is streamed)", RuntimeWarning, stacklevel=2)
-        groups = None
+    groups = resampled_groups(groups, n) if bootstrap else groups
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
     plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
     jobs: dict[tuple[str, str], list[str]] = {}
@@ -120,6 +116,27 @@ def score_pairs(
     for c in ("layer_a", "layer_b", "n", "d_a", "d_b") + (("control_n",) if "control_n" in frame else ()):
         frame[c] = frame[c].astype("int64")
     return frame
+
+
+def resampled_groups(groups, n: int, where: str = ""):
+    """The groups a bootstrap resamples: ``groups``, or None (rows) where they hold fewer than
+    :data:`~homoscope.measures.MIN_BOOTSTRAP_GROUPS` distinct ids, with a RuntimeWarning saying so.
+
+    Raises:
+        ValueError: ``groups`` not one id per row, or with a missing id.
+    """
+    from ..measures import MIN_BOOTSTRAP_GROUPS, group_codes
+
+    if groups is None:
+        return None
+    G = int(group_codes(groups, n).max()) + 1 if n else 0
+    if G >= MIN_BOOTSTRAP_GROUPS:
+        return groups
+    warnings.warn(f"bootstrap{where}: the rows come from {G} document{'s' if G != 1 else ''}, fewer than the "
+                  f"{MIN_BOOTSTRAP_GROUPS} a document bootstrap needs for its intervals to mean anything; rows are "
+                  "resampled instead (runs of consecutive rows where the bootstrap is streamed), so the intervals "
+                  "leave out the variation between documents", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def _source(stack) -> _Rows:
@@ -184,6 +201,7 @@ class _Plan:
         if rest or nulls:
             Xs, Ys = self._to(X.rows(self.sub)), self._to(Y.rows(self.sub))
             groups = None if self.groups is None else [self.groups[i] for i in self.sub]
+            groups = resampled_groups(groups, k, f" of the {k}-row subsample") if controlled else groups
             small = self._in_memory(rest, Xs, Ys, groups, controlled, drawn) if rest else {}
             small.update(self._in_memory(nulls, Xs, Ys, None, bool(nulls), drawn, bootstrap=0) if nulls else {})
         out = {}
@@ -364,19 +382,19 @@ def bootstrap_units(groups, n: int, cap: int) -> torch.Tensor:
     ``min(cap, n)`` runs of consecutive rows.
 
     Raises:
-        ValueError: ``cap`` below 2, or ``groups`` not one id per row.
+        ValueError: ``cap`` below 2, or ``groups`` not one id per row or with a missing id.
     """
     if type(cap) is not int or cap < 2:
         raise ValueError(f"bootstrap_groups must be an integer >= 2; got bootstrap_groups={cap!r}")
     if groups is not None:
-        if len(groups) != n:
-            raise ValueError(f"groups must give one id per row (length n={n}); got length {len(groups)}")
-        ids = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else pd.Series(list(groups), dtype=object)
-        codes, uniq = pd.factorize(ids, sort=False, use_na_sentinel=False)  # by first appearance, equal as values
-        if len(uniq) >= 2:
-            if len(uniq) > cap:
-                codes = _bundle(np.bincount(codes, minlength=len(uniq)), n / cap, cap)[codes]
-            return torch.from_numpy(np.asarray(codes, dtype=np.int64))
+        from ..measures import group_codes
+
+        codes = group_codes(groups, n)  # by first appearance, equal as values
+        G = int(codes.max()) + 1 if n else 0
+        if G >= 2:
+            if G > cap:
+                codes = _bundle(np.bincount(codes, minlength=G), n / cap, cap)[codes]
+            return torch.from_numpy(codes)
     return torch.from_numpy(np.arange(n, dtype=np.int64) * min(cap, n) // n)
 
 
