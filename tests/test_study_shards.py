@@ -390,3 +390,18 @@ def test_too_few_documents_bootstrap_rows_with_a_warning(docs, pairwise_rows):
         warnings.simplefilter("error", RuntimeWarning)
         ten = score_pairs(stacks, [("a", "b")], groups=[f"D{i // 6}" for i in range(60)], **kw)
     assert not np.allclose(ten.ci_low, rows.ci_low)
+
+
+def test_scores_outside_their_own_interval_are_flagged():
+    """A biased resampling distribution can leave the estimate outside its percentile interval: a warning
+    counts those cells per measure."""
+    from homoscope.study.scoring import _flag_outside_interval
+
+    frame = pd.DataFrame({"measure": ["a", "a", "b"], "value": [0.5, 0.9, 0.2], "ci_low": [0.4, 0.6, 0.1],
+                          "ci_high": [0.6, 0.8, 0.3]})
+    with pytest.warns(RuntimeWarning, match=r"outside their own 95% percentile interval \(a: 1 of 2 layer pairs\)"):
+        _flag_outside_interval(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _flag_outside_interval(frame.iloc[[0, 2]])
+        _flag_outside_interval(frame.drop(columns=["ci_low", "ci_high"]))

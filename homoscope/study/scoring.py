@@ -115,7 +115,24 @@ def score_pairs(
         frame["control_n"] = frame["control_n"].fillna(frame["n"])
     for c in ("layer_a", "layer_b", "n", "d_a", "d_b") + (("control_n",) if "control_n" in frame else ()):
         frame[c] = frame[c].astype("int64")
+    _flag_outside_interval(frame)
     return frame
+
+
+def _flag_outside_interval(frame: pd.DataFrame) -> None:
+    """Warn, per measure, where scores lie outside their own bootstrap percentile interval (a resampling
+    distribution that is skewed or biased against the estimate; the interval is then hard to read)."""
+    if "ci_low" not in frame:
+        return
+    outside = (frame["value"] < frame["ci_low"]) | (frame["value"] > frame["ci_high"])
+    counts = frame[outside].groupby("measure", sort=False).size()
+    if counts.empty:
+        return
+    total = frame[frame["ci_low"].notna()].groupby("measure", sort=False).size()
+    which = "; ".join(f"{m}: {k} of {total[m]}" for m, k in counts.items())
+    warnings.warn(f"bootstrap: scores outside their own 95% percentile interval ({which} layer pairs); the "
+                  "resampled values there are skewed or biased against the estimate, so read those intervals "
+                  "with care (more documents or rows narrow the bias)", RuntimeWarning, stacklevel=3)
 
 
 def resampled_groups(groups, n: int, where: str = ""):
