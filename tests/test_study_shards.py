@@ -405,3 +405,17 @@ def test_scores_outside_their_own_interval_are_flagged():
         warnings.simplefilter("error", RuntimeWarning)
         _flag_outside_interval(frame.iloc[[0, 2]])
         _flag_outside_interval(frame.drop(columns=["ci_low", "ci_high"]))
+
+
+def test_freed_memory_goes_back_where_the_c_library_can(monkeypatch):
+    import platform
+
+    from homoscope import _memory
+
+    if platform.libc_ver()[0] == "glibc":  # malloc_trim exists and is called
+        assert _memory.return_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(_memory, "_malloc_trim", lambda: (lambda pad: calls.append(pad)))
+    assert _memory.return_freed_memory() is True and calls == [0]
+    monkeypatch.setattr(_memory, "_malloc_trim", lambda: None)  # a C library without it: nothing happens
+    assert _memory.return_freed_memory() is False

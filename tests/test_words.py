@@ -212,6 +212,21 @@ def test_outlier_report_finds_the_dimension_and_the_row():
     assert outlier_report(x, rows=[0, 1, 2])[1]["max_norm_row"] in (0, 1, 2)
 
 
+def test_outlier_moments_over_shards_equal_the_whole_stack_and_leave_the_input_alone():
+    from homoscope.extract.outliers import OutlierMoments
+
+    x = torch.randn(3, 90, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 10 + 1e3
+    before = x.clone()
+    acc = OutlierMoments()
+    for part in (x[:, :7], x[:, 7:50], x[:, 50:]):
+        acc.update(part)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(acc.mean, x.mean(1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(acc.m2 / acc.n, x.var(1, unbiased=False), rtol=1e-10, atol=0)
+    torch.testing.assert_close(torch.cat(acc.norms, 1), x.norm(dim=2), rtol=1e-12, atol=0)
+    assert acc.report() == [pytest.approx(r, rel=1e-12) for r in outlier_report(x)]
+
+
 # ------------------------------------------------------------------ study
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):

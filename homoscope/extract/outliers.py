@@ -32,16 +32,21 @@ class OutlierMoments:
         m = chunk.shape[1]
         if m == 0:
             return self
-        x = chunk.double()
-        mean = x.mean(1)
-        m2 = ((x - mean[:, None, :]) ** 2).sum(1)
+        # one layer at a time in float64: a shard's float64 copy and its deviations would be 4x its size
+        mean = torch.empty(chunk.shape[0], chunk.shape[2], dtype=torch.float64, device=chunk.device)
+        m2, norms = torch.empty_like(mean), torch.empty(chunk.shape[0], m, dtype=torch.float64, device=chunk.device)
+        for li in range(chunk.shape[0]):
+            x = chunk[li].to(torch.float64, copy=True)  # changed in place below
+            mean[li] = x.mean(0)
+            norms[li] = x.norm(dim=1)
+            m2[li] = x.sub_(mean[li]).square_().sum(0)
         if self.mean is None:
             self.mean, self.m2 = mean, m2
         else:
             n, delta = self.n, mean - self.mean
             self.m2 = self.m2 + m2 + delta * delta * (n * m / (n + m))
             self.mean = self.mean + delta * (m / (n + m))
-        self.norms.append(x.norm(dim=2))
+        self.norms.append(norms)
         self.n += m
         return self
 

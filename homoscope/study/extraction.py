@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._memory import return_freed_memory
 from ..extract import ExtractStats, OutlierMoments, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
 from .options import DTYPES, Study, StudyWriteError, _os_reason
 from .shards import ShardedStack, shard_ranges
@@ -161,6 +162,8 @@ def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
             rec = {"extract": shard["extract"], "uncovered": shard["uncovered"], "texts": [t0, t1], "rows": rows}
             _put(job, key, shard["stack"], rec)
             rec = {**rec, "shape": list(shard["stack"].shape), "reused": False}
+            del shard
+            return_freed_memory()  # resident memory stays flat from shard to shard
         else:
             rec = {**rec, "reused": True}
         keys.append(key)
@@ -306,6 +309,7 @@ def _load(study: Study, name: str, spec: str, device: torch.device):
 
 def _free(device: torch.device) -> None:
     gc.collect()
+    return_freed_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._memory import return_freed_memory
 from ..extract.words import sample_rows
 from ..measures.controls import percentile_interval
 from .shards import InMemoryStack, _Rows
@@ -375,6 +376,8 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
                 bar.set_postfix_str(f"{W.shape[0]} bootstrap replicates", refresh=True)
                 for m, r in acc.replicates(names, W, memory_mb=max(1, memory_mb // 8)).items():
                     reps[m][:, xs, ys] = r
+            del acc, whole
+            return_freed_memory()  # the next block's sums reuse the pages, not new ones
     return Streamed(out, reps)
 
 
