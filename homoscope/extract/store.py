@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .._paths import file_mode, homoscope_home, safe_name
+from .._paths import atomic_path, atomic_write_bytes, homoscope_home, safe_name
 
 EXTRACTOR_VERSION = 1
 # seconds a writer waits for the store's write lock before it says it is waiting
@@ -51,22 +50,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RepresentationStore:
@@ -162,18 +145,8 @@ class RepresentationStore:
         self._swept = True
 
     def _put(self, tpath: Path, jpath: Path, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{tpath.name}.", suffix=".tmp", dir=self.root)
-        os.fchmod(fd, file_mode())
-        os.close(fd)
-        try:
+        with atomic_path(tpath) as tmp:
             save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})
-            os.chmod(tmp, file_mode())  # save_file re-creates the file (mode 0600)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, tpath)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         full = {
             **record,
             "key": key,

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Sequence
 from hashlib import sha1
 from pathlib import Path
 from typing import Any
@@ -106,31 +103,6 @@ def inside(path: Path, root: Path) -> Path:
     rp, rr = Path(path).resolve(), Path(root).resolve()
     if rp != rr and rr not in rp.parents:
         raise ValueError(f"path={str(path)!r} would leave the output folder {str(root)!r}")
-    return Path(path)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
-
-    The parent folder is created. On error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ._common import ALPHA, UNIT_PLURAL, atomic_path, bh_adjust, check_frame, column, first_value, num, select
+from .._paths import atomic_path
+from ._common import ALPHA, UNIT_PLURAL, bh_adjust, check_frame, column, first_value, num, select
 from ._measures import MeasureInfo, resolve_measure_info
 from .tables import layer_matrix, pair_rows, summary_matrix
 

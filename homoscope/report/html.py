@@ -21,7 +21,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 from PIL import Image
 
-from ._common import atomic_write_text
+from .._paths import atomic_write_text
 from ._templates import environment
 from .analysis import Text
 from .builder import build_document, gather

@@ -16,8 +16,8 @@ from urllib.parse import quote
 import pandas as pd
 from jinja2 import Environment
 
+from .._paths import atomic_write_text
 from ._common import (
-    atomic_write_text,
     controls_relpath,
     dendrogram_relpath,
     heatmap_relpath,

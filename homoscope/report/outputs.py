@@ -11,11 +11,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from homoscope._paths import safe_name
 
+from .._paths import atomic_path, atomic_write_text, safe_name
 from ._common import (
-    atomic_path,
-    atomic_write_text,
     check_frame,
     controls_relpath,
     dendrogram_relpath,

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._common import atomic_path, bh_adjust, check_frame, column, model_order, pairs_of, select
+from .._paths import atomic_path
+from ._common import bh_adjust, check_frame, column, model_order, pairs_of, select
 from ._measures import MeasureInfo, resolve_measure_info
 
 __all__ = ["write_tables", "summary_table", "summary_cache", "layer_matrix", "summary_matrix", "SUMMARY_COLUMNS"]

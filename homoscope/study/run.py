@@ -306,7 +306,7 @@ def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: li
 
 def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreement, progress, t_all) -> dict:
     """Stage: the frame, figures, report, rows table, study file and manifest, each written atomically."""
-    from ..extract.store import atomic_write_bytes
+    from .._paths import atomic_write_bytes
     from ..measures import get_measure
     from ..report import write_outputs
 
