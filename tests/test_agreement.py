@@ -8,6 +8,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
@@ -251,6 +252,18 @@ def test_expected_independent_is_calibrated():
             gaps.setdefault(m, []).append(gap)
     for m, g in gaps.items():
         assert abs(np.mean(g)) < 3 * np.std(g) / np.sqrt(len(g)) + 1e-3, m
+
+
+def test_agreement_over_too_few_documents_resamples_rows_with_a_warning():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 150)
+    a = np.where(rng.random(150) < 0.7, y, rng.integers(0, 3, 150))
+    b = np.where(rng.random(150) < 0.7, a, rng.integers(0, 3, 150))
+    with pytest.warns(RuntimeWarning, match="agreement's test rows: the rows come from 3 documents, fewer than the 10"):
+        few = agreement_table({"a": a, "b": b}, y, bootstrap=100, groups=np.repeat(np.arange(3), 50), seed=0)
+    rows = agreement_table({"a": a, "b": b}, y, bootstrap=100, seed=0)
+    pd.testing.assert_frame_equal(few, rows)
+    assert (few.ci_high - few.ci_low > 0).all()
 
 
 def test_bootstrap_intervals_bracket_the_value():

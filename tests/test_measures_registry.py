@@ -88,7 +88,7 @@ def test_register_a_custom_measure():
         registry._REGISTRY.pop("tmp_neg", None)
 
 
-def test_a_measure_declared_beside_its_code_reaches_the_registry_and_the_report():
+def test_a_measure_declared_beside_its_code_reaches_the_registry_and_the_report(tmp_path):
     """Adding a measure is one decorated function: its options come from its signature, and the study's
     frame and the report read the declared metadata."""
     from homoscope.measures._meta import measure
@@ -110,6 +110,17 @@ def test_a_measure_declared_beside_its_code_reaches_the_registry_and_the_report(
         torch.testing.assert_close(compute("tmp_sq_cka", X, Y, power=3.0), measures.linear_cka(X, Y) ** 3)
         seen = resolve_measure_info("tmp_sq_cka")
         assert seen is info and seen.colour_range == (0.0, 0.5) and seen.identity == 1.0
+        # the study scores it and the report describes it, from the one declaration
+        from homoscope.report import write_outputs
+        from homoscope.study import score_pairs
+
+        B = X + 0.3 * torch.randn(2, 20, 3, generator=g)
+        frame = score_pairs({"a": X, "b": B}, [("a", "b")], ["tmp_sq_cka"], progress=False)
+        torch.testing.assert_close(torch.tensor(frame["value"].to_numpy()).view(2, 2),
+                                   (measures.linear_cka(X, B) ** 2).double(), rtol=1e-6, atol=1e-7)
+        write_outputs(frame, {"study": {"measures": ["tmp_sq_cka"]}}, tmp_path, progress=False, html=False)
+        report = (tmp_path / "report.md").read_text()
+        assert "linear CKA squared" in report and "`tmp_sq_cka`" in report
     finally:
         from homoscope.measures import registry
 

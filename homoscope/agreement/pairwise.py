@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..measures.controls import bootstrap_weights
+from ..measures.controls import bootstrap_weights, resampled_groups
 
 PAIR_MEASURES = ("agreement", "cohen_kappa", "error_overlap", "error_overlap_conditional", "jsd")
 LN2 = math.log(2.0)
@@ -482,6 +482,7 @@ def agreement_table(
     probs, C = _normalised_proba(proba, pred, n, C) if proba is not None else ({}, C)
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries but y_true has {n}")
+    groups = resampled_groups(groups, n, " of the agreement's test rows", stacklevel=4) if bootstrap else groups
     W = bootstrap_weights(n, bootstrap, groups, seed).numpy() if bootstrap else None
     rows = []
     for ka, kb in pairs:

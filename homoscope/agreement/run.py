@@ -35,8 +35,19 @@ class AgreementResult:
     """What :func:`run_agreement` produced.
 
     Attributes:
-        frames: ``{"probes": ..., "agreement": ..., "homogenization": ...}`` (columns in the
-            docstring of :func:`run_agreement`).
+        frames: ``{"probes": ..., "agreement": ..., "homogenization": ...}``:
+
+            - ``probes``: ``model, layer, measure='probe_accuracy', value, ci_low, ci_high`` (Wilson
+              95 %), ``n`` (test rows), ``n_train, d, n_classes, chance, val_accuracy, best,
+              converged, n_iter, unit, task``;
+            - ``agreement``: ``model_a, layer_a, model_b, layer_b, measure, value, n, d_a, d_b, unit,
+              expected_independent, ci_low, ci_high, selection, task`` with measures ``agreement,
+              cohen_kappa, error_overlap, error_overlap_conditional`` (both directions) and ``jsd``;
+            - ``homogenization`` (``models`` and ``layers`` are JSON lists, in the same order):
+              ``selection, models, layers, k, groups, measure, value,
+              expected_independent, systemic_rate, independent_rate, null_mean, p_value, n,
+              n_groups, unit, task`` with measures ``fleiss_kappa, systemic_failure, h_avg, h_unif,
+              h_worst``.
         probes: the :class:`ProbeResult` (predictions, distributions, split, best layers).
         best_layers: ``{model: layer}`` chosen on held-out training documents.
         meta: JSON-able description for a manifest (task, classes, split sizes, settings, seconds).
@@ -310,19 +321,7 @@ def run_agreement(
         unit: the representation unit recorded in the frames.
 
     Returns:
-        :class:`AgreementResult` with three frames:
-
-        - ``probes``: ``model, layer, measure='probe_accuracy', value, ci_low, ci_high`` (Wilson
-          95 %), ``n`` (test rows), ``n_train, d, n_classes, chance, val_accuracy, best,
-          converged, n_iter, unit, task``;
-        - ``agreement``: ``model_a, layer_a, model_b, layer_b, measure, value, n, d_a, d_b, unit,
-          expected_independent, ci_low, ci_high, selection, task`` with measures ``agreement,
-          cohen_kappa, error_overlap, error_overlap_conditional`` (both directions) and ``jsd``;
-        - ``homogenization`` (``models`` and ``layers`` are JSON lists, in the same order):
-          ``selection, models, layers, k, groups, measure, value,
-          expected_independent, systemic_rate, independent_rate, null_mean, p_value, n,
-          n_groups, unit, task`` with measures ``fleiss_kappa, systemic_failure, h_avg, h_unif,
-          h_worst``.
+        :class:`AgreementResult` (its three frames' columns are listed there).
 
     Raises:
         ValueError: a corpus without labels or document ids, fewer than two models, stacks whose

@@ -137,6 +137,25 @@ def group_codes(groups: Any, n: int, *, sort: bool = False) -> np.ndarray:
     return codes.astype(np.int64)
 
 
+def resampled_groups(groups: Any, n: int, where: str = "", stacklevel: int = 3):
+    """The groups a bootstrap resamples: ``groups``, or None (rows) where they hold fewer than
+    :data:`~homoscope.measures.MIN_BOOTSTRAP_GROUPS` distinct ids, with a RuntimeWarning saying so.
+
+    Raises:
+        ValueError: ``groups`` not one id per row, or with a missing id.
+    """
+    if groups is None:
+        return None
+    G = int(group_codes(groups, n).max()) + 1 if n else 0
+    if G >= MIN_BOOTSTRAP_GROUPS:
+        return groups
+    warnings.warn(f"bootstrap{where}: the rows come from {G} document{'s' if G != 1 else ''}, fewer than the "
+                  f"{MIN_BOOTSTRAP_GROUPS} a document bootstrap needs for its intervals to mean anything; rows are "
+                  "resampled instead (runs of consecutive rows where the bootstrap is streamed), so the intervals "
+                  "leave out the variation between documents", RuntimeWarning, stacklevel=stacklevel)
+    return None
+
+
 def bootstrap_weights(n: int, n_boot: int, groups: Any = None, seed: int = 0) -> torch.Tensor:
     """Resampling counts ``[n_boot, n]`` (float64, CPU): how often each unit appears in each replicate.
 

@@ -32,6 +32,7 @@ import torch
 
 from .._memory import return_freed_memory
 from ..extract.words import sample_rows
+from ..measures.controls import resampled_groups
 from ..measures.controls import percentile_interval
 from .shards import InMemoryStack, _Rows
 
@@ -134,27 +135,6 @@ def _flag_outside_interval(frame: pd.DataFrame) -> None:
     warnings.warn(f"bootstrap: scores outside their own 95% percentile interval ({which} layer pairs); the "
                   "resampled values there are skewed or biased against the estimate, so read those intervals "
                   "with care (more documents or rows narrow the bias)", RuntimeWarning, stacklevel=3)
-
-
-def resampled_groups(groups, n: int, where: str = ""):
-    """The groups a bootstrap resamples: ``groups``, or None (rows) where they hold fewer than
-    :data:`~homoscope.measures.MIN_BOOTSTRAP_GROUPS` distinct ids, with a RuntimeWarning saying so.
-
-    Raises:
-        ValueError: ``groups`` not one id per row, or with a missing id.
-    """
-    from ..measures import MIN_BOOTSTRAP_GROUPS, group_codes
-
-    if groups is None:
-        return None
-    G = int(group_codes(groups, n).max()) + 1 if n else 0
-    if G >= MIN_BOOTSTRAP_GROUPS:
-        return groups
-    warnings.warn(f"bootstrap{where}: the rows come from {G} document{'s' if G != 1 else ''}, fewer than the "
-                  f"{MIN_BOOTSTRAP_GROUPS} a document bootstrap needs for its intervals to mean anything; rows are "
-                  "resampled instead (runs of consecutive rows where the bootstrap is streamed), so the intervals "
-                  "leave out the variation between documents", RuntimeWarning, stacklevel=3)
-    return None
 
 
 def _source(stack) -> _Rows:
