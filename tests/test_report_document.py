@@ -236,3 +236,21 @@ def test_figure_html_embeds_at_physical_size_and_escapes_the_alt_text(tmp_path):
     assert 'alt="a &quot;&lt;b&gt;&quot; &amp; c"' in tag and "<figcaption>x &lt; y</figcaption>" in tag
     Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(tmp_path / "g.png")  # no dpi: 1 px per css px
     assert 'width="12" height="10"' in figure_html(tmp_path / "g.png", "g")
+
+
+def test_numeric_looking_model_names_survive_the_csv_and_an_empty_frame_is_refused(tmp_path):
+    from homoscope.report import load_results, write_outputs, write_report_md
+
+    rows = []
+    for a, b in (("007", "nan"), ("007", "8"), ("nan", "8")):
+        for la in range(2):
+            for lb in range(2):
+                rows.append({"model_a": a, "layer_a": la, "model_b": b, "layer_b": lb, "measure": "linear_cka",
+                             "value": 0.1 + 0.1 * la + 0.2 * lb, "n": 10, "d_a": 4, "d_b": 4, "unit": "sentence"})
+    frame = pd.DataFrame(rows)
+    write_outputs(frame, {}, tmp_path, progress=False, html=False)
+    (tmp_path / "similarity.parquet").unlink()
+    back, _, _ = load_results(tmp_path)
+    assert sorted(set(back["model_a"]) | set(back["model_b"])) == ["007", "8", "nan"]
+    with pytest.raises(ValueError, match="frame is empty"):
+        write_report_md(frame.iloc[:0], {}, tmp_path / "empty", {})

@@ -419,3 +419,41 @@ def test_freed_memory_goes_back_where_the_c_library_can(monkeypatch):
     assert _memory.return_freed_memory() is True and calls == [0]
     monkeypatch.setattr(_memory, "_malloc_trim", lambda: None)  # a C library without it: nothing happens
     assert _memory.return_freed_memory() is False
+
+
+def test_a_safetensors_write_failure_is_an_os_error_and_leaves_no_file(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import homoscope.extract.store as store_module
+
+    def full_disk(*_a, **_k):
+        raise SafetensorError("No space left on device (os error 28)")
+
+    store = RepresentationStore(tmp_path / "store")
+    monkeypatch.setattr(store_module, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        store.put("m", "k", torch.zeros(2, 3, 4), {"n": 3})
+    assert not [p for p in (tmp_path / "store").iterdir() if p.suffix in (".safetensors", ".tmp")]
+
+
+def test_the_streamed_bootstrap_never_resamples_fewer_than_ten_units():
+    """Documents that bundle into fewer than 10 units (one holds most rows) fall back to runs of rows, said
+    in a warning; bootstrap_groups below 10 and groups that are not one id per row are refused."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(2, 200, 3, generator=g, dtype=torch.float64)
+    stacks = {"a": X, "b": X + torch.randn(2, 200, 3, generator=g, dtype=torch.float64)}
+    kw = dict(measures=["linear_cka"], bootstrap=20, seed=0, progress=False, pairwise_rows=16)
+    docs = [0] * 150 + [1 + i // 2 for i in range(50)]  # 26 documents, one of 150 rows
+    with pytest.warns(RuntimeWarning, match="bundle into 4 groups of rows"):
+        bundled = score_pairs(stacks, [("a", "b")], groups=docs, bootstrap_groups=10, **kw)
+    rows = score_pairs(stacks, [("a", "b")], bootstrap_groups=10, **kw)
+    pd.testing.assert_frame_equal(bundled, rows)
+    with pytest.raises(ValueError, match="bootstrap_groups must be an integer >= 10; got bootstrap_groups=2"):
+        score_pairs(stacks, [("a", "b")], bootstrap_groups=2, **kw)
+    gen = score_pairs(stacks, [("a", "b")], groups=(i % 20 for i in range(200)), bootstrap_groups=10, **kw)
+    pd.testing.assert_frame_equal(gen, score_pairs(stacks, [("a", "b")], groups=[i % 20 for i in range(200)],
+                                                   bootstrap_groups=10, **kw))
+    for bad, what in ((np.arange(200).reshape(200, 1), r"got shape \(200, 1\)"), ("x" * 200, "got str"),
+                      (set(range(200)), "got set")):
+        with pytest.raises(ValueError, match=what):
+            score_pairs(stacks, [("a", "b")], groups=bad, bootstrap_groups=10, **kw)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .._paths import atomic_path, atomic_write_bytes, homoscope_home, safe_name
@@ -146,7 +146,10 @@ class RepresentationStore:
 
     def _put(self, tpath: Path, jpath: Path, model_name: str, key: str, stack: torch.Tensor, record: dict) -> Path:
         with atomic_path(tpath) as tmp:
-            save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})
+            try:
+                save_file({"stack": stack.detach().cpu().contiguous()}, tmp, metadata={"key": key})
+            except SafetensorError as err:  # its I/O failures (a full disk) are not OSErrors
+                raise OSError(f"writing {tpath.name} failed: {err}") from err
         full = {
             **record,
             "key": key,

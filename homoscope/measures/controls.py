@@ -120,16 +120,20 @@ def group_codes(groups: Any, n: int, *, sort: bool = False) -> np.ndarray:
         ValueError: not one id per row, or a missing id (None or NaN) at some row.
     """
     ids = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else groups
-    try:
-        ids = pd.Series(list(ids), dtype=object)
-    except TypeError:
-        raise ValueError(f"groups must be a sequence of one id per row (length n={n}); got {type(groups).__name__}") from None
+    if isinstance(ids, (str, bytes, dict, set, frozenset)) or not hasattr(ids, "__len__"):
+        raise ValueError(f"groups must be a sequence of one id per row (length n={n}); got {type(groups).__name__}")
+    if isinstance(ids, np.ndarray) and ids.ndim != 1:
+        raise ValueError(f"groups must give one id per row (length n={n}); got shape {tuple(ids.shape)}")
+    ids = pd.Series(list(ids), dtype=object)
     if len(ids) != n:
         raise ValueError(f"groups must give one id per row (length n={n}); got length {len(ids)}")
     try:
         codes, _ = pd.factorize(ids, sort=sort, use_na_sentinel=True)
     except TypeError:  # ids of kinds that do not sort together (1 and "a"): by first appearance
-        codes, _ = pd.factorize(ids, sort=False, use_na_sentinel=True)
+        try:
+            codes, _ = pd.factorize(ids, sort=False, use_na_sentinel=True)
+        except TypeError as err:  # unhashable ids (lists, arrays)
+            raise ValueError(f"groups must hold one hashable id per row (a string or a number); {err}") from None
     missing = np.flatnonzero(codes < 0)
     if missing.size:
         raise ValueError(f"groups has {missing.size} missing ids (None or NaN), first at row {int(missing[0])}; "

@@ -170,6 +170,8 @@ def gather(
         ValueError / TypeError: ``frame`` is not a valid results frame, or an extra frame is malformed.
     """
     check_frame(frame)
+    if frame.empty:
+        raise ValueError("frame is empty: there is nothing to report")
     manifest = dict(manifest or {})
     extra = normalize_extra(extra)
     measure_info = measure_info or manifest_measure_info(manifest)

@@ -273,7 +273,7 @@ def load_results(
         if not csv.is_file():
             raise ValueError(f"{str(root)!r} holds neither similarity.parquet nor similarity.csv; is it a results "
                              "folder?")
-        frame = pd.read_csv(csv)
+        frame = _read_frame_csv(csv)
     check_frame(frame, name=f"{root.name}/similarity")
     manifest: dict[str, Any] = {}
     mpath = root / "manifest.json"
@@ -293,6 +293,18 @@ def load_results(
             except pd.errors.EmptyDataError:
                 continue
     return frame, manifest, extra
+
+
+# text columns of the results frame: a model called "007" or "nan" stays that string
+_TEXT_COLUMNS = ("model_a", "model_b", "measure", "unit", "selection", "task")
+
+
+def _read_frame_csv(path: Path) -> pd.DataFrame:
+    """``similarity.csv`` with its text columns read as text (no number or missing-value parsing)."""
+    head = pd.read_csv(path, nrows=0).columns
+    text = [c for c in _TEXT_COLUMNS if c in head]
+    na = {c: ["", "NaN", "nan", "NA"] for c in head if c not in text}
+    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False, na_values=na)
 
 
 def rebuild_report(

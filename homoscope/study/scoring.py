@@ -90,9 +90,15 @@ def score_pairs(
 
     from ..measures import get_measure
 
+    from ..measures import MIN_BOOTSTRAP_GROUPS
+
+    if bootstrap and (type(bootstrap_groups) is not int or bootstrap_groups < MIN_BOOTSTRAP_GROUPS):
+        raise ValueError(f"bootstrap_groups must be an integer >= {MIN_BOOTSTRAP_GROUPS}; got "
+                         f"bootstrap_groups={bootstrap_groups!r}")
     src = {k: _source(v) for k, v in stacks.items()}
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
     n = _common_n(src)
+    groups = list(groups) if groups is not None and not hasattr(groups, "__len__") else groups  # read once
     groups = resampled_groups(groups, n) if bootstrap else groups
     sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
     plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
@@ -214,9 +220,14 @@ class _Plan:
     def _boot_plan(self, n: int):
         """``(unit of each row [n], counts [bootstrap, G])`` of the streamed bootstrap, drawn once per study."""
         if self._boot is None:
-            from ..measures import bootstrap_weights
+            from ..measures import MIN_BOOTSTRAP_GROUPS, bootstrap_weights
 
             units = bootstrap_units(self.groups, n, self.bootstrap_groups)
+            if self.groups is not None and int(units.max()) + 1 < MIN_BOOTSTRAP_GROUPS:
+                warnings.warn(f"bootstrap: the documents bundle into {int(units.max()) + 1} groups of rows (a few "
+                              f"documents hold most rows), fewer than the {MIN_BOOTSTRAP_GROUPS} a group bootstrap "
+                              "needs; runs of consecutive rows are resampled instead", RuntimeWarning, stacklevel=5)
+                units = bootstrap_units(None, n, self.bootstrap_groups)
             self._boot = (units, bootstrap_weights(int(units.max()) + 1, self.bootstrap, seed=self.seed))
         return self._boot
 
