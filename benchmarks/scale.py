@@ -201,7 +201,7 @@ def targets(results: list[dict]) -> list[str]:
                    f"{'held' if ratio <= 1.5 else 'missed'}")
     for r in (r for r in results if r.get("status") == "ok" and r["case"] == "words"):
         share = r.get("scoring_share", float("nan"))
-        code = "" if r.get("code", "current") == "current" else f" (code {r['code']})"
+        code = f" (code {r.get('commit') or r.get('code', 'current')})"
         out.append(f"- words{code}, n = {r['n']}: peak {r['peak_mb']:.0f} MB (<= 3,072: "
                    f"{'held' if r['peak_mb'] <= 3072 else 'missed'}); scoring and controls {share:.1%} of the wall "
                    f"time (<= 10%: {'held' if share <= 0.10 else 'missed'})"
