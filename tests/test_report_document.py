@@ -254,3 +254,12 @@ def test_numeric_looking_model_names_survive_the_csv_and_an_empty_frame_is_refus
     assert sorted(set(back["model_a"]) | set(back["model_b"])) == ["007", "8", "nan"]
     with pytest.raises(ValueError, match="frame is empty"):
         write_report_md(frame.iloc[:0], {}, tmp_path / "empty", {})
+
+
+def test_the_index_headline_follows_its_interval():
+    from homoscope.report.analysis import index_reading
+
+    assert index_reading(0.658, "random-init", 0.0).startswith("Its interval reaches 0, so the models are not "
+                                                                "distinguishably more alike than untrained")
+    assert index_reading(0.658, "random-init", 0.5) == index_reading(0.658) == (
+        "The models are substantially more alike than untrained networks of the same shapes.")

@@ -245,3 +245,15 @@ def test_sentences_zero_takes_every_text(tmp_path):
     loaded = {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
     ctx = _prepare(study, loaded, lambda *a, **k: None)
     assert len(ctx.corpus.texts) == 7
+
+
+def test_a_misspelt_measure_or_flag_is_named_with_what_was_meant():
+    from homoscope.cli import build_parser
+
+    with pytest.raises(ValueError, match=r"did you mean one of 'linear_cka', 'debiased_cka', 'rbf_cka', 'minibatch_cka'\?"):
+        Study(models=["a", "b"], measures=["cka"]).validate()
+    with pytest.raises(ValueError, match=r"did you mean 'pwcca'\?"):
+        Study(models=["a", "b"], measures=["pwca"]).validate()
+    with pytest.raises(SystemExit):  # no prefix matching: --sentence is not --sentences
+        build_parser().parse_args(["demo", "--sentence", "100"])
+    assert build_parser().parse_args(["demo", "--sentences", "100"]).sentences == "100"  # checked by the schema

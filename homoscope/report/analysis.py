@@ -634,7 +634,7 @@ def index_details(index: HomogenizationIndex) -> Text:
     baseline …). <reading>'``."""
     iv = f"interval {span(index.low, index.high)}; " if finite(index.low, index.high) else ""
     return T(f"({iv}{plural(index.n_pairs, 'model pair')}; primary measure ", C(index.measure),
-             f"; {index.note}). ", index_reading(index.value, index.baseline))
+             f"; {index.note}). ", index_reading(index.value, index.baseline, index.low))
 
 
 def _extreme_findings(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
@@ -718,11 +718,15 @@ def _final_finding(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
               f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs.")]
 
 
-def index_reading(h: float, baseline: str = "random-init") -> str:
-    """One sentence reading a homogenization index value against its baseline."""
+def index_reading(h: float, baseline: str = "random-init", low: float = math.nan) -> str:
+    """One sentence reading a homogenization index value against its baseline; an interval whose lower
+    end ``low`` is 0 (or below) is read as not distinguishable from the baseline, whatever the value."""
     than = {"random-init": "untrained networks of the same shapes",
             "permutation null mean": "their permutation null (the random-init control was not run)"}.get(
         baseline, "their baselines (random-init where run, else the permutation null)")
+    if math.isfinite(low) and low <= 0 < h:
+        return (f"Its interval reaches 0, so the models are not distinguishably more alike than {than} "
+                "(more rows or documents narrow it).")
     if h < 0:
         return f"The models are less alike than {than}."
     if h < 0.1:

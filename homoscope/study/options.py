@@ -497,10 +497,15 @@ Study.__doc__ = (Study.__doc__ or "").rstrip() + "\n" + _attributes_doc(OPTIONS)
 
 
 def _did_you_mean(key: str, names) -> str:
-    """`` (did you mean 'sentences'?)`` for the closest of ``names`` to ``key``; '' if none is close."""
+    """`` (did you mean 'sentences'?)``: the names that contain ``key`` (``cka`` -> the CKA measures), else
+    the closest of ``names`` to it; '' if none is close."""
     import difflib
 
-    close = difflib.get_close_matches(key, list(names), n=1)
+    names = list(names)
+    within = [n for n in names if len(key) >= 3 and key.lower() in n.lower() and n != key][:5]
+    if len(within) > 1:
+        return f" (did you mean one of {', '.join(map(repr, within))}?)"
+    close = within or difflib.get_close_matches(key, names, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
