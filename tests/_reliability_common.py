@@ -29,10 +29,18 @@ def tables_only(monkeypatch):
     """Write only the results tables (no figures, no report) where the report is not under test:
     the numbers are what these tests compare, and the figures cost seconds per run."""
     from homoscope import report
+    from homoscope.report.folder import ResultsFolder
     from homoscope.report.tables import write_tables
 
-    def write_outputs(frame, manifest, out, **_kw):
-        return {"tables": write_tables(frame, out)}
+    def write_outputs(frame, manifest, out, *, run_files=None, **_kw):
+        with ResultsFolder(out) as folder:  # the run's swap, with the tables, manifest and run files only
+            staging = folder.stage()
+            write_tables(frame, staging, run=manifest.get("run"))
+            report.write_manifest(manifest, staging)
+            for name, data in (run_files or {}).items():
+                (staging / name).write_bytes(data)
+            folder.commit()
+        return {"tables": [Path(out) / "similarity.parquet", Path(out) / "similarity.csv"]}
 
     monkeypatch.setattr(report, "write_outputs", write_outputs)
 

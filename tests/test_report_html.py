@@ -10,6 +10,7 @@ import base64
 import html
 import os
 import re
+import json
 import shutil
 import sys
 import tempfile
@@ -268,9 +269,12 @@ def test_load_results_reads_csv_manifest_and_extra_tables(outputs, compare_outpu
     csv_only = tmp_path / "csv"
     csv_only.mkdir()
     shutil.copy(compare_outputs[0] / "similarity.csv", csv_only)
+    with pytest.raises(ValueError, match="manifest.json' is missing"):  # a folder without its manifest
+        load_results(csv_only)
+    shutil.copy(compare_outputs[0] / "manifest.json", csv_only)
     frame2, manifest2, extra2 = load_results(csv_only)
     pd.testing.assert_frame_equal(frame2, compare_outputs[2], check_dtype=False)
-    assert manifest2 == {} and extra2 == {}
+    assert manifest2 == json.loads((compare_outputs[0] / "manifest.json").read_text()) and extra2 == {}
     (csv_only / "similarity.csv").unlink()
     with pytest.raises(ValueError, match="neither similarity.parquet nor similarity.csv"):
         load_results(csv_only)

@@ -36,7 +36,8 @@ from .builder import build_document, findings_record, gather
 from .figures import plot_controls, plot_dendrogram, plot_layer_heatmap, plot_probes, plot_summary_heatmap
 from .html import write_report_html
 from .markdown import escape_md, write_report_md
-from .outputs import EXTRA_TABLES, load_results, rebuild_report, write_findings, write_manifest, write_outputs
+from .outputs import EXTRA_TABLES, write_findings, write_manifest, write_outputs
+from .results import load_results, rebuild_report
 from .tables import SUMMARY_COLUMNS, layer_matrix, summary_matrix, summary_table, write_tables
 
 __all__ = [

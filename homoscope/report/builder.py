@@ -226,7 +226,8 @@ def findings_record(facts: Facts) -> dict[str, Any]:
                        "least_alike": dataclasses.asdict(s.least) if s.least else None,
                        "mean_best": s.mean_best, "final_range": [s.final_low, s.final_high],
                        "final_pairs": s.n_final}
-    record: dict[str, Any] = {"homogenization_index": index, "findings": [t.plain() for t in facts.findings],
+    record: dict[str, Any] = {**({"run": facts.manifest["run"]} if facts.manifest.get("run") else {}),
+                              "homogenization_index": index, "findings": [t.plain() for t in facts.findings],
                               "measures": measures}
     if facts.view is not None:
         v = facts.view
@@ -701,6 +702,9 @@ def _provenance_section(f: Facts) -> Section:
     blocks.append(Section("", T("Warnings raised during the run"), 3, (listed,)))
     if manifest.get("device"):
         blocks.append(Paragraph(T("Device: ", D(manifest["device"]), "."), "muted"))
+    if manifest.get("run"):
+        blocks.append(Paragraph(T("Run id: ", C(manifest["run"]), " (every file of this folder carries it)."),
+                                "muted"))
     return Section("provenance", T("Provenance"), 2, tuple(blocks), "Provenance")
 
 

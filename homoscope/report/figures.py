@@ -6,6 +6,8 @@ alike) and a colour scale fixed to the measure's range, so figures of one measur
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import textwrap
@@ -103,13 +105,33 @@ def _new_figure(figsize: tuple[float, float], dpi: int, layout: str | None = Non
     return fig
 
 
+_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("homoscope_run", default=None)
+
+
+@contextlib.contextmanager
+def stamped(run: str | None):
+    """Within the block, every figure saved carries ``run`` (a run's id) in the PNG text chunk
+    :data:`PNG_RUN_KEY`."""
+    token = _RUN.set(run)
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+#: The PNG text key that holds the id of the run a figure belongs to.
+PNG_RUN_KEY = "homoscope run"
+
+
 def _save(fig: Figure, path: str | os.PathLike, dpi: int, *, tight: bool = True) -> Path:
     """Save as PNG atomically and clear the figure. ``tight=False`` skips the bounding-box pass
     (one draw instead of two) where constrained layout already keeps everything inside."""
     path = Path(path)
+    run = _RUN.get()
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, facecolor="white",
+                        metadata={PNG_RUN_KEY: run} if run else None,
                         **({"bbox_inches": "tight", "pad_inches": 0.06} if tight else {}))
     finally:
         fig.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 
-from .._paths import atomic_path, atomic_write_text, safe_name
+from .._paths import atomic_path, atomic_write_bytes, atomic_write_text, safe_name
 from ._common import (
     check_frame,
     controls_relpath,
@@ -30,8 +31,10 @@ from ._common import (
 from ._measures import manifest_measure_info, resolve_measure_info
 from .analysis import normalize_extra
 from .builder import Facts, build_document, findings_record, gather
+from .folder import ResultsFolder
 from .figures import (
     DPI,
+    stamped,
     _colour_scale,
     plot_controls,
     plot_dendrogram,
@@ -41,9 +44,9 @@ from .figures import (
 )
 from .html import render_html
 from .markdown import render_markdown
-from .tables import summary_cache, summary_table, write_tables
+from .tables import summary_cache, summary_table, with_run, write_tables
 
-__all__ = ["write_outputs", "write_manifest", "write_findings", "load_results", "rebuild_report", "EXTRA_TABLES"]
+__all__ = ["write_outputs", "write_manifest", "write_findings", "EXTRA_TABLES"]
 
 #: Show a progress bar for the figure loop from this many figures on.
 PROGRESS_MIN_FIGURES = 12
@@ -81,9 +84,10 @@ def _extra_name(key: str) -> str:
 def write_outputs(
     frame: pd.DataFrame, manifest: Mapping[str, Any], out_dir: str | os.PathLike, *,
     extra: Mapping[str, pd.DataFrame] | None = None, measure_info: Callable[[str], Any] | None = None,
-    progress: bool = True, dpi: int = DPI, html: bool = True,
+    progress: bool = True, dpi: int = DPI, html: bool = True, run_files: Mapping[str, bytes] | None = None,
+    record_time: bool = False,
 ) -> dict[str, list[Path]]:
-    """Write every output of a study into ``out_dir``.
+    """Write every output of a study into ``out_dir``, replacing what was there as a whole.
 
     - ``similarity.parquet``, ``similarity.csv``: the results frame; ``summary.csv``: one row per
       model pair and measure (see :func:`summary_table`), with the controls at the best and final cells;
@@ -103,6 +107,12 @@ def write_outputs(
     - ``manifest.json`` (indent 2), ``report.md`` and the self-contained ``report.html``: two renderings
       of one document (:func:`~homoscope.report.builder.build_document`), built from the same objects as
       ``findings.json``.
+
+    The folder always holds one run: everything is written into a staging folder beside ``out_dir`` and
+    swapped in at the end, under the folder's lock (:class:`~homoscope.report.folder.ResultsFolder`); a
+    failure leaves ``out_dir`` as it was. Where ``manifest['run']`` holds the run's id, every file carries
+    it: a ``run`` column in each csv and parquet table, a text chunk in each PNG, a line in both reports
+    and a key in ``findings.json``; :func:`load_results` refuses a folder whose files disagree.
 
     Model and measure names are sanitized in file names (``homoscope._paths.safe_name``; names that
     would collide get a short hash) and every path is checked to stay inside ``out_dir``. Each file is
@@ -127,6 +137,11 @@ def write_outputs(
         progress: show a tqdm bar over the figures when there are many.
         dpi: resolution of every figure.
         html: also write ``report.html``.
+        run_files: other files of the run (``{name: bytes}``, e.g. ``study.toml``) written into the same
+            folder in the same swap.
+        record_time: add the seconds this call took before the reports to ``manifest['timings']`` as
+            ``report`` (and to its ``total`` where present), so the reports and ``manifest.json`` quote the
+            same timings; ``manifest`` is updated in place.
 
     Returns:
         ``{'tables': [...], 'heatmaps': [...], 'summaries': [...], 'controls': [...], 'agreement': [...],
@@ -135,35 +150,47 @@ def write_outputs(
 
     Raises:
         ValueError / TypeError: ``frame`` is not a valid results frame, it is empty, or an extra frame
-            is malformed (named).
+            is malformed (named); ``out_dir`` is in use by another run or holds files homoscope does not
+            write (see :meth:`~homoscope.report.folder.ResultsFolder.check`).
+        OSError: writing failed (``out_dir`` is then as it was).
     """
-    with summary_cache():
-        return _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi, html)
-
-
-def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi, html) -> dict[str, list[Path]]:
     check_frame(frame)
     if frame.empty:
         raise ValueError("frame is empty: there is nothing to report")
+    t0 = time.perf_counter()
+    with summary_cache(), ResultsFolder(out_dir) as folder:
+        folder.check()
+        staging = folder.stage()
+        result = _write_outputs(frame, manifest, staging, extra, measure_info, progress, dpi, html,
+                                t0 if record_time else None)
+        for name, data in (run_files or {}).items():
+            atomic_write_bytes(inside(staging / name, staging), data)
+        folder.commit()
+    out = Path(out_dir)
+    return {k: [out / p.relative_to(staging) for p in v] for k, v in result.items()}
+
+
+def _write_outputs(frame, manifest, out, extra, measure_info, progress, dpi, html, t0) -> dict[str, list[Path]]:
     given = dict(extra or {})
     extra = normalize_extra(given)  # the frames as the report reads them; the files keep them as given
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = manifest or {}
+    manifest = manifest if manifest is not None else {}
+    run = manifest.get("run") if isinstance(manifest.get("run"), str) else None
     measure_info = measure_info or manifest_measure_info(manifest)
     infos = {m: resolve_measure_info(m, measure_info) for m in measures_of(frame)}
-    result: dict[str, list[Path]] = {"tables": _write_data(frame, given, extra, out, infos), "heatmaps": [],
+    result: dict[str, list[Path]] = {"tables": _write_data(frame, given, extra, out, infos, run), "heatmaps": [],
                                      "summaries": [], "controls": [], "agreement": [], "manifest": [], "report": []}
     names = [str(m.get("name")) for m in (manifest.get("models") or []) if isinstance(m, Mapping) and m.get("name")]
     order = [m for m in model_order(frame, names) if m in set(model_order(frame))]
     jobs = _figure_jobs(frame, extra, out, order, infos, dpi)
     bar = tqdm(jobs, desc="figures", unit="fig", disable=not (progress and len(jobs) >= PROGRESS_MIN_FIGURES),
                leave=False)
-    for key, job in bar:
-        path = job()
-        if path is not None:
-            result[key].append(path)
-
+    with stamped(run):
+        for key, job in bar:
+            path = job()
+            if path is not None:
+                result[key].append(path)
+    if t0 is not None and isinstance(manifest.get("timings"), dict):
+        _record_time(manifest["timings"], time.perf_counter() - t0)
     facts = gather(frame, manifest, out, measure_info=lambda n: infos[n], extra=extra)
     result["tables"].append(write_findings(facts, out))
     result["manifest"].append(write_manifest(manifest, out))
@@ -174,19 +201,26 @@ def _write_outputs(frame, manifest, out_dir, extra, measure_info, progress, dpi,
     return result
 
 
+def _record_time(timings: dict, seconds: float) -> None:
+    timings["report"] = seconds
+    if isinstance(timings.get("total"), (int, float)):
+        timings["total"] = timings["total"] + seconds
+
+
 def _write_data(frame: pd.DataFrame, given: Mapping[str, pd.DataFrame], extra: Mapping[str, pd.DataFrame], out: Path,
-                infos: Mapping[str, Any]) -> list[Path]:
-    """The results frame, ``summary.csv`` and the extra frames (as given) beside them; returns their paths."""
-    paths = write_tables(frame, out)
+                infos: Mapping[str, Any], run: str | None) -> list[Path]:
+    """The results frame, ``summary.csv`` and the extra frames (as given) beside them, each with the run's
+    id as its last column ``run`` where there is one; returns their paths."""
+    paths = write_tables(frame, out, run=run)
     summary = pd.concat([summary_table(frame, m, measure_info=lambda _n, i=i: i) for m, i in infos.items()],
                         ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+        with_run(summary, run).to_csv(tmp, index=False)
     paths.append(out / "summary.csv")
     for key in extra:
         path = inside(out / _extra_name(key), out)
         with atomic_path(path) as tmp:
-            given[key].to_csv(tmp, index=False)
+            with_run(given[key], run).to_csv(tmp, index=False)
         paths.append(path)
     return paths
 
@@ -239,92 +273,3 @@ def _maybe_dendrogram(sub: pd.DataFrame, measure: str, path: Path, models: list[
         return plot_dendrogram(sub, measure, path, models=models, measure_info=lambda _n: info, dpi=dpi)
     except ValueError:
         return None
-
-
-def load_results(
-    results_dir: str | os.PathLike,
-) -> tuple[pd.DataFrame, dict[str, Any], dict[str, pd.DataFrame]]:
-    """Read a results folder back: the frame, the manifest and the prediction-agreement frames.
-
-    Reads ``similarity.parquet`` (``similarity.csv`` where the parquet is missing or unreadable),
-    ``manifest.json`` (an empty manifest where missing) and ``probes.csv``, ``agreement.csv``,
-    ``homogenization.csv`` where present. Loads no model and computes no measure. ``findings.json``,
-    ``summary.csv``, the figures and the reports are derived from these and are not read: a rebuild
-    writes them anew.
-
-    Returns:
-        ``(frame, manifest, extra)``.
-
-    Raises:
-        ValueError: the folder does not exist, holds neither similarity file, the manifest is not valid
-            JSON, or the frame is not a results frame.
-    """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise ValueError(f"results_dir={str(root)!r} is not a folder; give the folder a study wrote")
-    parquet, csv = root / "similarity.parquet", root / "similarity.csv"
-    frame = None
-    if parquet.is_file():
-        try:
-            frame = pd.read_parquet(parquet)
-        except (OSError, ValueError, ImportError):
-            frame = None
-    if frame is None:
-        if not csv.is_file():
-            raise ValueError(f"{str(root)!r} holds neither similarity.parquet nor similarity.csv; is it a results "
-                             "folder?")
-        frame = _read_frame_csv(csv)
-    check_frame(frame, name=f"{root.name}/similarity")
-    manifest: dict[str, Any] = {}
-    mpath = root / "manifest.json"
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{str(mpath)!r} is not valid JSON: {err}") from None
-        if not isinstance(manifest, dict):
-            raise ValueError(f"{str(mpath)!r} must hold a JSON object, got {type(manifest).__name__}")
-    extra = {}
-    for key, name in EXTRA_TABLES.items():
-        path = root / name
-        if path.is_file() and path.stat().st_size > 0:
-            try:
-                extra[key] = pd.read_csv(path)
-            except pd.errors.EmptyDataError:
-                continue
-    return frame, manifest, extra
-
-
-# text columns of the results frame: a model called "007" or "nan" stays that string
-_TEXT_COLUMNS = ("model_a", "model_b", "measure", "unit", "selection", "task")
-
-
-def _read_frame_csv(path: Path) -> pd.DataFrame:
-    """``similarity.csv`` with its text columns read as text (no number or missing-value parsing)."""
-    head = pd.read_csv(path, nrows=0).columns
-    text = [c for c in _TEXT_COLUMNS if c in head]
-    na = {c: ["", "NaN", "nan", "NA"] for c in head if c not in text}
-    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False, na_values=na)
-
-
-def rebuild_report(
-    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
-    dpi: int = DPI,
-) -> dict[str, list[Path]]:
-    """Rebuild every table, figure, ``findings.json``, ``report.md`` and ``report.html`` of a results
-    folder from its files alone, without a model.
-
-    Reads the folder with :func:`load_results` and writes with :func:`write_outputs` into ``out_dir``
-    (default: the results folder itself; the frame, manifest and extra tables are written back unchanged),
-    so that the rebuilt ``report.md`` is the one the study wrote, byte for byte.
-
-    Returns:
-        As :func:`write_outputs`.
-
-    Raises:
-        ValueError: as :func:`load_results` and :func:`write_outputs`.
-    """
-    frame, manifest, extra = load_results(results_dir)
-    out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    return write_outputs(frame, manifest, out, extra=extra, progress=progress, dpi=dpi)
-

@@ -36,7 +36,18 @@ SUMMARY_COLUMNS = [
 _CELL_COLUMNS = ("ci_low", "ci_high", "p_value", "q_value", "null_mean", "null_std", "random_init")
 
 
-def write_tables(frame: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+#: The column that carries a run's id in every table a run writes.
+RUN_COLUMN = "run"
+
+
+def with_run(frame: pd.DataFrame, run: str | None) -> pd.DataFrame:
+    """``frame`` with the run's id as its last column :data:`RUN_COLUMN` (``frame`` itself where ``run`` is None)."""
+    if run is None:
+        return frame
+    return frame.drop(columns=[RUN_COLUMN], errors="ignore").assign(**{RUN_COLUMN: run})
+
+
+def write_tables(frame: pd.DataFrame, out_dir: str | os.PathLike, *, run: str | None = None) -> list[Path]:
     """Write the results frame as ``similarity.parquet`` and ``similarity.csv`` in ``out_dir``.
 
     Each file is written to a temporary name and moved into place with ``os.replace``, so a reader
@@ -46,6 +57,7 @@ def write_tables(frame: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     Args:
         frame: the tidy results frame (see :func:`homoscope.report.write_outputs`).
         out_dir: folder to write into; created if missing.
+        run: the run's id, written as the last column ``run`` of both files (see :func:`with_run`).
 
     Returns:
         ``[parquet_path, csv_path]``.
@@ -56,7 +68,7 @@ def write_tables(frame: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     check_frame(frame)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = frame.reset_index(drop=True)
+    data = with_run(frame.reset_index(drop=True), run)
     parquet, csv = out / "similarity.parquet", out / "similarity.csv"
     with atomic_path(parquet) as tmp:
         data.to_parquet(tmp, index=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..extract import RepresentationStore
+from ..report.folder import ResultsFolder
 from .extraction import RANDOM_INIT_SUFFIX, _free, _load, extract_model, random_init_seed
 from .options import Study, StudyWriteError, _os_reason, best_device, check_writable
 from .scoring import model_pairs, score_pairs
@@ -111,30 +111,38 @@ def run_study(
     t_all = time.perf_counter()
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always")
-        ctx = _prepare(study, loaded_models, log)
-        ext = extract_all(study, ctx, loaded_models, progress, log)
-        t0 = time.perf_counter()
-        names = [n for n, _ in study.model_specs()]
-        frame = _score(
-            study,
-            ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
-            permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
-            device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
-            bootstrap_groups=study.bootstrap_groups,
-            controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None,
-        )
-        ctx.timings["measures"] = time.perf_counter() - t0
-        agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
-        if agreement is not None:
-            ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
-        caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
-    for w in sorted(set(caught)):  # recorded above for the manifest and the report; said here too
-        log(w)
-    manifest = _manifest(study, ctx, ext, agreement, caught, commands)
-    files = _write(study, ctx, ext, frame, manifest, agreement, progress, t_all)
+        folder = _check(study, loaded_models)
+        with folder:  # the output folder is this run's until its outputs are swapped in
+            ctx = _prepare(study, folder, log)
+            ext = extract_all(study, ctx, loaded_models, progress, log)
+            frame = _score_all(study, ctx, ext, progress)
+            agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
+            if agreement is not None:
+                ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
+            caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+            for w in sorted(set(caught)):  # recorded above for the manifest and the report; said here too
+                log(w)
+            manifest = _manifest(study, ctx, ext, agreement, caught, commands)
+            files = _write(study, ctx, ext, frame, manifest, agreement, progress, t_all)
     return StudyResult(frame=frame, out=ctx.out, manifest=manifest, files=files,
                        representations=Representations(ext.stacks), rows=ext.rows_table,
                        controls=Representations(ext.controls), agreement=agreement)
+
+
+def _score_all(study: Study, ctx: "_Context", ext: "Extracted", progress: bool) -> pd.DataFrame:
+    """Stage 2 over the extracted stacks, with the study's options."""
+    t0 = time.perf_counter()
+    names = [n for n, _ in study.model_specs()]
+    frame = _score(
+        study,
+        ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
+        permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
+        device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
+        bootstrap_groups=study.bootstrap_groups,
+        controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None, store=ctx.store,
+    )
+    ctx.timings["measures"] = time.perf_counter() - t0
+    return frame
 
 
 def _score(study: Study, *args, **kwargs):
@@ -151,12 +159,13 @@ def _score(study: Study, *args, **kwargs):
 
 @dataclass
 class _Context:
-    """What every stage reads: the output folder, corpus, store, device, word plan and the timings."""
+    """What every stage reads: the output folder (and its lock), corpus, store, device, word plan, timings."""
 
     out: Path
     corpus: object
     store: RepresentationStore
     device: torch.device
+    folder: ResultsFolder
     plan: object = None
     timings: dict = field(default_factory=dict)
 
@@ -175,16 +184,27 @@ class Extracted:
     groups: list | None = None
 
 
-def _prepare(study: Study, loaded_models: dict | None, log) -> _Context:
-    """Validate, check the folders and specs before any model runs, load the corpus, open the store."""
-    from ..corpora import load_corpus
+def _check(study: Study, loaded_models: dict | None) -> ResultsFolder:
+    """Validate, check the output folder and the specs before any model runs; the folder, not yet held.
 
+    Fails before hours of extraction, not after: a folder that cannot be written or replaced whole, a spec
+    that names nothing. The output folder itself is only created when the run's outputs are swapped in.
+    """
     study.validate()
     out = Path(study.out)
-    # fail before hours of extraction, not after: a folder we cannot write, a spec that names nothing
-    check_writable(out, "out", "choose another output folder with --out (or 'out' in the study file)")
+    hint = "choose another output folder with --out (or 'out' in the study file)"
+    check_writable(out, "out", hint)  # a folder made read-only is kept as it is
+    folder = ResultsFolder(out)
+    folder.check()
     _resolve_specs(study, loaded_models)
-    out.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _prepare(study: Study, folder: ResultsFolder, log) -> _Context:
+    """Load the corpus, open the store (with the output folder held)."""
+    from ..corpora import load_corpus
+
+    out = Path(study.out)
     t0 = time.perf_counter()
     corpus = load_corpus(study.corpus, sentences=study.sentences or None, seed=study.seed, text_column=study.text_column,
                          label_column=study.label_column, doc_column=study.doc_column)
@@ -198,7 +218,7 @@ def _prepare(study: Study, loaded_models: dict | None, log) -> _Context:
     except OSError as err:
         raise ValueError(f"store={study.store!r} cannot be created: {_os_reason(err)}; {store_hint}") from None
     check_writable(store.root, "store", store_hint)
-    ctx = _Context(out, corpus, store, best_device(study.device), timings=timings)
+    ctx = _Context(out, corpus, store, best_device(study.device), folder, timings=timings)
     if study.unit == "word":
         from ..extract.words import plan_words
 
@@ -301,37 +321,52 @@ def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: li
         }
     if agreement is not None:
         manifest["agreement"] = agreement.meta
-    return manifest
+    return {"run": run_id(manifest), **manifest}
 
 
 def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreement, progress, t_all) -> dict:
-    """Stage: the frame, figures, report, rows table, study file and manifest, each written atomically."""
-    from .._paths import atomic_write_bytes
+    """Stage: the frame, figures, report, rows table, study file and manifest, swapped into the output
+    folder together (:func:`~homoscope.report.write_outputs`); each carries the run's id."""
     from ..measures import get_measure
     from ..report import write_outputs
+    from ..report.tables import with_run
 
-    out, timings = ctx.out, ctx.timings
+    run = manifest["run"]
+    files = {"study.toml": f"# homoscope run {run}\n{study.to_toml()}".encode()}
+    if ext.rows_table is not None:
+        files["rows.csv"] = with_run(ext.rows_table, run).to_csv(index=False).encode()
+    ctx.timings["total"] = time.perf_counter() - t_all
+    manifest["timings"] = dict(ctx.timings)  # write_outputs adds the report's seconds to both
     try:
-        # every file goes to a temporary name first: a failure keeps the earlier version whole
-        atomic_write_bytes(out / "study.toml", study.to_toml().encode())
-        if ext.rows_table is not None:
-            atomic_write_bytes(out / "rows.csv", ext.rows_table.to_csv(index=False).encode())
-        t0 = time.perf_counter()
-        files = write_outputs(frame, manifest, out, measure_info=lambda m: _measure_meta(get_measure(m)),
-                              progress=progress, extra=agreement.frames if agreement is not None else None)
-        if ext.rows_table is not None:
-            files = {**files, "rows": [out / "rows.csv"]}
-        timings["report"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_all
-        manifest["timings"] = dict(timings)  # the manifest on disk (and returned) gets the final timings
-        atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+        out = write_outputs(frame, manifest, ctx.out, measure_info=lambda m: _measure_meta(get_measure(m)),
+                            progress=progress, extra=agreement.frames if agreement is not None else None,
+                            run_files=files, record_time=True)
     except OSError as err:
         raise StudyWriteError(
-            f"could not write the study outputs to {str(out)!r}: {_os_reason(err)}; free space or fix permissions "
-            f"there, or pass another --out; the representations of all {len(ext.records)} models are kept in "
-            f"the store {str(ctx.store.root)!r}, so a rerun recomputes none of them"
+            f"could not write the study outputs to {str(ctx.out)!r}: {_os_reason(err)}; free space or fix "
+            f"permissions there, or pass another --out (the folder is as it was before this run); the "
+            f"representations of all {len(ext.records)} models are kept in the store {str(ctx.store.root)!r}, so "
+            "a rerun recomputes none of them"
         ) from err
-    return files
+    if ext.rows_table is not None:
+        out = {**out, "rows": [ctx.out / "rows.csv"]}
+    return out
+
+
+def run_id(manifest: dict) -> str:
+    """The id of a run: 16 hex digits of the sha256 of what determines its numbers (the study's options but
+    its folders, each model's and control's stored representations, the corpus, the homoscope version).
+
+    Two runs with the same id compute the same results, so a rerun writes the same files byte for byte; a
+    results folder whose files carry different ids mixes runs (:func:`~homoscope.report.load_results`).
+    """
+    from ..extract.store import fingerprint_key
+
+    study = {k: v for k, v in manifest["study"].items() if k not in ("out", "store")}
+    models = [m.get("store_key") for m in manifest["models"]]
+    controls = [c.get("fingerprint") for c in (manifest.get("controls") or {}).get("random_init", [])]
+    return fingerprint_key(study=study, models=models, controls=controls, corpus=manifest["corpus"],
+                           rows=manifest.get("rows"), version=__version__)[:16]
 
 
 def portable_paths(obj):

@@ -34,6 +34,7 @@ from .._memory import return_freed_memory
 from ..extract.words import sample_rows
 from ..measures.controls import resampled_groups
 from ..measures.controls import percentile_interval
+from .scorecache import ScoreCache, groups_digest, warning_category
 from .shards import InMemoryStack, _Rows
 
 # the subsample of the n x n measures and the Monte-Carlo controls is drawn with seed + this offset
@@ -67,6 +68,7 @@ def score_pairs(
     memory_mb: int = 512,
     pairwise_rows: int = 1024,
     bootstrap_groups: int = 32,
+    store=None,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
@@ -82,9 +84,13 @@ def score_pairs(
         memory_mb: memory budget of the streamed sums (MiB).
         pairwise_rows: row cap of the ``n x n`` measures and the Monte-Carlo controls (see module doc).
         bootstrap_groups: above ``pairwise_rows``, the most groups the exact bootstrap resamples.
+        store: a :class:`~homoscope.extract.RepresentationStore` where each pair's scores are kept as soon as
+            they are computed and read back by a rerun with the same stacks and options
+            (:mod:`~homoscope.study.scorecache`; stacks held in memory are never kept); None: not kept.
 
     Raises:
         ValueError: stacks with different n, and the measures' errors (naming the two models).
+        StudyWriteError: a pair's scores cannot be written to ``store`` (pairs kept before are reused).
     """
     from tqdm.auto import tqdm
 
@@ -108,16 +114,23 @@ def score_pairs(
             jobs.setdefault((a, b), []).append(m)
             if not get_measure(m).symmetric:
                 jobs.setdefault((b, a), []).append(m)
+    cache = None if store is None else ScoreCache(store, {
+        "unit": unit, "permutations": permutations, "bootstrap": bootstrap, "groups": groups_digest(groups),
+        "seed": seed, "device": str(device), "memory_mb": memory_mb, "pairwise_rows": pairwise_rows,
+        "bootstrap_groups": bootstrap_groups})
     frames = []
     for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
-        try:
-            scored = plan.score(names, src[a], src[b], keys=(a, b))
-            random = (plan.score(names, csrc[a], csrc[b], with_controls=False,
-                                 keys=(f"{a} (random-init)", f"{b} (random-init)")) if controls is not None else None)
-        except ValueError as err:  # name the models: the measure only knows X and Y
-            raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
-        for m in names:
-            frames.append(_frame(a, b, m, scored[m], random[m] if random else None, src[a], src[b], unit))
+        key = cache.key(a, b, (src[a], src[b], csrc.get(a), csrc.get(b)), names) if cache is not None else None
+        kept = cache.get(key) if key is not None else None
+        if kept is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                frame = _score_job(plan, a, b, names, src, csrc if controls is not None else None, unit)
+            kept = (frame, [(w.category.__name__, str(w.message)) for w in caught])
+            _keep(cache, key, *kept)
+        for category, message in kept[1]:  # a pair's warnings, said whether it was computed or read back
+            warnings.warn(message, warning_category(category), stacklevel=2)
+        frames.append(kept[0])
     frame = pd.concat(frames, ignore_index=True)
     if "control_n" in frame:  # only where the controls used fewer rows than the value
         frame["control_n"] = frame["control_n"].fillna(frame["n"])
@@ -125,6 +138,33 @@ def score_pairs(
         frame[c] = frame[c].astype("int64")
     _flag_outside_interval(frame)
     return frame
+
+
+def _score_job(plan: "_Plan", a: str, b: str, names: list[str], src: dict, csrc: dict | None, unit: str) -> pd.DataFrame:
+    """The tidy rows of ``names`` between models a and b (X) and (Y), with their controls."""
+    try:
+        scored = plan.score(names, src[a], src[b], keys=(a, b))
+        random = (plan.score(names, csrc[a], csrc[b], with_controls=False,
+                             keys=(f"{a} (random-init)", f"{b} (random-init)")) if csrc is not None else None)
+    except ValueError as err:  # name the models: the measure only knows X and Y
+        raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
+    return pd.concat([_frame(a, b, m, scored[m], random[m] if random else None, src[a], src[b], unit) for m in names],
+                     ignore_index=True)
+
+
+def _keep(cache: ScoreCache | None, key: str | None, frame: pd.DataFrame, caught: list) -> None:
+    """Keep a pair's scores in the store, with the warnings raised while computing them."""
+    if cache is None or key is None:
+        return
+    try:
+        cache.put(key, frame, caught)
+    except OSError as err:
+        from .options import StudyWriteError, _os_reason
+
+        raise StudyWriteError(
+            f"could not write the scores of a model pair to the store {str(cache.store.root)!r}: {_os_reason(err)}; "
+            "free space or fix permissions there, or pass another --store; the representations and the pairs "
+            "scored before are kept and reused by the next run") from err
 
 
 def _flag_outside_interval(frame: pd.DataFrame) -> None:
