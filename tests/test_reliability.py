@@ -135,7 +135,7 @@ def test_disk_full_in_the_store_keeps_the_models_before(tmp_path, corpus, models
     msg = str(err.value)
     assert "\n" not in msg
     assert "could not write the representations of model 'gpt2' to the store" in msg
-    assert "No space left on device (ENOSPC)" in msg and "--store" in msg
+    assert "No space left on device (ENOSPC)" in msg and "give another folder as store" in msg
     assert "models stored before this one are kept and reused by the next run" in msg
     assert calls["n"] == 2 and _temporaries(tmp_path / "store") == []
     assert len(list((tmp_path / "store").glob("bert-*.json"))) == 1
