@@ -610,7 +610,8 @@ def _missing_weights(model: nn.Module, loading: dict | None, head: bool) -> tupl
 def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
                auto_install: bool = False, name: str | None = None, head: bool = False,
-               attn_implementation: str | None = None, progress: bool | None = None) -> LoadedModel:
+               attn_implementation: str | None = None, progress: bool | None = None, fingerprint: str = "stat",
+               fingerprint_cache: str | os.PathLike | None = None) -> LoadedModel:
     """Load a model by spec: packaged name, local Hugging Face folder, or hub id.
 
     Args:
@@ -626,6 +627,9 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         attn_implementation: passed to transformers (``eager``, ``sdpa``); None keeps its default.
         progress: show transformers' loading bars and warnings (True) or silence them (False, None);
             install steps of ``auto_install`` are shown unless progress is False.
+        fingerprint: how the weight files are known unchanged, ``stat`` or ``content``
+            (:func:`~homoscope.models.fingerprint.file_sha256`).
+        fingerprint_cache: folder of the weight digests' cache (default ``homoscope_home()/fingerprints``).
 
     Local folders load with ``local_files_only=True`` and prefer safetensors; a folder with only
     pickled ``.bin`` weights is read with ``torch.load(weights_only=True)`` (transformers' loader).
@@ -637,8 +641,8 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         ValueError: unresolvable spec, packaged model not installed (and not ``auto_install``),
             a model that needs code of its own while ``trust_remote_code`` is off (before anything
             loads where its config says so), a folder without weight files, a tokenizer that is not a
-            fast tokenizer, an encoder-decoder model, or a hub id that cannot be loaded (offline /
-            unknown).
+            fast tokenizer, an encoder-decoder model, a hub id that cannot be loaded (offline /
+            unknown), or an unknown ``fingerprint`` mode.
     """
     dtype = _as_dtype(dtype)
     source = _installed_source(spec_or_source, auto_install, progress)
@@ -646,8 +650,9 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     dev = torch.device(device) if device is not None else best_device()
     common: dict = {"trust_remote_code": bool(trust_remote_code)}
     model_kw: dict = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    marks = {"mode": fingerprint, "cache": fingerprint_cache}
     if source.kind in ("packaged", "local"):
-        where, digest, prov = _from_folder(source, common, model_kw)
+        where, digest, prov = _from_folder(source, common, model_kw, marks)
     else:
         where, digest, prov = str(source.location), "", _Provenance()
     model, tokenizer, loading = _load_pretrained(source, where, head, dtype, common, model_kw, progress)
@@ -655,7 +660,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     model.eval()
     model.to(dev)
     if not digest:
-        digest = _hub_fingerprint(str(source.location)) or module_fingerprint(model)
+        digest = _hub_fingerprint(str(source.location), **marks) or module_fingerprint(model)
     info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
                      location=str(source.location), fingerprint=digest, license=prov.license,
                      license_url=prov.license_url, notes=prov.notes + missing_notes, head_loaded=head_loaded,
@@ -664,9 +669,9 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
 
 
-def _from_folder(source: ModelSource, common: dict, model_kw: dict) -> tuple[Path, str, _Provenance]:
+def _from_folder(source: ModelSource, common: dict, model_kw: dict, marks: dict) -> tuple[Path, str, _Provenance]:
     """A packaged or local folder's loading options (set in ``common`` and ``model_kw``), the fingerprint of its
-    weight files and its provenance.
+    weight files (``marks``: mode and cache of :func:`files_fingerprint`) and its provenance.
 
     Raises ValueError for a folder without weight files.
     """
@@ -674,7 +679,7 @@ def _from_folder(source: ModelSource, common: dict, model_kw: dict) -> tuple[Pat
     common["local_files_only"] = True
     files = _checked_weight_files(folder)
     model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
-    return folder, files_fingerprint(files, root=folder), _folder_provenance(source, folder)
+    return folder, files_fingerprint(files, root=folder, **marks), _folder_provenance(source, folder)
 
 
 def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict):
@@ -692,8 +697,9 @@ def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_
     return model, tokenizer, loading, kind
 
 
-def _hub_fingerprint(repo_id: str) -> str:
-    """Fingerprint of a hub model's cached weight files, without network; '' if not found."""
+def _hub_fingerprint(repo_id: str, mode: str = "stat", cache=None) -> str:
+    """Fingerprint of a hub model's cached weight files (:func:`files_fingerprint` with ``mode`` and ``cache``),
+    without network; '' if not found."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -701,4 +707,4 @@ def _hub_fingerprint(repo_id: str) -> str:
     except Exception:
         return ""
     files = weight_files(folder)
-    return files_fingerprint(files, root=folder) if files else ""
+    return files_fingerprint(files, root=folder, mode=mode, cache=cache) if files else ""

@@ -5,6 +5,7 @@ import dataclasses
 import gc
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -324,10 +325,12 @@ def random_init_seed(seed: int, name: str) -> int:
 
 
 def _load(study: Study, name: str, spec: str, device: torch.device):
+    """Load model ``spec`` as the study asks; the weight fingerprints' cache goes inside ``store`` where given."""
     from ..models import load_model
 
+    cache = None if study.store is None else Path(study.store) / "fingerprints"
     return load_model(spec, device=device, dtype=DTYPES[study.dtype], trust_remote_code=study.trust_remote_code,
-                      auto_install=study.install, name=name)
+                      auto_install=study.install, name=name, fingerprint=study.fingerprint, fingerprint_cache=cache)
 
 
 def _free(device: torch.device) -> None:

@@ -46,6 +46,7 @@ from .._spelling import shown, typed
 from ..extract.runner import POOLINGS
 from ..extract.words import DEFAULT_MAX_ROWS, PUNCTUATION, ROW_POOLINGS, SPECIAL_TOKENS
 from ..measures.controls import MIN_BOOTSTRAP_GROUPS
+from ..models.fingerprint import FINGERPRINTS
 
 PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
@@ -366,7 +367,16 @@ class Study:
                             "cannot run) or off", choices=AGREEMENT_MODES)
     probe_test_size: float = option(0.3, "share of documents held out for the probes' test split", minimum=0,
                                     maximum=1, exclusive=True)
-    store: str | None = option(None, "representation store folder (default: the homoscope cache)")
+    store: str | None = option(None, "representation store folder (default: the homoscope cache); the weight "
+                               "fingerprints' cache goes there too")
+    fingerprint: str = option("stat", "how a model's weight files are known unchanged: stat (a sha256 cached with each "
+                              "file's path, size, times and inode) or content (every file hashed again on each run)",
+                              choices=FINGERPRINTS,
+                              details="``stat`` reuses a file's cached sha256 while its absolute path, size, "
+                                      "modification and change times (ns) and inode stay the same (a write moves "
+                                      "the change time); ``content`` reads every weight file on each run (about "
+                                      "as long as loading the weights) and refreshes the cache. See "
+                                      ":mod:`homoscope.models.fingerprint`.")
     install: bool = option(False, "install missing packaged models first")
     trust_remote_code: bool = option(False, "allow code shipped with a model folder to run")
     name: str = option("homoscope study", "study title used in the report")

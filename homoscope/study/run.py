@@ -382,7 +382,7 @@ def portable_paths(obj):
     user's home folder ``~``, so a manifest or report can be shared without the machine's paths."""
     from .._paths import homoscope_home
 
-    prefixes = [(str(homoscope_home()), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
+    prefixes = [(str(homoscope_home(create=False)), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
 
     def walk(x):
         if isinstance(x, str):
