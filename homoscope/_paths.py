@@ -13,16 +13,18 @@ import platformdirs
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def homoscope_home() -> Path:
+def homoscope_home(*, create: bool = True) -> Path:
     """Return the cache folder: ``$HOMOSCOPE_HOME`` if set, else the user cache dir + ``homoscope``.
 
-    The folder is created if missing. Raises ValueError if the path exists and is not a folder.
+    The folder is created if missing, unless ``create`` is False (a caller that only names it). Raises
+    ValueError if the path exists and is not a folder.
     """
     env = os.environ.get("HOMOSCOPE_HOME")
     home = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("homoscope"))
     if home.exists() and not home.is_dir():
         raise ValueError(f"HOMOSCOPE_HOME={str(home)!r} exists and is not a folder; point it at a folder")
-    home.mkdir(parents=True, exist_ok=True)
+    if create:
+        home.mkdir(parents=True, exist_ok=True)
     return home
 
 

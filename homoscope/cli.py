@@ -98,6 +98,21 @@ def build_study(args):
     return Study(**{**defaults, **made, **given})
 
 
+def option_labels(args) -> dict[str, str]:
+    """How each study option was given on this command line, for messages (:func:`homoscope._spelling.typed`):
+    the study file's key where ``run`` reads the value from the file and no flag overrides it, else the flag
+    (an option left to its default is named by the flag that sets it)."""
+    from .study.options import OPTIONS, read_study_file
+
+    in_file = set(read_study_file(args.study)[0]) if args.command == "run" else set()
+    labels = {"models": "--models"} if args.command == "demo" else {}
+    for opt in OPTIONS:
+        flagged = opt.flag is not None and getattr(args, opt.name, None) is not None
+        if opt.flag is not None and (flagged or opt.name not in in_file):
+            labels[opt.name] = opt.flag
+    return labels
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``homoscope`` parser: one subcommand per ``cmd_*`` function."""
     parser = argparse.ArgumentParser(
@@ -176,8 +191,16 @@ def _command_line() -> str:
 
 
 def cmd_study(args) -> int:
-    """``demo``, ``run`` and ``compare``: build the study, run it, print where the outputs went."""
-    return _run(build_study(args), args, [_command_line()])
+    """``demo``, ``run`` and ``compare``: build the study, run it, print where the outputs went.
+
+    Messages name each option as it was given: by its flag, or by its key when ``run`` reads it from
+    the study file (:func:`option_labels`).
+    """
+    from ._spelling import spelled
+
+    study = build_study(args)
+    with spelled(option_labels(args)):
+        return _run(study, args, [_command_line()])
 
 
 def cmd_models(args) -> int:

@@ -235,7 +235,7 @@ def test_read_only_output_folder_fails_before_any_model(tmp_path, corpus, models
                 run_study(_study(tmp_path, corpus, out=str(out)), progress=False, loaded_models=models, log=None)
             msg = _one_line(err.value)
             assert f"out={str(out)!r} is not writable" in msg and "Permission denied (EACCES)" in msg
-            assert "choose another output folder with --out" in msg
+            assert "give another output folder as out" in msg  # the keyword, as typed in Python
         assert _stored(tmp_path) == []
     finally:
         ro.chmod(0o755)
@@ -249,7 +249,7 @@ def test_read_only_store_fails_before_any_model(tmp_path, corpus, models, monkey
         with pytest.raises(ValueError) as err:
             run_study(_study(tmp_path, corpus), progress=False, loaded_models=models, log=None)
         msg = _one_line(err.value)
-        assert f"store={str(store)!r} is not writable" in msg and "pass another folder with --store" in msg
+        assert f"store={str(store)!r} is not writable" in msg and "give another folder as store" in msg
         assert list(store.iterdir()) == []
     finally:
         store.chmod(0o755)

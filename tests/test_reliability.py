@@ -135,7 +135,7 @@ def test_disk_full_in_the_store_keeps_the_models_before(tmp_path, corpus, models
     msg = str(err.value)
     assert "\n" not in msg
     assert "could not write the representations of model 'gpt2' to the store" in msg
-    assert "No space left on device (ENOSPC)" in msg and "--store" in msg
+    assert "No space left on device (ENOSPC)" in msg and "give another folder as store" in msg
     assert "models stored before this one are kept and reused by the next run" in msg
     assert calls["n"] == 2 and _temporaries(tmp_path / "store") == []
     assert len(list((tmp_path / "store").glob("bert-*.json"))) == 1
@@ -165,7 +165,7 @@ def test_write_error_in_the_outputs_keeps_earlier_results(tmp_path, corpus, mode
         msg = str(err.value)
         assert "\n" not in msg
         assert f"could not write the study outputs to {str(first.out)!r}: {reason}" in msg
-        assert "or pass another --out" in msg and "a rerun recomputes none of them" in msg
+        assert "or give another output folder as out" in msg and "a rerun recomputes none of them" in msg
         # the folder is the earlier run's, byte for byte, and nothing of the failed run is left beside it
         assert _snapshot(first.out) == before
         assert [p.name for p in first.out.parent.iterdir() if p.name.startswith(f".{first.out.name}")] == []

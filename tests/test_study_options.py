@@ -18,7 +18,9 @@ ON_CLI = [o for o in OPTIONS if o.flag is not None]
 BOUNDED = [o for o in OPTIONS if o.choices is not None or o.minimum is not None or o.maximum is not None]
 COMMANDS = ("demo", "run", "compare")
 # values the schema cannot make up: known measures, model tables, a device every machine has
-SAMPLES = {"models": ["a", {"name": "b", "spec": "folder/b"}], "measures": ["rbf_cka", "linear_cka"], "device": "cpu"}
+# and a corpus that exists (the BBC corpus is named in any case), padded tokens that hold a text
+SAMPLES = {"models": ["a", {"name": "b", "spec": "folder/b"}], "measures": ["rbf_cka", "linear_cka"], "device": "cpu",
+           "corpus": "BBC", "batch_tokens": 4096}
 
 
 def sample(opt: Option):
@@ -95,12 +97,17 @@ def test_the_schema_is_the_study():
 def test_schema_holds_the_rules_that_were_written_by_hand():
     rules = {o.name: o.rule for o in OPTIONS}
     assert rules["shard_size"] == "an integer >= 1" and rules["memory_mb"] == "an integer >= 64"
-    assert rules["pairwise_rows"] == "an integer >= 16" and rules["max_length"] == "an integer >= 2"
-    assert rules["max_rows"] == rules["bootstrap"] == rules["permutations"] == "a non-negative integer"
+    assert rules["pairwise_rows"] == "an integer >= 16" and rules["max_length"] == "an integer >= 4"
+    assert rules["max_rows"] == "a non-negative integer"
+    assert rules["bootstrap"] == rules["permutations"] == "0 (off) or an integer >= 2"
+    assert rules["sentences"] == "0 (every text) or an integer >= 4"
     assert rules["probe_test_size"] == "a number strictly between 0 and 1"
     assert rules["unit"] == "one of sentence, word, token" and rules["agreement"] == "one of auto, on, off"
-    with pytest.raises(ValueError, match=r"sentences=-1 must be a non-negative integer \(or omitted\)"):
+    # no "(or omitted)": leaving sentences out gives 1,000 texts, not every text
+    with pytest.raises(ValueError, match=r"^sentences=-1 must be 0 \(every text\) or an integer >= 4$"):
         Study(models=["a", "b"], sentences=-1).validate()
+    with pytest.raises(ValueError, match=r"^label_column=3 must be a string \(or omitted\)$"):
+        Study(models=["a", "b"], label_column=3).validate()
     with pytest.raises(ValueError, match=r"probe_test_size=nan must be a number strictly between 0 and 1"):
         Study(models=["a", "b"], probe_test_size=float("nan")).validate()
     with pytest.raises(ValueError, match=r"memory_mb=True must be an integer >= 64"):
@@ -224,7 +231,7 @@ def test_help_lists_every_option_with_its_help(command, capsys, monkeypatch):
     (dict(seed=2**70), r"seed=\d+ must be an integer between 0 and 4,294,967,295"),
     (dict(random_init="no"), r"random_init='no' must be true or false"),
     (dict(shard_size=4.0), r"shard_size=4\.0 must be an integer >= 1"),
-    (dict(sentences=2), r"sentences=2 must be 0 \(every text\) or at least 4"),
+    (dict(sentences=2), r"sentences=2 must be 0 \(every text\) or an integer >= 4"),
     (dict(out=""), r"out='' is empty"),
     (dict(store=" "), r"store=' ' is empty; give a folder or file name or leave it out"),
 ])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from .._spelling import typed
 from ._bbc import LABELS as BBC_LABELS
 from ._bbc import LICENSE_NOTE as BBC_LICENSE
 from ._bbc import load_bbc
@@ -77,8 +78,9 @@ def load_corpus(
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "bbc"):
         if text_column != "text" or label_column is not None or doc_column is not None:
             raise ValueError(
-                "the BBC News corpus has fixed columns (text, topic label, article id); "
-                "drop text_column/label_column/doc_column or give a .jsonl/.csv file"
+                "the BBC News corpus has fixed columns (text, topic label, article id); drop "
+                f"{', '.join(typed(o) for o in ('text_column', 'label_column', 'doc_column'))} or give a .jsonl/.csv "
+                "file"
             )
         return load_bbc(sentences=sentences, seed=seed)
     if not isinstance(spec, str) and not hasattr(spec, "__fspath__"):

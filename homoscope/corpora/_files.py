@@ -8,10 +8,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from .._spelling import typed
 from ._corpus import Corpus
 from ._text import check_count, check_seed, normalise, sample_indices
 
 SUFFIXES = (".txt", ".jsonl", ".csv")
+# the study option that names each column, for messages (named as the user typed it)
+_COLUMN_OPTION = {"text": "text_column", "label": "label_column", "document id": "doc_column"}
 
 
 def _supported() -> str:
@@ -61,7 +64,7 @@ def _read_txt(text: str, shown: str, label_column, doc_column):
     if label_column is not None or doc_column is not None:
         raise ValueError(
             f"corpus file {shown!r} is a .txt file with one text per line and no columns; "
-            "drop label_column/doc_column or give a .jsonl or .csv file"
+            f"drop {typed('label_column')} and {typed('doc_column')}, or give a .jsonl or .csv file"
         )
     rows = []
     for lineno, line in enumerate(_lines(text), start=1):
@@ -109,13 +112,15 @@ def _read_jsonl(text: str, shown: str, text_column: str, label_column, doc_colum
         if text_column not in record:
             raise ValueError(
                 f"corpus file {shown!r} has no text column {text_column!r} at {where}; "
-                f"columns found: {', '.join(map(repr, record)) or '(none)'}; pass text_column="
+                f"columns found: {', '.join(map(repr, record)) or '(none)'}; name the text column with "
+                f"{typed('text_column')}"
             )
         for column, what in ((label_column, "label"), (doc_column, "document id")):
             if column is not None and column not in record:
                 raise ValueError(
                     f"corpus file {shown!r} has no {what} column {column!r} at {where}; "
-                    f"columns found: {', '.join(map(repr, record)) or '(none)'}"
+                    f"columns found: {', '.join(map(repr, record)) or '(none)'}; name the right one with "
+                    f"{typed(_COLUMN_OPTION[what])}"
                 )
         body = _cell(record[text_column], "text", text_column, where, shown, allow_missing=True)
         label = doc = None
@@ -145,7 +150,7 @@ def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column)
         if column is None:
             continue
         if column not in header:
-            hint = "; pass text_column=" if what == "text" else f"; pass the right {what} column name"
+            hint = f"; name the right one with {typed(_COLUMN_OPTION[what])}"
             raise ValueError(f"corpus file {shown!r} has no {what} column {column!r}; columns found: {found}{hint}")
         position[what] = header.index(column)
     rows = []
@@ -289,7 +294,7 @@ def load_file(
     """
     p = check_path(path)
     if not isinstance(text_column, str) or not text_column:
-        raise ValueError(f"text_column={text_column!r} must be a non-empty column name")
+        raise ValueError(f"{typed('text_column', text_column)} must be a non-empty column name")
     k = check_count(sentences)
     s = check_seed(seed)
     kept, meta = _read_file(p, str(path), text_column, label_column, doc_column)

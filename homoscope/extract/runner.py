@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .._spelling import typed
+
 POOLINGS = ("mean", "first", "last", "cls")
 PADDING_SIDES = ("right", "left")
 
@@ -103,8 +105,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[in
         )
     texts = list(texts)
     # one untruncated pass; only the texts over max_length are tokenized again with truncation
-    # (a text that fits comes out the same either way)
-    enc = tokenizer(texts, add_special_tokens=True, truncation=False, return_special_tokens_mask=True)
+    # (a text that fits comes out the same either way). verbose=False: no text runs untruncated, so
+    # transformers' warning that one "will result in indexing errors" would mislead
+    enc = tokenizer(texts, add_special_tokens=True, truncation=False, return_special_tokens_mask=True, verbose=False)
     ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
     long_ = [i for i, x in enumerate(ids) if len(x) > max_length]
     if long_:
@@ -252,6 +255,10 @@ def extract(
     ids, special, n_trunc = tokenize(loaded.tokenizer, texts, max_length)
     stats.n, stats.truncated = len(texts), n_trunc
     check_nonempty(ids, texts, _model_name(loaded))
+    if pooling == "cls" and not all(s and s[0] for s in special):
+        raise ValueError(f"model {_model_name(loaded)!r}: {typed('pooling', 'cls')} needs a special token (CLS/BOS) "
+                         f"at the start of every text, but its tokenizer adds none; use {typed('pooling', 'first')} "
+                         f"or {typed('pooling', 'mean')}")
 
     def weights(batch, attn, spec):
         if include_special and pooling != "cls":

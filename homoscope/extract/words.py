@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._spelling import typed
+
 PUNCTUATION = ("attach", "split")
 ROW_POOLINGS = ("mean", "first", "last")
 SPECIAL_TOKENS = ("exclude", "include")
@@ -278,13 +280,15 @@ def require_fast(tokenizer, name: str, unit: str) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"model {name!r} has a slow tokenizer ({type(tokenizer).__name__}) without character offsets; "
-            f"unit={unit!r} needs a fast, tokenizers-backed tokenizer (a tokenizer.json in the model folder)"
+            f"{typed('unit', unit)} needs a fast, tokenizers-backed tokenizer (a tokenizer.json in the model folder)"
         )
 
 
 def _encode(tokenizer, texts: list[str], **kw) -> dict:
+    # verbose=False: a text over the model's limit is cut and counted here, so transformers' warning that
+    # running it "will result in indexing errors" (it never runs untruncated) is not given
     return tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True,
-                     return_special_tokens_mask=True, **kw)
+                     return_special_tokens_mask=True, verbose=False, **kw)
 
 
 def encode_words(tokenizer, texts: list[str], plan: WordPlan, max_length: int, name: str = "model") -> UnitEncoding:
@@ -406,7 +410,7 @@ def encode_tokens(tokenizer, texts: list[str], max_length: int, include_special:
     """Tokenize ``texts`` for token rows. Returns (encoding with one single-token group per eligible
     token, per text the eligible token strings). Raises ValueError for a slow tokenizer."""
     require_fast(tokenizer, name, "token")
-    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    full = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length,
                     return_special_tokens_mask=True)
     ids, special, groups, strings = [], [], [], []
@@ -452,9 +456,9 @@ def check_same_tokens(plan: TokenPlan, tokens: tuple, name: str) -> None:
             show_a = " ".join(a[max(0, k - 2): k + 3])
             show_b = " ".join(b[max(0, k - 2): k + 3])
             raise ValueError(
-                f"unit='token' needs models whose tokenizers give identical token sequences, but "
+                f"{typed('unit', 'token')} needs models whose tokenizers give identical token sequences, but "
                 f"{name!r} and {plan.reference or 'the first model'!r} split text {ti} differently "
-                f"(token {k}: {show_b!r} vs {show_a!r}); use unit='word', which aligns rows across "
+                f"(token {k}: {show_b!r} vs {show_a!r}); use {typed('unit', 'word')}, which aligns rows across "
                 "tokenizers through character offsets"
             )
 

@@ -207,6 +207,10 @@ def svcca_truncate(b: Bases, variance_kept: float) -> Bases:
     return _truncate(b, keep)
 
 
+ROWS_ABOVE_WIDTH = ("cca_rho", "cca_r2", "pwcca")
+"""The measures that refuse ``n <= max(d_x, d_y)`` (:func:`_check_n_vs_d`); svcca keeps at most n - 1 directions."""
+
+
 def _check_n_vs_d(n: int, bx: Bases, by: Bases, measure: str) -> None:
     for name, b in (("X", bx), ("Y", by)):
         d = int(b.d_eff.max())

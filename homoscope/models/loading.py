@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._spelling import typed
 from .fingerprint import files_fingerprint, module_fingerprint, weight_files
 from .registry import PACKAGED, is_assembled, read_marker
 from .resolve import ModelSource, resolve
@@ -486,17 +488,85 @@ def _folder_provenance(source: ModelSource, folder: Path) -> _Provenance:
     return prov
 
 
+def _config_file(source: ModelSource) -> Path | None:
+    """The ``config.json`` a source loads from, without network: the folder's, or the hub cache's; else None."""
+    if source.kind in ("packaged", "local"):
+        path = Path(source.location) / "config.json"
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(str(source.location), "config.json")
+    except Exception:
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def custom_code(source: ModelSource) -> list[str]:
+    """The classes of its own code a model asks transformers to run (``auto_map`` of a config whose
+    ``model_type`` transformers does not know; a known type loads with transformers' own code); [] if none
+    or if its config cannot be read here (transformers then decides when the model loads)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    path = _config_file(source)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError):
+        return []
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict) or config.get("model_type") in CONFIG_MAPPING_NAMES:
+        return []
+    return sorted({str(v[0] if isinstance(v, (list, tuple)) and v else v) for v in auto_map.values()})
+
+
+def config_shape(source: ModelSource) -> tuple[int, int] | None:
+    """``(blocks, width)`` from a model's config, read without loading weights or using the network; None where
+    its config cannot be read here (a hub id not in the cache, a packaged model not assembled yet)."""
+    from transformers import AutoConfig
+
+    path = _config_file(source)
+    if path is None:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True, trust_remote_code=False)
+        return num_blocks(config), hidden_width(config)
+    except Exception:  # a config transformers cannot read without the model's code: known when it loads
+        return None
+
+
+def _refuse_custom_code(source: ModelSource, classes: list[str]) -> ValueError:
+    """The one-line refusal of a model that needs its own code, naming the model and the switch that allows it."""
+    what = f" ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})" if classes else ""
+    return ValueError(f"model {source.name!r} needs code of its own{what}, shipped in {str(source.location)!r}; "
+                      f"homoscope runs a model's own code only with {typed('trust_remote_code', True)}: give it if "
+                      "you trust that code")
+
+
+def check_custom_code(source: ModelSource, trust_remote_code: bool) -> None:
+    """Raise the one-line refusal (naming the model and the option as typed) when ``source`` needs code of its
+    own (:func:`custom_code`) and ``trust_remote_code`` is off. Reads the config only; loads nothing."""
+    classes = [] if trust_remote_code else custom_code(source)
+    if classes:
+        raise _refuse_custom_code(source, classes)
+
+
 def _load_pretrained(source: ModelSource, where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict,
                      progress: bool | None):
     """Load model and tokenizer from ``where`` (:func:`_from_pretrained`); return ``(model, tokenizer, loading)``.
 
-    Raises a ValueError for a hub id that cannot be loaded and for a tokenizer that is not fast.
+    Raises a ValueError for a hub id that cannot be loaded, for a model or tokenizer that needs code of its
+    own while ``trust_remote_code`` is off (transformers' own refusal, in one line), and for a tokenizer
+    that is not fast.
     """
     from .installer import _quiet_transformers
 
     try:
         with _quiet_transformers(bool(progress)):
             model, tokenizer, loading, _kind = _from_pretrained(where, head, dtype, common, model_kw)
+    except ValueError as exc:
+        if "custom code" not in str(exc) or "trust_remote_code" not in str(exc) or common.get("trust_remote_code"):
+            raise  # not transformers' refusal of a model's own code
+        raise _refuse_custom_code(source, []) from None
     except OSError as exc:
         if source.kind != "hub":
             raise
@@ -540,7 +610,8 @@ def _missing_weights(model: nn.Module, loading: dict | None, head: bool) -> tupl
 def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
                auto_install: bool = False, name: str | None = None, head: bool = False,
-               attn_implementation: str | None = None, progress: bool | None = None) -> LoadedModel:
+               attn_implementation: str | None = None, progress: bool | None = None, fingerprint: str = "stat",
+               fingerprint_cache: str | os.PathLike | None = None) -> LoadedModel:
     """Load a model by spec: packaged name, local Hugging Face folder, or hub id.
 
     Args:
@@ -556,6 +627,9 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         attn_implementation: passed to transformers (``eager``, ``sdpa``); None keeps its default.
         progress: show transformers' loading bars and warnings (True) or silence them (False, None);
             install steps of ``auto_install`` are shown unless progress is False.
+        fingerprint: how the weight files are known unchanged, ``stat`` or ``content``
+            (:func:`~homoscope.models.fingerprint.file_sha256`).
+        fingerprint_cache: folder of the weight digests' cache (default ``homoscope_home()/fingerprints``).
 
     Local folders load with ``local_files_only=True`` and prefer safetensors; a folder with only
     pickled ``.bin`` weights is read with ``torch.load(weights_only=True)`` (transformers' loader).
@@ -565,38 +639,47 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
 
     Raises:
         ValueError: unresolvable spec, packaged model not installed (and not ``auto_install``),
-            a folder without weight files, a tokenizer that is not a fast tokenizer, an
-            encoder-decoder model, or a hub id that cannot be loaded (offline / unknown).
+            a model that needs code of its own while ``trust_remote_code`` is off (before anything
+            loads where its config says so), a folder without weight files, a tokenizer that is not a
+            fast tokenizer, an encoder-decoder model, a hub id that cannot be loaded (offline /
+            unknown), or an unknown ``fingerprint`` mode.
     """
     dtype = _as_dtype(dtype)
     source = _installed_source(spec_or_source, auto_install, progress)
+    check_custom_code(source, trust_remote_code)
     dev = torch.device(device) if device is not None else best_device()
     common: dict = {"trust_remote_code": bool(trust_remote_code)}
-    model_kw: dict = {}
+    model_kw: dict = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    marks = {"mode": fingerprint, "cache": fingerprint_cache}
     if source.kind in ("packaged", "local"):
-        folder = Path(source.location)
-        common["local_files_only"] = True
-        files = _checked_weight_files(folder)
-        model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
-        where: str | Path = folder
-        fingerprint = files_fingerprint(files, root=folder)
-        prov = _folder_provenance(source, folder)
+        where, digest, prov = _from_folder(source, common, model_kw, marks)
     else:
-        where, fingerprint, prov = str(source.location), "", _Provenance()
-    if attn_implementation is not None:
-        model_kw["attn_implementation"] = attn_implementation
+        where, digest, prov = str(source.location), "", _Provenance()
     model, tokenizer, loading = _load_pretrained(source, where, head, dtype, common, model_kw, progress)
     head_loaded, missing_notes = _missing_weights(model, loading, head)
     model.eval()
     model.to(dev)
-    if not fingerprint:
-        fingerprint = _hub_fingerprint(str(source.location)) or module_fingerprint(model)
+    if not digest:
+        digest = _hub_fingerprint(str(source.location), **marks) or module_fingerprint(model)
     info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
-                     location=str(source.location), fingerprint=fingerprint, license=prov.license,
+                     location=str(source.location), fingerprint=digest, license=prov.license,
                      license_url=prov.license_url, notes=prov.notes + missing_notes, head_loaded=head_loaded,
                      quantization=prov.quantization)
     info.license_file = prov.license_file
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
+
+
+def _from_folder(source: ModelSource, common: dict, model_kw: dict, marks: dict) -> tuple[Path, str, _Provenance]:
+    """A packaged or local folder's loading options (set in ``common`` and ``model_kw``), the fingerprint of its
+    weight files (``marks``: mode and cache of :func:`files_fingerprint`) and its provenance.
+
+    Raises ValueError for a folder without weight files.
+    """
+    folder = Path(source.location)
+    common["local_files_only"] = True
+    files = _checked_weight_files(folder)
+    model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
+    return folder, files_fingerprint(files, root=folder, **marks), _folder_provenance(source, folder)
 
 
 def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict):
@@ -614,8 +697,9 @@ def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_
     return model, tokenizer, loading, kind
 
 
-def _hub_fingerprint(repo_id: str) -> str:
-    """Fingerprint of a hub model's cached weight files, without network; '' if not found."""
+def _hub_fingerprint(repo_id: str, mode: str = "stat", cache=None) -> str:
+    """Fingerprint of a hub model's cached weight files (:func:`files_fingerprint` with ``mode`` and ``cache``),
+    without network; '' if not found."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -623,4 +707,4 @@ def _hub_fingerprint(repo_id: str) -> str:
     except Exception:
         return ""
     files = weight_files(folder)
-    return files_fingerprint(files, root=folder) if files else ""
+    return files_fingerprint(files, root=folder, mode=mode, cache=cache) if files else ""

@@ -5,12 +5,14 @@ import dataclasses
 import gc
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._memory import return_freed_memory
+from .._spelling import typed
 from ..extract import ExtractStats, OutlierMoments, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
 from .options import DTYPES, Study, StudyWriteError, _os_reason
 from .shards import ShardedStack, shard_ranges
@@ -94,6 +96,7 @@ def extract_model(
     job = _Job(study, name, loaded, corpus, store, device, _key_parts(study, loaded, info, corpus), info,
                plan, progress=progress)
     _plan_rows(job)
+    _check_fits(job)
     stack, shard_recs = _extract_shards(job, log)
     record = _model_record(job, info, stack, shard_recs, load_s)
     if own:
@@ -142,6 +145,26 @@ def _plan_rows(job: _Job) -> None:
         job.parts["plan"] = job.plan.digest()
 
 
+def _check_fits(job: _Job) -> None:
+    """What this model's tokenizer and width mean for the study, before its extraction: its special tokens must
+    leave room for text in ``max_length`` tokens, and the measures that need more rows than columns must
+    have them (:func:`~.scoring.check_rows_above_widths`). Raises ValueError naming the model and the option."""
+    from .scoring import check_rows_above_widths
+
+    study, tokenizer = job.study, job.loaded.tokenizer
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    special = count() if callable(count) else 0
+    if special >= job.max_len:
+        capped = f" (capped at the model's {job.max_len})" if job.max_len < study.max_length else ""
+        raise ValueError(f"model {job.name!r} adds {special} special tokens to every text, which leave no room for "
+                         f"text in {typed('max_length', study.max_length)} tokens{capped}; raise "
+                         f"{typed('max_length')}")
+    rows = len(job.plan.rows) if job.plan is not None else len(job.corpus.texts)
+    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    width = job.info.get("width")
+    check_rows_above_widths(study.measures, rows, {job.name: int(width)} if width else {}, what)
+
+
 def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
     """Every shard of the job from the store or the model; returns the stack and the shard records."""
     if job.plan is None:
@@ -185,8 +208,9 @@ def _put(job: _Job, key: str, stack: torch.Tensor, rec: dict) -> None:
     except OSError as err:
         raise StudyWriteError(
             f"could not write the representations of model {job.name!r} to the store {str(job.store.root)!r}: "
-            f"{_os_reason(err)}; free space or fix permissions there, or pass another --store; models stored "
-            "before this one are kept and reused by the next run, and so are this model's finished shards"
+            f"{_os_reason(err)}; free space or fix permissions there, or give another folder as "
+            f"{typed('store')}; models stored before this one are kept and reused by the next run, and so are "
+            "this model's finished shards"
         ) from err
 
 
@@ -301,10 +325,12 @@ def random_init_seed(seed: int, name: str) -> int:
 
 
 def _load(study: Study, name: str, spec: str, device: torch.device):
+    """Load model ``spec`` as the study asks; the weight fingerprints' cache goes inside ``store`` where given."""
     from ..models import load_model
 
+    cache = None if study.store is None else Path(study.store) / "fingerprints"
     return load_model(spec, device=device, dtype=DTYPES[study.dtype], trust_remote_code=study.trust_remote_code,
-                      auto_install=study.install, name=name)
+                      auto_install=study.install, name=name, fingerprint=study.fingerprint, fingerprint_cache=cache)
 
 
 def _free(device: torch.device) -> None:

@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._spelling import shown, typed
 from ..extract.runner import POOLINGS
 from ..extract.words import DEFAULT_MAX_ROWS, PUNCTUATION, ROW_POOLINGS, SPECIAL_TOKENS
 from ..measures.controls import MIN_BOOTSTRAP_GROUPS
+from ..models.fingerprint import FINGERPRINTS
 
 PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
@@ -74,22 +76,22 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
     """Raise ValueError unless a file can be created in ``folder``.
 
     A folder that does not exist yet is checked at its nearest existing parent (it will be created
-    there). ``what`` names the setting (``out``, ``store``) and ``hint`` says what to do instead.
-    The check creates and removes one empty temporary file.
+    there). ``what`` is the option (``out``, ``store``; the message names it as typed) and ``hint`` says
+    what to do instead. The check creates and removes one empty temporary file.
     """
     folder = Path(folder)
     probe = folder
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise ValueError(f"{what}={str(folder)!r}: {str(probe)!r} is a file, not a folder; {hint}")
+        raise ValueError(f"{typed(what, str(folder))}: {str(probe)!r} is a file, not a folder; {hint}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".homoscope-write-check-", dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
         where = "" if probe == folder else f" (checked at {str(probe)!r}, where it would be created)"
-        raise ValueError(f"{what}={str(folder)!r} is not writable{where}: {_os_reason(err)}; {hint}") from None
+        raise ValueError(f"{typed(what, str(folder))} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
 def _plain(v):
@@ -118,6 +120,7 @@ class Option:
         details: more for the docstring, not shown by ``--help``.
         choices: the allowed values, or None.
         minimum, maximum: numeric bounds, inclusive unless ``exclusive``; None = unbounded.
+        also: values allowed outside the bounds, each with what it means (``{0: "off"}``), or None.
         flag: the command-line spelling (``--shard-size``), or None for an option only a study file sets.
     """
 
@@ -131,6 +134,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     exclusive: bool = False
+    also: dict | None = None
     flag: str | None = None
 
     @property
@@ -147,14 +151,15 @@ class Option:
                                                         str: "a string"}[self.types[0]]
         low, high, strictly = self.minimum, self.maximum, "strictly " if self.exclusive else ""
         num = lambda v: f"{int(v):,}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
+        extra = "".join(f"{num(v)} ({meaning}) or " for v, meaning in (self.also or {}).items())
         if low is not None and high is not None:
-            return f"{kind} {strictly}between {num(low)} and {num(high)}"
+            return f"{extra}{kind} {strictly}between {num(low)} and {num(high)}"
         if low == 0 and kind == "an integer" and not self.exclusive:
-            return "a non-negative integer"
+            return f"{extra}a non-negative integer"
         if low is not None or high is not None:
             sign = (">" if low is not None else "<") + ("" if self.exclusive else "=")
-            return f"{kind} {sign} {num(low if low is not None else high)}"
-        return kind
+            return f"{extra}{kind} {sign} {num(low if low is not None else high)}"
+        return extra + kind
 
     def accepts(self, value: Any) -> bool:
         """Whether ``value`` has one of the option's types (a bool is not an int here; None if optional)."""
@@ -169,32 +174,37 @@ class Option:
         return isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool))
 
     def check(self, value: Any, label: str | None = None) -> None:
-        """Raise ValueError ``'{label}={value!r} ...'`` unless ``value`` keeps the choices and bounds.
+        """Raise ValueError ``'{label}={value!r} ...'`` unless ``value`` has the option's type, choices and bounds.
 
-        ``label`` names the option as the user wrote it: the key (the default, with the file and line
-        where known) or the flag. An option with neither choices nor bounds is not checked here: its
-        type is checked where it is read (:meth:`Study.from_dict`, :meth:`parse`).
+        ``label`` names the option where it is read from a study file (the key, with the file and line);
+        without it the option is named as the user typed it (:func:`~homoscope._spelling.typed`: the
+        keyword, or the flag on the command line). Entries of a list are checked where they are read.
         """
         problem = self._problem(value)
         if problem:
-            raise ValueError(f"{label or self.name}={value!r} {problem}")
+            raise ValueError(f"{label}={value!r} {problem}" if label else f"{typed(self.name, value)} {problem}")
 
     def _problem(self, value: Any) -> str:
         """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
         if value is None and self.optional:
             return ""
+        # "(or omitted)" only where leaving the option out leaves it unset (its default is None)
+        unset = " (or omitted)" if self.optional and self.default is None else ""
         if not self.accepts(value):
-            return f"must be {self.rule}" + (" (or omitted)" if self.optional else "")
+            return f"must be {self.rule}{unset}"
         if self.choices is not None:
             return "" if value in self.choices else f"is not {self.rule}"
         if (self.minimum is not None or self.maximum is not None) and not self._within(value):
-            return f"must be {self.rule}" + (" (or omitted)" if self.optional else "")
+            return f"must be {self.rule}{unset}"
         return ""
 
     def _within(self, value: Any) -> bool:
-        """Whether ``value`` is a number of this option's type within its bounds (NaN never is)."""
+        """Whether ``value`` is a number of this option's type within its bounds or one of ``also`` (NaN never
+        is)."""
         if value is None or not self.accepts(value):
             return False
+        if self.also and any(value == v for v in self.also):
+            return True
         low, high = self.minimum, self.maximum
         above = low is None or (value > low if self.exclusive else value >= low)
         below = high is None or (value < high if self.exclusive else value <= high)
@@ -230,22 +240,19 @@ class Option:
 
     def show(self, value: Any) -> str:
         """``value`` as it is typed on the command line: ``'linear_cka,debiased_cka'``, ``'on'``, ``'4096'``."""
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        if isinstance(value, (list, tuple)):
-            return ",".join(map(str, value))
-        return str(value)
+        return shown(value)
 
 
 def option(default: Any, help: str, *, details: str = "", choices=None, minimum: float | None = None,
-           maximum: float | None = None, exclusive: bool = False, flag: bool | str = True) -> Any:
+           maximum: float | None = None, exclusive: bool = False, also: dict | None = None,
+           flag: bool | str = True) -> Any:
     """Declare one :class:`Study` field as an option; the arguments are those of :class:`Option`.
 
     ``flag``: True gives ``--`` and the name with dashes, a string another spelling, False keeps
     the option off the command line. A tuple ``default`` gives each study its own list.
     """
     spec = {"help": help, "details": details, "choices": None if choices is None else tuple(choices),
-            "minimum": minimum, "maximum": maximum, "exclusive": exclusive, "flag": flag}
+            "minimum": minimum, "maximum": maximum, "exclusive": exclusive, "also": also, "flag": flag}
     if isinstance(default, tuple):
         return field(default_factory=lambda: list(default), metadata={"option": spec})
     return field(default=default, metadata={"option": spec})
@@ -299,9 +306,9 @@ class Study:
                           "{name, spec} tables", flag=False)
     out: str = option("homoscope-out", "output folder")
     corpus: str = option("bbc", "'bbc' (BBC News sentences) or a .txt/.jsonl/.csv file")
-    sentences: int | None = option(1000, "texts sampled from the corpus (0 = every text)", minimum=0,
-                                   details="0 (or None in Python) takes every text of the corpus; otherwise at "
-                                           "least 4.")
+    sentences: int | None = option(1000, "texts sampled from the corpus (0 = every text)", minimum=4,
+                                   also={0: "every text"},
+                                   details="0 (or None in Python) takes every text of the corpus.")
     seed: int = option(0, "sampling / permutation / bootstrap seed", minimum=0, maximum=2**32 - 1)
     text_column: str = option("text", "text column of a .jsonl/.csv corpus")
     label_column: str | None = option(None, "label column of a .jsonl/.csv corpus")
@@ -319,7 +326,9 @@ class Study:
                                  "in sentence pooling", choices=SPECIAL_TOKENS, details="Words never contain them.")
     outliers: bool = option(True, "report per layer the top dimension's variance share and the largest-norm row")
     max_length: int = option(128, "tokens per text, special tokens included (longer texts are truncated)",
-                             minimum=2)
+                             minimum=4, details="At least 4: room for two special tokens (CLS and SEP, or BOS and "
+                                                "EOS) and two tokens of text; a model whose special tokens leave "
+                                                "no room for text is refused before its extraction.")
     dtype: str = option("float32", "dtype of the forward pass", choices=tuple(DTYPES),
                         details="Pooled vectors are always float32 and measures accumulate in float64.")
     device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
@@ -338,8 +347,10 @@ class Study:
                                         "``control_n`` how many the drawn controls used. The default, 1,024 rows, "
                                         "is the sample size of Huh et al. 2024 for mutual kNN and keeps the "
                                         "controls' memory flat in n (their n x n matrices are the largest).")
-    permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=0)
-    bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=0)
+    permutations: int = option(0, "permutation-null draws per cell (0 = off)", minimum=2, also={0: "off"},
+                               details="A spread needs two draws.")
+    bootstrap: int = option(0, "bootstrap resamples for intervals (0 = off)", minimum=2, also={0: "off"},
+                            details="A spread needs two resamples.")
     bootstrap_groups: int = option(32, "above pairwise_rows: the bootstrap resamples at most this many groups of "
                                    "rows, each replicate exact on all rows", minimum=MIN_BOOTSTRAP_GROUPS,
                                    details="Groups are the corpus's documents, bundled into this many runs of "
@@ -356,86 +367,111 @@ class Study:
                             "cannot run) or off", choices=AGREEMENT_MODES)
     probe_test_size: float = option(0.3, "share of documents held out for the probes' test split", minimum=0,
                                     maximum=1, exclusive=True)
-    store: str | None = option(None, "representation store folder (default: the homoscope cache)")
+    store: str | None = option(None, "representation store folder (default: the homoscope cache); the weight "
+                               "fingerprints' cache goes there too")
+    fingerprint: str = option("stat", "how a model's weight files are known unchanged: stat (a sha256 cached with each "
+                              "file's path, size, times and inode) or content (every file hashed again on each run)",
+                              choices=FINGERPRINTS,
+                              details="``stat`` reuses a file's cached sha256 while its absolute path, size, "
+                                      "modification and change times (ns) and inode stay the same (a write moves "
+                                      "the change time); ``content`` reads every weight file on each run (about "
+                                      "as long as loading the weights) and refreshes the cache. See "
+                                      ":mod:`homoscope.models.fingerprint`.")
     install: bool = option(False, "install missing packaged models first")
     trust_remote_code: bool = option(False, "allow code shipped with a model folder to run")
     name: str = option("homoscope study", "study title used in the report")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ValueError naming the field, its value and the rule it breaks.
+        """Check every option before anything is loaded; nothing is read but the file system's entries.
 
-        Each option's own rule (choices, bounds) comes from :data:`OPTIONS`; the rules that span
-        options or depend on this machine (models, measures, pooling of words, device, out) follow.
+        Raises ValueError naming the option as the user typed it (:func:`~homoscope._spelling.typed`:
+        the keyword or study-file key, or the flag on the command line), its value and the rule it
+        breaks. Each option's own rule (type, choices, bounds) comes from :data:`OPTIONS`; then the rules
+        that span options or look at this machine: the models (each a spec or a ``{name, spec}`` table of
+        strings, names distinct), the measures, the pooling of words, ``batch_tokens`` against
+        ``max_length``, the device, the folders (``out``, ``store``: not files) and the corpus (``bbc`` or
+        an existing .txt/.jsonl/.csv file). Paths and specs must be valid UTF-8: they are written to the
+        study file and the manifest.
         """
         for opt in OPTIONS:
             opt.check(getattr(self, opt.name))
-        if self.sentences is not None and 0 < self.sentences < 4:
-            raise ValueError(f"sentences={self.sentences!r} must be 0 (every text) or at least 4")
-        for name in ("permutations", "bootstrap"):  # a spread needs two draws
-            if getattr(self, name) == 1:
-                raise ValueError(f"{name}=1 must be 0 (off) or at least 2: a spread needs two draws")
-        if self.store is not None and Path(self.store).exists() and not Path(self.store).is_dir():
-            raise ValueError(f"store={str(self.store)!r} is a file; give a folder for the representation store")
         self._check_models()
         self._check_measures()
         if self.unit == "word" and self.pooling not in ROW_POOLINGS:
-            raise ValueError(
-                f"pooling={self.pooling!r} does not apply to unit='word'; pool a word's tokens with "
-                f"{', '.join(ROW_POOLINGS)}")
+            raise ValueError(f"{typed('pooling', self.pooling)} does not apply to {typed('unit', 'word')}; pool a "
+                             f"word's tokens with {', '.join(ROW_POOLINGS)}")
+        if self.batch_tokens and self.batch_tokens < self.max_length:
+            raise ValueError(f"{typed('batch_tokens', self.batch_tokens)} must be 0 (suited to the device) or at "
+                             f"least {typed('max_length', self.max_length)}, so that a text fits in a batch")
         _check_device(self.device)
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        """``out``, ``store`` and ``corpus``: not blank, valid UTF-8; the folders not files; the corpus a file."""
         for name in ("out", "store", "corpus"):
             value = getattr(self, name)
-            if value is not None and not str(value).strip():
-                raise ValueError(f"{name}={value!r} is empty; give a folder or file name"
+            if value is None:
+                continue
+            if not os.fspath(value).strip():
+                raise ValueError(f"{typed(name, value)} is empty; give a folder or file name"
                                  + (" or leave it out" if name == "store" else ""))
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out={self.out!r} is a file; give a folder for the study's outputs")
+            _check_utf8(name, os.fspath(value))
+        for name, what in (("out", "the study's outputs"), ("store", "the representation store")):
+            value = getattr(self, name)
+            if value is not None and Path(value).exists() and not Path(value).is_dir():
+                raise ValueError(f"{typed(name, os.fspath(value))} is a file; give a folder for {what}")
+        if os.fspath(self.corpus).strip().lower() != "bbc":
+            from ..corpora._files import check_path
+
+            check_path(self.corpus)
 
     def _check_models(self) -> None:
-        """At least two models, each a spec or ``{name, spec}`` table, with distinct names."""
+        """At least two models, each a spec or ``{name, spec}`` table of strings (valid UTF-8), names distinct."""
         if not isinstance(self.models, list) or len(self.models) < 2:
-            raise ValueError(f"models={self.models!r}: a study needs at least two models")
-        names = [n for n, _ in self.model_specs()]
+            raise ValueError(f"{typed('models', self.models)}: a study needs at least two models")
+        specs = self.model_specs()
+        for name, spec in specs:
+            _check_utf8("models", spec)
+            _check_utf8("models", name)
+        names = [n for n, _ in specs]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(
-                f"models: the name(s) {', '.join(map(repr, dup))} appear more than once; give each model a "
-                "distinct name (in TOML: {name = \"...\", spec = \"...\"})"
+                f"{typed('models')}: the name(s) {', '.join(map(repr, dup))} appear more than once; give each model "
+                "a distinct name (in TOML: {name = \"...\", spec = \"...\"})"
             )
 
     def _check_measures(self) -> None:
         """A non-empty list of known measure names, each named once."""
         from ..measures import list_measures
 
-        valid = list_measures()
+        valid, label = list_measures(), typed("measures")
         if not self.measures:
-            raise ValueError("measures is empty: name at least one of " + ", ".join(valid))
+            raise ValueError(f"{label} is empty: name at least one of " + ", ".join(valid))
         if not isinstance(self.measures, list):
-            raise ValueError(f"measures={self.measures!r} must be a list of measure names")
+            raise ValueError(f"{typed('measures', self.measures)} must be a list of measure names")
         twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
         if twice:
-            raise ValueError(f"measures: {', '.join(map(repr, twice))} named more than once; name each measure once")
+            raise ValueError(f"{label}: {', '.join(map(repr, twice))} named more than once; name each measure once")
         for m in self.measures:
             if m not in valid:
-                raise ValueError(f"measures: {m!r} is not a known measure; valid: {', '.join(valid)}"
+                raise ValueError(f"{label}: {m!r} is not a known measure; valid: {', '.join(valid)}"
                                  f"{_did_you_mean(str(m), valid)}")
 
     def model_specs(self) -> list[tuple[str, str]]:
-        """(display name, spec) for every model; a plain spec is named by its last path part."""
+        """(display name, spec) for every model; a plain spec is named by its last path part.
+
+        Raises ValueError for an entry that is neither a spec nor a ``{name, spec}`` table of strings.
+        """
         result = []
         for m in self.models:
-            if isinstance(m, dict):
-                if "spec" not in m:
-                    raise ValueError(f"models: the table {m!r} needs a 'spec' key")
-                spec = str(m["spec"])
-                name = str(m.get("name") or _default_name(spec))
-            elif isinstance(m, str):
-                spec, name = m, _default_name(m)
-            else:
-                raise ValueError(f"models: {m!r} must be a string or a {{name, spec}} table")
-            result.append((name, spec))
+            problem = _model_entry_problem(m)
+            if problem:
+                raise ValueError(f"{typed('models')} holds {problem}")
+            spec = m["spec"] if isinstance(m, dict) else m
+            name = m.get("name") if isinstance(m, dict) else None
+            result.append((name or _default_name(spec), spec))
         return result
 
     def to_toml(self) -> str:
@@ -455,16 +491,7 @@ class Study:
     @classmethod
     def from_toml(cls, path: str | Path) -> "Study":
         """Read a study file. Raises ValueError naming the key and line for unknown keys or wrong types."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"study file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML: {err}") from None
-        if "study" in data and isinstance(data["study"], dict) and len(data) == 1:
-            data = data["study"]
+        data, text = read_study_file(path)
         return cls.from_dict(data, source=str(path), text=text)
 
     @classmethod
@@ -491,6 +518,24 @@ class Study:
         return cls(**data)
 
 
+def read_study_file(path: str | Path) -> tuple[dict, str]:
+    """The table of a study file (its keys at the top, or under one ``[study]`` table) and the file's text.
+
+    Raises ValueError for a file that does not exist or is not valid TOML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"study file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    if "study" in data and isinstance(data["study"], dict) and len(data) == 1:
+        data = data["study"]
+    return data, text
+
+
 OPTIONS: tuple[Option, ...] = _collect(Study)
 """Every study option, in the order of :class:`Study`'s fields."""
 Study.__doc__ = (Study.__doc__ or "").rstrip() + "\n" + _attributes_doc(OPTIONS) + "    "
@@ -513,17 +558,17 @@ def _check_device(device: str) -> None:
     """Raise ValueError unless ``device`` is ``auto`` or a torch device available on this machine."""
     if device == "auto":
         return
+    given, instead = typed("device", device), f"set {typed('device')} to auto or cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device={device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"{given} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device={device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
-                         "use --device auto or cpu")
+        raise ValueError(f"{given} is not available here ({torch.cuda.device_count()} CUDA devices); {instead}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} is not available here; use --device auto or cpu")
+        raise ValueError(f"{given} is not available here; {instead}")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r}: homoscope runs on cpu, cuda or mps")
+        raise ValueError(f"{given}: homoscope runs on cpu, cuda or mps")
 
 
 def _check_entries(key: str, value, where: str) -> None:
@@ -535,15 +580,36 @@ def _check_entries(key: str, value, where: str) -> None:
                                  "each entry must be a measure name (a string)")
     elif key == "models":
         for item in value:
-            if isinstance(item, dict):
-                extra = sorted(set(item) - {"name", "spec"})
-                if extra or not isinstance(item.get("spec"), str) or not isinstance(item.get("name", ""), str):
-                    raise ValueError(f"{where}: key 'models' holds the table {item!r}; a model table has a "
-                                     "string 'spec' and an optional string 'name', nothing else"
-                                     + (f" (unknown: {', '.join(map(repr, extra))})" if extra else ""))
-            elif not isinstance(item, str):
-                raise ValueError(f"{where}: key 'models' holds {type(item).__name__} {item!r}; each entry must "
-                                 "be a model spec (a string) or a {name = \"...\", spec = \"...\"} table")
+            problem = _model_entry_problem(item)
+            if problem:
+                raise ValueError(f"{where}: key 'models' holds {problem}")
+
+
+def _model_entry_problem(item) -> str:
+    """What is wrong with one entry of ``models`` (``"the table {...}; a model table has ..."``); '' if nothing.
+
+    An entry is a spec (a string) or a table with a string ``spec`` and an optional string ``name``.
+    """
+    if isinstance(item, dict):
+        extra = sorted(map(str, set(item) - {"name", "spec"}))
+        if extra or not isinstance(item.get("spec"), str) or not isinstance(item.get("name", ""), str):
+            return (f"the table {item!r}; a model table has a string 'spec' and an optional string 'name', "
+                    "nothing else" + (f" (unknown: {', '.join(map(repr, extra))})" if extra else ""))
+        return ""
+    if not isinstance(item, str):
+        return (f"{type(item).__name__} {item!r}; each entry must be a model spec (a string) or a "
+                "{name = \"...\", spec = \"...\"} table")
+    return ""
+
+
+def _check_utf8(name: str, text: str) -> None:
+    """Raise ValueError unless ``text`` (a path or spec of option ``name``) is valid UTF-8: a file name whose
+    bytes are not reaches Python with stand-ins that cannot be written to the study file or the manifest."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{typed(name)}: {text!r} is not valid UTF-8 (its bytes do not decode); rename it with "
+                         "a UTF-8 name") from None
 
 
 def _line_of(text: str | None, key: str) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -20,11 +21,12 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from .._spelling import typed
 from ..extract import RepresentationStore
 from ..report.folder import ResultsFolder
 from .extraction import RANDOM_INIT_SUFFIX, _free, _load, extract_model, random_init_seed
 from .options import Study, StudyWriteError, _os_reason, best_device, check_writable
-from .scoring import model_pairs, score_pairs
+from .scoring import check_rows_above_widths, model_pairs, score_pairs, warn_layer_blocks
 
 class Representations(Mapping):
     """``{model name: [L, n, d] tensor}``, each read from the store when asked for (nothing is held).
@@ -101,9 +103,12 @@ def run_study(
             (in-memory models, tests).
         log: where one-line progress messages go (``print`` by default; None = silent).
 
-    Returns a :class:`StudyResult`. Raises ValueError for bad configuration (see
-    :meth:`Study.validate`; an output or store folder that cannot be written and a model spec that
-    resolves to nothing are found before any model runs), the corpus and model loaders' errors, and
+    Returns a :class:`StudyResult`. Raises ValueError for bad configuration, naming each option as the
+    user typed it (see :meth:`Study.validate`; an output or store folder that cannot be written, a model
+    spec that resolves to nothing, a model that needs code of its own without ``trust_remote_code`` and
+    a CCA measure with no more rows than a model's width, where its config tells the width, are found
+    before any model loads; a tokenizer whose special tokens fill ``max_length`` and ``pooling='cls'``
+    without a CLS token before that model's extraction), the corpus and model loaders' errors, and
     the measures' errors; :class:`StudyWriteError` when writing the store or the outputs fails
     (disk full, permissions), keeping what was written before.
     """
@@ -111,10 +116,13 @@ def run_study(
     t_all = time.perf_counter()
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always")
-        folder = _check(study, loaded_models)
+        folder, sources = _check(study, loaded_models)
         with folder:  # the output folder is this run's until its outputs are swapped in
-            ctx = _prepare(study, folder, log)
+            ctx = _prepare(study, folder, sources, loaded_models, log)
             ext = extract_all(study, ctx, loaded_models, progress, log)
+            # again with the rows and shapes as extracted (words some model gives no token are dropped)
+            shapes = {name: (s.layers, s.width) for name, s in ext.stacks.items()}
+            _check_plan(study, next(iter(ext.stacks.values())).n, shapes)
             frame = _score_all(study, ctx, ext, progress)
             agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
             if agreement is not None:
@@ -151,9 +159,9 @@ def _score(study: Study, *args, **kwargs):
         return score_pairs(*args, **kwargs)
     except ValueError as err:
         if "zero variance" in str(err) and study.pooling in ("cls", "first", "last"):
-            raise ValueError(f"{err}. With pooling={study.pooling!r} a layer can hold the same row for every text "
-                             "(layer 0 is the embedding of the same special token at the same position): use "
-                             "pooling='mean'") from None
+            raise ValueError(f"{err}. With {typed('pooling', study.pooling)} a layer can hold the same row for every "
+                             "text (layer 0 is the embedding of the same special token at the same position): use "
+                             f"{typed('pooling', 'mean')}") from None
         raise
 
 
@@ -184,24 +192,24 @@ class Extracted:
     groups: list | None = None
 
 
-def _check(study: Study, loaded_models: dict | None) -> ResultsFolder:
-    """Validate, check the output folder and the specs before any model runs; the folder, not yet held.
+def _check(study: Study, loaded_models: dict | None) -> tuple[ResultsFolder, dict]:
+    """Validate, check the output folder and the specs before any model runs: the folder (not yet held) and
+    the resolved sources of the models (:func:`_resolve_specs`).
 
     Fails before hours of extraction, not after: a folder that cannot be written or replaced whole, a spec
     that names nothing. The output folder itself is only created when the run's outputs are swapped in.
     """
     study.validate()
     out = Path(study.out)
-    hint = "choose another output folder with --out (or 'out' in the study file)"
-    check_writable(out, "out", hint)  # a folder made read-only is kept as it is
-    folder = ResultsFolder(out)
+    check_writable(out, "out", f"give another output folder as {typed('out')}")  # a read-only one is kept
+    folder = ResultsFolder(out, option=typed("out"))
     folder.check()
-    _resolve_specs(study, loaded_models)
-    return folder
+    return folder, _resolve_specs(study, loaded_models)
 
 
-def _prepare(study: Study, folder: ResultsFolder, log) -> _Context:
-    """Load the corpus, open the store (with the output folder held)."""
+def _prepare(study: Study, folder: ResultsFolder, sources: dict, loaded_models: dict | None, log) -> _Context:
+    """Load the corpus, open the store, check the plan against what is known of the models (with the
+    output folder held)."""
     from ..corpora import load_corpus
 
     out = Path(study.out)
@@ -210,7 +218,8 @@ def _prepare(study: Study, folder: ResultsFolder, log) -> _Context:
                          label_column=study.label_column, doc_column=study.doc_column)
     timings = {"load_corpus": time.perf_counter() - t0}
     log(f"corpus: {corpus.source}, {len(corpus)} texts")
-    store_hint = "pass another folder with --store (or 'store' in the study file)"
+    _agreement_gap(study, corpus)  # agreement='on' that cannot run fails here, before any model
+    store_hint = f"give another folder as {typed('store')}"
     if study.store is not None:
         check_writable(Path(study.store), "store", store_hint)
     try:
@@ -225,9 +234,43 @@ def _prepare(study: Study, folder: ResultsFolder, log) -> _Context:
         t0 = time.perf_counter()
         ctx.plan = plan_words(corpus.texts, punctuation=study.punctuation, max_rows=study.max_rows, seed=study.seed)
         timings["plan_words"] = time.perf_counter() - t0
-        sampled = f", {len(ctx.plan.rows)} sampled (max_rows={study.max_rows})" if ctx.plan.sampled else ""
-        log(f"words: {ctx.plan.total} in {len(corpus)} texts (punctuation={study.punctuation}){sampled}")
+        sampled = f", {len(ctx.plan.rows)} sampled ({typed('max_rows', study.max_rows)})" if ctx.plan.sampled else ""
+        log(f"words: {ctx.plan.total} in {len(corpus)} texts ({typed('punctuation', study.punctuation)}){sampled}")
+    rows = {"sentence": len(corpus), "word": len(ctx.plan.rows) if ctx.plan is not None else None}.get(study.unit)
+    _check_plan(study, rows, _known_shapes(study, sources, loaded_models))
     return ctx
+
+
+def _known_shapes(study: Study, sources: dict, loaded_models: dict | None) -> dict:
+    """``{name: (layers, width)}`` of the models known before any loads: those given loaded, and those whose
+    config can be read here (:func:`~homoscope.models.config_shape`)."""
+    from ..models import config_shape
+
+    shapes = {}
+    for name, _spec in study.model_specs():
+        info = getattr((loaded_models or {}).get(name), "info", None)
+        shape = (getattr(info, "blocks", None), getattr(info, "width", None))
+        if None in shape:
+            shape = config_shape(sources[name]) if name in sources else None
+        if shape is not None:
+            shapes[name] = (shape[0] + 1, shape[1])  # blocks + the embedding layer
+    return shapes
+
+
+def _check_plan(study: Study, rows: int | None, shapes: dict) -> None:
+    """What the scoring will need, checked before the time is spent: the widths of the models known so far
+    against the rows (:func:`~.scoring.check_rows_above_widths`, raises ValueError) and, where the bootstrap
+    streams, the layer blocks of ``memory_mb`` (:func:`~.scoring.warn_layer_blocks`, a warning). ``rows``:
+    the study's rows, None where not known yet (token rows)."""
+    from ..measures import STREAMING_MEASURES
+
+    if rows is None:
+        return
+    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    check_rows_above_widths(study.measures, rows, {name: d for name, (_, d) in shapes.items()}, what)
+    if study.bootstrap and rows > study.pairwise_rows and any(m in STREAMING_MEASURES for m in study.measures):
+        pairs = model_pairs([name for name, _ in study.model_specs()], study.pairs)
+        warn_layer_blocks(shapes, pairs, study.memory_mb, study.bootstrap_groups)
 
 
 def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progress: bool, log) -> Extracted:
@@ -307,7 +350,7 @@ def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: li
         "device": str(ctx.device),
         "timings": ctx.timings,
         "warnings": sorted(set(caught)),
-        "commands": commands or [f"homoscope run {ctx.out / 'study.toml'}"],
+        "commands": commands or [f"homoscope run {shlex.quote(str(ctx.out / 'study.toml'))}"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
     }
@@ -344,7 +387,8 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
     except OSError as err:
         raise StudyWriteError(
             f"could not write the study outputs to {str(ctx.out)!r}: {_os_reason(err)}; free space or fix "
-            f"permissions there, or pass another --out (the folder is as it was before this run); the "
+            f"permissions there, or give another output folder as {typed('out')} (the folder is as it was before "
+            "this run); the "
             f"representations of all {len(ext.records)} models are kept in the store {str(ctx.store.root)!r}, so "
             "a rerun recomputes none of them"
         ) from err
@@ -374,7 +418,7 @@ def portable_paths(obj):
     user's home folder ``~``, so a manifest or report can be shared without the machine's paths."""
     from .._paths import homoscope_home
 
-    prefixes = [(str(homoscope_home()), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
+    prefixes = [(str(homoscope_home(create=False)), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
 
     def walk(x):
         if isinstance(x, str):
@@ -391,6 +435,24 @@ def portable_paths(obj):
     return walk(obj)
 
 
+def _agreement_gap(study: Study, corpus) -> str | None:
+    """Why the study cannot run the probes and prediction agreement (None if it can).
+
+    Raises ValueError where ``agreement`` is ``on``: :func:`_prepare` calls it once the corpus is loaded, so
+    that the refusal comes before any model loads.
+    """
+    why = None
+    if study.unit != "sentence":
+        why = f"{typed('unit', study.unit)}: probes need one row per text ({typed('unit', 'sentence')})"
+    elif corpus.labels is None:
+        why = f"the corpus has no labels (give {typed('label_column')} for a .jsonl/.csv corpus)"
+    elif corpus.doc_ids is None:
+        why = f"the corpus has no document ids (give {typed('doc_column')}), needed to split by document"
+    if why is not None and study.agreement == "on":
+        raise ValueError(f"{typed('agreement', 'on')} but {why}")
+    return why
+
+
 def _run_agreement(study: Study, stacks: dict, corpus, log):
     """Probes, prediction agreement and outcome homogenization, or None where the study has none.
 
@@ -399,16 +461,8 @@ def _run_agreement(study: Study, stacks: dict, corpus, log):
     """
     if study.agreement == "off":
         return None
-    why = None
-    if study.unit != "sentence":
-        why = f"unit={study.unit!r}: probes need one row per text (unit='sentence')"
-    elif corpus.labels is None:
-        why = "the corpus has no labels (give label_column for a .jsonl/.csv corpus)"
-    elif corpus.doc_ids is None:
-        why = "the corpus has no document ids (give doc_column), needed to split by document"
+    why = _agreement_gap(study, corpus)
     if why is not None:
-        if study.agreement == "on":
-            raise ValueError(f"agreement='on' but {why}")
         log(f"prediction agreement skipped: {why}")
         return None
     from ..agreement import run_agreement
@@ -429,14 +483,21 @@ def _run_agreement(study: Study, stacks: dict, corpus, log):
     return result
 
 
-def _resolve_specs(study: Study, loaded_models: dict | None) -> None:
-    """Resolve every model spec the study will load (no loading, no network), so that a typo in the
-    last model fails before the first is extracted. Raises the resolver's ValueError (what was tried)."""
-    from ..models import resolve
+def _resolve_specs(study: Study, loaded_models: dict | None) -> dict:
+    """Resolve every model spec the study will load (no loading, no network) and refuse one that needs code
+    of its own without ``trust_remote_code``, so that the last model fails before the first is extracted.
 
+    Returns ``{name: ModelSource}``. Raises the resolver's ValueError (what was tried) and the refusal
+    (:func:`~homoscope.models.check_custom_code`).
+    """
+    from ..models import check_custom_code, resolve
+
+    sources = {}
     for name, spec in study.model_specs():
         if name not in (loaded_models or {}):
-            resolve(spec, must_exist=not study.install)
+            sources[name] = resolve(spec, must_exist=not study.install)
+            check_custom_code(sources[name], study.trust_remote_code)
+    return sources
 
 
 def _align_rows(plan, corpus, ext: Extracted) -> None:

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from .._memory import return_freed_memory
+from .._spelling import typed
 from ..extract.words import sample_rows
 from ..measures.controls import resampled_groups
 from ..measures.controls import percentile_interval
@@ -303,9 +304,9 @@ def _fits(measure: str, k: int, da: int, db: int) -> bool:
     more rows than columns); warns, naming ``pairwise_rows``, where it cannot."""
     if measure not in CCA_FAMILY or measure == "svcca" or k > da + db:
         return True
-    warnings.warn(f"{measure}: no permutation null: the drawn null runs on pairwise_rows={k} rows, "
+    warnings.warn(f"{measure}: no permutation null: the drawn null runs on {typed('pairwise_rows', k)} rows, "
                   f"which must exceed the widths d_x + d_y = {da + db} for canonical correlations; raise "
-                  "pairwise_rows above that (memory grows with its square)", RuntimeWarning, stacklevel=3)
+                  f"{typed('pairwise_rows')} above that (memory grows with its square)", RuntimeWarning, stacklevel=3)
     return False
 
 
@@ -381,8 +382,9 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
     if one > memory_mb / 2:
         warnings.warn(f"{label or 'streamed scoring'}: one layer pair of widths {X.width} x {Y.width} needs "
                       f"{one:,.0f} MiB of sums{f' for {G} bootstrap groups' if boot is not None else ''}, above half "
-                      f"of memory_mb={memory_mb}; it runs anyway: raise memory_mb"
-                      + (", or lower bootstrap_groups" if boot is not None else ""), RuntimeWarning, stacklevel=2)
+                      f"of {typed('memory_mb', memory_mb)}; it runs anyway: raise {typed('memory_mb')}"
+                      + (f", or lower {typed('bootstrap_groups')}" if boot is not None else ""), RuntimeWarning,
+                      stacklevel=2)
     # float32 products keep CKA and Procrustes within 1e-7; the CCA family's error grows with the
     # covariances' condition number (1e4 - 1e8 on hidden states), so it streams in float64
     cka_boot = boot is not None and "linear_cka" in names  # its bootstrap terms use the debiased sums
@@ -467,6 +469,57 @@ def _bundle(sizes: np.ndarray, target: float, cap: int) -> np.ndarray:
     for unit, members in enumerate(parts):
         out[members] = unit
     return out
+
+
+def check_rows_above_widths(measures, n: int, widths: dict, what: str = "texts") -> None:
+    """Refuse, before extraction, a measure that needs more rows than columns (n > d:
+    :data:`~homoscope.measures.cca.ROWS_ABOVE_WIDTH`) where a model is at least ``n`` wide.
+
+    ``widths``: ``{model name: hidden width}`` of the models known so far; ``what``: the rows in words
+    (``texts``, ``words``, ``tokens``). The measure counts non-constant columns, at most the width, so
+    this refuses only where the measure would, unless that many columns are constant.
+
+    Raises:
+        ValueError: naming the measures, the widest such model, n, and the options that change it.
+    """
+    from ..measures.cca import ROWS_ABOVE_WIDTH
+
+    strict = [m for m in measures if m in ROWS_ABOVE_WIDTH]
+    wide = {name: d for name, d in widths.items() if d >= n}
+    if not strict or not wide:
+        return
+    name, d = max(wide.items(), key=lambda item: item[1])
+    more = typed("sentences") + ("" if what == "texts" else f" (and {typed('max_rows')})")
+    raise ValueError(f"{', '.join(strict)} need(s) more rows than columns (n > d), but the study has n={n:,} {what} "
+                     f"and model {name!r} is {d:,} wide; give more {what} with {more}, use svcca, or leave "
+                     f"{', '.join(strict)} out of {typed('measures')}")
+
+
+def warn_layer_blocks(shapes: dict, pairs, memory_mb: int, copies: int) -> None:
+    """Warn where the streamed sums of ``copies`` bootstrap groups fit so few layer pairs into ``memory_mb`` that a
+    model pair takes more layer blocks (each a pass over all rows) than the larger model has layers; the warning
+    names the ``memory_mb`` that would do with no more blocks than that, and ``bootstrap_groups``.
+
+    ``shapes``: ``{model name: (layers, width)}`` of the models known so far; pairs of unknown models are skipped.
+    """
+    worst = None
+    for a, b in pairs:
+        if a in shapes and b in shapes:
+            (La, da), (Lb, db) = shapes[a], shapes[b]
+            k = len(layer_blocks(La, Lb, da, db, memory_mb, copies))
+            if k > max(La, Lb) and (worst is None or k > worst[0]):
+                worst = (k, a, b)
+    if worst is None:
+        return
+    k, a, b = worst
+    (La, da), (Lb, db) = shapes[a], shapes[b]
+    enough = memory_mb
+    while len(layer_blocks(La, Lb, da, db, enough, copies)) > max(La, Lb):
+        enough *= 2
+    warnings.warn(f"streamed scoring: at {typed('memory_mb', memory_mb)} the sums of {copies} bootstrap groups fit "
+                  f"few layer pairs at a time, so {a!r} vs {b!r} takes {k} layer blocks, each a pass over all rows "
+                  f"(slow); {typed('memory_mb', enough)} takes at most {max(La, Lb)}, or lower "
+                  f"{typed('bootstrap_groups')}", RuntimeWarning, stacklevel=2)
 
 
 def layer_blocks(La: int, Lb: int, da: int, db: int, memory_mb: int, copies: int = 1) -> list[tuple[slice, slice]]:
