@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import check_model_folder, damaged_error, damaged_file
 from .fingerprint import files_fingerprint, module_fingerprint, weight_files
 from .registry import PACKAGED, is_assembled, read_marker
 from .resolve import ModelSource, resolve
@@ -452,6 +453,11 @@ def _checked_weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def _packaged_name(source: ModelSource) -> str | None:
+    """The packaged model's name for a packaged source, else None (for the remedy of a damaged file)."""
+    return source.name if source.kind == "packaged" else None
+
+
 @dataclass
 class _Provenance:
     """License, quantization and notes of a model as its registry entry, marker file or README states them."""
@@ -490,15 +496,21 @@ def _load_pretrained(source: ModelSource, where, head: bool, dtype: torch.dtype,
                      progress: bool | None):
     """Load model and tokenizer from ``where`` (:func:`_from_pretrained`); return ``(model, tokenizer, loading)``.
 
-    Raises a ValueError for a hub id that cannot be loaded and for a tokenizer that is not fast.
+    Raises a ValueError for a hub id that cannot be loaded, for a folder file that cannot be read (named:
+    :func:`~homoscope.models.files.damaged_file`) and for a tokenizer that is not fast.
     """
     from .installer import _quiet_transformers
 
     try:
         with _quiet_transformers(bool(progress)):
             model, tokenizer, loading, _kind = _from_pretrained(where, head, dtype, common, model_kw)
-    except OSError as exc:
-        if source.kind != "hub":
+    except Exception as exc:
+        if source.kind != "hub":  # a damaged file is named; any other failure is the loader's own
+            found = damaged_file(where, full=True)
+            if found is not None:
+                raise damaged_error(where, found, _packaged_name(source)) from exc
+            raise
+        if not isinstance(exc, OSError):
             raise
         tried = "; ".join(source.meta.get("tried", []))
         raise ValueError(
@@ -565,7 +577,8 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
 
     Raises:
         ValueError: unresolvable spec, packaged model not installed (and not ``auto_install``),
-            a folder without weight files, a tokenizer that is not a fast tokenizer, an
+            a folder without weight files, a damaged folder file (named: :mod:`homoscope.models.files`),
+            a tokenizer that is not a fast tokenizer, an
             encoder-decoder model, or a hub id that cannot be loaded (offline / unknown).
     """
     dtype = _as_dtype(dtype)
@@ -577,6 +590,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         folder = Path(source.location)
         common["local_files_only"] = True
         files = _checked_weight_files(folder)
+        check_model_folder(folder, packaged=_packaged_name(source))
         model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
         where: str | Path = folder
         fingerprint = files_fingerprint(files, root=folder)

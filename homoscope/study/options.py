@@ -92,6 +92,12 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
         raise ValueError(f"{what}={str(folder)!r} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` on one line and at most 80 characters, for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _plain(v):
     """``v`` as the plain values TOML and JSON write: paths as strings, tuples as lists, numpy scalars as
     Python numbers."""
@@ -177,7 +183,7 @@ class Option:
         """
         problem = self._problem(value)
         if problem:
-            raise ValueError(f"{label or self.name}={value!r} {problem}")
+            raise ValueError(f"{label or self.name}={_shown(value)} {problem}")
 
     def _problem(self, value: Any) -> str:
         """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
@@ -396,7 +402,7 @@ class Study:
     def _check_models(self) -> None:
         """At least two models, each a spec or ``{name, spec}`` table, with distinct names."""
         if not isinstance(self.models, list) or len(self.models) < 2:
-            raise ValueError(f"models={self.models!r}: a study needs at least two models")
+            raise ValueError(f"models={_shown(self.models)}: a study needs at least two models")
         names = [n for n, _ in self.model_specs()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -413,7 +419,10 @@ class Study:
         if not self.measures:
             raise ValueError("measures is empty: name at least one of " + ", ".join(valid))
         if not isinstance(self.measures, list):
-            raise ValueError(f"measures={self.measures!r} must be a list of measure names")
+            raise ValueError(f"measures={_shown(self.measures)} must be a list of measure names")
+        for m in self.measures:
+            if not isinstance(m, str):
+                raise ValueError(f"measures: {_shown(m)} is not a known measure; valid: {', '.join(valid)}")
         twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
         if twice:
             raise ValueError(f"measures: {', '.join(map(repr, twice))} named more than once; name each measure once")
@@ -434,7 +443,7 @@ class Study:
             elif isinstance(m, str):
                 spec, name = m, _default_name(m)
             else:
-                raise ValueError(f"models: {m!r} must be a string or a {{name, spec}} table")
+                raise ValueError(f"models: {_shown(m)} must be a string or a {{name, spec}} table")
             result.append((name, spec))
         return result
 

@@ -101,9 +101,11 @@ def run_study(
             (in-memory models, tests).
         log: where one-line progress messages go (``print`` by default; None = silent).
 
-    Returns a :class:`StudyResult`. Raises ValueError for bad configuration (see
-    :meth:`Study.validate`; an output or store folder that cannot be written and a model spec that
-    resolves to nothing are found before any model runs), the corpus and model loaders' errors, and
+    Returns a :class:`StudyResult`. Raises ValueError for arguments of the wrong kind (``study`` not a
+    :class:`Study`, ``loaded_models`` not a mapping of loaded models), bad configuration (see
+    :meth:`Study.validate`; an output or store folder that cannot be written, a model spec that
+    resolves to nothing and a model folder with a damaged file are found before any model runs), the
+    corpus and model loaders' errors, and
     the measures' errors; :class:`StudyWriteError` when writing the store or the outputs fails
     (disk full, permissions), keeping what was written before.
     """
@@ -175,10 +177,30 @@ class Extracted:
     groups: list | None = None
 
 
+def _check_arguments(study: Study, loaded_models: dict | None) -> None:
+    """Raise a ValueError naming the argument of :func:`run_study` that is of the wrong kind: ``study`` not a
+    :class:`Study`, ``loaded_models`` not a mapping ``{name: LoadedModel}``."""
+    from ..extract.runner import check_loaded
+    from ..measures._validate import describe
+
+    if not isinstance(study, Study):
+        raise ValueError(f"study must be a Study (Study(models=[...]) or Study.from_toml(path)); got {describe(study)}")
+    if loaded_models is None:
+        return
+    if not isinstance(loaded_models, Mapping):
+        raise ValueError(f"loaded_models must be a mapping {{name: LoadedModel}}; got {describe(loaded_models)}")
+    for name, loaded in loaded_models.items():
+        try:
+            check_loaded(loaded)
+        except ValueError as err:
+            raise ValueError(f"loaded_models[{name!r}]: {err}") from None
+
+
 def _prepare(study: Study, loaded_models: dict | None, log) -> _Context:
     """Validate, check the folders and specs before any model runs, load the corpus, open the store."""
     from ..corpora import load_corpus
 
+    _check_arguments(study, loaded_models)
     study.validate()
     out = Path(study.out)
     # fail before hours of extraction, not after: a folder we cannot write, a spec that names nothing
@@ -395,13 +417,18 @@ def _run_agreement(study: Study, stacks: dict, corpus, log):
 
 
 def _resolve_specs(study: Study, loaded_models: dict | None) -> None:
-    """Resolve every model spec the study will load (no loading, no network), so that a typo in the
-    last model fails before the first is extracted. Raises the resolver's ValueError (what was tried)."""
-    from ..models import resolve
+    """Resolve every model spec the study will load (no loading, no network) and check the files of every
+    model folder there is (:func:`~homoscope.models.check_model_folder`: JSON files, safetensors headers),
+    so that a typo or a truncated file in the last model fails before the first is extracted. Raises the
+    resolver's ValueError (what was tried) or the one naming the damaged file."""
+    from ..models import check_model_folder, is_assembled, resolve
 
     for name, spec in study.model_specs():
-        if name not in (loaded_models or {}):
-            resolve(spec, must_exist=not study.install)
+        if name in (loaded_models or {}):
+            continue
+        source = resolve(spec, must_exist=not study.install)
+        if source.kind == "local" or (source.kind == "packaged" and is_assembled(source.name)):
+            check_model_folder(source.location, packaged=source.name if source.kind == "packaged" else None)
 
 
 def _align_rows(plan, corpus, ext: Extracted) -> None:
