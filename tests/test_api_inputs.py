@@ -2,8 +2,8 @@
 
 Every public function, fed None, a string, a numpy object array, a ragged list, an int or a list of
 None where it takes an array, raises a one-line ValueError whose message starts with the argument's
-name as the caller typed it (``X``, ``groups``, ``pred['m1']``; some after the function's name), never a TypeError or RuntimeError from
-inside numpy or torch. Nested lists of numbers are accepted where an array of numbers is taken; an
+name as the caller typed it (``X``, ``groups``, ``pred['m1']``; some after the function's name), never
+a TypeError or RuntimeError from inside numpy or torch. Nested lists of numbers are accepted where an array of numbers is taken; an
 option a measure does not take is a ValueError that lists those it takes. A truncated
 ``model.safetensors``, a damaged ``pytorch_model.bin`` or a ``config.json`` that is not JSON is a
 ValueError naming the file, and from the command line one line with exit status 2.
@@ -198,6 +198,15 @@ def test_extract_names_texts(models, bad, start):
     with pytest.raises(ValueError) as err:
         extract(models["bert"], bad, progress=False)
     assert _one_line(err.value).startswith(start)
+
+
+def test_native_heads_name_their_arguments(models):
+    with pytest.raises(ValueError, match=r"^loaded_models must be a \{name: LoadedModel\} mapping or a list; got None"):
+        A.tokenizer_groups(None)
+    with pytest.raises(ValueError, match=r"^loaded_models\['b'\]: loaded must be a loaded model"):
+        A.native_head_agreement({"a": models["bert"], "b": "bert"}, ["A text."])
+    with pytest.raises(ValueError, match=r"^texts must be a list of strings \(one text per row\); got a str"):
+        A.native_head_agreement({"a": models["bert"], "b": models["gpt2"]}, "A text.")
 
 
 def test_extract_names_loaded():

@@ -92,7 +92,8 @@ class ProbeResult:
 
 def _check_stacks(stacks: Mapping, n: int | None = None) -> dict[str, torch.Tensor]:
     if not isinstance(stacks, Mapping) or not stacks:
-        raise ValueError(f"stacks must be a non-empty {{model name: [L+1, n, d] tensor}} mapping; got {describe(stacks)}")
+        raise ValueError("stacks must be a non-empty {model name: [L+1, n, d] tensor} mapping; "
+                         f"got {describe(stacks)}")
     out = {}
     for name, S in stacks.items():
         S = as_tensor(S, f"stacks[{name!r}]", "[L+1, n, d]")

@@ -34,7 +34,8 @@ def _json_fault(path: Path) -> str | None:
     except UnicodeDecodeError as err:
         return f"is not UTF-8 text (byte offset {err.start}); the file is damaged"
     except json.JSONDecodeError as err:
-        return f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); the file is truncated or damaged"
+        return (f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                "the file is truncated or damaged")
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
     return None
