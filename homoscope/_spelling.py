@@ -32,6 +32,12 @@ def shown(value: Any) -> str:
     return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
+def brief(value: Any) -> str:
+    """``repr(value)`` on one line and at most 80 characters, for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def typed(name: str, value: Any = _NO_VALUE) -> str:
     """Option ``name`` (and ``value``) as the user typed it.
 
@@ -43,7 +49,7 @@ def typed(name: str, value: Any = _NO_VALUE) -> str:
     if value is _NO_VALUE:
         return label
     if not label.startswith("--"):
-        return f"{label}={os.fspath(value) if isinstance(value, os.PathLike) else value!r}"
+        return f"{label}={brief(os.fspath(value) if isinstance(value, os.PathLike) else value)}"
     if isinstance(value, bool):
         return label if value else "--no-" + label[2:]
     return f"{label}={shlex.quote(shown(value))}"

@@ -4,7 +4,8 @@ what to do, and never costs finished work: configuration problems fail before th
 Cases: empty or all-blank corpus, a corpus that is not UTF-8, texts longer than the model takes
 (truncated and counted, never a crash), a model spec that resolves to nothing, a model that returns
 no hidden states, study TOML with an unknown key / a wrong type / a missing field, an unknown measure,
-an output folder that is a file or read-only, a read-only store, and two models with one name. The
+an output folder that is a file or read-only, a read-only store, two models with one name and a corpus
+value that is not data (a JSON ``NaN`` text). The
 same messages come out of the ``homoscope`` command as one line on stderr with exit status 2.
 """
 from __future__ import annotations
@@ -263,7 +264,8 @@ def model_folders(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "missing models", "unknown measure",
-                                  "same name", "out is a file", "empty corpus", "not utf-8", "no such model"])
+                                  "same name", "out is a file", "empty corpus", "not utf-8", "no such model",
+                                  "nan text"])
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, model_folders, case):
     good = tmp_path / "ok.txt"
     good.write_text("\n".join(TINY_TEXT[:6]) + "\n", encoding="utf-8")
@@ -288,6 +290,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, model_folders, case):
     elif case == "not utf-8":
         (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\xfe bad\n")
         corpus, expected = str(tmp_path / "bad.txt"), "is not UTF-8: invalid byte 0xff at line 2, byte 1"
+    elif case == "nan text":
+        (tmp_path / "nan.jsonl").write_text('{"text": "A fine text."}\n{"text": NaN}\n')
+        corpus, expected = str(tmp_path / "nan.jsonl"), "text column 'text' at line 2 holds NaN, a number that is not finite"
     elif case == "no such model":
         models, expected = json.dumps([model_folders[0], str(tmp_path / "gone")]), "cannot resolve model spec"
     lines = [f"out = {json.dumps(str(tmp_path / 'out'))}", f"store = {json.dumps(str(tmp_path / 'store'))}",

@@ -162,3 +162,62 @@ def test_format_errors(tmp_path):
         load_file(txt, label_column="label")
     with pytest.raises(ValueError, match="sentences=0 must be at least 1"):
         load_file(txt, sentences=0)
+
+
+# --- values that are not data -------------------------------------------------------------------
+
+_JSONL_OK = '{"text": "First text here.", "label": "a", "doc": "d1"}\n'
+
+
+@pytest.mark.parametrize("line, column, expected", [
+    ('{"text": "Two.", "label": NaN, "doc": "d1"}', "label", "label column 'label' at line 3 holds NaN, a number "
+     "that is not finite, not a label; give a string or a finite number"),
+    ('{"text": "Two.", "label": "b", "doc": Infinity}', "doc", "document id column 'doc' at line 3 holds Infinity"),
+    ('{"text": "Two.", "label": -Infinity, "doc": "d2"}', "label", "label column 'label' at line 3 holds -Infinity"),
+    ('{"text": "Two.", "label": 1e999, "doc": "d2"}', "label", "label column 'label' at line 3 holds inf"),
+    ('{"text": NaN, "label": "b", "doc": "d2"}', "text", "text column 'text' at line 3 holds NaN, a number that is "
+     "not finite, not a text; give the text as a JSON string, or null to skip the record"),
+    ('{"text": 42, "label": "b", "doc": "d2"}', "text", "text column 'text' at line 3 holds the number 42, not a "
+     'string; write the text as a JSON string ("42") if it is meant, or check text_column'),
+])
+def test_jsonl_non_finite_and_numeric_text_name_file_line_and_column(tmp_path, line, column, expected):
+    path = _write(tmp_path, "data.jsonl", _JSONL_OK + "\n" + line + "\n")  # a blank line 2: line numbers count it
+    with pytest.raises(ValueError) as err:
+        load_file(path, label_column="label", doc_column="doc")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"corpus file {str(path)!r}: ") and expected in msg, msg
+
+
+def test_jsonl_strings_that_spell_nan_are_text(tmp_path):
+    path = _write(tmp_path, "s.jsonl", _JSONL_OK + '{"text": "NaN", "label": "inf", "doc": 7}\n'
+                  '{"text": "x", "label": "b", "doc": 2.0, "other": NaN}\n')
+    c = load_file(path, label_column="label", doc_column="doc")
+    assert c.texts == ["First text here.", "NaN", "x"] and c.labels == ["a", "inf", "b"]
+    assert c.doc_ids == ["d1", "7", "2"]  # finite numbers are ids; a column not named is not read
+
+
+@pytest.mark.parametrize("row, column, cell, what", [
+    ("Two.,nan,d2", "label", "nan", "label"),
+    ("Two.,b,-Infinity", "doc", "-Infinity", "document id"),
+    (" NaN ,b,d2", "text", "NaN", "text"),
+    ("INF,b,d2", "text", "INF", "text"),
+])
+def test_csv_cells_that_read_as_non_finite_numbers_name_file_line_and_column(tmp_path, row, column, cell, what):
+    # the row before spans lines 2-3 (a quoted line break), so the bad row starts on line 4
+    path = _write(tmp_path, "table.csv", f'text,label,doc\n"One\ntext.",a,d1\n{row}\n')
+    with pytest.raises(ValueError) as err:
+        load_file(path, label_column="label", doc_column="doc")
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith(f"corpus file {str(path)!r}: {what} column {column!r} reads {cell!r} in the row at line 4, "
+                          f"a missing or non-finite number as pandas and numpy write one, not a {what}; "), msg
+    if what == "text":
+        assert 'leave the cell empty to skip the row; if the text is meant, give the corpus as a .jsonl file' in msg
+
+
+def test_csv_other_spellings_are_text(tmp_path):
+    path = _write(tmp_path, "t.csv", "text,label\nNA,None\nnull,nano\nInfinite loop.,inf-like\n")
+    c = load_file(path, label_column="label")
+    assert c.texts == ["NA", "null", "Infinite loop."] and c.labels == ["None", "nano", "inf-like"]
+    unread = _write(tmp_path, "u.csv", "text,score\nFine.,nan\n")  # a column that is not named is not read
+    assert load_file(unread).texts == ["Fine."]

@@ -36,11 +36,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..measures._validate import as_labels, as_numbers
+
 H_MEASURES = ("h_avg", "h_unif", "h_worst")
 
 
 def _as_failures(failures) -> np.ndarray:
-    F = np.asarray(failures)
+    F = as_numbers(failures, "failures", "[k systems, n individuals]")
     if F.ndim == 1:
         F = F[None, :]
     if F.ndim != 2 or F.shape[0] == 0 or F.shape[1] == 0:
@@ -57,8 +59,8 @@ def _as_failures(failures) -> np.ndarray:
 def _group_index(groups, n: int) -> tuple[np.ndarray, int]:
     if groups is None or (isinstance(groups, str) and groups == "instances"):
         return np.arange(n), n
-    g = np.asarray(groups)
-    if g.ndim != 1 or g.size != n:
+    g = as_labels(groups, "groups", "group ids")
+    if g.size != n:
         raise ValueError(f"groups must give one group per individual (n={n}); got shape {g.shape}")
     _, inv = np.unique(g.astype(str), return_inverse=True)
     return inv.astype(np.int64), int(inv.max()) + 1

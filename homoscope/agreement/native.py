@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..extract.runner import check_loaded
+from ..measures._validate import as_texts, describe
 from .probes import wilson_interval
 from .run import AGREEMENT_COLUMNS, SET_COLUMNS, failure_rows
 
@@ -62,14 +64,27 @@ class NativeHeadResult:
 
 
 def _as_models(loaded_models) -> dict:
+    """``{name: LoadedModel}`` from a mapping or a list of loaded models (named by ``info.name``).
+
+    Raises a ValueError naming ``loaded_models`` for anything else, or an entry that is not a loaded model.
+    """
     if isinstance(loaded_models, Mapping):
-        return {str(k): v for k, v in loaded_models.items()}
-    out = {}
-    for lm in loaded_models:
-        name = str(getattr(getattr(lm, "info", None), "name", f"model{len(out)}"))
-        if name in out:
-            raise ValueError(f"two models are named {name!r}; pass a {{name: model}} mapping")
-        out[name] = lm
+        out = {str(k): v for k, v in loaded_models.items()}
+    elif isinstance(loaded_models, (list, tuple)):
+        out = {}
+        for lm in loaded_models:
+            name = str(getattr(getattr(lm, "info", None), "name", f"model{len(out)}"))
+            if name in out:
+                raise ValueError(f"two models are named {name!r}; pass a {{name: model}} mapping")
+            out[name] = lm
+    else:
+        raise ValueError("loaded_models must be a {name: LoadedModel} mapping or a list; "
+                         f"got {describe(loaded_models)}")
+    for name, lm in out.items():
+        try:
+            check_loaded(lm)
+        except ValueError as err:
+            raise ValueError(f"loaded_models[{name!r}]: {err}") from None
     return out
 
 
@@ -197,7 +212,9 @@ def native_head_agreement(
         :class:`NativeHeadResult` (measures and nulls in the module docstring).
 
     Raises:
-        ValueError: fewer than two models; a mix of masked and causal LMs; a model without a head
+        ValueError: ``loaded_models`` not a mapping or list of loaded models, or ``texts`` not a non-empty
+            list of strings (each naming the argument); fewer than two models; a mix of masked and
+            causal LMs; a model without a head
             (or with a random one); tokenizers that differ (the message names the two models and
             why, and points to probes for comparing them); a masked LM tokenizer without a mask
             token; no position to compare; bad ``mask_rate`` or ``batch_size``.
@@ -232,8 +249,7 @@ def _check_models(models: dict, texts, mask_rate, batch_size, allow_random_head)
     names = list(models)
     if len(names) < 2:
         raise ValueError(f"native_head_agreement needs at least two models; got {len(names)}")
-    if not list(texts):
-        raise ValueError("texts is empty; give at least one text")
+    as_texts(texts)
     if not 0.0 < float(mask_rate) <= 1.0:
         raise ValueError(f"mask_rate={mask_rate!r} must lie in (0, 1]")
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..measures._validate import as_labels, as_numbers
 from ..measures.controls import bootstrap_weights, resampled_groups
 
 PAIR_MEASURES = ("agreement", "cohen_kappa", "error_overlap", "error_overlap_conditional", "jsd")
@@ -43,18 +44,9 @@ LN2 = math.log(2.0)
 
 
 # --------------------------------------------------------------------------- validation helpers
-def _as_1d(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of n labels; got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty; give at least one row")
-    return a
-
-
 def _as_codes(x, name: str, n_classes: int) -> np.ndarray:
     """Integer class codes in ``[0, n_classes)`` as int64; raises naming ``name``."""
-    a = _as_1d(x, name)
+    a = as_labels(x, name)
     if not np.issubdtype(a.dtype, np.integer):
         if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             a = a.astype(np.int64)
@@ -105,7 +97,7 @@ def cohen_kappa(a: Sequence, b: Sequence) -> float:
         ValueError: empty or not 1-D input, lengths that differ, or ``p_e = 1`` (both sequences
             use one and the same single label, where kappa is undefined).
     """
-    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    a, b = as_labels(a, "a"), as_labels(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a has {a.size} labels but b has {b.size}; give the same rows to both")
     (ca, cb), classes = encode_labels(a, b)
@@ -142,7 +134,7 @@ def category_counts(ratings, n_classes: int | None = None) -> np.ndarray:
     Raises:
         ValueError: not 2-D, empty, or codes outside ``[0, n_classes)``.
     """
-    r = np.asarray(ratings)
+    r = as_numbers(ratings, "ratings", "[k raters, n subjects]")
     if r.ndim != 2 or r.shape[0] == 0 or r.shape[1] == 0:
         raise ValueError(f"ratings must be a non-empty [k raters, n subjects] array; got shape {r.shape}")
     c = int(r.max()) + 1 if n_classes is None else int(n_classes)
@@ -171,7 +163,7 @@ def fleiss_kappa(counts) -> float:
         ValueError: not 2-D, empty, negative or non-integer counts, rows with different sums,
             m < 2, or ``P_e = 1`` (every rating in one category, kappa undefined).
     """
-    t = np.asarray(counts)
+    t = as_numbers(counts, "counts", "[N subjects, C categories]")
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"counts must be a non-empty [N subjects, C categories] table; got shape {t.shape}")
     if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t != np.round(t)):
@@ -210,8 +202,8 @@ def jsd(p, q, *, base: float = 2.0) -> np.ndarray:
     Raises:
         ValueError: negative or non-finite entries, or a row that sums to 0.
     """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
+    p = as_numbers(p, "p", "[..., C]").astype(np.float64)
+    q = as_numbers(q, "q", "[..., C]").astype(np.float64)
     for name, x in (("p", p), ("q", q)):
         if x.ndim == 0:
             raise ValueError(f"{name} must have a class axis; got a scalar")
@@ -361,6 +353,8 @@ def _check_pairs(pred: Mapping, pairs: Sequence[tuple] | None, bootstrap: int) -
 
     Returns the pairs; by default every unordered pair of keys, in the order of ``pred``.
     """
+    if not isinstance(pred, Mapping):
+        raise ValueError(f"pred must be a mapping {{model: predictions [n]}}; got {type(pred).__name__}")
     keys = list(pred)
     if pairs is None:
         if len(keys) < 2:
@@ -380,11 +374,11 @@ def _encode_predictions(pred: Mapping, y_true: Sequence) -> tuple[np.ndarray, di
 
     Returns ``(true codes [n], {key: predicted codes [n]}, number of classes)``.
     """
-    y = _as_1d(y_true, "y_true")
+    y = as_labels(y_true, "y_true")
     n = y.size
     arrays = []
     for k in pred:
-        p = _as_1d(pred[k], f"pred[{k!r}]")
+        p = as_labels(pred[k], f"pred[{k!r}]")
         if p.size != n:
             raise ValueError(f"pred[{k!r}] has {p.size} rows but y_true has {n}; give the same rows")
         arrays.append(p)
@@ -401,7 +395,7 @@ def _normalised_proba(proba: Mapping, pred: Mapping, n: int, C: int) -> tuple[di
     for k, P in proba.items():
         if k not in pred:
             raise ValueError(f"proba key {k!r} is not in pred")
-        P = np.asarray(P, dtype=np.float64)
+        P = as_numbers(P, f"proba[{k!r}]", f"[n={n}, C]").astype(np.float64)
         if P.ndim != 2 or P.shape[0] != n:
             raise ValueError(f"proba[{k!r}] must be [n={n}, C]; got shape {P.shape}")
         if P.shape[1] < C:
@@ -480,7 +474,7 @@ def agreement_table(
     yc, code_of, C = _encode_predictions(pred, y_true)
     n = yc.size
     probs, C = _normalised_proba(proba, pred, n, C) if proba is not None else ({}, C)
-    if groups is not None and len(groups) != n:
+    if groups is not None and len(as_labels(groups, "groups", "document ids")) != n:
         raise ValueError(f"groups has {len(groups)} entries but y_true has {n}")
     groups = resampled_groups(groups, n, " of the agreement's test rows", stacklevel=4) if bootstrap else groups
     W = bootstrap_weights(n, bootstrap, groups, seed).numpy() if bootstrap else None

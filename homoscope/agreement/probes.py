@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 
+from ..measures._validate import as_labels, as_numbers, as_tensor, describe
 from .split import split_by_document
 
 SELECT = ("validation", "test")
@@ -33,8 +34,11 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     95 % by default (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
 
     Raises:
-        ValueError: ``n < 1`` or ``successes`` outside ``[0, n]``.
+        ValueError: ``successes`` or ``n`` not a whole number, ``n < 1`` or ``successes`` outside ``[0, n]``.
     """
+    for name, value in (("successes", successes), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be a whole number (a count); got {describe(value)}")
     if n < 1:
         raise ValueError(f"n={n} must be >= 1 for a confidence interval")
     if not 0 <= successes <= n:
@@ -88,13 +92,11 @@ class ProbeResult:
 
 def _check_stacks(stacks: Mapping, n: int | None = None) -> dict[str, torch.Tensor]:
     if not isinstance(stacks, Mapping) or not stacks:
-        raise ValueError("stacks must be a non-empty {model name: [L+1, n, d] tensor} mapping")
+        raise ValueError("stacks must be a non-empty {model name: [L+1, n, d] tensor} mapping; "
+                         f"got {describe(stacks)}")
     out = {}
     for name, S in stacks.items():
-        if isinstance(S, np.ndarray):
-            S = torch.from_numpy(S)
-        if not isinstance(S, torch.Tensor):
-            raise ValueError(f"stacks[{name!r}] is a {type(S).__name__}; give a [L+1, n, d] tensor")
+        S = as_tensor(S, f"stacks[{name!r}]", "[L+1, n, d]")
         if S.ndim == 2:
             S = S.unsqueeze(0)
         if S.ndim != 3 or min(S.shape) == 0:
@@ -136,7 +138,7 @@ def _resolve_layers(layers, n_layers: int, name: str) -> list[int]:
 
 
 def _check_indices(idx, n: int, name: str) -> np.ndarray:
-    a = np.asarray(idx)
+    a = as_numbers(idx, name, "[m] (row positions)")
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of row positions; got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
@@ -191,9 +193,7 @@ def _class_codes(labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
 
     Raises ValueError unless ``labels`` is a non-empty 1-D sequence.
     """
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence; got shape {lab.shape}")
+    lab = as_labels(labels, "labels")
     classes, y = np.unique(lab.astype(str) if lab.dtype.kind not in "iu" else lab, return_inverse=True)
     return classes, y.astype(np.int64)
 
@@ -218,7 +218,7 @@ def _inner_split(
     ``groups``: n document ids, or None to split by row. Returns ``(inner_train, inner_validation)``.
     """
     if groups is not None:
-        g = np.asarray(groups)
+        g = as_labels(groups, "groups", "document ids")
         if g.size != y.size:
             raise ValueError(f"groups has {g.size} entries but there are {y.size} labels")
         try:
@@ -341,7 +341,9 @@ def fit_probes(
         :class:`ProbeResult`.
 
     Raises:
-        ValueError: empty or ill-shaped stacks, stacks whose n differs from ``len(labels)``,
+        ValueError: an argument of the wrong kind, naming it (a stack that is not a tensor or array of
+            numbers, labels or groups that are not one string or number per row, indices that are not
+            integers), empty or ill-shaped stacks, stacks whose n differs from ``len(labels)``,
             overlapping or out-of-range indices, fewer than two classes among the training labels,
             non-finite representations, unknown ``select``, or a bad layer index.
     """

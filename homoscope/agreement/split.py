@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..measures._validate import as_labels
+
 
 def _check_fraction(test_size: float) -> float:
     try:
@@ -28,7 +30,7 @@ def _check_split_args(
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
     if labels is not None:
-        labels = list(labels)
+        labels = as_labels(labels, "labels").tolist()
         if len(labels) != n:
             raise ValueError(f"labels has {len(labels)} entries but doc_ids has {n}; give one label per row")
     return t, labels
@@ -106,7 +108,7 @@ def split_by_document(
     ``(doc_ids, test_size, seed, labels)``.
 
     Args:
-        doc_ids: n document ids (any hashable values), one per row; rows of one document share it.
+        doc_ids: n document ids (strings or numbers), one per row; rows of one document share it.
         test_size: share of rows for the test side, strictly between 0 and 1.
         seed: shuffling seed (int >= 0).
         labels: optional n labels for a stratified split.
@@ -116,10 +118,12 @@ def split_by_document(
         ``range(n)``, both non-empty, and no document id occurs in both.
 
     Raises:
-        ValueError: empty ``doc_ids``, ``labels`` of another length, ``test_size`` outside (0, 1),
+        ValueError: ``doc_ids`` or ``labels`` not one string or number per row (None, a string, a ragged
+            list, a missing entry: :func:`~homoscope.measures._validate.as_labels`; the message names the
+            argument), empty ``doc_ids``, ``labels`` of another length, ``test_size`` outside (0, 1),
             a negative seed, fewer than two documents, or a split that would leave one side empty.
     """
-    docs = list(doc_ids)
+    docs = as_labels(doc_ids, "doc_ids", "document ids").tolist()
     t, labels = _check_split_args(docs, test_size, seed, labels)
     rows, order = _document_rows(docs)
     test_docs = _test_documents(_strata(order, rows, labels), rows, t, seed)

@@ -1,10 +1,27 @@
-"""User corpora from a file: .txt (one text per line), .jsonl (one JSON object per line) or .csv."""
+"""User corpora from a file: .txt (one text per line), .jsonl (one JSON object per line) or .csv.
+
+Values that are not data are refused with the file, the line (1-based, as an editor shows it) and the
+column, never read as a text, a class or a document:
+
+- .jsonl: a text must be a JSON string (``null`` or a blank string is a blank text, skipped); a label
+  or document id a string or a finite number (``null`` is refused). ``NaN``, ``Infinity`` and
+  ``-Infinity`` (and numbers too large for a float) are refused in all three columns; the JSON
+  *strings* ``"NaN"`` and ``"inf"`` are text like any other.
+- .csv: every cell is text. An empty text cell is a blank text (skipped), an empty label or document
+  id is refused, and a cell of a named column that reads exactly ``nan``, ``inf`` or ``infinity`` (any
+  case, optional sign: how pandas, numpy and R write a missing or infinite float, :data:`NON_FINITE_CELL`)
+  is refused; a text that really is "NaN" is kept by giving the corpus as .jsonl. Other spellings
+  (``NA``, ``null``, ``None``) are text.
+- .txt: each line is taken as written.
+"""
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
 import json
+import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -72,16 +89,38 @@ def _read_txt(text: str, shown: str, label_column, doc_column):
     return rows, None
 
 
+class _NonFinite:
+    """A JSON ``NaN``, ``Infinity`` or ``-Infinity`` literal as written (``json.loads(parse_constant=...)``)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
 def _cell(value, what: str, column: str, where: str, shown: str, allow_missing: bool) -> str | None:
+    """The string of one JSONL value in a named column. A text must be a JSON string (or null: blank);
+    a label or document id a string or a finite number.
+
+    Raises:
+        ValueError: naming file, line and column: a missing label or document id (null), a non-finite
+            number (``NaN``, ``Infinity``, ``-Infinity``, or a number too large for a float), a number in the
+            text column, or a value of another kind (true/false, a list, an object).
+    """
+    head = f"corpus file {shown!r}: {what} column {column!r} at {where}"
     if value is None:
         if allow_missing:
             return None
-        raise ValueError(f"corpus file {shown!r}: {what} column {column!r} is empty at {where}; fill it in")
+        raise ValueError(f"{head} is empty (null); fill it in")
+    if isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+        written = value.text if isinstance(value, _NonFinite) else repr(value)
+        fix = "give the text as a JSON string, or null to skip the record" if what == "text" else (
+            "give a string or a finite number")
+        raise ValueError(f"{head} holds {written}, a number that is not finite, not a {what}; {fix}")
+    if what == "text" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"{head} holds the number {value!r}, not a string; write the text as a JSON string "
+                         f'("{value!r}") if it is meant, or check text_column')
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(
-            f"corpus file {shown!r}: {what} column {column!r} at {where} holds {type(value).__name__} "
-            f"{value!r}; it must be a string or number"
-        )
+        kind = "a string" if what == "text" else "a string or number"
+        raise ValueError(f"{head} holds {type(value).__name__} {value!r}; it must be {kind}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
@@ -94,7 +133,7 @@ def _read_jsonl(text: str, shown: str, text_column: str, label_column, doc_colum
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_NonFinite)
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"corpus file {shown!r}: line {lineno} is not valid JSON ({err.msg} at column {err.colno}); "
@@ -132,6 +171,28 @@ def _read_jsonl(text: str, shown: str, text_column: str, label_column, doc_colum
     return rows, keys_seen
 
 
+#: A CSV cell that reads as a non-finite number (any case, optional sign): how pandas, numpy and R write a
+#: missing or infinite float (``str(float("nan"))`` is ``'nan'``), so a table of numbers in disguise.
+NON_FINITE_CELL = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def _check_csv_cells(values: list[str], position: dict, columns: dict, lineno: int, shown: str) -> None:
+    """Raise a ValueError naming file, line and column for a named cell of a CSV row that reads as a
+    non-finite number (:data:`NON_FINITE_CELL`)."""
+    for what, at in position.items():
+        cell = values[at].strip()
+        if NON_FINITE_CELL.fullmatch(cell):
+            if what == "text":
+                fix = ("leave the cell empty to skip the row; if the text is meant, give the corpus as a .jsonl "
+                       f'file, where "{cell}" is a JSON string')
+            else:
+                fix = "fill it in, or drop the row"
+            raise ValueError(
+                f"corpus file {shown!r}: {what} column {columns[what]!r} reads {cell!r} in the row at line "
+                f"{lineno}, a missing or non-finite number as pandas and numpy write one, not a {what}; {fix}"
+            )
+
+
 def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column):
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -145,7 +206,7 @@ def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column)
     if dup:
         raise ValueError(f"corpus file {shown!r} repeats column name {dup[0]!r} in its header; name columns uniquely")
     found = ", ".join(map(repr, header))
-    position = {}
+    position, columns = {}, {"text": text_column, "label": label_column, "document id": doc_column}
     for column, what in ((text_column, "text"), (label_column, "label"), (doc_column, "document id")):
         if column is None:
             continue
@@ -165,6 +226,7 @@ def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column)
                     f"corpus file {shown!r}: the row at line {lineno} has {len(values)} fields but the header "
                     f"has {len(header)}; quote fields that contain commas"
                 )
+            _check_csv_cells(values, position, columns, lineno, shown)
             label = values[position["label"]] if "label" in position else None
             doc = values[position["document id"]] if "document id" in position else None
             for value, what, column in ((label, "label", label_column), (doc, "document id", doc_column)):
@@ -267,7 +329,8 @@ def load_file(
         (header row first) file.
     text_column, label_column, doc_column : str, str or None, str or None
         Column (jsonl key or csv header) holding the text, the optional label and the optional
-        document id. Values are read as strings.
+        document id. Values are read as strings; values that are not data (``NaN``, ``Infinity``,
+        a number for a text) are refused by the module's rule.
     sentences : int or None
         How many texts to keep (default None: all); drawn with ``numpy.random.default_rng(seed)``
         without replacement and kept in file order. More than available keeps all with a
@@ -289,8 +352,9 @@ def load_file(
     ValueError
         The path does not exist, is a folder or has another suffix; the file is not UTF-8 (the
         message gives line and byte offset); it holds no non-blank text; a named column is missing
-        (the message lists the columns found) or empty; a .jsonl line is not a JSON object; a .csv
-        row has the wrong number of fields; ``sentences`` or ``seed`` is invalid.
+        (the message lists the columns found) or empty; a .jsonl line is not a JSON object; a value
+        that is not data (module docstring); a .csv row has the wrong number of fields; ``sentences``
+        or ``seed`` is invalid.
     """
     p = check_path(path)
     if not isinstance(text_column, str) or not text_column:

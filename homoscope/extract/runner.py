@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._spelling import typed
+from ..measures._validate import as_texts, describe
 
 POOLINGS = ("mean", "first", "last", "cls")
 PADDING_SIDES = ("right", "left")
@@ -201,6 +202,13 @@ def effective_max_length(loaded, max_length: int) -> int:
     return max_length
 
 
+def check_loaded(loaded) -> None:
+    """Raise a ValueError unless ``loaded`` is a loaded model (``.model`` and ``.tokenizer``, as
+    ``homoscope.models.load_model`` returns)."""
+    if not (hasattr(loaded, "model") and hasattr(loaded, "tokenizer")):
+        raise ValueError(f"loaded must be a loaded model (homoscope.models.load_model(spec)); got {describe(loaded)}")
+
+
 def _model_name(loaded) -> str:
     return getattr(getattr(loaded, "info", None), "name", type(loaded.model).__name__)
 
@@ -239,14 +247,16 @@ def extract(
         float32 CPU tensor ``[L+1, n, d]``: layer 0 = embeddings, layer i = block i.
 
     Raises:
-        ValueError: empty ``texts``, bad options, a model that returns no hidden states.
+        ValueError: ``loaded`` not a loaded model, ``texts`` not a non-empty list of strings (a single
+            string, None, a non-string entry: the message names ``texts`` and the position), bad
+            options, a model that returns no hidden states.
         NonFiniteHiddenStateError: NaN/inf in a real token's hidden state; names layer and count.
         ExtractionMemoryError (a RuntimeError): out of memory even at one text per batch.
     """
     import time
 
-    if len(texts) == 0:
-        raise ValueError("texts is empty: nothing to extract")
+    check_loaded(loaded)
+    texts = as_texts(texts)
     max_length = effective_max_length(loaded, max_length)
     _check_options(pooling, padding_side, max_length, batch_tokens)
     stats = stats if stats is not None else ExtractStats()

@@ -1,9 +1,20 @@
-"""Input checks shared by every measure.
+"""Input checks shared by every measure and by the rest of the public Python API.
 
 Every check raises a ValueError that names the argument, the offending value and the rule, so a
-bad input never turns into a silent NaN further down.  Inputs are upcast to the compute dtype
-(float64) *before* any Gram matrix, norm or mean is formed, so float16/bfloat16 representations
-are safe.
+bad input never turns into a silent NaN further down, nor into a TypeError or RuntimeError from
+deep inside numpy or torch.  Inputs are upcast to the compute dtype (float64) *before* any Gram
+matrix, norm or mean is formed, so float16/bfloat16 representations are safe.
+
+One rule per kind of argument:
+
+- arrays of numbers (representation stacks, chunks, counts, failures, probabilities): :func:`as_numbers`
+  / :func:`as_tensor` accept a torch tensor, a numpy array of a bool, integer or floating dtype, or
+  nested lists of numbers (converted); they refuse None, strings, dicts and sets, numpy arrays of dtype
+  object or of strings, ragged lists and lists holding None or strings.
+- labels and ids (labels, predictions, document ids, groups): :func:`as_labels` accepts one string or
+  number per row and refuses None, a single string, nested or ragged lists and missing entries (None,
+  NaN, inf).
+- texts: :func:`as_texts` accepts a sequence of strings and refuses a single string and non-strings.
 """
 
 from __future__ import annotations
@@ -19,27 +30,168 @@ COMPUTE_DTYPE = torch.float64
 ZERO_VARIANCE_RTOL = 64 * torch.finfo(torch.float64).eps
 
 
+#: The shape a stack argument takes, as error messages state it.
+STACK_SHAPE = "[L, n, d] or [n, d]"
+
+
+def describe(value: Any) -> str:
+    """A short description of a value that is not an array of numbers, for an error message."""
+    if value is None:
+        return "None"
+    if isinstance(value, (str, bytes)):
+        text = repr(value if len(value) <= 40 else value[:37] + type(value)("..."))
+        return f"a {type(value).__name__} {text}"
+    if isinstance(value, np.ndarray):
+        hint = " (if it holds numbers, convert it with .astype(float))" if value.dtype == object else ""
+        return f"a numpy array of dtype {value.dtype}{hint}"
+    if isinstance(value, (bool, int, float, np.generic)):
+        return f"{type(value).__name__} {value!r}"
+    kind = type(value).__name__
+    if hasattr(value, "__len__") and not isinstance(value, torch.Tensor) and len(value) == 0:
+        return f"an empty {kind}"
+    return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}"
+
+
+def _first_non_number(values: Any, at: tuple = ()) -> tuple[tuple, Any] | None:
+    """The index and value of the first entry of a nested sequence that is not a real number (None if all are)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        ok = isinstance(values, (int, float, np.integer, np.floating, np.bool_, torch.Tensor))
+        return None if ok else (at, values)
+    for i, v in enumerate(values):
+        bad = _first_non_number(v, at + (i,))
+        if bad is not None:
+            return bad
+    return None
+
+
+def as_numbers(x: Any, name: str, shape: str = STACK_SHAPE) -> np.ndarray:
+    """Return ``x`` (a numpy array, nested lists or tuples of numbers, a CPU tensor) as a numpy array of
+    numbers (bool, integer or floating dtype, any shape; the caller checks the shape).
+
+    Raises:
+        ValueError: naming ``name`` and the rule ("{name} must be a tensor or array of numbers of shape
+            {shape}") with what was given instead: None, a string, a dict or set, a numpy array of dtype
+            object or of strings, a ragged list (rows of different lengths), a list holding None or a string.
+    """
+    rule = f"{name} must be a tensor or array of numbers of shape {shape}"
+    if x is None or isinstance(x, (str, bytes, dict, set, frozenset)):
+        raise ValueError(f"{rule}; got {describe(x)}")
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.double() if x.dtype == torch.bfloat16 else x
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError, RuntimeError):
+        raise ValueError(f"{rule}; got a ragged {type(x).__name__} (its rows differ in length)") from None
+    if a.dtype.kind in "biufc":
+        return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+    if isinstance(x, np.ndarray):
+        raise ValueError(f"{rule}; got {describe(x)}")
+    bad = _first_non_number(x)
+    if bad is None:
+        raise ValueError(f"{rule}; got a {type(x).__name__} of dtype {a.dtype}")
+    where = "".join(f"[{i}]" for i in bad[0])
+    raise ValueError(f"{rule}; got a {type(x).__name__} holding {describe(bad[1])} at index {where}")
+
+
+def as_tensor(X: Any, name: str, shape: str = STACK_SHAPE) -> torch.Tensor:
+    """Return ``X`` as a torch tensor: a tensor as it is (any device), anything else through :func:`as_numbers`
+    (numpy arrays, nested lists of numbers) on the CPU.
+
+    Raises:
+        ValueError: any rule of :func:`as_numbers`, naming ``name``.
+    """
+    if isinstance(X, torch.Tensor):
+        return X
+    return torch.from_numpy(np.require(as_numbers(X, name, shape), requirements="C"))
+
+
+def _not_a_label(v: Any) -> bool:
+    """True for a value that is no label or id: None, NaN/inf, or anything but a string, bytes or number."""
+    if isinstance(v, (float, np.floating)):
+        return not np.isfinite(v)
+    return not isinstance(v, (str, bytes, int, np.integer, np.bool_, np.str_))
+
+
+def first_non_label(values: Any) -> int | None:
+    """The position of the first entry of a 1-D sequence that is not a label or id (None, NaN, inf, a list,
+    an arbitrary object: anything but a string or a finite number), or None when every entry is one."""
+    return next((i for i, v in enumerate(values) if _not_a_label(v)), None)
+
+
+def as_labels(x: Any, name: str, what: str = "labels") -> np.ndarray:
+    """Return ``x`` (a list, tuple, numpy array, pandas series, tensor; an iterator is read once) as a 1-D
+    numpy array of n labels or ids, each a string or a number.
+
+    Raises:
+        ValueError: naming ``name``: None, a string, a number, a dict or set, a ragged or nested list (not
+            one label per row), an empty sequence, or an entry that is not a label (None, NaN, inf, a list,
+            an arbitrary object; the message gives its position).
+    """
+    rule = f"{name} must be a 1-D sequence of {what} (one string or number per row)"
+    if not hasattr(x, "__len__") and hasattr(x, "__next__"):
+        x = list(x)  # an iterator or generator: read once
+    if x is None or isinstance(x, (str, bytes, dict, set, frozenset)) or not hasattr(x, "__len__"):
+        raise ValueError(f"{rule}; got {describe(x)}")
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError, RuntimeError):
+        raise ValueError(f"{rule}; got a ragged {type(x).__name__} (its rows differ in length)") from None
+    if a.ndim != 1:
+        raise ValueError(f"{rule}; got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty; give one entry per row")
+    if a.dtype.kind in "fc":
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise ValueError(f"{name}[{int(bad[0])}] is {a[bad[0]]!r}, a missing value; {rule}")
+    elif a.dtype.kind not in "biuUS":
+        i = first_non_label(a)
+        if i is not None:
+            raise ValueError(f"{name}[{i}] is {describe(a[i])}, not a label; {rule}")
+    return a
+
+
+def as_texts(texts: Any, name: str = "texts") -> list[str]:
+    """Return ``texts`` (a list, tuple, numpy array or other sequence of strings) as a list of n >= 1 strings.
+
+    Raises:
+        ValueError: naming ``name``: None, a single string (give a list of texts), a dict or set, an empty
+            sequence, or an entry that is not a string (None, a number, a list; the message gives its position).
+    """
+    rule = f"{name} must be a list of strings (one text per row)"
+    if texts is None or isinstance(texts, (str, bytes, dict, set, frozenset)) or not hasattr(texts, "__len__"):
+        raise ValueError(f"{rule}; got {describe(texts)}")
+    out = list(texts)
+    if not out:
+        raise ValueError(f"{name} is empty: nothing to extract")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise ValueError(f"{name}[{i}] is {describe(t)}, not a string; {rule}")
+    return out
+
+
 def stack_shape(X: Any, name: str = "X", *, device: torch.device | str | None = None) -> torch.Tensor:
     """Return ``X`` as a real ``[L, n, d]`` tensor on ``device``, keeping a floating dtype (others become float64).
 
-    Checks shape and dtype only, not values (see :func:`as_stack`).
+    Checks type, shape and dtype only, not values (see :func:`as_stack`). A tensor, a numpy array or
+    nested lists of numbers are accepted.
 
     Raises:
-        ValueError: complex input, a shape that is not 2-D or 3-D, an empty axis.
+        ValueError: anything that is not a tensor or array of numbers (:func:`as_numbers`: None, a string,
+            an object array, a ragged list ...), complex input, a shape that is not 2-D or 3-D, an empty axis.
     """
-    if isinstance(X, np.ndarray):
-        if np.iscomplexobj(X):
-            raise ValueError(f"{name} must be real-valued; got a complex array of dtype {X.dtype}")
-        X = torch.from_numpy(np.ascontiguousarray(X))
-    elif not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(X)
+    X = as_tensor(X, name)
     if X.is_complex():
         raise ValueError(f"{name} must be real-valued; got a complex tensor of dtype {X.dtype}")
     X = X.detach()  # measures are statistics, not differentiable losses: hidden states with grad are fine
     if X.ndim == 2:
         X = X.unsqueeze(0)
     elif X.ndim != 3:
-        raise ValueError(f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got shape {tuple(X.shape)}")
+        got = f"a scalar ({X.item()!r})" if X.ndim == 0 else f"shape {tuple(X.shape)}"
+        raise ValueError(f"{name} must be a [n, d] matrix or a [L, n, d] stack of layers; got {got}")
     L, n, d = X.shape
     if L == 0 or n == 0 or d == 0:
         raise ValueError(f"{name} must have at least one layer, row and column; got shape [L={L}, n={n}, d={d}]")
@@ -112,17 +264,20 @@ def as_pair(X: Any, Y: Any, *, dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[torc
     return Xs.to(dtype=dtype), Ys.to(dtype=dtype)
 
 
-def shape_pair(X: Any, Y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shape checks of :func:`as_pair` without the value checks or the float64 copy (Y moved to X's device).
+def shape_pair(X: Any, Y: Any, *, names: tuple[str, str] = ("X", "Y")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape checks of :func:`as_pair` without the value checks or the float64 copy (Y moved to X's device);
+    ``names`` are the arguments' names in error messages (``("x", "y")`` for an accumulator's ``update``).
 
     Raises:
-        ValueError: any shape rule of :func:`stack_shape`, or row counts that differ.
+        ValueError: any rule of :func:`stack_shape`, or row counts that differ.
     """
-    Xs = stack_shape(X, "X")
-    Ys = stack_shape(Y, "Y", device=Xs.device)
+    a, b = names
+    Xs = stack_shape(X, a)
+    Ys = stack_shape(Y, b, device=Xs.device)
     if Xs.shape[1] != Ys.shape[1]:
         raise ValueError(
-            f"X and Y must have the same number of rows (units): X has n={Xs.shape[1]} rows, Y has n={Ys.shape[1]} rows"
+            f"{a} and {b} must have the same number of rows (units): {a} has n={Xs.shape[1]} rows, "
+            f"{b} has n={Ys.shape[1]} rows"
         )
     return Xs, Ys
 

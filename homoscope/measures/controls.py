@@ -52,9 +52,9 @@ from . import _linalg as la
 from . import knn as _knn
 from . import rsa as _rsa
 from ._hsic import unbiased_hsic
-from ._validate import as_pair, prepare_pair
+from ._validate import as_pair, as_tensor, describe, first_non_label, prepare_pair
 from .cka import _check_positive_self, rbf_centered, unbiased_from_terms
-from .registry import compute, get_measure
+from .registry import check_options, compute, get_measure
 
 CKA_FAST = ("linear_cka", "debiased_cka")
 PAIR_MATRIX = ("mutual_knn", "cknna", "rsa")
@@ -112,12 +112,17 @@ def permutations(n: int, n_permutations: int, seed: int = 0) -> torch.Tensor:
 MIN_BOOTSTRAP_GROUPS = 10
 
 
+#: What pandas infers for a sequence of ids that are all strings or numbers (the others are looked at one by one).
+_ID_KINDS = ("string", "bytes", "integer", "floating", "mixed-integer-float", "boolean", "empty")
+
+
 def group_codes(groups: Any, n: int, *, sort: bool = False) -> np.ndarray:
-    """Group ids ``[n]`` (any hashable ids, equal as values: 1 == 1.0) as int64 codes ``0 .. G-1``, by first
+    """Group ids ``[n]`` (strings or numbers, equal as values: 1 == 1.0) as int64 codes ``0 .. G-1``, by first
     appearance, or with ``sort`` in sorted order of the ids where they can be sorted.
 
     Raises:
-        ValueError: not one id per row, or a missing id (None or NaN) at some row.
+        ValueError: not one id per row (a string, a dict, an ``n x 1`` array, another length), a missing id
+            (None or NaN) at some row, or an id that is not a string or a number (a list, an object).
     """
     ids = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else groups
     if isinstance(ids, (str, bytes, dict, set, frozenset)) or not hasattr(ids, "__len__"):
@@ -138,6 +143,11 @@ def group_codes(groups: Any, n: int, *, sort: bool = False) -> np.ndarray:
     if missing.size:
         raise ValueError(f"groups has {missing.size} missing ids (None or NaN), first at row {int(missing[0])}; "
                          "give every row a group id, or groups=None to resample rows")
+    if pd.api.types.infer_dtype(ids, skipna=False) not in _ID_KINDS:  # only then look at every entry
+        i = first_non_label(ids)
+        if i is not None:
+            raise ValueError(f"groups[{i}] is {describe(ids[i])}, not an id; groups must hold one id per row "
+                             "(a string or a number)")
     return codes.astype(np.int64)
 
 
@@ -163,7 +173,7 @@ def resampled_groups(groups: Any, n: int, where: str = "", stacklevel: int = 3):
 def bootstrap_weights(n: int, n_boot: int, groups: Any = None, seed: int = 0) -> torch.Tensor:
     """Resampling counts ``[n_boot, n]`` (float64, CPU): how often each unit appears in each replicate.
 
-    Without ``groups``, n units are drawn with replacement. With ``groups`` (length n, any hashable ids,
+    Without ``groups``, n units are drawn with replacement. With ``groups`` (length n, strings or numbers,
     e.g. document ids), as many groups as there are distinct ids are drawn with replacement and every
     unit of a drawn group comes along (so replicate sizes vary).
 
@@ -189,6 +199,34 @@ def bootstrap_weights(n: int, n_boot: int, groups: Any = None, seed: int = 0) ->
         1, draws, torch.ones(n_boot, G, dtype=torch.float64)
     )
     return per_group[:, inverse]
+
+
+def _check_names_options(names: Any, options: Any) -> tuple[list[str], dict[str, dict]]:
+    """The measure names of :func:`with_controls` as a list and its per-measure options as dicts.
+
+    Raises:
+        ValueError: ``names`` not a measure name or a list of them, an unknown measure, ``options`` not a
+            dict ``{measure: {option: value}}``, options for a measure not in ``names``, or an option the
+            measure does not take.
+    """
+    given = names
+    try:
+        names = [names] if isinstance(names, str) else list(names)
+    except TypeError:
+        names = []
+    if not names or not all(isinstance(nm, str) for nm in names):
+        shown = " ".join(repr(given).split())
+        raise ValueError(f"names must be a measure name or a non-empty list of them; got {shown[:80]}")
+    for name in names:
+        get_measure(name)
+    if options is None:
+        return names, {}
+    if not isinstance(options, dict):
+        raise ValueError(f"options must be a dict {{measure: {{option: value}}}}; got {type(options).__name__}")
+    extra = [k for k in options if k not in names]
+    if extra:
+        raise ValueError(f"options names measure {extra[0]!r}, which is not among names={names!r}")
+    return names, {nm: check_options(nm, opts) for nm, opts in options.items()}
 
 
 def _check_controls_args(n_permutations=None, n_boot=None, level=None) -> None:
@@ -518,7 +556,16 @@ def percentile_interval(values: torch.Tensor, level: float = 0.95) -> Confidence
 
     Degenerate replicates (NaN: a resample with a constant layer) are left out, with a RuntimeWarning
     that counts them.
+
+    Raises:
+        ValueError: ``values`` not a tensor or array of numbers of shape ``[R, La, Lb]`` with R >= 1, or
+            ``level`` outside (0, 1).
     """
+    values = as_tensor(values, "values", "[R, La, Lb]")
+    if values.ndim != 3 or values.shape[0] == 0:
+        raise ValueError(f"values must be replicates of shape [R, La, Lb] with R >= 1; got shape {tuple(values.shape)}")
+    _check_controls_args(level=level)
+    values = values if values.is_floating_point() else values.double()
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         warnings.warn(
@@ -615,17 +662,17 @@ def with_controls(
     :func:`clear_cache`.
 
     Raises:
-        ValueError: unknown measure, any input rule of a measure, ``n_permutations``/``n_boot`` < 2,
-            ``level`` outside (0, 1), ``groups`` of the wrong length, unknown precision.
+        ValueError: ``names`` not a measure name or a list of them, unknown measure, ``options`` for a
+            measure not in ``names`` or an option the measure does not take, any input rule of a measure
+            (X or Y not a tensor or array of numbers of shape ``[L, n, d]``, ...), ``n_permutations``/
+            ``n_boot`` < 2, ``level`` outside (0, 1), ``groups`` not one id per row or with a missing id,
+            unknown precision.
     """
-    names = [names] if isinstance(names, str) else list(names)
-    for name in names:
-        get_measure(name)
+    names, options = _check_names_options(names, options)
     _check_controls_args(n_permutations or None, n_boot or None, level)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got precision={precision!r}")
     dtype = PRECISIONS[precision]
-    options = dict(options or {})
     Xs, Ys = as_pair(X, Y)
     n = Xs.shape[1]
     perms = permutations(n, n_permutations, seed) if n_permutations else None

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._validate import column_range, shape_pair
+from ._validate import as_numbers, column_range, shape_pair
 from .controls import BootTerms, cka_from_terms
 from .streaming import F64, CrossMoments, Dims, _chunk_dtype
 
@@ -94,13 +94,13 @@ class GroupedMoments:
                 :meth:`CrossMoments.update`.
         """
         dt = _chunk_dtype(x, y)
-        xs, ys = shape_pair(x, y)
+        xs, ys = shape_pair(x, y, names=("x", "y"))
         xs, ys = xs.to(dtype=dt), ys.to(dtype=dt)
         ids = _group_ids(group, xs.shape[1], len(self.parts))
         dims = (xs.shape[0], xs.shape[2], ys.shape[0], ys.shape[2])
         if self._dims is not None and dims != self._dims:
             raise ValueError(f"chunk shape disagrees with earlier chunks: (La, da, Lb, db)={dims}, expected {self._dims}")
-        column_range(xs, "X"), column_range(ys, "Y")  # the whole chunk is checked before any group takes rows
+        column_range(xs, "x"), column_range(ys, "y")  # the whole chunk is checked before any group takes rows
         self._dims = dims
         ids = ids.to(xs.device)
         for g in torch.unique(ids).tolist():
@@ -256,7 +256,7 @@ class GroupedMoments:
 
 def _group_ids(group: Any, m: int, G: int) -> torch.Tensor:
     """``group`` as int64 ids ``[m]`` in ``0 .. G-1`` (a tensor, array or list of integers)."""
-    arr = np.asarray(group.cpu() if isinstance(group, torch.Tensor) else group)
+    arr = as_numbers(group, "group", f"[m={m}] (integer ids)")
     if arr.ndim != 1 or arr.shape[0] != m or arr.dtype.kind not in "iu":
         raise ValueError(f"group must give one integer id per row (length {m}); got shape {arr.shape}, dtype {arr.dtype}")
     if m and (int(arr.min()) < 0 or int(arr.max()) >= G):

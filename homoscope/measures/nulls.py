@@ -81,7 +81,15 @@ import numpy as np
 import torch
 
 from ._hsic import F32_PARTIAL, check_precision
-from ._validate import ZERO_VARIANCE_RTOL, as_stack, check_variance, column_range, raise_non_finite, stack_shape
+from ._validate import (
+    ZERO_VARIANCE_RTOL,
+    as_stack,
+    as_tensor,
+    check_variance,
+    column_range,
+    raise_non_finite,
+    stack_shape,
+)
 
 F64 = torch.float64
 F32 = torch.float32
@@ -728,7 +736,7 @@ def layer_moments(
 def _chunk(x: Any, name: str, shape: tuple[int, int] | None, *, finite: bool = True) -> torch.Tensor:
     """Validate a chunk ``[L, m, d]`` (finite unless ``finite`` is False: then the caller checks it; same L and d
     as ``shape``) without a float64 copy of it."""
-    xs = stack_shape(x, name)
+    xs = stack_shape(x, f"chunk (of {name})")
     if finite:
         column_range(xs, name)
     if shape is not None and (xs.shape[0], xs.shape[2]) != shape:
@@ -786,9 +794,10 @@ class MomentSums:
         """Add rows ``chunk [L, m, d]`` (or ``[m, d]``), any real dtype and device.
 
         Raises:
-            ValueError: non-finite values, a bad shape, or L / d that differ from earlier chunks.
+            ValueError: ``chunk`` not a tensor or array of numbers (None, a string, an object array, a ragged
+                list), non-finite values, a bad shape, or L / d that differ from earlier chunks.
         """
-        xs = stack_shape(chunk, self.name)
+        xs = stack_shape(chunk, f"chunk (of {self.name})")
         device = xs.device if self._c is None else self._c.device
         f32 = _use_f32(self.precision, xs.shape[2], device)
         xs = _chunk(xs, self.name, self._shape, finite=not f32)
@@ -1260,7 +1269,7 @@ def _check_null_inputs(mx: Any, my: Any, observed: Any, measure: str) -> tuple[i
     if mx.n != my.n:
         raise ValueError(f"{measure}: moments_x and moments_y must be of the same rows; got n={mx.n} and n={my.n}")
     _check_n(mx.n, "moments_x")
-    obs = torch.as_tensor(observed, dtype=F64, device=mx.t1.device)
+    obs = as_tensor(observed, "observed", "[La, Lb]").to(dtype=F64, device=mx.t1.device)
     La, Lb = mx.t1.shape[0], my.t1.shape[0]
     if obs.shape != (La, Lb):
         raise ValueError(f"{measure}: observed must have shape [La, Lb]=[{La}, {Lb}]; got {list(obs.shape)}")

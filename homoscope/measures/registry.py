@@ -9,6 +9,7 @@ the function's keyword-only parameters. The invariance vocabulary is in :mod:`._
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,11 +35,28 @@ def get_measure(name: str) -> MeasureInfo:
         raise ValueError(f"unknown measure {name!r}; valid names: {', '.join(list_measures())}") from None
 
 
+def check_options(name: str, options: Any) -> dict[str, Any]:
+    """Return ``options`` as a dict after checking that measure ``name`` takes every one of them.
+
+    Raises:
+        ValueError: unknown measure, ``options`` not a mapping of option names, or an option the measure
+            does not take (the message lists the options it takes).
+    """
+    info = get_measure(name)
+    if not isinstance(options, Mapping):
+        raise ValueError(f"the options of {name} must be a dict {{option: value}}; got {type(options).__name__}")
+    unknown = [k for k in options if k not in info.options]
+    if unknown:
+        takes = ", ".join(info.options) or "none"
+        raise ValueError(f"{name} takes no option {unknown[0]!r}; its options: {takes}")
+    return dict(options)
+
+
 def compute(name: str, X: Any, Y: Any, **options: Any) -> torch.Tensor:
     """Compute measure ``name`` for all layer pairs: ``[La, n, da] x [Lb, n, db] -> [La, Lb]``.
 
     Raises:
-        ValueError: unknown measure, or any input rule of the measure.
-        TypeError: an option the measure does not take.
+        ValueError: unknown measure, an option the measure does not take (:func:`check_options`), or any
+            input rule of the measure.
     """
-    return get_measure(name).fn(X, Y, **options)
+    return get_measure(name).fn(X, Y, **check_options(name, options))

@@ -324,13 +324,14 @@ class CrossMoments:
         The chunk is validated in its own dtype and shifted in float64 one block of rows at a time.
 
         Raises:
-            ValueError: non-finite values, row counts that differ, or layer counts / widths that differ
-                from earlier chunks.
+            ValueError: x or y not a tensor or array of numbers of shape ``[L, m, d]`` (None, a string, an
+                object array, a ragged list: the message names the argument), non-finite values, row counts
+                that differ, or layer counts / widths that differ from earlier chunks.
         """
         dt = _chunk_dtype(x, y)
-        xs, ys = shape_pair(x, y)
+        xs, ys = shape_pair(x, y, names=("x", "y"))
         xs, ys = xs.to(dtype=dt), ys.to(dtype=dt)
-        rx, ry = column_range(xs, "X"), column_range(ys, "Y")  # finiteness, without a mask of the chunk's size
+        rx, ry = column_range(xs, "x"), column_range(ys, "y")  # finiteness, without a mask of the chunk's size
         self._check_dims(Dims(xs.shape[0], xs.shape[2], ys.shape[0], ys.shape[2]))
         if self._device is not None and xs.device != self._device:
             xs, ys = xs.to(self._device), ys.to(self._device)
@@ -613,7 +614,8 @@ class CrossMoments:
             options: the measure's options (``variance_kept`` for svcca, ``weights_from`` for pwcca).
 
         Raises:
-            ValueError: unknown/unsupported name, an empty or too small accumulator, a constant layer,
+            ValueError: unknown/unsupported name, an option the measure's streaming form does not take
+                (:data:`STREAMING_OPTIONS`), an empty or too small accumulator, a constant layer,
                 the CCA rule n > d, a debiased measure on an accumulator built with debiased=False, or a
                 CCA measure whose float32 error estimate exceeds 1e-7 (see :meth:`float32_error`).
         """
@@ -621,9 +623,9 @@ class CrossMoments:
             raise ValueError(
                 f"no streaming form for measure {name!r}; streaming measures: {', '.join(STREAMING_MEASURES)}"
             )
+        _check_options(name, options)
         if name in _CCA_FAMILY:
             return self._cca(name, **options)
-        _no_options(name, options)
         if name == "debiased_cka":
             if not self.debiased:
                 raise ValueError("debiased_cka needs an accumulator built with debiased=True")
@@ -829,9 +831,17 @@ def _add_product(acc: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> None:
         acc.add_(a @ z)
 
 
-def _no_options(name: str, options: dict) -> None:
-    if options:
-        raise TypeError(f"{name} takes no options in streaming form; got {sorted(options)}")
+#: The options each streaming measure takes (the others take none).
+STREAMING_OPTIONS = {"svcca": ("variance_kept",), "pwcca": ("weights_from",)}
+
+
+def _check_options(name: str, options: dict) -> None:
+    """Raise a ValueError for an option the streaming form of ``name`` does not take (listing those it takes)."""
+    takes = STREAMING_OPTIONS.get(name, ())
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        raise ValueError(f"{name} in streaming form takes no option {unknown[0]!r}; its options: "
+                         f"{', '.join(takes) or 'none'}")
 
 
 def _chunk_dtype(*arrays: Any) -> torch.dtype:
@@ -920,7 +930,7 @@ class StreamingMeasure:
         options: the measure's options, passed to ``compute``.
 
     Raises:
-        ValueError: ``name`` has no streaming form, or a bad ``precision``.
+        ValueError: ``name`` has no streaming form, an option it does not take, or a bad ``precision``.
     """
 
     def __init__(self, name: str, *, precision: str = "float32", **options: Any):
@@ -928,6 +938,7 @@ class StreamingMeasure:
             raise ValueError(
                 f"no streaming form for measure {name!r}; streaming measures: {', '.join(STREAMING_MEASURES)}"
             )
+        _check_options(name, options)
         self.name = name
         self.options = options
         self.moments = CrossMoments(debiased=(name == "debiased_cka"), precision=precision)
@@ -978,9 +989,10 @@ class MinibatchCKA:
         """Add one minibatch ``x [La, m, da]``, ``y [Lb, m, db]``.
 
         Raises:
-            ValueError: non-finite values, differing row counts, a batch smaller than the estimator needs.
+            ValueError: x or y not a tensor or array of numbers (naming it), non-finite values, differing row
+                counts, a batch smaller than the estimator needs.
         """
-        xs, ys = shape_pair(x, y)  # values are checked where the batch is centered
+        xs, ys = shape_pair(x, y, names=("x", "y"))  # values are checked where the batch is centered
         check_min_n(xs.shape[1], 4 if self.debiased else 2, "MinibatchCKA batch", "rows per batch for the estimator")
         c, hx, hy = minibatch_hsic_terms(xs, ys, self.debiased)
         if self.cross is None:
@@ -1035,4 +1047,4 @@ class MinibatchCKA:
         return (self.cross / torch.sqrt(self.hx[:, None] * self.hy[None, :])).clamp_(lo, 1.0)
 
 
-__all__ = ["CrossMoments", "MinibatchCKA", "StreamingMeasure", "STREAMING_MEASURES"]
+__all__ = ["CrossMoments", "MinibatchCKA", "StreamingMeasure", "STREAMING_MEASURES", "STREAMING_OPTIONS"]

@@ -9,10 +9,13 @@ Public API:
 - ``load_model(spec_or_source, ...) -> LoadedModel`` with ``.model`` (eval, on device), ``.tokenizer``
   (fast) and ``.info`` (``ModelInfo``: blocks, width, fingerprint, final_norm_in_last, license, ...).
 - ``from_module(model, tokenizer, name)`` for in-memory models; ``best_device()``.
+- ``check_model_folder(folder)``: a ValueError naming a folder file that is truncated or damaged (a
+  weight file, ``config.json``, a tokenizer file); ``load_model`` and a study run it before loading.
 - ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
 """
 from __future__ import annotations
 
+from .files import check_model_folder, damaged_file
 from .fingerprint import file_sha256, files_fingerprint, module_fingerprint, weight_files
 from .installer import assemble, convert_gguf, install
 from .loading import (
@@ -62,4 +65,6 @@ __all__ = [
     "files_fingerprint",
     "module_fingerprint",
     "weight_files",
+    "check_model_folder",
+    "damaged_file",
 ]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._spelling import typed
+from .files import check_model_folder, damaged_error, damaged_file
 from .fingerprint import files_fingerprint, module_fingerprint, weight_files
 from .registry import PACKAGED, is_assembled, read_marker
 from .resolve import ModelSource, resolve
@@ -454,6 +455,11 @@ def _checked_weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def _packaged_name(source: ModelSource) -> str | None:
+    """The packaged model's name for a packaged source, else None (for the remedy of a damaged file)."""
+    return source.name if source.kind == "packaged" else None
+
+
 @dataclass
 class _Provenance:
     """License, quantization and notes of a model as its registry entry, marker file or README states them."""
@@ -555,20 +561,24 @@ def _load_pretrained(source: ModelSource, where, head: bool, dtype: torch.dtype,
     """Load model and tokenizer from ``where`` (:func:`_from_pretrained`); return ``(model, tokenizer, loading)``.
 
     Raises a ValueError for a hub id that cannot be loaded, for a model or tokenizer that needs code of its
-    own while ``trust_remote_code`` is off (transformers' own refusal, in one line), and for a tokenizer
-    that is not fast.
+    own while ``trust_remote_code`` is off (transformers' own refusal, in one line), for a folder file that
+    cannot be read (named: :func:`~homoscope.models.files.damaged_file`) and for a tokenizer that is not fast.
     """
     from .installer import _quiet_transformers
 
     try:
         with _quiet_transformers(bool(progress)):
             model, tokenizer, loading, _kind = _from_pretrained(where, head, dtype, common, model_kw)
-    except ValueError as exc:
-        if "custom code" not in str(exc) or "trust_remote_code" not in str(exc) or common.get("trust_remote_code"):
-            raise  # not transformers' refusal of a model's own code
-        raise _refuse_custom_code(source, []) from None
-    except OSError as exc:
-        if source.kind != "hub":
+    except Exception as exc:
+        if (isinstance(exc, ValueError) and "custom code" in str(exc) and "trust_remote_code" in str(exc)
+                and not common.get("trust_remote_code")):
+            raise _refuse_custom_code(source, []) from None  # transformers' refusal of a model's own code
+        if source.kind != "hub":  # a damaged file is named; any other failure is the loader's own
+            found = damaged_file(where, full=True)
+            if found is not None:
+                raise damaged_error(where, found, _packaged_name(source)) from exc
+            raise
+        if not isinstance(exc, OSError):
             raise
         tried = "; ".join(source.meta.get("tried", []))
         raise ValueError(
@@ -640,9 +650,9 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     Raises:
         ValueError: unresolvable spec, packaged model not installed (and not ``auto_install``),
             a model that needs code of its own while ``trust_remote_code`` is off (before anything
-            loads where its config says so), a folder without weight files, a tokenizer that is not a
-            fast tokenizer, an encoder-decoder model, a hub id that cannot be loaded (offline /
-            unknown), or an unknown ``fingerprint`` mode.
+            loads where its config says so), a folder without weight files, a damaged folder file (named:
+            :mod:`homoscope.models.files`), a tokenizer that is not a fast tokenizer, an encoder-decoder
+            model, a hub id that cannot be loaded (offline / unknown), or an unknown ``fingerprint`` mode.
     """
     dtype = _as_dtype(dtype)
     source = _installed_source(spec_or_source, auto_install, progress)
@@ -673,11 +683,12 @@ def _from_folder(source: ModelSource, common: dict, model_kw: dict, marks: dict)
     """A packaged or local folder's loading options (set in ``common`` and ``model_kw``), the fingerprint of its
     weight files (``marks``: mode and cache of :func:`files_fingerprint`) and its provenance.
 
-    Raises ValueError for a folder without weight files.
+    Raises ValueError for a folder without weight files or with a damaged file (named).
     """
     folder = Path(source.location)
     common["local_files_only"] = True
     files = _checked_weight_files(folder)
+    check_model_folder(folder, packaged=_packaged_name(source))
     model_kw["use_safetensors"] = files[0].suffix == ".safetensors"
     return folder, files_fingerprint(files, root=folder, **marks), _folder_provenance(source, folder)
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._spelling import shown, typed
+from .._spelling import brief, shown, typed
 from ..extract.runner import POOLINGS
 from ..extract.words import DEFAULT_MAX_ROWS, PUNCTUATION, ROW_POOLINGS, SPECIAL_TOKENS
 from ..measures.controls import MIN_BOOTSTRAP_GROUPS
@@ -92,6 +92,9 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
     except OSError as err:
         where = "" if probe == folder else f" (checked at {str(probe)!r}, where it would be created)"
         raise ValueError(f"{typed(what, str(folder))} is not writable{where}: {_os_reason(err)}; {hint}") from None
+
+
+_shown = brief
 
 
 def _plain(v):
@@ -182,7 +185,7 @@ class Option:
         """
         problem = self._problem(value)
         if problem:
-            raise ValueError(f"{label}={value!r} {problem}" if label else f"{typed(self.name, value)} {problem}")
+            raise ValueError(f"{label}={_shown(value)} {problem}" if label else f"{typed(self.name, value)} {problem}")
 
     def _problem(self, value: Any) -> str:
         """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
@@ -451,6 +454,9 @@ class Study:
             raise ValueError(f"{label} is empty: name at least one of " + ", ".join(valid))
         if not isinstance(self.measures, list):
             raise ValueError(f"{typed('measures', self.measures)} must be a list of measure names")
+        for m in self.measures:
+            if not isinstance(m, str):
+                raise ValueError(f"{label}: {_shown(m)} is not a known measure; valid: {', '.join(valid)}")
         twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
         if twice:
             raise ValueError(f"{label}: {', '.join(map(repr, twice))} named more than once; name each measure once")

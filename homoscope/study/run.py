@@ -103,10 +103,12 @@ def run_study(
             (in-memory models, tests).
         log: where one-line progress messages go (``print`` by default; None = silent).
 
-    Returns a :class:`StudyResult`. Raises ValueError for bad configuration, naming each option as the
-    user typed it (see :meth:`Study.validate`; an output or store folder that cannot be written, a model
-    spec that resolves to nothing, a model that needs code of its own without ``trust_remote_code`` and
-    a CCA measure with no more rows than a model's width, where its config tells the width, are found
+    Returns a :class:`StudyResult`. Raises ValueError for arguments of the wrong kind (``study`` not a
+    :class:`Study`, ``loaded_models`` not a mapping of loaded models) and for bad configuration, naming each
+    option as the user typed it (see :meth:`Study.validate`; an output or store folder that cannot be
+    written, a model spec that resolves to nothing, a model folder with a damaged file, a model that needs
+    code of its own without ``trust_remote_code`` and a CCA measure with no more rows than a model's width,
+    where its config tells the width, are found
     before any model loads; a tokenizer whose special tokens fill ``max_length`` and ``pooling='cls'``
     without a CLS token before that model's extraction), the corpus and model loaders' errors, and
     the measures' errors; :class:`StudyWriteError` when writing the store or the outputs fails
@@ -192,6 +194,25 @@ class Extracted:
     groups: list | None = None
 
 
+def _check_arguments(study: Study, loaded_models: dict | None) -> None:
+    """Raise a ValueError naming the argument of :func:`run_study` that is of the wrong kind: ``study`` not a
+    :class:`Study`, ``loaded_models`` not a mapping ``{name: LoadedModel}``."""
+    from ..extract.runner import check_loaded
+    from ..measures._validate import describe
+
+    if not isinstance(study, Study):
+        raise ValueError(f"study must be a Study (Study(models=[...]) or Study.from_toml(path)); got {describe(study)}")
+    if loaded_models is None:
+        return
+    if not isinstance(loaded_models, Mapping):
+        raise ValueError(f"loaded_models must be a mapping {{name: LoadedModel}}; got {describe(loaded_models)}")
+    for name, loaded in loaded_models.items():
+        try:
+            check_loaded(loaded)
+        except ValueError as err:
+            raise ValueError(f"loaded_models[{name!r}]: {err}") from None
+
+
 def _check(study: Study, loaded_models: dict | None) -> tuple[ResultsFolder, dict]:
     """Validate, check the output folder and the specs before any model runs: the folder (not yet held) and
     the resolved sources of the models (:func:`_resolve_specs`).
@@ -199,6 +220,7 @@ def _check(study: Study, loaded_models: dict | None) -> tuple[ResultsFolder, dic
     Fails before hours of extraction, not after: a folder that cannot be written or replaced whole, a spec
     that names nothing. The output folder itself is only created when the run's outputs are swapped in.
     """
+    _check_arguments(study, loaded_models)
     study.validate()
     out = Path(study.out)
     check_writable(out, "out", f"give another output folder as {typed('out')}")  # a read-only one is kept
@@ -484,19 +506,24 @@ def _run_agreement(study: Study, stacks: dict, corpus, log):
 
 
 def _resolve_specs(study: Study, loaded_models: dict | None) -> dict:
-    """Resolve every model spec the study will load (no loading, no network) and refuse one that needs code
-    of its own without ``trust_remote_code``, so that the last model fails before the first is extracted.
+    """Resolve every model spec the study will load (no loading, no network), refuse one that needs code
+    of its own without ``trust_remote_code`` and check the files of every model folder there is
+    (:func:`~homoscope.models.check_model_folder`: JSON files, safetensors headers), so that a typo or a
+    truncated file in the last model fails before the first is extracted.
 
     Returns ``{name: ModelSource}``. Raises the resolver's ValueError (what was tried) and the refusal
     (:func:`~homoscope.models.check_custom_code`).
     """
-    from ..models import check_custom_code, resolve
+    from ..models import check_custom_code, check_model_folder, is_assembled, resolve
 
     sources = {}
     for name, spec in study.model_specs():
-        if name not in (loaded_models or {}):
-            sources[name] = resolve(spec, must_exist=not study.install)
-            check_custom_code(sources[name], study.trust_remote_code)
+        if name in (loaded_models or {}):
+            continue
+        sources[name] = source = resolve(spec, must_exist=not study.install)
+        check_custom_code(source, study.trust_remote_code)
+        if source.kind == "local" or (source.kind == "packaged" and is_assembled(source.name)):
+            check_model_folder(source.location, packaged=source.name if source.kind == "packaged" else None)
     return sources
 
 
