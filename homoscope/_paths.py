@@ -39,9 +39,17 @@ def safe_name(name: str, max_len: int = 80) -> str:
 
 
 def file_mode() -> int:
-    """Permission bits of a new file under the current umask (``mkstemp`` files are 0600 otherwise)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """Permission bits of a new file under the current umask (``mkstemp`` files are 0600 otherwise).
+
+    The umask is read from ``/proc/self/status`` where the system has it; setting and restoring it, the
+    only other way, would change it for every thread of the process for an instant.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

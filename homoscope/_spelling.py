@@ -33,9 +33,11 @@ def shown(value: Any) -> str:
 
 
 def brief(value: Any) -> str:
-    """``repr(value)`` on one line and at most 80 characters, for an error message."""
+    """``repr(value)`` on one line, for an error message: at most 80 characters, or 400 for a string (a path
+    is shown whole)."""
     text = " ".join(repr(value).split())
-    return text if len(text) <= 80 else text[:77] + "..."
+    cap = 400 if isinstance(value, str) else 80
+    return text if len(text) <= cap else text[: cap - 3] + "..."
 
 
 def typed(name: str, value: Any = _NO_VALUE) -> str:

@@ -288,4 +288,4 @@ def test_a_full_disk_under_the_store_is_a_study_write_error(tmp_path, corpus, mo
         run_study(make_study(tmp_path, corpus), progress=False, loaded_models=models, log=None)
     msg = _one_line(err.value)
     assert re.search(r"could not write the representations of model 'bert' to the store '.*store'", msg), msg
-    assert "No space left on device" in msg and "--store" in msg
+    assert "No space left on device" in msg and "give another folder as store" in msg

@@ -348,11 +348,20 @@ def test_escape_md_and_safe_unique_file_stems():
     assert escape_md("a|b*c_d<e>`f`[g]") == "a\\|b\\*c\\_d\\<e\\>\\`f\\`\\[g\\]"
     assert escape_md("line\nbreak") == "line break"
     assert escape_md("- item") == "\\- item" and escape_md("3.11.9") == "3.11.9"
+    assert escape_md("---") == "\\---" and escape_md("=== x") == "\\=== x"  # no rule, no heading underline
     stems = file_stems(["a|b", "a/b", "../../etc", "ok-name"])
     assert len(set(stems.values())) == 4
     assert stems["ok-name"] == "ok-name"
     for s in stems.values():
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", s), s
+
+
+def test_data_shows_control_and_bidirectional_characters_as_escapes():
+    from homoscope.report.analysis import D, visible
+
+    assert visible("a\x00b") == "a\\x00b" and visible("evil\u202etxt.exe") == "evil\\u202etxt.exe"
+    assert visible("\u2066x\u2069") == "\\u2066x\\u2069" and visible("caf\u00e9 \u4e2d") == "caf\u00e9 \u4e2d"
+    assert D("x\u202ey") == ("d", "x\\u202ey")
 
 
 def test_measure_info_sources():

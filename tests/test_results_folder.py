@@ -254,6 +254,11 @@ def test_report_refuses_mixed_edited_or_malformed_folders(root, models, capsys, 
         frame.to_csv(edited / "similarity.csv", index=False)
         (edited / "similarity.parquet").unlink()
         _refused(edited, capsys, "similarity.csv", "row 3", "'value'", "not a finite number")
+    deep = case("deep")  # a layer no model has: refused, not hours of drawing
+    frame = pd.read_parquet(deep / "similarity.parquet")
+    frame.loc[0, "layer_a"] = 100_000
+    frame.to_parquet(deep / "similarity.parquet")
+    _refused(deep, capsys, "layer_a", "from 0 to 9999", "100000")
     control = case("control")
     frame = pd.read_parquet(control / "similarity.parquet")
     frame["ci_low"] = float("inf")

@@ -241,7 +241,7 @@ def test_python_api_values_are_checked_like_the_study_file(kw, message):
 
 
 def test_sentences_zero_takes_every_text(tmp_path):
-    from homoscope.study.run import _prepare
+    from homoscope.study.run import _check, _prepare
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"text number {i} here" for i in range(7)) + "\n")
@@ -250,7 +250,9 @@ def test_sentences_zero_takes_every_text(tmp_path):
     study = Study(models=["bert", "gpt2"], corpus=str(corpus), sentences=0, out=str(tmp_path / "o"),
                   store=str(tmp_path / "s"))
     loaded = {"bert": tiny_model("bert", seed=0), "gpt2": tiny_model("gpt2", seed=0)}
-    ctx = _prepare(study, loaded, lambda *a, **k: None)
+    folder, sources = _check(study, loaded)
+    with folder:
+        ctx = _prepare(study, folder, sources, loaded, lambda *a, **k: None)
     assert len(ctx.corpus.texts) == 7
 
 

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import torch
 
+from .._paths import file_mode
 from .fingerprint import file_sha256
 from .registry import (
     MARKER_FILE,
@@ -416,12 +417,11 @@ def _check_built(model: PackagedModel, build: Path) -> None:
 
 def _normalize_modes(folder: Path) -> None:
     """Give every file the mode a normal file write would (some writers create 0600 temp files)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mode = file_mode()
     for p in folder.rglob("*"):
         if p.is_file():
             with contextlib.suppress(OSError):
-                os.chmod(p, 0o666 & ~mask)
+                os.chmod(p, mode)
 
 
 def assemble(name: str, *, progress: bool = True, force: bool = False) -> Path:

@@ -17,6 +17,10 @@ KEY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure")
 OPTIONAL_COLUMNS = ("n", "d_a", "d_b", "unit", "ci_low", "ci_high", "null_mean", "null_std", "p_value",
                     "random_init")
 
+#: The largest layer index a results frame may hold (no model has that many layers; a figure of a frame
+#: beyond it would take hours to draw).
+MAX_LAYER = 9_999
+
 #: Significance level of every "distinguishable from its null" statement in the report.
 ALPHA = 0.05
 
@@ -26,8 +30,8 @@ def check_frame(frame: pd.DataFrame, *, name: str = "frame") -> None:
 
     Raises:
         TypeError: ``frame`` is not a pandas DataFrame.
-        ValueError: a required column is missing, a layer index is negative or not an integer, or
-            one (model_a, layer_a, model_b, layer_b, measure) key occurs twice.
+        ValueError: a required column is missing, a layer index is negative, not an integer or above
+            :data:`MAX_LAYER`, or one (model_a, layer_a, model_b, layer_b, measure) key occurs twice.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
@@ -39,9 +43,10 @@ def check_frame(frame: pd.DataFrame, *, name: str = "frame") -> None:
         )
     for col in ("layer_a", "layer_b"):
         layers = pd.to_numeric(frame[col], errors="coerce")
-        bad = frame[col][layers.isna() | (layers < 0) | (layers != layers.round())]
+        bad = frame[col][layers.isna() | (layers < 0) | (layers != layers.round()) | (layers > MAX_LAYER)]
         if len(bad):
-            raise ValueError(f"{name}[{col!r}] must hold integer layer indices >= 0; got {bad.iloc[0]!r}")
+            raise ValueError(f"{name}[{col!r}] must hold integer layer indices from 0 to {MAX_LAYER}; got "
+                             f"{bad.iloc[0]!r}")
     dup = frame.duplicated(list(KEY_COLUMNS))
     if dup.any():
         row = frame.loc[dup.idxmax(), list(KEY_COLUMNS)].to_dict()

@@ -11,6 +11,7 @@ Sentences are :class:`Text` objects: runs of fixed wording, data (model names, l
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,19 +120,29 @@ def T(*parts: Any) -> Text:
     return Text(tuple(runs))
 
 
+# control characters and the marks that reorder text on screen (bidirectional overrides and isolates)
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(s: Any) -> str:
+    """``str(s)`` with control characters and bidirectional marks written as ``\\xNN`` / ``\\uNNNN``, so data
+    (a model name, a label) shows as what it is and cannot reorder or hide the text around it."""
+    return _HIDDEN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(s))
+
+
 def B(s: Any) -> tuple[str, str]:
     """Data shown in bold (a model name)."""
-    return ("b", str(s))
+    return ("b", visible(s))
 
 
 def C(s: Any) -> tuple[str, str]:
     """Code (a measure name)."""
-    return ("c", str(s))
+    return ("c", visible(s))
 
 
 def D(s: Any) -> tuple[str, str]:
     """Data shown plain (a label, a task)."""
-    return ("d", str(s))
+    return ("d", visible(s))
 
 
 def join(texts: Iterable[Text], sep: str = ", ") -> Text:

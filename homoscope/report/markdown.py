@@ -36,6 +36,7 @@ __all__ = ["write_report_md", "render_markdown", "escape_md", "text_md", "heatma
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>|#!~&$])")
 _MD_LIGHT = re.compile(r"([\\`*_\[\]<>|$~#&])")
 _LEADING = re.compile(r"^(\s*)([+\-]|\d{1,9}[.)])(?=\s|$)")
+_RULE = re.compile(r"^(\s*)([-=+])")  # "---" is a rule and "===" a heading underline at the start of a line
 
 
 def escape_md(text: Any) -> str:
@@ -53,6 +54,8 @@ def escape_md(text: Any) -> str:
     m = _LEADING.match(s)
     if m:  # "- x", "+ x", "1. x" would start a list
         s = s[: m.end() - 1] + "\\" + s[m.end() - 1:]
+    elif _RULE.match(s):
+        s = _RULE.sub(lambda r: r.group(1) + "\\" + r.group(2), s, count=1)
     return s
 
 
