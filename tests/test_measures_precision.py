@@ -54,10 +54,15 @@ def test_inputs_that_require_grad_are_measured():
     assert torch.isfinite(CrossMoments().update(H, Y).compute("linear_cka")).all()
 
 
-def test_subnormal_only_variation_raises_instead_of_nan():
-    X = torch.randn(60, 5, dtype=torch.float64) * 1e-310
-    with pytest.raises(ValueError, match="normal float64 range"):
-        linear_cka(X, torch.randn(60, 3, dtype=torch.float64))
+def test_subnormal_values_are_measured_and_rounding_only_variation_is_refused():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    Y = torch.randn(60, 3, generator=g, dtype=torch.float64)
+    # lifted into the normal range by an exact power of two: the value of X itself, to its own rounding
+    torch.testing.assert_close(linear_cka(X * 1e-310, Y), linear_cka(X, Y), atol=1e-10, rtol=0)
+    steps = torch.randint(-8, 8, (60, 5), generator=g).double() * 2.0**-1074  # a few subnormal steps apart
+    with pytest.raises(ValueError, match="no variance above float64 precision"):
+        linear_cka(steps, Y)
 
 
 def test_streaming_large_offset_is_not_a_constant_layer():

@@ -44,8 +44,10 @@ the statistics stream in two passes over the rows (``MomentSums``, then ``.secon
     null = linear_cka_null(mx, my, observed)                # mx, my: LayerMoments of X and Y
 
 Bad input (row counts that differ, too few rows for an estimator, n <= d for CCA, k out of range,
-NaN/inf, constant layers, out-of-range options) raises a ValueError naming the argument, the value
-and the rule; never a silent NaN.
+NaN/inf, constant layers, layers whose rows differ only by the rounding of their dtype, out-of-range
+options) raises a ValueError naming the argument, the value and the rule; never a silent NaN. Values of
+any magnitude, subnormal ones included, and large common offsets keep every declared invariance (powers
+of two and float64 centering; ``tests/test_measures_extremes.py`` states the tolerance).
 """
 
 from .cca import cca_r2, cca_rho, pwcca, svcca

@@ -35,10 +35,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
-from ._validate import column_range
+from . import _linalg as la
+from ._validate import check_spread, column_range
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 ROUTES = ("auto", "gram", "feature")
@@ -61,8 +61,6 @@ MAX_AMPLIFICATION = 8.0
 FLOAT32_MIN_ROWS = 256
 FLOAT32_MIN_FLOPS = 2e8
 
-# A layer counts as constant when its largest centered entry is below this fraction of its largest entry.
-ZERO_SPREAD_RTOL = 64 * float(np.finfo(np.float64).eps)
 
 
 class Centering(NamedTuple):
@@ -145,31 +143,33 @@ def layer_scales(X: torch.Tensor, name: str, measure: str, *, allow_constant: bo
 
     The scale puts the largest column range ``max_j (max_i x_ij - min_i x_ij)`` of a layer in [0.5, 1),
     so every centered entry lies in (-1, 1) and is at least a quarter of the largest in magnitude.
-    Also the finiteness and zero-variance checks, on X's own dtype (no float64 copy of X is made): a
-    NaN or inf shows in the column minima/maxima; a layer whose largest column range is at most
-    ``64 eps`` of its largest entry is constant.
+    Also the finiteness and spread checks, on X's own dtype (no float64 copy of X is made): a NaN or inf
+    shows in the column minima/maxima; a layer whose rows are identical, or differ only by the rounding
+    of X's dtype, is refused (:func:`~homoscope.measures._validate.check_spread`). Float64 stacks with
+    subnormal-range spreads must be lifted first (:func:`~homoscope.measures._linalg.lift_tiny`).
 
     Raises:
-        ValueError: a NaN/inf entry (its position named), or a constant layer (unless ``allow_constant``).
+        ValueError: a NaN/inf entry (its position named), or a layer without variance above rounding
+            (unless ``allow_constant``: such a layer then gets zero terms or rounding-sized ones).
     """
     lo, hi = column_range(X, name)
-    big = torch.maximum(hi.abs(), lo.abs()).amax(dim=-1)  # [L]
+    if not allow_constant:
+        check_spread(lo, hi, X.dtype, name, measure, X.shape[1])
     half = (0.5 * hi - 0.5 * lo).amax(dim=-1)  # half the largest column range (no overflow near float64's max)
-    constant = half <= 0.5 * ZERO_SPREAD_RTOL * big
-    bad = [] if allow_constant else constant.nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(
-            f"{name} layer {bad[0]} has zero variance after centering (all {X.shape[1]} rows are identical)"
-            f"{'' if len(bad) == 1 else f'; so do layers {bad[1:]}'}; {measure} is undefined for a constant layer"
-        )
-    _, e = torch.frexp(torch.where(constant, torch.full_like(half, 0.5), half))
-    if bool((e < -1000).any()):
-        a = int((e < -1000).nonzero()[0])
-        raise ValueError(
-            f"{name} layer {a} varies only below 1e-300 (largest column range {2 * float(half[a]):.3g}); "
-            f"{measure} needs values in the normal float64 range: multiply the input by a constant"
-        )
+    _, e = torch.frexp(torch.where(half > 0, half, torch.full_like(half, 0.5)))
+    if bool((e < -1020).any()):  # 2^-(e+1) would overflow: the caller did not lift a subnormal-range stack
+        raise ValueError(f"{name}: {measure} needs layers lifted out of the subnormal range first (lift_tiny)")
     return torch.ldexp(torch.ones_like(half), -(e + 1))[:, None, None]
+
+
+def lifted(X: torch.Tensor, name: str, measure: str) -> torch.Tensor:
+    """``X``, or for float64 values in the subnormal range an exact power-of-two copy in the normal range
+    (:func:`~homoscope.measures._linalg.lift_tiny`), whose spread is checked first on the values as given
+    (after the lift, rows a few subnormal steps apart would look well resolved)."""
+    Z = la.lift_tiny(X)
+    if Z is not X:
+        check_spread(*column_range(X, name), X.dtype, name, measure, X.shape[1])
+    return Z
 
 
 def centering(X: torch.Tensor, name: str, measure: str, *, allow_constant: bool = False) -> Centering:
@@ -442,6 +442,10 @@ def linear_terms(
     """
     check_precision(precision)
     choose_route(1, 1, 1, 1, 1, route)  # validates route before any work
+    if allow_constant:
+        X, Y = la.lift_tiny(X), la.lift_tiny(Y)
+    else:  # subnormal-range values: an exact copy, checked as given
+        X, Y = lifted(X, "X", measure), lifted(Y, "Y", measure)
     cx = centering(X, "X", measure, allow_constant=allow_constant)
     cy = centering(Y, "Y", measure, allow_constant=allow_constant)
     return terms(X, cx, Y, cy, precision, route, unbiased=unbiased)

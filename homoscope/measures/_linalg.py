@@ -13,19 +13,46 @@ CHUNK_BYTES = 256 * 2**20
 
 
 def center(X: torch.Tensor) -> torch.Tensor:
-    """Subtract the column means over rows: ``[L, n, d] -> [L, n, d]``."""
-    return X - X.mean(dim=-2, keepdim=True)
+    """Subtract the column means over rows: ``[L, n, d] -> [L, n, d]``.
+
+    Two passes: the mean of the once-centered values is subtracted too, which removes the rounding of the
+    first mean (large for columns far from zero, e.g. values near 1e8 that vary by 1).
+    """
+    Xc = X - X.mean(dim=-2, keepdim=True)
+    return Xc - Xc.mean(dim=-2, keepdim=True)
+
+
+def pow2_factor(e: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two powers of two whose product is ``2^e`` (``e`` an integer tensor), each inside the float range.
+
+    ``2^e`` alone overflows for ``e > 1023`` (the factor that lifts subnormal values); multiplying by the
+    two factors in turn is exact wherever multiplying by ``2^e`` would be.
+    """
+    half = torch.div(e, 2, rounding_mode="floor")
+    one = torch.ones(e.shape, dtype=dtype, device=e.device)
+    return torch.ldexp(one, half), torch.ldexp(one, e - half)
 
 
 def pow2_scale(X: torch.Tensor) -> torch.Tensor:
     """Scale each layer of ``[L, n, d]`` by a power of two so its largest magnitude lies in [0.5, 1).
 
     Multiplying by a power of two is exact in floating point, so scale-invariant measures give the same
-    bits as without it, while Gram matrices of extreme inputs (1e-150 or 1e150) stay finite and normal.
+    bits as without it, while Gram matrices of extreme inputs (1e-150 or 1e150, or subnormal values
+    like 1e-310) stay finite and normal.
     """
     amax = X.abs().amax(dim=(1, 2))
     _, e = torch.frexp(amax)
-    return X * torch.ldexp(torch.ones_like(amax), -e)[:, None, None]
+    f1, f2 = pow2_factor(-e, X.dtype)
+    return X * f1[:, None, None] * f2[:, None, None]
+
+
+def lift_tiny(X: torch.Tensor) -> torch.Tensor:
+    """``X`` itself, or, for a float64 stack with a layer whose largest magnitude is below ``2^-900``
+    (subnormal-range values: their products underflow), :func:`pow2_scale` of it (an exact copy)."""
+    if X.dtype != torch.float64 or not X.numel():
+        return X
+    big = torch.maximum(X.amax(dim=(1, 2)).abs(), X.amin(dim=(1, 2)).abs())
+    return pow2_scale(X) if bool((big < 2.0**-900).any()) else X
 
 
 def gram(Xc: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,9 @@ One rule per kind of argument:
   number per row and refuses None, a single string, nested or ragged lists and missing entries (None,
   NaN, inf).
 - texts: :func:`as_texts` accepts a sequence of strings and refuses a single string and non-strings.
+
+Whether a layer has any variance to measure is judged in the input's own dtype (:func:`check_spread`:
+float32 rows near 1e8 are 8 apart).
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ COMPUTE_DTYPE = torch.float64
 
 # Relative size under which a centered layer counts as constant: ||X - mean||_F <= tol * ||X||_F.
 ZERO_VARIANCE_RTOL = 64 * torch.finfo(torch.float64).eps
+
+# A layer none of whose columns spans more than this many steps of its dtype at the column's magnitude has
+# no variance above rounding (float32 values near 1e8 are 8 apart): a measure of it would measure rounding.
+RESOLUTION_STEPS = 64
+# A constant layer of a low-precision dtype whose values are at least this far apart where they lie (float32
+# near 1e8: 8) may have been rows that differed before the cast: its message says so.
+COARSE_STEP = 2.0**-10
 
 
 #: The shape a stack argument takes, as error messages state it.
@@ -305,6 +315,51 @@ def check_variance(Xc: torch.Tensor, X: torch.Tensor, name: str, measure: str) -
         )
 
 
+def check_spread(
+    lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, name: str, measure: str, n: int
+) -> None:
+    """Raise a ValueError for a layer whose rows are all identical or differ only by the rounding of ``dtype``.
+
+    The second case is a layer none of whose columns spans more than :data:`RESOLUTION_STEPS` steps of
+    ``dtype`` at the column's magnitude (the spacing of its numbers there, at least the smallest subnormal
+    step): float32 rows offset by 1e8 (spacing 8) with a spread of 10, say, whose every measure would be a
+    measure of rounding. Rows that rounding made identical are a constant layer; for a low-precision dtype
+    whose spacing there is at least :data:`COARSE_STEP` the message says that a cast may have done it.
+
+    Args:
+        lo, hi: column minima and maxima ``[L, d]`` (float64) of the stack as given (:func:`column_range`).
+        dtype: the stack's dtype (the precision its values were rounded to).
+        n: rows (for the message).
+    """
+    half = 0.5 * hi - 0.5 * lo  # half the column ranges (no overflow near float64's max)
+    mag = torch.maximum(hi.abs(), lo.abs())
+    fi = torch.finfo(dtype)
+    _, e = torch.frexp(mag)  # the spacing of dtype's numbers at each column's magnitude (its unit in the last place)
+    step = torch.ldexp(torch.full_like(mag, fi.eps), e - 1).clamp(min=fi.smallest_normal * fi.eps)
+    dt = str(dtype).removeprefix("torch.")
+    fix = ("subtract the column means before the values are rounded" if dtype == torch.float64 else
+           f"centre the representations (subtract the column means) before casting to {dt}, or pass float64")
+    bad = (half == 0).all(-1).nonzero().flatten().tolist()
+    if bad:
+        a = bad[0]
+        coarse = dtype != torch.float64 and float(step[a].max()) >= COARSE_STEP  # e.g. float32 values near 1e8
+        raise ValueError(
+            f"{name} layer {a} has zero variance after centering (all {n} rows are identical)"
+            f"{'' if len(bad) == 1 else f'; so do layers {bad[1:]}'}; {measure} is undefined for a constant layer"
+            + (f"; {dt} precision near {float(mag[a].max()):.3g} is {float(step[a].max()):.3g}: rows that differed "
+               f"by less became identical when cast ({fix})" if coarse else "")
+        )
+    blurred = ((2 * half <= RESOLUTION_STEPS * step).all(-1)).nonzero().flatten().tolist()
+    if blurred:
+        a = blurred[0]
+        raise ValueError(
+            f"{name} layer {a} has no variance above {dt} precision: its rows differ only by rounding (no column "
+            f"spans more than {RESOLUTION_STEPS} steps of {dt} at its magnitude; largest column range "
+            f"{float(2 * half[a].max()):.3g} at values up to {float(mag[a].max()):.3g}); {measure} would measure "
+            f"rounding: {fix}"
+        )
+
+
 def check_option_positive(value: Any, name: str, measure: str) -> None:
     """Raise a ValueError unless ``value`` is a finite number > 0."""
     try:
@@ -329,26 +384,25 @@ def prepare_pair(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate a pair of stacks for ``measure`` and return ``(X, Y, Xc, Yc)`` in float64.
 
-    ``Xc``/``Yc`` are the column-centered stacks (the inputs themselves when ``center`` is False).
-    Each layer is multiplied by a power of two (exact) so that its largest entry lies in [0.5, 1);
-    callers must be invariant to isotropic scaling of a layer.
+    ``Xc``/``Yc`` are the column-centered stacks (the inputs themselves when ``center`` is False). Each
+    layer is multiplied by a power of two (exact) so that its largest entry lies in [0.5, 1), before and
+    after centering; callers must be invariant to isotropic scaling of a layer.
 
     Raises:
-        ValueError: non-finite values, bad shapes, row counts that differ, ``n < min_n`` or a layer
-            with zero variance after centering.
+        ValueError: non-finite values, bad shapes, row counts that differ, ``n < min_n``, or a layer whose
+            rows are identical or differ only by rounding (:func:`check_spread`, in the input's own dtype).
     """
     from ._linalg import center as _center
     from ._linalg import pow2_scale
 
-    Xs, Ys = as_pair(X, Y)
+    Xs, Ys = shape_pair(X, Y)
+    rx, ry = column_range(Xs, "X"), column_range(Ys, "Y")  # finiteness
     check_min_n(Xs.shape[1], min_n, measure, why)
-    # exact power-of-two rescaling per layer (every measure here is scale-invariant): keeps Gram
-    # entries and their squares inside the float64 range for inputs of any magnitude
-    Xs, Ys = pow2_scale(Xs), pow2_scale(Ys)
-    Xc, Yc = _center(Xs), _center(Ys)
-    check_variance(Xc, Xs, "X", measure)
-    check_variance(Yc, Ys, "Y", measure)
-    Xc, Yc = pow2_scale(Xc), pow2_scale(Yc)
+    check_spread(*rx, Xs.dtype, "X", measure, Xs.shape[1])
+    check_spread(*ry, Ys.dtype, "Y", measure, Ys.shape[1])
+    # exact power-of-two rescaling per layer (every measure here is scale-invariant): keeps Gram entries
+    # and their squares inside the normal float64 range for inputs of any magnitude, subnormal ones included
+    Xs, Ys = pow2_scale(Xs.to(COMPUTE_DTYPE)), pow2_scale(Ys.to(COMPUTE_DTYPE))
     if not center:
         return Xs, Ys, Xs, Ys
-    return Xs, Ys, Xc, Yc
+    return Xs, Ys, pow2_scale(_center(Xs)), pow2_scale(_center(Ys))

@@ -34,6 +34,7 @@ from ._hsic import (  # noqa: F401  (choose_route: public here)
     column_means,
     even_slices,
     layer_scales,
+    lifted,
     linear_terms,
     terms,
     unbiased_from_terms,
@@ -130,7 +131,7 @@ def rbf_kernels(Xs: torch.Tensor, threshold: float) -> torch.Tensor:
     Raises:
         ValueError: a layer whose median pairwise distance is 0 (most rows identical).
     """
-    D = la.sq_distances(Xs)
+    D = la.sq_distances(la.center(Xs))  # distances of centered rows: no cancellation of a common offset
     med = la.median_lastdims(D)
     bad = (med <= 0).nonzero().flatten().tolist()
     if bad:
@@ -173,6 +174,7 @@ def rbf_cka(X: Any, Y: Any, *, threshold: float = 1.0, debiased: bool = False) -
         "rbf_cka",
         min_n=min_n,
         why="the unbiased HSIC estimator divides by n-3" if debiased else "centering needs two rows",
+        center=False,  # rbf_kernels centers (the distances do not depend on it)
     )
     Km, Lm = rbf_centered(Xs, threshold, debiased), rbf_centered(Ys, threshold, debiased)
     cross, hx, hy = la.flat_inner(Km, Lm), la.self_inner(Km), la.self_inner(Lm)
@@ -266,6 +268,7 @@ def minibatch_cka(
     check_precision(precision)
     # checks on the whole stack, and one power-of-two scale per layer shared by every batch (so the
     # per-batch sums are in the same units)
+    Xs, Ys = lifted(Xs, "X", "minibatch_cka"), lifted(Ys, "Y", "minibatch_cka")
     sx_, sy_ = layer_scales(Xs, "X", "minibatch_cka"), layer_scales(Ys, "Y", "minibatch_cka")
     n = Xs.shape[1]
     slices = batch_slices(n, batch_size)

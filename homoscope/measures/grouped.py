@@ -39,7 +39,7 @@ import torch
 
 from ._validate import as_numbers, column_range, shape_pair
 from .controls import BootTerms, cka_from_terms
-from .streaming import F64, CrossMoments, Dims, _chunk_dtype
+from .streaming import F64, CrossMoments, Dims, _chunk_dtype, _layer_units
 
 # the CKA measures whose replicates follow the in-memory bootstrap (copies of a row not compared with
 # each other; see homoscope.measures.controls), and their estimator
@@ -100,8 +100,12 @@ class GroupedMoments:
         dims = (xs.shape[0], xs.shape[2], ys.shape[0], ys.shape[2])
         if self._dims is not None and dims != self._dims:
             raise ValueError(f"chunk shape disagrees with earlier chunks: (La, da, Lb, db)={dims}, expected {self._dims}")
-        column_range(xs, "x"), column_range(ys, "y")  # the whole chunk is checked before any group takes rows
+        rx, ry = column_range(xs, "x"), column_range(ys, "y")  # the whole chunk is checked before any group takes rows
         self._dims = dims
+        if self.parts[0].units is None:  # every group's rows in the same units, so that their sums add up
+            units = (_layer_units(*rx), _layer_units(*ry))
+            for p in self.parts:
+                p.units = units
         ids = ids.to(xs.device)
         for g in torch.unique(ids).tolist():
             rows = (ids == g).nonzero().flatten()
@@ -121,7 +125,8 @@ class GroupedMoments:
                 raise ValueError(f"means must have shapes {want[0]} and {want[1]}; got "
                                  f"{tuple(self._means[0].shape)} and {tuple(self._means[1].shape)}")
             self._allocate_stacked(dims, x.device, acc)
-            acc._allocate(acc._dims, x.device, *self._means, storage={k: t[g] for k, t in self._stacked.items()})
+            acc._allocate(acc._dims, x.device, *self._scaled_means(x.device),
+                          storage={k: t[g] for k, t in self._stacked.items()})
         fresh = acc.n == 0
         acc.update(x, y)
         if fresh and self._means is None:  # move the new group's sums into the side-by-side storage
@@ -129,6 +134,10 @@ class GroupedMoments:
             for k, t in acc._sums.items():
                 self._stacked[k][g].copy_(t)
                 acc._sums[k] = self._stacked[k][g]
+
+    def _scaled_means(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The given means in the groups' units (the rows' units, see :attr:`CrossMoments.units`)."""
+        return tuple(m.to(device) * u.to(device)[:, None] for m, u in zip(self._means, self.parts[0].units))
 
     def _allocate_stacked(self, dims: Dims, device, acc: CrossMoments) -> None:
         acc._check_dims(dims)
@@ -146,11 +155,12 @@ class GroupedMoments:
         # the means of all rows: each group's shift plus its shifted rows' sum
         cx = sum(p._cx * p.n + p.sx for p in live) / total
         cy = sum(p._cy * p.n + p.sy for p in live) / total
-        given = self._means is not None and all(torch.equal(p._cx, self._means[0].to(p._cx)) and
-                                                torch.equal(p._cy, self._means[1].to(p._cy)) for p in live)
+        means = self._scaled_means(cx.device) if self._means is not None else None
+        given = means is not None and all(torch.equal(p._cx, means[0].to(p._cx)) and
+                                          torch.equal(p._cy, means[1].to(p._cy)) for p in live)
         # given means that are not the rows' means (to rounding) would bias the CKA terms: move to the real ones
         given = given and all(bool(((c - m.to(c)).abs() <= 1e-9 * (1 + m.to(c).abs())).all())
-                              for c, m in ((cx, self._means[0]), (cy, self._means[1])))
+                              for c, m in ((cx, means[0]), (cy, means[1])))
         if given:  # every group is at the given means already: moving them would cost O(sums) each
             cx, cy = live[0]._cx, live[0]._cy
         for p in live if not given else ():
@@ -169,7 +179,11 @@ class GroupedMoments:
         self._shift_together()
         ref = next(p for p in self.parts if p.n)
         sums = {k: t.sum(0) for k, t in self._stacked.items()}
-        return _from_sums(ref, sums, self._cx, self._cy, self.n, sum(p.f32_rows for p in self.parts))
+        whole = _from_sums(ref, sums, self._cx, self._cy, self.n, sum(p.f32_rows for p in self.parts))
+        for p in self.parts:  # the column ranges and dtype of all rows: the spread checks of the in-memory measures
+            if p._ranges is not None:
+                whole._track(p._ranges["x"], p._ranges["y"], p._dtype)
+        return whole
 
     def replicates(self, names: Sequence[str], W: Any, *, memory_mb: int = 256,
                    options: dict | None = None) -> dict[str, torch.Tensor]:
@@ -267,7 +281,7 @@ def _group_ids(group: Any, m: int, G: int) -> torch.Tensor:
 def _from_sums(ref: CrossMoments, sums: dict, cx: torch.Tensor, cy: torch.Tensor, n: int, f32_rows: int) -> CrossMoments:
     """A :class:`CrossMoments` holding the given sums (at shifts ``cx``, ``cy``) of ``n`` rows."""
     acc = CrossMoments(debiased=ref.debiased, precision=ref.precision)
-    acc._dims, acc._device = ref._dims, ref._device
+    acc._dims, acc._device, acc.units = ref._dims, ref._device, ref.units
     acc._cx, acc._cy, acc._sums = cx, cy, sums
     acc.n, acc.f32_rows = n, f32_rows
     return acc

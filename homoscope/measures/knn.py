@@ -26,7 +26,7 @@ import torch
 
 from . import _linalg as la
 from ._meta import measure
-from ._validate import as_pair, check_int_range, check_min_n, check_variance
+from ._validate import check_int_range, prepare_pair
 
 HUH_2024 = "Huh, Cheung, Wang & Isola 2024, The Platonic Representation Hypothesis (ICML)"
 
@@ -85,12 +85,10 @@ def _check_k(k: Any, n: int, measure: str) -> int:
 
 
 def _prepare(X: Any, Y: Any, k: Any, measure: str, center: bool):
-    Xs, Ys = as_pair(X, Y)
-    n = Xs.shape[1]
-    check_min_n(n, 3, measure, "k >= 1 neighbours other than self must leave one row out")
-    kk = _check_k(k, n, measure)
-    for name, S in (("X", Xs), ("Y", Ys)):
-        check_variance(la.center(S), S, name, measure)
+    # float64, each layer scaled by a power of two (exact; cosines do not depend on it)
+    Xs, Ys, _, _ = prepare_pair(X, Y, measure, min_n=3, why="k >= 1 neighbours other than self must leave one row out",
+                                center=False)
+    kk = _check_k(k, Xs.shape[1], measure)
     return unit_rows(Xs, "X", measure, center), unit_rows(Ys, "Y", measure, center), kk
 
 

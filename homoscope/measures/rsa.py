@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from . import _linalg as la
 from ._meta import measure
-from ._validate import as_pair, check_min_n, check_variance
+from ._validate import prepare_pair
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -124,8 +123,6 @@ def rsa(X: Any, Y: Any) -> torch.Tensor:
         ValueError: non-finite values, row counts that differ, n < 3, a constant layer, a row constant
             across features, an RDM with all-equal entries.
     """
-    Xs, Ys = as_pair(X, Y)
-    check_min_n(Xs.shape[1], 3, "rsa", "an RDM needs at least 3 unit pairs")
-    for name, S in (("X", Xs), ("Y", Ys)):
-        check_variance(la.center(S), S, name, "rsa")
+    # float64, each layer scaled by a power of two (exact; correlation distances do not depend on it)
+    Xs, Ys, _, _ = prepare_pair(X, Y, "rsa", min_n=3, why="an RDM needs at least 3 unit pairs", center=False)
     return (rank_vectors(Xs, "X") @ rank_vectors(Ys, "Y").T).clamp_(-1.0, 1.0)

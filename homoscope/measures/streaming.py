@@ -38,6 +38,14 @@ lose that bound:
   blocks of fewer than 256 rows, layers with ``La da Lb db`` below :data:`FLOAT32_MIN_WORK` (float64 costs
   little there), values outside :data:`FLOAT32_RANGE`, and CUDA with TF32 matmuls allowed.
 
+Extremes. Rows are multiplied by a power of two per layer before any product (:attr:`CrossMoments.units`,
+fixed by the first chunk: 1 unless its values lie beyond ``2^64`` or below ``2^-64``, see :func:`_layer_units`),
+so sums of fourth powers of rows like 1e200 or 1e-310 stay inside float64; every measure is invariant to it.
+The accumulator keeps the column minima and maxima of the rows as given and the coarsest dtype among the
+chunks; ``compute`` refuses, as the in-memory measures do (:func:`~homoscope.measures._validate.check_spread`),
+a layer whose rows are identical or differ only by the rounding of that dtype (float32 rows near 1e8 are 8
+apart), and names which; float64 rows at a large offset are measured.
+
 The CCA family amplifies the rounding of the sums by the covariances' condition numbers: on a state with
 float32 rows, ``compute`` raises a ValueError for a CCA measure whose estimated error
 (:meth:`CrossMoments.float32_error`) exceeds 1e-7. Real hidden states are ill-conditioned (condition
@@ -70,7 +78,8 @@ import torch
 
 from . import cca as _cca
 from ._hsic import F32_PARTIAL, FLOAT32_MIN_ROWS, check_precision, column_means, unbiased_hsic
-from ._validate import check_min_n, column_range, shape_pair
+from ._linalg import pow2_factor
+from ._validate import check_min_n, check_spread, column_range, shape_pair
 from .cka import _check_positive_self, minibatch_hsic_terms
 
 F64 = torch.float64
@@ -107,6 +116,9 @@ RESHIFT_RATIO = 1 / 16
 TILE_COLS = 768
 # Bytes of the float64 block workspace.
 WORKSPACE_BYTES = 1 << 26
+# Rows whose largest magnitude in a layer lies beyond 2^UNIT_RANGE (or below its inverse) are summed in units
+# of a power of two (see _layer_units): fourth powers of 2^64, times many rows, stay far inside float64.
+UNIT_RANGE = 64
 # The float32 error the CCA family may carry (see CrossMoments.float32_error).
 CCA_FLOAT32_RTOL = 1e-7
 # a bootstrap replicate re-whitens from the whole sample (see _rewhitening) unless a lower bound of the
@@ -142,6 +154,8 @@ class Sum:
             shift by ``h`` (a :class:`_Shift`) changes; it may read only sums declared before it (they
             still hold their old values: :meth:`CrossMoments._move_shift` applies the rules last first).
         doc: the accessor's docstring.
+        units: ``units(fx, fy, dims)``: the factor (broadcastable to the stored shape) that re-expresses the
+            sum when the rows' units change by ``fx [La]`` (X layers) and ``fy [Lb]`` (Y layers).
         debiased: kept only by accumulators built with ``debiased=True``.
         view: how the accessor presents the stored tensor (default: as stored).
     """
@@ -150,6 +164,7 @@ class Sum:
     shape: Callable[[Dims], tuple]
     reshift: Callable[[torch.Tensor, "CrossMoments", "_Shift"], Any]
     doc: str
+    units: Callable[[torch.Tensor, torch.Tensor, Dims], torch.Tensor]
     debiased: bool = False
     view: Callable[[torch.Tensor, Dims], torch.Tensor] | None = None
 
@@ -222,41 +237,48 @@ def _reshift_sab(t: torch.Tensor, s: "CrossMoments", h: _Shift) -> None:
 
 
 # The sums, in dependency order (a rule reads only sums above it). u = x - shift, v = y - shift per row;
-# a = ||u||^2, b = ||v||^2 per layer. Shapes use Dims (La, da, Lb, db).
+# a = ||u||^2, b = ||v||^2 per layer. Shapes use Dims (La, da, Lb, db); the units rules take the factors
+# fx [La], fy [Lb] by which the rows' units change (a sum of u^p v^q scales by fx^p fy^q).
 SUMS = (
-    Sum("sx", lambda d: (d.La, d.da), lambda t, s, h: t.add_(h.dx, alpha=h.n), "``sum u`` ``[La, da]``."),
-    Sum("sy", lambda d: (d.Lb, d.db), lambda t, s, h: t.add_(h.dy, alpha=h.n), "``sum v`` ``[Lb, db]``."),
+    Sum("sx", lambda d: (d.La, d.da), lambda t, s, h: t.add_(h.dx, alpha=h.n), "``sum u`` ``[La, da]``.",
+        lambda fx, fy, d: fx[:, None]),
+    Sum("sy", lambda d: (d.Lb, d.db), lambda t, s, h: t.add_(h.dy, alpha=h.n), "``sum v`` ``[Lb, db]``.",
+        lambda fx, fy, d: fy[:, None]),
     Sum("cxx", lambda d: (d.La, d.da, d.da), lambda t, s, h: _outer_self(t, s.sx, h.dx, h.n),
-        "``sum u u^T`` per layer ``[La, da, da]``."),
+        "``sum u u^T`` per layer ``[La, da, da]``.", lambda fx, fy, d: (fx * fx)[:, None, None]),
     Sum("cyy", lambda d: (d.Lb, d.db, d.db), lambda t, s, h: _outer_self(t, s.sy, h.dy, h.n),
-        "``sum v v^T`` per layer ``[Lb, db, db]``."),
+        "``sum v v^T`` per layer ``[Lb, db, db]``.", lambda fx, fy, d: (fy * fy)[:, None, None]),
     Sum("cxy", lambda d: (d.Dx, d.Dy),
         lambda t, s, h: t.addr_(s.sx.flatten(), h.dy.flatten()).addr_(h.dx.flatten(), (s.sy + h.n * h.dy).flatten()),
         "``sum u v^T`` for every layer pair ``[La, Lb, da, db]`` (a view of the ``[La da, Lb db]`` sums).",
+        lambda fx, fy, d: fx.repeat_interleave(d.da)[:, None] * fy.repeat_interleave(d.db)[None, :],
         view=lambda t, d: t.view(d.La, d.da, d.Lb, d.db).permute(0, 2, 1, 3)),
-    Sum("sa", lambda d: (d.La,), lambda t, s, h: t.add_(2 * h.sp + h.n * h.P), "``sum a`` ``[La]``.", debiased=True),
-    Sum("sb", lambda d: (d.Lb,), lambda t, s, h: t.add_(2 * h.sq + h.n * h.Q), "``sum b`` ``[Lb]``.", debiased=True),
+    Sum("sa", lambda d: (d.La,), lambda t, s, h: t.add_(2 * h.sp + h.n * h.P), "``sum a`` ``[La]``.",
+        lambda fx, fy, d: fx * fx, debiased=True),
+    Sum("sb", lambda d: (d.Lb,), lambda t, s, h: t.add_(2 * h.sq + h.n * h.Q), "``sum b`` ``[Lb]``.",
+        lambda fx, fy, d: fy * fy, debiased=True),
     Sum("sax", lambda d: (d.La, d.da),
         lambda t, s, h: t.add_(2 * h.cdx + h.P[:, None] * s.sx + h.dx * h.sa_new[:, None]),
-        "``sum a u`` ``[La, da]`` (each layer with itself).", debiased=True),
+        "``sum a u`` ``[La, da]`` (each layer with itself).", lambda fx, fy, d: (fx**3)[:, None], debiased=True),
     Sum("sby", lambda d: (d.Lb, d.db),
         lambda t, s, h: t.add_(2 * h.cdy + h.Q[:, None] * s.sy + h.dy * h.sb_new[:, None]),
-        "``sum b v`` ``[Lb, db]`` (each layer with itself).", debiased=True),
+        "``sum b v`` ``[Lb, db]`` (each layer with itself).", lambda fx, fy, d: (fy**3)[:, None], debiased=True),
     Sum("say", lambda d: (d.La, d.Lb, d.db),
         lambda t, s, h: t.add_(2 * h.py + h.P[:, None, None] * s.sy[None] + h.dy[None] * h.sa_new[:, None, None]),
-        "``sum a v`` ``[La, Lb, db]``.", debiased=True),
+        "``sum a v`` ``[La, Lb, db]``.", lambda fx, fy, d: (fx * fx)[:, None, None] * fy[None, :, None], debiased=True),
     Sum("sbx", lambda d: (d.Lb, d.La, d.da),
         lambda t, s, h: t.add_(2 * h.xq + h.Q[:, None, None] * s.sx[None] + h.dx[None] * h.sb_new[:, None, None]),
-        "``sum b u`` ``[Lb, La, da]``.", debiased=True),
+        "``sum b u`` ``[Lb, La, da]``.", lambda fx, fy, d: (fy * fy)[:, None, None] * fx[None, :, None], debiased=True),
     Sum("saa", lambda d: (d.La,),
         lambda t, s, h: t.add_(4 * (h.dx * h.cdx).sum(-1) + h.n * h.P * h.P + 4 * (h.dx * s.sax).sum(-1)
                                + 2 * h.P * s.sa + 4 * h.P * h.sp),
-        "``sum a^2`` ``[La]``.", debiased=True),
+        "``sum a^2`` ``[La]``.", lambda fx, fy, d: fx**4, debiased=True),
     Sum("sbb", lambda d: (d.Lb,),
         lambda t, s, h: t.add_(4 * (h.dy * h.cdy).sum(-1) + h.n * h.Q * h.Q + 4 * (h.dy * s.sby).sum(-1)
                                + 2 * h.Q * s.sb + 4 * h.Q * h.sq),
-        "``sum b^2`` ``[Lb]``.", debiased=True),
-    Sum("sab", lambda d: (d.La, d.Lb), _reshift_sab, "``sum a b`` ``[La, Lb]``.", debiased=True),
+        "``sum b^2`` ``[Lb]``.", lambda fx, fy, d: fy**4, debiased=True),
+    Sum("sab", lambda d: (d.La, d.Lb), _reshift_sab, "``sum a b`` ``[La, Lb]``.",
+        lambda fx, fy, d: (fx * fx)[:, None] * (fy * fy)[None, :], debiased=True),
 )
 
 
@@ -304,7 +326,14 @@ class CrossMoments:
         self.f32_rows = 0
         self._dims: Dims | None = None
         self._device: torch.device | None = None
-        self._cx = self._cy = None  # shifts [La, da], [Lb, db]
+        self._cx = self._cy = None  # shifts [La, da], [Lb, db], in the rows' units
+        # powers of two per layer ([La], [Lb]) the rows are multiplied by before any product (see _layer_units);
+        # set from the first chunk unless given first (GroupedMoments gives every group the same)
+        self.units: tuple[torch.Tensor, torch.Tensor] | None = None
+        # column minima and maxima of the rows as given ({"x": (lo, hi), "y": (lo, hi)}, float64 [L, d]) and
+        # the coarsest dtype among the chunks: what check_spread reads (None on a bootstrap replicate)
+        self._ranges: dict | None = None
+        self._dtype = F64
         self._sums: dict[str, torch.Tensor] = {}
         self.fixed_shift = False  # True: float32 blocks never move the shift (see GroupedMoments)
         self._ws: dict[torch.dtype, dict[str, torch.Tensor]] = {}
@@ -337,8 +366,13 @@ class CrossMoments:
             xs, ys = xs.to(self._device), ys.to(self._device)
             rx, ry = tuple(t.to(self._device) for t in rx), tuple(t.to(self._device) for t in ry)
         if not self._sums:
-            self._allocate(self._dims, xs.device, column_means(xs)[:, 0], column_means(ys)[:, 0])
-        f32 = self._float32_chunk(rx, ry)
+            if self.units is None:
+                self.units = (_layer_units(*rx), _layer_units(*ry))
+            ux, uy = (u.to(xs.device)[:, None] for u in self.units)
+            self._allocate(self._dims, xs.device, column_means(xs)[:, 0] * ux, column_means(ys)[:, 0] * uy)
+        self._track(rx, ry, dt)
+        ux, uy = (u[:, None] for u in self.units)
+        f32 = self._float32_chunk((rx[0] * ux, rx[1] * ux), (ry[0] * uy, ry[1] * uy))
         step = self._rows(torch.float32 if f32 else F64)
         for r in range(0, xs.shape[1], step):
             self._add_block(xs[:, r : r + step], ys[:, r : r + step], f32)
@@ -346,8 +380,11 @@ class CrossMoments:
         return self
 
     def _allocate(self, dims: Dims, device, cx: torch.Tensor, cy: torch.Tensor, storage: dict | None = None) -> None:
-        """Zero sums (or the given zeroed ``storage`` tensors, by name) at shifts ``cx``, ``cy``."""
+        """Zero sums (or the given zeroed ``storage`` tensors, by name) at shifts ``cx``, ``cy`` (in the rows'
+        units: ``self.units`` is set)."""
         self._dims, self._device = dims, device
+        self.units = tuple(u.to(device=device, dtype=F64) for u in self.units)
+        self._unit_list = tuple(u.tolist() for u in self.units)  # python floats: no device sync per block
         self._cx, self._cy = cx.to(device=device, dtype=F64).clone(), cy.to(device=device, dtype=F64).clone()
         self._sums = dict(storage) if storage is not None else {
             s.name: torch.zeros(s.shape(dims), dtype=F64, device=device) for s in self._declared}
@@ -414,10 +451,16 @@ class CrossMoments:
         """Shifted rows in the ``dtype`` workspace: ``zx [b, La da]``, ``zy [b, Lb db]`` (shift in float64)."""
         ws, d, b = self._workspace(dtype), self._dims, xb.shape[1]
         zx, zy = ws["zx"][:b], ws["zy"][:b]
-        for z, src, c, w in ((zx, xb, self._cx, d.da), (zy, yb, self._cy, d.db)):
+        (ux, uy), sides = self._unit_list, ((zx, xb, self._cx), (zy, yb, self._cy))
+        for (z, src, c), units, w in zip(sides, (ux, uy), (d.da, d.db)):
             for a in range(src.shape[0]):  # computed in float64 (the common dtype), rounded once into z
-                torch.sub(src[a], c[a], out=z[:, a * w : (a + 1) * w])
+                rows = src[a] if units[a] == 1.0 else src[a].to(F64) * units[a]  # exact: a power of two
+                torch.sub(rows, c[a], out=z[:, a * w : (a + 1) * w])
         return zx, zy
+
+    def _track(self, rx: tuple, ry: tuple, dtype: torch.dtype) -> None:
+        """Fold a chunk's column minima and maxima (as given) and its dtype into what :meth:`_check` reads."""
+        self._ranges, self._dtype = _fold_ranges(self._ranges, rx, ry), _coarser(self._dtype, dtype)
 
     def _offset(self, mx: torch.Tensor, my: torch.Tensor) -> float:
         """Largest squared distance of block means ``mx``, ``my`` from the shift over the per-row variance."""
@@ -472,12 +515,14 @@ class CrossMoments:
     def merge(self, other: "CrossMoments") -> "CrossMoments":
         """Add another accumulator's sums into this one (in place) and return self.
 
-        This accumulator's sums are first re-expressed at the other's shift (exact algebra on the sums).
+        This accumulator's sums are first re-expressed at the other's shift (exact algebra on the sums); the
+        other's sums are re-expressed in this one's units where those differ (rows beyond ``2^64`` or below
+        ``2^-64`` in magnitude, see :func:`_layer_units`; a temporary copy of each sum).
 
         Raises:
             TypeError: ``other`` is not a CrossMoments.
-            ValueError: a different ``precision``, different layer counts / widths, or ``other`` lacks the
-                debiased sums.
+            ValueError: a different ``precision``, different layer counts / widths, ``other`` lacks the
+                debiased sums, or units so far apart that the sums would leave the float64 range.
         """
         if not isinstance(other, CrossMoments):
             raise TypeError(f"can only merge a CrossMoments; got {type(other).__name__}")
@@ -492,11 +537,19 @@ class CrossMoments:
             raise ValueError("cannot merge: other was built with debiased=False, so it lacks the debiased sums")
         self._check_dims(other._dims)
         if not self._sums:
+            self.units = other.units
             self._allocate(other._dims, self._device or other._device, other._cx, other._cy)
-        else:
-            self._move_shift(other._cx.to(self._device), other._cy.to(self._device))
+        fx, fy = (mine / theirs.to(mine) for mine, theirs in zip(self.units, other.units))
+        rescale = not (bool((fx == 1).all()) and bool((fy == 1).all()))
+        if rescale and not all(bool((f**4 > 0).all() and torch.isfinite(f**4).all()) for f in (fx, fy)):
+            raise ValueError("cannot merge: the two accumulators' rows differ in magnitude by more than 2^250 (their "
+                             "sums would leave the float64 range); divide the larger representations by a constant")
+        self._move_shift(other._cx.to(self._device) * fx[:, None], other._cy.to(self._device) * fy[:, None])
         for spec in self._declared:
-            self._sums[spec.name].add_(other._sums[spec.name].to(self._device))
+            t = other._sums[spec.name].to(self._device)
+            self._sums[spec.name].add_(t * spec.units(fx, fy, self._dims) if rescale else t)
+        if other._ranges is not None:
+            self._track(other._ranges["x"], other._ranges["y"], other._dtype)
         self.n += other.n
         self.f32_rows += other.f32_rows
         self._cache.clear()
@@ -507,7 +560,10 @@ class CrossMoments:
         self._device = torch.empty(0, device=device).device  # the canonical device (cuda -> cuda:0)
         if self._sums:
             self._cx, self._cy = self._cx.to(self._device), self._cy.to(self._device)
+            self.units = tuple(u.to(self._device) for u in self.units)
             self._sums = {k: t.to(self._device) for k, t in self._sums.items()}
+        if self._ranges is not None:
+            self._ranges = {k: tuple(t.to(self._device) for t in v) for k, v in self._ranges.items()}
         self._ws, self._cache = {}, {}
         return self
 
@@ -524,6 +580,16 @@ class CrossMoments:
         """``sum x_j^2`` of the unshifted rows per column, ``[L, d]`` (scale for the constant-column rules)."""
         c, s, m = (self._cx, self.sx, self.cxx) if side == "x" else (self._cy, self.sy, self.cyy)
         return (m.diagonal(dim1=-2, dim2=-1) + 2 * c * s + self.n * c * c).clamp_(min=0.0)
+
+    def _floor(self, side: str) -> torch.Tensor:
+        """``[L, d]``: a column's centered sum of squares at or below this is rounding, not variance.
+
+        The rounding of the centered sums (``64 eps`` of the shifted ones, float32's eps once float32 products
+        were added), or a spread within ``64 eps`` of float64 at the column's magnitude (as the in-memory CCA).
+        """
+        eps = EPS32 if self.f32_rows else EPS
+        shifted = (self.cxx if side == "x" else self.cyy).diagonal(dim1=-2, dim2=-1)
+        return 64 * eps * shifted + (64 * EPS) ** 2 * self._raw_diag(side)
 
     # ------------------------------------------------------------------ derived quantities
     def _cached(self, key, make: Callable):
@@ -571,14 +637,24 @@ class CrossMoments:
         if self.n == 0:
             raise ValueError(f"{measure}: the accumulator is empty (n=0); call update() first")
         check_min_n(self.n, min_n, measure, why)
+        if not self._cached("finite", lambda: all(bool(torch.isfinite(t).all()) for t in self._sums.values())):
+            raise ValueError(f"{measure}: the streamed sums overflow float64 (chunks whose values differ in magnitude "
+                             "by more than 2^200 from the first chunk's); divide those representations by a constant")
         for name, side in (("X", "x"), ("Y", "y")):
+            if self._ranges is not None:  # the rule of the in-memory measures, on the rows as given
+                check_spread(*self._ranges[side], self._dtype, name, measure, self.n)
             tr = self._gram(side).diagonal(dim1=-2, dim2=-1).sum(-1)
-            scale = self._raw_diag(side).sum(-1)
-            bad = (tr <= 64 * EPS * scale).nonzero().flatten().tolist()
-            if bad:
+            bad = (tr <= self._floor(side).sum(-1)).nonzero().flatten().tolist()
+            if bad and self._ranges is None:  # a bootstrap replicate: its drawn rows are all alike
                 raise ValueError(
                     f"{name} layer {bad[0]} has zero variance after centering (all {self.n} rows are identical); "
                     f"{measure} is undefined for a constant layer"
+                )
+            if bad:
+                raise ValueError(
+                    f"{name} layer {bad[0]}: its variance is lost to rounding in the streamed sums (the rows lie far "
+                    f"from the shift the sums are kept at); {measure} cannot be computed from them: stream the rows "
+                    "with their column means removed"
                 )
 
     def _unbiased_terms(self):
@@ -657,7 +733,7 @@ class CrossMoments:
         if any_basis and self.replicate_of and self.f32_rows == 0:
             return self._cached(("rewhite", side), lambda: _rewhitening(
                 self._gram(side), self.replicate_of[side], lambda: self._whitened(side)))
-        return self._cached(("white", side), lambda: _whitening(self._gram(side), self._raw_diag(side), self.n))
+        return self._cached(("white", side), lambda: _whitening(self._gram(side), self._floor(side), self.n))
 
     def float32_error(self, name: str, **options: Any) -> float:
         """Estimated largest error of the CCA measure ``name`` due to the float32 products (0 without them).
@@ -758,6 +834,32 @@ for _spec in SUMS:  # the accessors come from the declaration
 del _spec
 
 
+def _layer_units(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per-layer powers of two ``[L]`` (float64) rows are multiplied by before any product: 1 where a layer's
+    largest magnitude (from column minima and maxima ``[L, d]``) lies within ``2^-UNIT_RANGE .. 2^UNIT_RANGE``
+    (float32 hidden states), else the one that brings it into [0.5, 1) (at most ``2^1000``: subnormal rows
+    land near ``2^-74`` or above). Exact, and every measure is invariant to it; it keeps sums of fourth powers
+    of rows like 1e200 or 1e-310 inside the float64 range."""
+    big = torch.maximum(lo.abs(), hi.abs()).amax(-1)
+    _, e = torch.frexp(big)
+    e = torch.where((e.abs() <= UNIT_RANGE) | (big == 0), torch.zeros_like(e), e).clamp_(min=-1000)
+    f1, f2 = pow2_factor(-e)
+    return f1 * f2
+
+
+def _fold_ranges(ranges: dict | None, rx: tuple, ry: tuple) -> dict:
+    """Column minima and maxima ``{"x": (lo, hi), "y": (lo, hi)}`` so far, with a chunk's ``rx``, ``ry`` folded in."""
+    if ranges is None:
+        return {"x": rx, "y": ry}
+    return {side: (torch.minimum(lo, r[0].to(lo)), torch.maximum(hi, r[1].to(hi)))
+            for (side, (lo, hi)), r in zip(ranges.items(), (rx, ry))}
+
+
+def _coarser(*dtypes: torch.dtype) -> torch.dtype:
+    """The least precise of floating dtypes (what rows of all were rounded to, at worst)."""
+    return max(dtypes, key=lambda t: torch.finfo(t).eps)
+
+
 def _fits_float32(lo: torch.Tensor, hi: torch.Tensor, c: torch.Tensor) -> bool:
     """Whether shifted values ``[lo, hi] - c`` (``[L, d]``) stay in float32's comfortable range (see FLOAT32_RANGE)."""
     reach = torch.maximum((hi - c).abs(), (lo - c).abs()).amax(-1)
@@ -855,15 +957,15 @@ def _chunk_dtype(*arrays: Any) -> torch.dtype:
     return dt
 
 
-def _whitening(g: torch.Tensor, raw_diag: torch.Tensor, n: int):
+def _whitening(g: torch.Tensor, floor: torch.Tensor, n: int):
     """Whitening maps ``W [L, d, d]`` with ``W^T G W = I`` on the kept directions (others zero columns).
 
-    Constant columns (zero centered variance) are dropped first. Returns ``(W, rank [L], d_eff [L],
-    eigenvalues [L, d] descending)``.
+    Constant columns (centered variance at or below ``floor [L, d]``, see :meth:`CrossMoments._floor`) are
+    dropped first. Returns ``(W, rank [L], d_eff [L], eigenvalues [L, d] descending)``.
     """
     d = g.shape[-1]
     diag = g.diagonal(dim1=-2, dim2=-1)
-    const = diag <= 64 * EPS * raw_diag
+    const = diag <= floor
     mask = (~const).to(g.dtype)
     g = g * mask[:, :, None] * mask[:, None, :]
     lam, V = torch.linalg.eigh(g)  # ascending
@@ -973,7 +1075,11 @@ class MinibatchCKA:
     """Streaming minibatch CKA (Nguyen, Raghu & Kornblith 2021): each ``update`` is one minibatch.
 
     Keeps the sums over batches of ``HSIC(K_i, L_i)``, ``HSIC(K_i, K_i)``, ``HSIC(L_i, L_i)`` for all layer
-    pairs; ``compute`` returns their CKA ratio. Order of updates and merges does not matter.
+    pairs; ``compute`` returns their CKA ratio. Order of updates and merges does not matter. The sums are
+    kept in units of a power of two per layer fixed by the first batch (:func:`_layer_units`: 1 unless its
+    values lie beyond ``2^64`` or below ``2^-64``), so rows like 1e200 or 1e-310 neither overflow nor vanish;
+    ``compute`` refuses a layer whose rows, over all batches, are identical or differ only by rounding (as
+    :func:`~homoscope.measures.cka.minibatch_cka` does), while one batch may hold a constant layer.
 
     Args:
         debiased: unbiased HSIC per batch (default, as in the paper; batches need >= 4 rows).
@@ -984,25 +1090,33 @@ class MinibatchCKA:
         self.batches = 0
         self.n = 0
         self.cross = self.hx = self.hy = None
+        self.units: tuple[torch.Tensor, torch.Tensor] | None = None  # [La], [Lb] powers of two
+        self._ranges: dict | None = None  # column minima and maxima of all rows as given (see CrossMoments)
+        self._dtype = F64
 
     def update(self, x: Any, y: Any) -> "MinibatchCKA":
         """Add one minibatch ``x [La, m, da]``, ``y [Lb, m, db]``.
 
         Raises:
             ValueError: x or y not a tensor or array of numbers (naming it), non-finite values, differing row
-                counts, a batch smaller than the estimator needs.
+                counts, a batch smaller than the estimator needs, layer counts that differ from earlier batches.
         """
         xs, ys = shape_pair(x, y, names=("x", "y"))  # values are checked where the batch is centered
         check_min_n(xs.shape[1], 4 if self.debiased else 2, "MinibatchCKA batch", "rows per batch for the estimator")
+        rx, ry = column_range(xs, "X"), column_range(ys, "Y")  # finiteness
+        if self.cross is not None and (xs.shape[0], ys.shape[0]) != tuple(self.cross.shape):
+            raise ValueError(f"batch layer counts {(xs.shape[0], ys.shape[0])} disagree with earlier batches "
+                             f"{tuple(self.cross.shape)}")
+        if self.units is None:
+            self.units = (_layer_units(*rx), _layer_units(*ry))
+        dtype = _coarser(self._dtype, xs.dtype, ys.dtype)
+        xs, ys = (_in_units(t, u) for t, u in ((xs, self.units[0]), (ys, self.units[1])))
         c, hx, hy = minibatch_hsic_terms(xs, ys, self.debiased)
         if self.cross is None:
             self.cross, self.hx, self.hy = c, hx, hy
         else:
-            if c.shape != self.cross.shape:
-                raise ValueError(
-                    f"batch layer counts {tuple(c.shape)} disagree with earlier batches {tuple(self.cross.shape)}"
-                )
             self.cross, self.hx, self.hy = self.cross + c, self.hx + hx, self.hy + hy
+        self._ranges, self._dtype = _fold_ranges(self._ranges, rx, ry), dtype
         self.batches += 1
         self.n += xs.shape[1]
         return self
@@ -1027,8 +1141,14 @@ class MinibatchCKA:
             )
         if self.cross is None:
             self.cross, self.hx, self.hy = other.cross.clone(), other.hx.clone(), other.hy.clone()
-        else:
-            self.cross, self.hx, self.hy = self.cross + other.cross, self.hx + other.hx, self.hy + other.hy
+            self.units = other.units
+        else:  # the other's sums in this one's units (powers of two: exact)
+            fx, fy = (mine / theirs.to(mine) for mine, theirs in zip(self.units, other.units))
+            fx2, fy2 = fx * fx, fy * fy
+            self.cross = self.cross + other.cross * fx2[:, None] * fy2[None, :]
+            self.hx, self.hy = self.hx + other.hx * fx2 * fx2, self.hy + other.hy * fy2 * fy2
+        self._ranges = _fold_ranges(self._ranges, other._ranges["x"], other._ranges["y"])
+        self._dtype = _coarser(self._dtype, other._dtype)
         self.batches += other.batches
         self.n += other.n
         return self
@@ -1037,14 +1157,28 @@ class MinibatchCKA:
         """Minibatch CKA ``[La, Lb]`` float64.
 
         Raises:
-            ValueError: no batches yet, or a layer whose accumulated self-HSIC is not positive.
+            ValueError: no batches yet, a layer whose rows are identical or differ only by rounding over all
+                batches, or a layer whose accumulated self-HSIC is not positive (or overflows).
         """
         if self.cross is None:
             raise ValueError("minibatch_cka: the accumulator is empty (no batches); call update() first")
+        for name, side in (("X", "x"), ("Y", "y")):
+            check_spread(*self._ranges[side], self._dtype, name, "minibatch_cka", self.n)
+        if not all(bool(torch.isfinite(t).all()) for t in (self.cross, self.hx, self.hy)):
+            raise ValueError("minibatch_cka: the HSIC sums overflow float64 (batches whose values differ in magnitude "
+                             "by more than 2^200 from the first batch's); divide those representations by a constant")
         _check_positive_self(self.hx, "X", "minibatch_cka")
         _check_positive_self(self.hy, "Y", "minibatch_cka")
         lo = -1.0 if self.debiased else 0.0
         return (self.cross / torch.sqrt(self.hx[:, None] * self.hy[None, :])).clamp_(lo, 1.0)
+
+
+def _in_units(x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """``x [L, m, d]`` times its per-layer power of two ``units [L]`` (in float64 where any is not 1: float32
+    cannot hold the factor that lifts its subnormal values); ``x`` itself where all are 1."""
+    if bool((units == 1).all()):
+        return x
+    return x.to(F64) * units.to(x.device)[:, None, None]
 
 
 __all__ = ["CrossMoments", "MinibatchCKA", "StreamingMeasure", "STREAMING_MEASURES", "STREAMING_OPTIONS"]

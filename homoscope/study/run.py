@@ -160,7 +160,8 @@ def _score(study: Study, *args, **kwargs):
     try:
         return score_pairs(*args, **kwargs)
     except ValueError as err:
-        if "zero variance" in str(err) and study.pooling in ("cls", "first", "last"):
+        constant = "zero variance" in str(err) or "no variance above" in str(err)  # or only rounding between rows
+        if constant and study.pooling in ("cls", "first", "last"):
             raise ValueError(f"{err}. With {typed('pooling', study.pooling)} a layer can hold the same row for every "
                              "text (layer 0 is the embedding of the same special token at the same position): use "
                              f"{typed('pooling', 'mean')}") from None
