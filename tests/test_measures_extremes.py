@@ -103,17 +103,18 @@ def _streams(name):
 
 
 def _cases():
+    """Every measure x declared invariance x kind of extreme input the measure is declared invariant to
+    (an offset needs translation invariance to compare against the untransformed value)."""
     for name in list_measures():
-        for inv in get_measure(name).invariances:
+        invariances = get_measure(name).invariances
+        for inv in invariances:
             for kind in NEEDS:
-                yield pytest.param(name, inv, kind, id=f"{name}-{inv}-{kind}")
+                if NEEDS[kind] in invariances:
+                    yield pytest.param(name, inv, kind, id=f"{name}-{inv}-{kind}")
 
 
 @pytest.mark.parametrize("name, invariance, kind", list(_cases()))
 def test_invariance_holds_at_extremes_or_the_call_says_why(name, invariance, kind):
-    info = get_measure(name)
-    if NEEDS[kind] not in info.invariances:
-        pytest.skip(f"{name} is not invariant to {NEEDS[kind]}: its value at such inputs is not the untransformed one")
     X, Y = _pair()
     base = compute(name, X, Y)
     base_batches = compute(name, X, Y, batch_size=CHUNK) if name == "minibatch_cka" else base
