@@ -118,10 +118,16 @@ def main() -> None:
     args = ap.parse_args()
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     jsonl = REPORT_DIR / ("scale.jsonl" if args.scale else "results.jsonl")
-    if args.report_only:
+    if args.report_only:  # the report of the results file the flags select: scale.md with --scale
         rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
         machines = [r for r in rows if r.get("bench") == "machine"]
-        write_report([r for r in rows if r.get("bench") != "machine"], machines[-1] if machines else {})
+        results, info = [r for r in rows if r.get("bench") != "machine"], machines[-1] if machines else {}
+        if args.scale:
+            from .scale import write_scale_report
+
+            write_scale_report(results, info)
+        else:
+            write_report(results, info)
         return
     only = set(args.only.split(","))
     info = machine()
