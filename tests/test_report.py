@@ -475,7 +475,8 @@ def test_controls_verdicts_follow_the_stated_rule(frame):
     assert (controls_table(same, "linear_cka", info).best_vs_random == "within").all()  # inside every CI
     from homoscope.report.analysis import index_reading
 
-    assert index_reading(-0.2) == "The models are less alike than untrained networks of the same shapes."
+    assert index_reading(0.0) == "The models are no more alike than untrained networks of the same shapes."
+    assert index_reading(-0.2) == index_reading(0.0)
     assert index_reading(0.05).startswith("The models are barely more alike")
     pw = controls_table(frame, "pwcca", resolve_measure_info("pwcca", measure_info))
     assert (pw.best_verdict == VERDICT_NONE).all() and (pw.best_vs_random == "").all()

@@ -726,7 +726,7 @@ def _final_finding(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
     word = "less" if _better(bm, fm, info) and abs(bm - fm) > 1e-9 else "as"
     return [T(f"Final layers are {word} alike {'than' if word == 'less' else 'as'} the best-matching "
               "layers: mean ", C(m), f" {f3(fm)} ({interval(flo, fhi, 'interval')}) final against final, "
-              f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {len(fin)} pairs.")]
+              f"{f3(bm)} ({interval(blo, bhi, 'interval')}) at the best layers, over {plural(len(fin), 'pair')}.")]
 
 
 def index_reading(h: float, baseline: str = "random-init", low: float = math.nan) -> str:
@@ -738,8 +738,8 @@ def index_reading(h: float, baseline: str = "random-init", low: float = math.nan
     if math.isfinite(low) and low <= 0 < h:
         return (f"Its interval reaches 0, so the models are not distinguishably more alike than {than} "
                 "(more rows or documents narrow it).")
-    if h < 0:
-        return f"The models are less alike than {than}."
+    if h <= 0:  # every pair at or below its baseline (the index clips each pair at 0)
+        return f"The models are no more alike than {than}."
     if h < 0.1:
         return f"The models are barely more alike than {than}."
     if h < 0.4:
@@ -872,7 +872,7 @@ def _pairwise_finding(a: pd.DataFrame) -> list[Text]:
         lo_hi = f", interval {span(lo.mean(), hi.mean())}" if np.isfinite(lo).all() and np.isfinite(hi).all() else ""
         v = column(g, "value")
         mean = float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
-        return [T(f"Probe predictions: mean pairwise {label} {f3(mean)} over {len(g)} pairs{lo_hi}{ind_txt}.")]
+        return [T(f"Probe predictions: mean pairwise {label} {f3(mean)} over {plural(len(g), 'pair')}{lo_hi}{ind_txt}.")]
     return []
 
 

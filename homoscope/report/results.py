@@ -199,7 +199,8 @@ def rebuild_report(
     if not source.is_dir():
         raise ValueError(f"results_dir={str(source)!r} is not a folder; give the folder a study wrote")
     out = Path(out_dir) if out_dir is not None else source
-    with ResultsFolder(out, option="out" if out_dir is not None else "results"):
+    with ResultsFolder(out, option="out" if out_dir is not None else "results") as folder:
+        folder.check()
         frame, manifest, extra = load_results(source)
         carried = {name: (source / name).read_bytes() for name in RUN_FILES if (source / name).is_file()}
         try:

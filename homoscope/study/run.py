@@ -125,7 +125,7 @@ def run_study(
             # again with the rows and shapes as extracted (words some model gives no token are dropped)
             shapes = {name: (s.layers, s.width) for name, s in ext.stacks.items()}
             _check_plan(study, next(iter(ext.stacks.values())).n, shapes)
-            frame = _score_all(study, ctx, ext, progress)
+            frame = _score_all(study, ctx, ext, progress, log)
             agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
             if agreement is not None:
                 ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
@@ -139,7 +139,7 @@ def run_study(
                        controls=Representations(ext.controls), agreement=agreement)
 
 
-def _score_all(study: Study, ctx: "_Context", ext: "Extracted", progress: bool) -> pd.DataFrame:
+def _score_all(study: Study, ctx: "_Context", ext: "Extracted", progress: bool, log) -> pd.DataFrame:
     """Stage 2 over the extracted stacks, with the study's options."""
     t0 = time.perf_counter()
     names = [n for n, _ in study.model_specs()]
@@ -150,6 +150,7 @@ def _score_all(study: Study, ctx: "_Context", ext: "Extracted", progress: bool) 
         device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
         bootstrap_groups=study.bootstrap_groups,
         controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None, store=ctx.store,
+        log=log,
     )
     ctx.timings["measures"] = time.perf_counter() - t0
     return frame
@@ -398,7 +399,7 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
     from ..report.tables import with_run
 
     run = manifest["run"]
-    files = {"study.toml": f"# homoscope run {run}\n{study.to_toml()}".encode()}
+    files = {"study.toml": f"# homoscope run {run}\n{_reproducible(study).to_toml()}".encode()}
     if ext.rows_table is not None:
         files["rows.csv"] = with_run(ext.rows_table, run).to_csv(index=False).encode()
     ctx.timings["total"] = time.perf_counter() - t_all
@@ -420,19 +421,31 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
     return out
 
 
+def _reproducible(study: Study) -> Study:
+    """``study`` with a corpus file and the store as absolute paths, so that the results folder's study file
+    runs the same study from any folder (the output folder stays as given)."""
+    corpus = Path(str(study.corpus))
+    changes = {"corpus": str(corpus.resolve())} if corpus.is_file() and not corpus.is_absolute() else {}
+    if study.store is not None and not Path(study.store).is_absolute():
+        changes["store"] = str(Path(study.store).resolve())
+    return dataclasses.replace(study, **changes) if changes else study
+
+
 def run_id(manifest: dict) -> str:
     """The id of a run: 16 hex digits of the sha256 of what determines its numbers (the study's options but
-    its folders, each model's and control's stored representations, the corpus, the homoscope version).
+    its folders and the corpus path, each model's and control's stored representations, the corpus's
+    fingerprint, the homoscope version).
 
     Two runs with the same id compute the same results, so a rerun writes the same files byte for byte; a
     results folder whose files carry different ids mixes runs (:func:`~homoscope.report.load_results`).
     """
     from ..extract.store import fingerprint_key
 
-    study = {k: v for k, v in manifest["study"].items() if k not in ("out", "store")}
+    study = {k: v for k, v in manifest["study"].items() if k not in ("out", "store", "corpus")}
     models = [m.get("store_key") for m in manifest["models"]]
     controls = [c.get("fingerprint") for c in (manifest.get("controls") or {}).get("random_init", [])]
-    return fingerprint_key(study=study, models=models, controls=controls, corpus=manifest["corpus"],
+    corpus = manifest["corpus"].get("fingerprint")  # the texts, ids, labels and documents, however the path is spelt
+    return fingerprint_key(study=study, models=models, controls=controls, corpus=corpus,
                            rows=manifest.get("rows"), version=__version__)[:16]
 
 

@@ -70,6 +70,7 @@ def score_pairs(
     pairwise_rows: int = 1024,
     bootstrap_groups: int = 32,
     store=None,
+    log=None,
 ) -> pd.DataFrame:
     """Score every pair with every measure at all layer pairs; return the tidy frame of DESIGN.md.
 
@@ -88,6 +89,7 @@ def score_pairs(
         store: a :class:`~homoscope.extract.RepresentationStore` where each pair's scores are kept as soon as
             they are computed and read back by a rerun with the same stacks and options
             (:mod:`~homoscope.study.scorecache`; stacks held in memory are never kept); None: not kept.
+        log: where to say how many pairs were read back from ``store`` (a callable taking one line).
 
     Raises:
         ValueError: stacks with different n, and the measures' errors (naming the two models).
@@ -119,10 +121,11 @@ def score_pairs(
         "unit": unit, "permutations": permutations, "bootstrap": bootstrap, "groups": groups_digest(groups),
         "seed": seed, "device": str(device), "memory_mb": memory_mb, "pairwise_rows": pairwise_rows,
         "bootstrap_groups": bootstrap_groups})
-    frames = []
+    frames, reused = [], 0
     for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
         key = cache.key(a, b, (src[a], src[b], csrc.get(a), csrc.get(b)), names) if cache is not None else None
         kept = cache.get(key) if key is not None else None
+        reused += kept is not None
         if kept is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -132,6 +135,8 @@ def score_pairs(
         for category, message in kept[1]:  # a pair's warnings, said whether it was computed or read back
             warnings.warn(message, warning_category(category), stacklevel=2)
         frames.append(kept[0])
+    if reused and log is not None:
+        log(f"scores of {reused} of {len(jobs)} model pairs read back from the store")
     frame = pd.concat(frames, ignore_index=True)
     if "control_n" in frame:  # only where the controls used fewer rows than the value
         frame["control_n"] = frame["control_n"].fillna(frame["n"])
