@@ -462,7 +462,10 @@ def plot_summary_heatmap(
 
     n, unit, _, _ = _pair_sizes(select(frame, measure), False)
     labels = [_txt(m, 30) for m in names]
-    width, height, ax_box, cax_box = _matrix_geometry(labels, info.symmetric, bool(ns_cells.any()))
+    # the note keeps to the width of the matrix (7.5 pt characters are about 0.55 of their size wide)
+    note = _matrix_note(info, how, n, unit, bool(ns_cells.any()), alpha,
+                        max(28, int(_matrix_side(len(labels)) * 72 / (7.5 * 0.55))))
+    width, height, ax_box, cax_box = _matrix_geometry(labels, info.symmetric, note.count("\n"))
     fig = _new_figure((width, height), dpi)
     with matplotlib.rc_context(_RC):
         ax, cax = fig.add_axes(ax_box), fig.add_axes(cax_box)
@@ -477,19 +480,24 @@ def plot_summary_heatmap(
         cb = fig.colorbar(im, cax=cax, extend=extend)
         cb.set_label(f"{_txt(measure)} ({'higher' if info.higher_is_more_alike else 'lower'} = more alike)")
         cb.outline.set_linewidth(0.5)
-        ax.set_title(_matrix_note(info, how, n, unit, bool(ns_cells.any()), alpha), fontsize=7.5, color="0.25",
-                     pad=5)
+        ax.set_title(note, fontsize=7.5, color="0.25", pad=5)
         return _save(fig, path, dpi)
 
 
-def _matrix_geometry(labels: list[str], symmetric: bool, hatched: bool):
+def _matrix_side(k: int) -> float:
+    """The side of a k x k model matrix in inches."""
+    return float(np.clip(0.95 - 0.045 * k, 0.42, 0.8)) * k
+
+
+def _matrix_geometry(labels: list[str], symmetric: bool, extra_lines: int):
     """Figure size and boxes of a model-by-model matrix in inches, generous (the saved figure is trimmed to
-    its content). Returns ``(width, height, axes box, colourbar box)``, boxes as fractions of the figure."""
+    its content; ``extra_lines``: lines of the note beyond its first). Returns ``(width, height, axes box,
+    colourbar box)``, boxes as fractions of the figure."""
     k = len(labels)
-    side = float(np.clip(0.95 - 0.045 * k, 0.42, 0.8)) * k
+    side = _matrix_side(k)
     label_w = 0.3 + 0.068 * max((len(x) for x in labels), default=4)
     left, bottom = label_w + (0.3 if not symmetric else 0.0), 0.6 * label_w + 0.55
-    width, height = left + side + 1.35, bottom + side + 0.56 + (0.17 if hatched else 0.0)
+    width, height = left + side + 1.35, bottom + side + 0.56 + 0.17 * extra_lines
     return (width, height, (left / width, bottom / height, side / width, side / height),
             ((left + side + 0.18) / width, bottom / height + 0.05 * side / height, 0.14 / width, 0.9 * side / height))
 
@@ -536,14 +544,20 @@ def _matrix_axes(ax, labels: list[str], info: MeasureInfo) -> None:
         ax.set_xlabel("to (column model)")
 
 
-def _matrix_note(info: MeasureInfo, how: str, n: int | None, unit: str | None, hatched: bool, alpha: float) -> str:
-    """The line above a model-by-model matrix: n, what a cell is, the diagonal, and n.s. where used."""
+def _matrix_note(info: MeasureInfo, how: str, n: int | None, unit: str | None, hatched: bool, alpha: float,
+                 max_chars: int = 200) -> str:
+    """The lines above a model-by-model matrix: n, what a cell is, the diagonal (joined on one line where
+    ``max_chars`` allows, else broken between them), and n.s. where used."""
     how_txt = ("cell = " + ("max" if info.higher_is_more_alike else "min") + " over all layer pairs"
                if how == "best" else "cell = last layer vs last layer")
     parts = [how_txt, f"diagonal = identity ({info.identity:g})"]
     if n is not None:
         parts.insert(0, f"n = {n:,} {UNIT_PLURAL.get(unit, unit or 'rows')}")
-    note = "   \u00b7   ".join(parts)
+    lines = [parts[0]]
+    for part in parts[1:]:
+        joined = f"{lines[-1]}   \u00b7   {part}"
+        lines[-1:] = [joined] if len(joined) <= max_chars else [lines[-1], part]
+    note = "\n".join(lines)
     if hatched:
         note += f"\nn.s. = not distinguishable from its permutation null (BH q \u2265 {alpha:g})"
     return note
