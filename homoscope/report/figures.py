@@ -665,19 +665,28 @@ def plot_controls(
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
         ax.set_title(f"{_txt(measure)}: each score beside its controls", fontweight="bold", fontsize=10)
-        handles = [
-            Line2D([], [], color=_BLUE, lw=1.4, marker="o", ms=5, label="best layer pair (95% CI)"),
-            Line2D([], [], color=_ORANGE, lw=1.0, marker="D", ms=4, label="final layers (95% CI)"),
-            Line2D([], [], ls="none", marker="s", mfc="white", mec="black", ms=5, label="random-init at best"),
-            Line2D([], [], color="0.55", lw=2.2, marker="x", mec="0.4", ms=5, label="null mean \u00b1 1.96 sd"),
-            Line2D([], [], ls="none", marker="o", mfc="white", mec=_BLUE, ms=5, label="n.s.: not above null"),
-        ]
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncols=3, frameon=False,
+        fig.legend(handles=_controls_legend(table, VERDICT_NS), loc="lower center", bbox_to_anchor=(0.5, 0.02), ncols=3, frameon=False,
                    handletextpad=0.4, columnspacing=1.2, fontsize=7.5)
         return _save(fig, path, dpi)
 
 
 _BLUE, _ORANGE = "#31688e", "#e08214"
+
+
+def _controls_legend(table: pd.DataFrame, ns_verdict: str) -> list[Line2D]:
+    """The legend of the controls figure: the scores, and each control only where the figure draws it."""
+    def drawn(col: str) -> bool:
+        return col in table and bool(np.isfinite(table[col].astype(float)).any())
+
+    handles = [Line2D([], [], color=_BLUE, lw=1.4, marker="o", ms=5, label="best layer pair (95% CI)"),
+               Line2D([], [], color=_ORANGE, lw=1.0, marker="D", ms=4, label="final layers (95% CI)")]
+    if drawn("best_random_init"):
+        handles.append(Line2D([], [], ls="none", marker="s", mfc="white", mec="black", ms=5, label="random-init at best"))
+    if drawn("best_null_mean"):
+        handles.append(Line2D([], [], color="0.55", lw=2.2, marker="x", mec="0.4", ms=5, label="null mean \u00b1 1.96 sd"))
+    if (table["best_verdict"] == ns_verdict).any():
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec=_BLUE, ms=5, label="n.s.: not above null"))
+    return handles
 
 
 def _draw_controls_row(ax, yi: float, r: Any, ns: bool) -> None:
@@ -751,7 +760,8 @@ def plot_probes(
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.set_ylabel("probe accuracy (test)")
-        ax.set_title("linear probe accuracy by depth (95% band; star = best layer)", fontsize=9)
+        ax.set_title("linear probe accuracy on the test documents by depth (95% band; star = the layer best on "
+                     "validation)", fontsize=9)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
