@@ -221,3 +221,14 @@ def test_csv_other_spellings_are_text(tmp_path):
     assert c.texts == ["NA", "null", "Infinite loop."] and c.labels == ["None", "nano", "inf-like"]
     unread = _write(tmp_path, "u.csv", "text,score\nFine.,nan\n")  # a column that is not named is not read
     assert load_file(unread).texts == ["Fine."]
+
+
+def test_texts_that_show_nothing_are_blank_and_a_lone_surrogate_is_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "a real text"}\n{"text": "\\u0000\\ufeff\\u200b \\u007f"}\n{"text": "another one"}\n',
+                    encoding="utf-8")
+    corpus = load_corpus(str(path), sentences=None)
+    assert corpus.texts == ["a real text", "another one"] and corpus.meta["blank_skipped"] == 1
+    path.write_text('{"text": "a real text"}\n{"text": "half \\ud800 a pair"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"c.jsonl'.*line 2 holds '.ud800', half of a UTF-16 surrogate pair"):
+        load_corpus(str(path), sentences=None)

@@ -92,3 +92,17 @@ def test_content_mode_sees_weights_changed_in_place_and_a_run_keeps_its_files_in
     truth = run_study(dataclasses.replace(study, store=str(tmp_path / "new store")), progress=False, log=None)
     np.testing.assert_allclose(fresh.frame.value, truth.frame.value, rtol=0, atol=1e-6)
     assert np.abs(fresh.frame.value.to_numpy() - first.frame.value.to_numpy()).max() > 1e-3
+
+
+def test_a_tokenizer_cut_shorter_is_extracted_again(tmp_path, corpus, tables_only):
+    """The length texts are cut to (max_length capped at the tokenizer's model_max_length) is in the key."""
+    bert, gpt2 = save_tiny("bert", tmp_path / "m" / "bert", seed=0), save_tiny("gpt2", tmp_path / "m" / "gpt2", seed=0)
+    study = Study(models=[str(bert), str(gpt2)], corpus=str(corpus), sentences=None, out=str(tmp_path / "out"),
+                  store=str(tmp_path / "store"), measures=["linear_cka"], outliers=False, max_length=16)
+    first = run_study(study, progress=False, log=None)
+    config = bert / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 6}))
+    again = run_study(study, progress=False, log=None)
+    assert [m["reused"] for m in again.manifest["models"]] == [False, True]
+    assert again.manifest["models"][0]["extract"]["max_length_used"] == 6
+    assert first.manifest["run"] != again.manifest["run"]

@@ -369,3 +369,13 @@ def test_update_reuses_its_buffers():
         acc.update(X[:, s], Y[:, s])
     assert pointers(acc) == before  # every sum accumulated in place, workspaces reused, nothing new kept
     assert acc.f32_rows > 0
+
+
+def test_an_accumulator_is_never_merged_into_itself():
+    from homoscope.measures.streaming import MinibatchCKA, StreamingMeasure
+
+    X = torch.randn(1, 20, 3, dtype=torch.float64)
+    for acc in (StreamingMeasure("debiased_cka"), MinibatchCKA()):
+        acc.update(X, X * 2)
+        with pytest.raises(ValueError, match="into itself"):
+            acc.merge(acc)

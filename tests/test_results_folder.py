@@ -296,3 +296,37 @@ def test_kill_9_while_scoring_keeps_the_finished_pairs(root, models, monkeypatch
                       progress=False, log=None, loaded_models=clean_models)
     pd.testing.assert_frame_equal(again.frame, clean.frame, check_exact=True)
     assert (again.out / "similarity.csv").read_bytes() == (clean.out / "similarity.csv").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ found by a breaking pass
+def test_a_rebuild_refuses_run_files_of_another_run_and_impossible_values(root, models, capsys, tables_only):
+    ten = _run(root, models, out="ten", names=("a", "b"), sentences=10)
+    twelve = _run(root, models, out="twelve", names=("a", "b"), sentences=12)
+    foreign = root / "foreign"
+    shutil.copytree(twelve.out, foreign)
+    shutil.copy(ten.out / "study.toml", foreign)
+    with pytest.raises(ValueError, match=r"study.toml' belongs to run .* mixes files of different runs"):
+        rebuild_report(foreign, progress=False, dpi=30)
+    for column, value, words in [("value", 5.0, ("linear_cka = 5.0", "outside its range [0, 1]")),
+                                 ("n", -5, ("column 'n'", "not a row count"))]:
+        edited = root / f"edited-{column}"
+        shutil.copytree(twelve.out, edited)
+        frame = pd.read_parquet(edited / "similarity.parquet")
+        frame.loc[0, column] = value
+        frame.to_parquet(edited / "similarity.parquet")
+        _refused(edited, capsys, *words)
+
+
+def test_a_store_inside_the_output_folder_is_refused_and_a_linked_folder_is_replaced_at_its_target(root, models,
+                                                                                                   tables_only):
+    with pytest.raises(ValueError, match=r"store=.* lies inside out="):
+        run_study(Study(**{**_study(root).__dict__, "store": str(root / "out" / "store")}), progress=False, log=None,
+                  loaded_models=models)
+    assert not (root / "out").exists()
+    (root / "target").mkdir()
+    (root / "link").symlink_to(root / "target", target_is_directory=True)
+    first = _run(root, models, out="link", names=("a", "b"), sentences=10)
+    second = _run(root, models, out="link", names=("a", "b"), sentences=12)
+    assert (root / "link").is_symlink() and first.manifest["run"] != second.manifest["run"]
+    assert json.loads((root / "target" / "manifest.json").read_text())["run"] == second.manifest["run"]
+    assert [p.name for p in root.iterdir() if ".staging-" in p.name or ".replaced-" in p.name] == []

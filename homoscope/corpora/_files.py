@@ -22,6 +22,7 @@ import io
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -241,13 +242,30 @@ def _read_csv(text: str, shown: str, text_column: str, label_column, doc_column)
     return rows, header
 
 
-def _non_blank(rows: list[tuple], text: str, shown: str, text_column: str) -> list[tuple]:
-    """Normalise the text of every ``(line, text, label, doc)`` record and drop blank ones.
+# characters that show nothing: controls, format characters (zero-width, byte order mark), separators
+_INVISIBLE = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
 
-    Raises a ValueError saying why the file holds no text when none is left.
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` holds a character that shows (a text of NULs, BOMs or zero-width spaces is blank)."""
+    return any(unicodedata.category(ch) not in _INVISIBLE for ch in text)
+
+
+def _non_blank(rows: list[tuple], text: str, shown: str, text_column: str) -> list[tuple]:
+    """Normalise the text of every ``(line, text, label, doc)`` record and drop blank ones (nothing visible:
+    :func:`_visible`).
+
+    Raises a ValueError saying why the file holds no text when none is left, or naming the line of a text
+    that is not valid Unicode (a lone surrogate).
     """
     kept = [(lineno, normalise(body), label, doc) for lineno, body, label, doc in rows]
-    kept = [r for r in kept if r[1]]
+    for lineno, body, _label, _doc in kept:
+        try:
+            body.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate escape (JSON "\ud800"): no character at all
+            raise ValueError(f"corpus file {shown!r}: the text at line {lineno} holds {body[err.start]!r}, half of a "
+                             "UTF-16 surrogate pair and not a character; fix the escape in the file") from None
+    kept = [r for r in kept if _visible(r[1])]
     if not kept:
         if not text:
             what = "is empty"

@@ -521,11 +521,13 @@ class CrossMoments:
 
         Raises:
             TypeError: ``other`` is not a CrossMoments.
-            ValueError: a different ``precision``, different layer counts / widths, ``other`` lacks the
-                debiased sums, or units so far apart that the sums would leave the float64 range.
+            ValueError: ``other`` is this accumulator, a different ``precision``, different layer counts /
+                widths, ``other`` lacks the debiased sums, or units so far apart that the sums would leave the float64 range.
         """
         if not isinstance(other, CrossMoments):
             raise TypeError(f"can only merge a CrossMoments; got {type(other).__name__}")
+        if other is self:
+            raise ValueError("cannot merge an accumulator into itself: its rows would count twice")
         if other.precision != self.precision:
             raise ValueError(
                 f"cannot merge accumulators of different precision: other has precision={other.precision!r}, "
@@ -1129,6 +1131,8 @@ class MinibatchCKA:
         """
         if not isinstance(other, MinibatchCKA):
             raise ValueError(f"can only merge a MinibatchCKA, got {type(other).__name__}")
+        if other is self:
+            raise ValueError("cannot merge an accumulator into itself: its batches would count twice")
         if other.debiased != self.debiased:
             raise ValueError(
                 f"cannot merge a debiased={other.debiased} accumulator into a debiased={self.debiased} one"

@@ -92,7 +92,7 @@ class ResultsFolder:
 
     def __init__(self, out: str | os.PathLike, option: str = "out"):
         self.given = Path(out)
-        self.path = Path(os.path.abspath(out))
+        self.path = Path(os.path.realpath(out))  # a link to a folder: the run replaces the folder it names
         self.option = option
         self.staging: Path | None = None
         self._created = False

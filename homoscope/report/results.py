@@ -81,6 +81,7 @@ def load_results(
     extra = {k: _own_run(t, run, root / EXTRA_TABLES[k]) for k, t in extra.items()}
     check_frame(frame, name=f"{root.name}/{frame_file}")
     _check_finite(frame, root / frame_file)
+    _check_ranges(frame, manifest, root / frame_file)
     for k, t in extra.items():
         _check_finite(t, root / EXTRA_TABLES[k], required=())
     return frame, manifest, extra
@@ -172,8 +173,50 @@ def _check_finite(table: pd.DataFrame, path: Path, required: tuple[str, ...] = (
                              "was edited or damaged: rerun the study")
 
 
+def _check_ranges(frame: pd.DataFrame, manifest: dict, path: Path) -> None:
+    """Refuse values no study writes: a row count ``n`` below 1, a value outside its measure's declared range
+    (``manifest['measures'][m]['value_range']``, where recorded)."""
+    if "n" in frame:
+        n = pd.to_numeric(frame["n"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = ~(n >= 1) | (n != np.round(n))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{str(path)!r}, row {row + 2} (line in the file), column 'n': {frame['n'].iloc[row]} is "
+                             "not a row count (an integer >= 1); the file was edited or damaged: rerun the study")
+    for m, info in (manifest.get("measures") or {}).items():
+        span = info.get("value_range") if isinstance(info, dict) else None
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, (int, float)) for x in span)):
+            continue
+        v = frame.loc[frame["measure"] == m, "value"].astype(float)
+        tol = 1e-9 * max(1.0, *(abs(x) for x in span if math.isfinite(x)))
+        out = v[(v < span[0] - tol) | (v > span[1] + tol)]
+        if len(out):
+            raise ValueError(f"{str(path)!r}, row {int(out.index[0]) + 2} (line in the file): {m} = {float(out.iloc[0])!r} lies "
+                             f"outside its range [{span[0]:g}, {span[1]:g}]; the file was edited or damaged: rerun the study")
+
+
 def _show(x: float) -> str:
     return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _carried(source: Path, run: str | None) -> dict[str, bytes]:
+    """The :data:`RUN_FILES` of a results folder, each checked to belong to the manifest's run (``study.toml``
+    by its first line, ``rows.csv`` by its ``run`` column)."""
+    carried = {name: (source / name).read_bytes() for name in RUN_FILES if (source / name).is_file()}
+    if "study.toml" in carried:
+        first = carried["study.toml"].split(b"\n", 1)[0].decode("utf-8", "replace")
+        found = first[len("# homoscope run "):].strip() if first.startswith("# homoscope run ") else None
+        if (found or run) and found != run:
+            raise ValueError(f"{str(source / 'study.toml')!r} belongs to run {found or '(none)'}, but manifest.json "
+                             f"to run {run or '(none)'}: the folder mixes files of different runs; rerun the study "
+                             "into it (or another --out)")
+    if "rows.csv" in carried:
+        try:
+            rows = pd.read_csv(source / "rows.csv", dtype={RUN_COLUMN: str}, nrows=None)
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise ValueError(f"{str(source / 'rows.csv')!r} is not a readable table: {err}") from None
+        _own_run(rows, run, source / "rows.csv")
+    return carried
 
 
 def rebuild_report(
@@ -202,7 +245,7 @@ def rebuild_report(
     with ResultsFolder(out, option="out" if out_dir is not None else "results") as folder:
         folder.check()
         frame, manifest, extra = load_results(source)
-        carried = {name: (source / name).read_bytes() for name in RUN_FILES if (source / name).is_file()}
+        carried = _carried(source, manifest.get("run"))
         try:
             return write_outputs(frame, manifest, out, extra=extra, progress=progress, dpi=dpi, run_files=carried)
         except (TypeError, AttributeError, KeyError) as err:  # a manifest entry of an unexpected shape

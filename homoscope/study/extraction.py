@@ -108,6 +108,8 @@ def extract_model(
 
 def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
     """What the store key of this model's representations is made of (the plan's digest is added later)."""
+    from ..extract import effective_max_length
+
     parts = {
         "model": info.get("fingerprint"),
         "config": _config_digest(loaded),
@@ -115,7 +117,8 @@ def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
         "corpus": corpus.fingerprint(),
         "unit": study.unit,
         "pooling": study.pooling,
-        "max_length": study.max_length,
+        # the length texts are cut to: the study's, capped at the tokenizer's model_max_length
+        "max_length": effective_max_length(loaded, study.max_length),
         "dtype": study.dtype,
         "padding": "right",
     }

@@ -228,6 +228,11 @@ def _check(study: Study, loaded_models: dict | None) -> tuple[ResultsFolder, dic
     check_writable(out, "out", f"give another output folder as {typed('out')}")  # a read-only one is kept
     folder = ResultsFolder(out, option=typed("out"))
     folder.check()
+    if study.store is not None:
+        store = Path(os.path.realpath(study.store))
+        if store == folder.path or folder.path in store.parents:
+            raise ValueError(f"{typed('store', study.store)} lies inside {typed('out', study.out)}: a run replaces its "
+                             f"results folder whole, so give the store a folder of its own")
     return folder, _resolve_specs(study, loaded_models)
 
 
