@@ -330,3 +330,18 @@ def test_a_store_inside_the_output_folder_is_refused_and_a_linked_folder_is_repl
     assert (root / "link").is_symlink() and first.manifest["run"] != second.manifest["run"]
     assert json.loads((root / "target" / "manifest.json").read_text())["run"] == second.manifest["run"]
     assert [p.name for p in root.iterdir() if ".staging-" in p.name or ".replaced-" in p.name] == []
+
+
+def test_a_file_of_ones_own_among_the_heatmaps_is_refused_and_numpy_numbers_are_options(root, models, tables_only):
+    out = root / "out"
+    (out / "heatmaps").mkdir(parents=True)
+    (out / "heatmaps" / "mine.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds 'heatmaps/mine.txt', which homoscope does not write"):
+        _run(root, models, names=("a", "b"))
+    (out / "heatmaps" / "mine.txt").unlink()
+    import numpy as np
+
+    study = _study(root, "np", ("a", "b"), sentences=np.int64(10))
+    study.max_length = np.int32(16)
+    study.validate()
+    assert type(study.max_length) is int and study.max_length == 16 and type(study.sentences) is int

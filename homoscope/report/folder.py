@@ -129,11 +129,15 @@ class ResultsFolder:
                              "folder whole, so move them or choose another folder")
 
     def foreign(self) -> list[str]:
-        """Names at the top of the folder that are not outputs of a run (sorted)."""
+        """Names at the top of the folder that are not outputs of a run, and anything in ``heatmaps/`` but its
+        PNG files (sorted)."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir()
-                      if not any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_NAMES))
+        top = [p.name for p in self.path.iterdir() if not any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_NAMES)]
+        figures = self.path / "heatmaps"
+        inner = ([f"heatmaps/{p.name}" for p in figures.iterdir() if not (p.is_file() and p.suffix == ".png")]
+                 if figures.is_dir() else [])
+        return sorted(top + inner)
 
     # -- lock -------------------------------------------------------------------------------------
     def acquire(self) -> "ResultsFolder":

@@ -240,7 +240,7 @@ def rebuild_report(
     """
     source = Path(results_dir)
     if not source.is_dir():
-        raise ValueError(f"results_dir={str(source)!r} is not a folder; give the folder a study wrote")
+        raise ValueError(f"the results folder {str(source)!r} is not a folder; give the folder a study wrote")
     out = Path(out_dir) if out_dir is not None else source
     with ResultsFolder(out, option="out" if out_dir is not None else "results") as folder:
         folder.check()

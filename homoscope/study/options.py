@@ -398,6 +398,9 @@ class Study:
         study file and the manifest.
         """
         for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if isinstance(value, np.generic):  # numpy's numbers are taken as the Python numbers they hold
+                setattr(self, opt.name, value.item())
             opt.check(getattr(self, opt.name))
         self._check_models()
         self._check_measures()
