@@ -157,12 +157,21 @@ def write_outputs(
     check_frame(frame)
     if frame.empty:
         raise ValueError("frame is empty: there is nothing to report")
+    def write(staging: Path, t0: float) -> dict[str, list[Path]]:
+        return _write_outputs(frame, manifest, staging, extra, measure_info, progress, dpi, html,
+                              t0 if record_time else None)
+
+    return _swapped_in(out_dir, write, run_files)
+
+
+def _swapped_in(out_dir, write, run_files: Mapping[str, bytes] | None) -> dict[str, list[Path]]:
+    """``write(staging, t0)`` into a staging folder, with ``run_files`` beside, swapped in as ``out_dir``
+    under its lock; the paths returned are those in ``out_dir``."""
     t0 = time.perf_counter()
     with summary_cache(), ResultsFolder(out_dir) as folder:
         folder.check()
         staging = folder.stage()
-        result = _write_outputs(frame, manifest, staging, extra, measure_info, progress, dpi, html,
-                                t0 if record_time else None)
+        result = write(staging, t0)
         for name, data in (run_files or {}).items():
             atomic_write_bytes(inside(staging / name, staging), data)
         folder.commit()

@@ -95,11 +95,7 @@ def score_pairs(
         ValueError: stacks with different n, and the measures' errors (naming the two models).
         StudyWriteError: a pair's scores cannot be written to ``store`` (pairs kept before are reused).
     """
-    from tqdm.auto import tqdm
-
-    from ..measures import get_measure
-
-    from ..measures import MIN_BOOTSTRAP_GROUPS
+    from ..measures import MIN_BOOTSTRAP_GROUPS, get_measure
 
     if bootstrap and (type(bootstrap_groups) is not int or bootstrap_groups < MIN_BOOTSTRAP_GROUPS):
         raise ValueError(f"bootstrap_groups must be an integer >= {MIN_BOOTSTRAP_GROUPS}; got "
@@ -121,22 +117,7 @@ def score_pairs(
         "unit": unit, "permutations": permutations, "bootstrap": bootstrap, "groups": groups_digest(groups),
         "seed": seed, "device": str(device), "memory_mb": memory_mb, "pairwise_rows": pairwise_rows,
         "bootstrap_groups": bootstrap_groups})
-    frames, reused = [], 0
-    for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
-        key = cache.key(a, b, (src[a], src[b], csrc.get(a), csrc.get(b)), names) if cache is not None else None
-        kept = cache.get(key) if key is not None else None
-        reused += kept is not None
-        if kept is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                frame = _score_job(plan, a, b, names, src, csrc if controls is not None else None, unit)
-            kept = (frame, [(w.category.__name__, str(w.message)) for w in caught])
-            _keep(cache, key, *kept)
-        for category, message in kept[1]:  # a pair's warnings, said whether it was computed or read back
-            warnings.warn(message, warning_category(category), stacklevel=2)
-        frames.append(kept[0])
-    if reused and log is not None:
-        log(f"scores of {reused} of {len(jobs)} model pairs read back from the store")
+    frames = _score_jobs(jobs, plan, cache, src, csrc if controls is not None else None, unit, progress, log)
     frame = pd.concat(frames, ignore_index=True)
     if "control_n" in frame:  # only where the controls used fewer rows than the value
         frame["control_n"] = frame["control_n"].fillna(frame["n"])
@@ -144,6 +125,31 @@ def score_pairs(
         frame[c] = frame[c].astype("int64")
     _flag_outside_interval(frame)
     return frame
+
+
+def _score_jobs(jobs: dict, plan: "_Plan", cache: ScoreCache | None, src: dict, csrc: dict | None, unit: str,
+                progress: bool, log) -> list[pd.DataFrame]:
+    """The frames of every ordered pair in ``jobs`` (``{(a, b): measures}``): read back from ``cache`` where
+    kept, else scored and kept; each pair's warnings are raised again either way."""
+    from tqdm.auto import tqdm
+
+    frames, reused = [], 0
+    for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
+        key = cache.key(a, b, (src[a], src[b], (csrc or {}).get(a), (csrc or {}).get(b)), names) if cache else None
+        kept = cache.get(key) if key is not None else None
+        reused += kept is not None
+        if kept is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                frame = _score_job(plan, a, b, names, src, csrc, unit)
+            kept = (frame, [(w.category.__name__, str(w.message)) for w in caught])
+            _keep(cache, key, *kept)
+        for category, message in kept[1]:  # a pair's warnings, said whether it was computed or read back
+            warnings.warn(message, warning_category(category), stacklevel=3)
+        frames.append(kept[0])
+    if reused and log is not None:
+        log(f"scores of {reused} of {len(jobs)} model pairs read back from the store")
+    return frames
 
 
 def _score_job(plan: "_Plan", a: str, b: str, names: list[str], src: dict, csrc: dict | None, unit: str) -> pd.DataFrame:
