@@ -108,11 +108,9 @@ def write_outputs(
       of one document (:func:`~homoscope.report.builder.build_document`), built from the same objects as
       ``findings.json``.
 
-    The folder always holds one run: everything is written into a staging folder beside ``out_dir`` and
-    swapped in at the end, under the folder's lock (:class:`~homoscope.report.folder.ResultsFolder`); a
-    failure leaves ``out_dir`` as it was. Where ``manifest['run']`` holds the run's id, every file carries
-    it: a ``run`` column in each csv and parquet table, a text chunk in each PNG, a line in both reports
-    and a key in ``findings.json``; :func:`load_results` refuses a folder whose files disagree.
+    The folder always holds one run: all is staged beside ``out_dir`` and swapped in under its lock
+    (:class:`~homoscope.report.folder.ResultsFolder`); a failure leaves ``out_dir`` as it was. Every file
+    carries ``manifest['run']`` where given (a ``run`` column, a PNG text chunk, a line, a json key).
 
     Model and measure names are sanitized in file names (``homoscope._paths.safe_name``; names that
     would collide get a short hash) and every path is checked to stay inside ``out_dir``. Each file is
