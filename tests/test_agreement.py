@@ -483,3 +483,20 @@ def test_native_head_agreement_refuses_what_cannot_be_compared(tiny_heads):
         native_head_agreement({"b": tiny_model("bert", 0), "c": tiny_heads["bert-1"]}, texts)
     groups = tokenizer_groups(tiny_heads, texts)
     assert groups == [["bert-0", "bert-1"], ["gpt2-0", "gpt2-1"], ["llama-0"]]
+
+
+def test_a_model_that_never_fails_is_named_when_homogenization_is_left_out():
+    import json as _json
+    import warnings as _warnings
+
+    import numpy as _np
+
+    from homoscope.agreement.run import failure_rows
+
+    failures = _np.array([[1, 0, 1, 0], [0, 0, 0, 0]], dtype=bool)
+    base = {"models": _json.dumps(["minilm", "mpnet"]), "selection": "best"}
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        failure_rows(failures, base, ["instances"], None, 0, 0, "best layers")
+    messages = [str(w.message) for w in caught]
+    assert any("model 'mpnet' fails no individual" in m for m in messages), messages

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -103,6 +104,17 @@ def _set_rows(
     return rows + failure_rows(preds != y[None, :], base, groupings, y, permutations, seed, selection)
 
 
+def _named(err: ValueError, base: dict) -> str:
+    """The message of ``err`` with ``system i`` written as the i-th model's name (``base['models']``)."""
+    try:
+        names = json.loads(base.get("models", "[]"))
+    except (TypeError, ValueError):
+        return str(err)
+    return re.sub(r"\bsystem (\d+)\b",
+                  lambda m: f"model {names[int(m.group(1))]!r}" if int(m.group(1)) < len(names) else m.group(0),
+                  str(err))
+
+
 def failure_rows(
     failures: np.ndarray, base: dict, groupings: Sequence[str], labels, permutations: int, seed: int, where: str
 ) -> list[dict]:
@@ -120,7 +132,7 @@ def failure_rows(
         try:
             t = homogenization_terms(failures, groups)
         except ValueError as err:
-            warnings.warn(f"homogenization ({where}, groups={grouping}) left out: {err}", RuntimeWarning,
+            warnings.warn(f"homogenization ({where}, groups={grouping}) left out: {_named(err, base)}", RuntimeWarning,
                           stacklevel=3)
             continue
         null = homogenization_null(failures, groups, permutations=permutations, seed=seed) if permutations else None
