@@ -622,3 +622,14 @@ def test_layer_heatmap_relative_axes_shared_scale_path_and_hatching(tmp_path, fr
     assert rel["hatched"] == int((bh_adjust(g.p_value.to_numpy()) >= 0.05).sum()) > 0
     assert ns["hatched"] == 5 * 7  # nothing of this pair is above its null
     assert ns["xticks"][:2] == ["0", "1"]  # layer indices
+
+
+def test_probes_that_tie_are_read_as_one_value_with_every_model_named():
+    from homoscope.report.analysis import _probe_finding
+
+    probes = pd.DataFrame({"model": ["a", "a", "b", "b"], "layer": [0, 1, 0, 1], "accuracy": [1.0, 0.5, 1.0, 0.9],
+                           "ci_low": [0.9] * 4, "ci_high": [1.0] * 4, "chance": [0.25] * 4,
+                           "best": [True, False, True, False]})
+    text = _probe_finding(probes)[0].plain()
+    assert text.startswith("Linear probes at each model's best layer reach the same accuracy, 1.000")
+    assert "a (layer 0), b (layer 0)" in text

@@ -854,6 +854,10 @@ def _probe_finding(probes: pd.DataFrame) -> list[Text]:
         return []
     hi, lo = best.loc[best["accuracy"].idxmax()], best.loc[best["accuracy"].idxmin()]
     chance = f"; chance {f3(hi.chance)}" if math.isfinite(hi.chance) else ""
+    if f3(hi.accuracy) == f3(lo.accuracy):  # every model alike: one value, every model named
+        named = join([T(B(r.model), f" (layer {r.layer})") for r in best.itertuples()])
+        return [T(f"Linear probes at each model's best layer reach the same accuracy, {f3(hi.accuracy)} "
+                  f"({interval(hi.ci_low, hi.ci_high)}): ") + named + T(f"{chance}.")]
     return [T("Linear probes at each model's best layer reach accuracy from ", f3(lo.accuracy),
               f" ({interval(lo.ci_low, lo.ci_high)}; ", B(lo.model), f", layer {lo.layer}) to ",
               f3(hi.accuracy), f" ({interval(hi.ci_low, hi.ci_high)}; ", B(hi.model), f", layer {hi.layer}){chance}.")]
