@@ -241,8 +241,7 @@ def test_model_kind_rules():
     assert model_kind(BertConfig()) == "encoder"
     assert model_kind(GPT2Config()) == "decoder"
     assert model_kind(BertConfig(architectures=["BertLMHeadModel"])) == "decoder"
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        model_kind(T5Config())
+    assert model_kind(T5Config()) == "encoder-decoder"  # measured at its encoder
 
 
 def test_sanitize_max_length():
@@ -509,3 +508,23 @@ def test_convert_gguf_is_exact(tmp_path):
         load_model(str(gguf_path.parent), device="cpu")  # no config.json: not a model folder
     with pytest.raises(ValueError, match="convert_gguf"):
         resolve(str(gguf_path))
+
+
+@pytest.mark.parametrize("kind, encoder", [("t5", "T5Stack"), ("bart", "BartEncoder")])
+def test_an_encoder_decoder_model_is_measured_at_its_encoder(tmp_path, kind, encoder):
+    from homoscope.extract import extract
+    from homoscope.models import load_model, random_init_like
+    from homoscope.models.tiny import save_tiny, tiny_model
+
+    loaded = load_model(str(save_tiny(kind, tmp_path / kind)))
+    assert loaded.info.kind == "encoder-decoder" and type(loaded.model).__name__ == encoder
+    assert (loaded.info.blocks, loaded.info.width) == (2, 32)
+    texts = ["the cat sat", "a dog and a cat went to the market"]
+    stack = extract(loaded, texts, progress=False)
+    assert stack.shape == (3, 2, 32) and torch.isfinite(stack).all()
+    assert torch.allclose(stack, extract(tiny_model(kind), texts, progress=False), atol=1e-6)
+    control = random_init_like(loaded, seed=1)
+    assert control.info.kind == "encoder-decoder" and type(control.model).__name__ == encoder
+    assert not torch.allclose(extract(control, texts, progress=False), stack)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        load_model(str(tmp_path / kind), head=True)

@@ -405,6 +405,8 @@ def _run_batches(loaded, ids, special, todo, counts, weights, *, batch_tokens, p
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     pass_positions = padding_side == "left" and _accepts_position_ids(model)
+    if padding_side == "left" and not pass_positions and _absolute_positions(model):
+        padding_side = "right"  # left pads would shift every position; right pads are masked out alike
 
     out: torch.Tensor | None = None
     if batches is None:
@@ -502,6 +504,12 @@ def pad_rows(rows: Sequence[Sequence[int]], fill: int, padding_side: str = "righ
     if padding_side == "right":
         return torch.tensor([list(x) + [fill] * (t - len(x)) for x in rows], dtype=torch.long)
     return torch.tensor([[fill] * (t - len(x)) + list(x) for x in rows], dtype=torch.long)
+
+
+def _absolute_positions(model) -> bool:
+    """Whether the model adds learned absolute position embeddings (BART's encoder), which left padding would
+    shift when position ids cannot be passed."""
+    return any("embed_positions" in n or "position_embeddings" in n for n, _ in model.named_modules())
 
 
 def model_inputs(rows: Sequence[Sequence[int]], pad_id: int, *, padding_side: str = "right",

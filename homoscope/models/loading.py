@@ -161,19 +161,20 @@ def hidden_width(config) -> int:
     return _config_int(config, ("hidden_size", "n_embd", "d_model"), "hidden size")
 
 
+#: The kind of a model with an encoder and a decoder (T5, BART): its encoder's layers are measured.
+ENCODER_DECODER = "encoder-decoder"
+
+
 def model_kind(config) -> str:
-    """``decoder`` for causal language models, ``encoder`` for bidirectional ones.
+    """``decoder`` for causal language models, ``encoder`` for bidirectional ones, ``encoder-decoder``
+    (:data:`ENCODER_DECODER`) for models with both (``config.is_encoder_decoder``).
 
-    Decided by ``config.architectures`` (``*ForCausalLM``/``*LMHeadModel`` vs ``*ForMaskedLM``), then
-    ``config.is_decoder``, then whether the model type has a masked-LM or only a causal-LM class.
-
-    Raises:
-        ValueError: for encoder-decoder models (not supported).
+    Decided by ``config.is_encoder_decoder``, then ``config.architectures`` (``*ForCausalLM``/``*LMHeadModel``
+    vs ``*ForMaskedLM``), then ``config.is_decoder``, then whether the model type has a masked-LM or only a
+    causal-LM class.
     """
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"model_type={config.model_type!r} is an encoder-decoder model; only encoders and decoders are supported"
-        )
+        return ENCODER_DECODER
     archs = list(getattr(config, "architectures", None) or [])
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "decoder"
@@ -192,6 +193,15 @@ def model_kind(config) -> str:
     if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "decoder"
     return "encoder"
+
+
+def encoder_of(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """``(module to run, kind)``: an encoder-decoder model's encoder (``get_encoder()``; its layers are the
+    rows homoscope measures, the text run through the encoder alone) and :data:`ENCODER_DECODER`; any other
+    model itself and None."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return model.get_encoder(), ENCODER_DECODER
+    return model, None
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList | None:
@@ -332,9 +342,9 @@ def _readme_license(folder: Path) -> str | None:
 
 def _describe(model: nn.Module, tokenizer, *, name: str, spec: str, source_kind: str, location: str,
               fingerprint: str, license: str, license_url: str, notes: list[str], head_loaded: bool | None,
-              quantization: str) -> ModelInfo:
+              quantization: str, kind: str | None = None) -> ModelInfo:
     config = model.config
-    kind = model_kind(config)
+    kind = kind or model_kind(config)
     notes = [n for n in notes if n]
     pad_note = _fix_pad(tokenizer, kind)
     if pad_note:
@@ -381,17 +391,20 @@ def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = No
     tensors (so two modules with the same weights share it). For a decoder whose tokenizer has no
     pad token, the tokenizer's pad token is set to its eos token (the tokenizer is changed in place).
 
+    An encoder-decoder model is wrapped as its encoder (:func:`encoder_of`), of kind ``encoder-decoder``.
+
     Raises:
         ValueError: if ``model`` has no ``config`` (not a transformers model), or the config states no
-            layer count or width, or describes an encoder-decoder model.
+            layer count or width.
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise ValueError(f"model={type(model).__name__} must be a transformers model with a .config")
+    model, kind = encoder_of(model)
     model.eval()
     info = _describe(model, tokenizer, name=str(name), spec=spec or "<in-memory>", source_kind="module",
                      location="<in-memory>", fingerprint=module_fingerprint(model), license=license,
                      license_url="", notes=[notes], head_loaded=True if _is_head_model(model) else None,
-                     quantization="")
+                     quantization="", kind=kind)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=None)
 
 
@@ -415,11 +428,13 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     param = next(base.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = AutoModel.from_config(config)
+        # an encoder-decoder model is held as its encoder, which is built alone from its own config
+        model = type(base)(config) if loaded.info.kind == ENCODER_DECODER else AutoModel.from_config(config)
     model = model.to(device=param.device, dtype=param.dtype)
     out = from_module(model, loaded.tokenizer, f"{loaded.info.name} (random-init)",
                       spec=f"random-init:{loaded.info.spec}", license=loaded.info.license,
                       notes=f"random weights (seed {seed}), architecture of {loaded.info.name}")
+    out.info.kind = loaded.info.kind
     return out
 
 
@@ -667,6 +682,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         where, digest, prov = str(source.location), "", _Provenance()
     model, tokenizer, loading = _load_pretrained(source, where, head, dtype, common, model_kw, progress)
     head_loaded, missing_notes = _missing_weights(model, loading, head)
+    model, kind = encoder_of(model)
     model.eval()
     model.to(dev)
     if not digest:
@@ -674,7 +690,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
     info = _describe(model, tokenizer, name=name or source.name, spec=source.spec, source_kind=source.kind,
                      location=str(source.location), fingerprint=digest, license=prov.license,
                      license_url=prov.license_url, notes=prov.notes + missing_notes, head_loaded=head_loaded,
-                     quantization=prov.quantization)
+                     quantization=prov.quantization, kind=kind)
     info.license_file = prov.license_file
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
 
@@ -698,6 +714,9 @@ def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_
 
     config = AutoConfig.from_pretrained(where, **common)
     kind = model_kind(config)
+    if head and kind == ENCODER_DECODER:
+        raise ValueError(f"model_type={config.model_type!r} is an encoder-decoder model: its language-model head "
+                         "is not used here (native-head agreement takes encoders and decoders)")
     if head:
         cls = AutoModelForCausalLM if kind == "decoder" else AutoModelForMaskedLM
     else:

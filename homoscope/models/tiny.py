@@ -15,7 +15,7 @@ import torch
 
 from .loading import LoadedModel, from_module
 
-KINDS = ("bert", "gpt2", "llama")
+KINDS = ("bert", "gpt2", "llama", "t5", "bart")
 
 TINY_TEXT: tuple[str, ...] = (
     "The cat sat on the mat and looked at the dog.",
@@ -141,6 +141,8 @@ def tiny_tokenizer(kind: str, vocab_size: int = 300):
       template, pad ``[PAD]``, mask ``[MASK]``.
     - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
     - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
+    - ``t5``, ``bart``: the ``bert`` tokenizer (the encoder-decoder tests need a pad token, not T5's own
+      vocabulary).
 
     Returns:
         a transformers fast tokenizer (``is_fast`` True, character offsets available).
@@ -149,7 +151,8 @@ def tiny_tokenizer(kind: str, vocab_size: int = 300):
         ValueError: unknown ``kind``.
     """
     _check_kind(kind)
-    build = {"bert": _bert_tokenizer, "gpt2": _gpt2_tokenizer, "llama": _llama_tokenizer}[kind]
+    build = {"bert": _bert_tokenizer, "gpt2": _gpt2_tokenizer, "llama": _llama_tokenizer,
+             "t5": _bert_tokenizer, "bart": _bert_tokenizer}[kind]
     return build(list(TINY_TEXT), vocab_size)
 
 
@@ -159,7 +162,7 @@ def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, 
     Raises:
         ValueError: unknown ``kind``, or ``width`` not divisible by 4.
     """
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+    from transformers import BartConfig, BertConfig, GPT2Config, LlamaConfig, T5Config
 
     _check_kind(kind)
     if width % 4:
@@ -169,6 +172,18 @@ def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, 
         return BertConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=blocks,
                           num_attention_heads=4, intermediate_size=2 * width, max_position_embeddings=64,
                           type_vocab_size=2, pad_token_id=tid("pad_token_id") or 0)
+    if kind == "t5":
+        pad = tid("pad_token_id") or 0
+        return T5Config(vocab_size=vocab_size, d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=blocks,
+                        num_decoder_layers=blocks, num_heads=4, pad_token_id=pad, decoder_start_token_id=pad,
+                        eos_token_id=tid("sep_token_id") or 1)
+    if kind == "bart":
+        pad = tid("pad_token_id") or 0
+        return BartConfig(vocab_size=vocab_size, d_model=width, encoder_layers=blocks, decoder_layers=blocks,
+                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * width,
+                          decoder_ffn_dim=2 * width, max_position_embeddings=64, pad_token_id=pad,
+                          bos_token_id=tid("cls_token_id") or 1, eos_token_id=tid("sep_token_id") or 2,
+                          decoder_start_token_id=tid("sep_token_id") or 2, forced_eos_token_id=None)
     if kind == "gpt2":
         eos = tid("eos_token_id") or 0
         return GPT2Config(vocab_size=vocab_size, n_embd=width, n_layer=blocks, n_head=4, n_positions=64,
@@ -180,14 +195,18 @@ def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, 
 
 
 def _build(kind: str, seed: int, head: bool, blocks: int, width: int):
-    from transformers import BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM, LlamaModel
+    from transformers import (BartModel, BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM,
+                              LlamaModel, T5Model)
 
+    if head and kind in ("t5", "bart"):
+        raise ValueError(f"kind={kind!r}: tiny encoder-decoder models come without a language-model head")
     tok = tiny_tokenizer(kind)
     config = tiny_config(kind, len(tok), tok, blocks=blocks, width=width)
     cls = {
         ("bert", False): BertModel, ("bert", True): BertForMaskedLM,
         ("gpt2", False): GPT2Model, ("gpt2", True): GPT2LMHeadModel,
         ("llama", False): LlamaModel, ("llama", True): LlamaForCausalLM,
+        ("t5", False): T5Model, ("bart", False): BartModel,
     }[(kind, bool(head))]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -204,7 +223,8 @@ def tiny_model(kind: str, seed: int = 0, *, head: bool = False, blocks: int = 2,
     ``from_module``); GPT-2 pads right, Llama pads left. On CPU, float32, eval mode.
 
     Args:
-        kind: ``bert``, ``gpt2`` or ``llama``.
+        kind: ``bert``, ``gpt2``, ``llama``, or the encoder-decoders ``t5`` and ``bart`` (held as their
+            encoder, :func:`~homoscope.models.loading.encoder_of`).
         seed: weight seed.
         head: with the masked-LM / causal-LM head.
         blocks: number of blocks L (L + 1 layers).
