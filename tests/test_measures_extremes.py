@@ -27,6 +27,7 @@ import torch
 
 from homoscope.measures import CrossMoments, GroupedMoments, MinibatchCKA, compute, get_measure, list_measures
 from homoscope.measures.streaming import STREAMING_MEASURES, StreamingMeasure
+from test_measures_properties import TRANSFORMS, _orthogonal
 
 N, D, CHUNK = 48, 4, 16
 OFFSETS = (1e2, 1e4, 1e6, 1e8)
@@ -54,17 +55,10 @@ def _pair():
     return X, Y
 
 
-def _orthogonal(d, g):
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    return q
-
-
+# the property tests' transforms, with an invertible map of singular values 0.5 .. 2: far from orthogonal, yet
+# it leaves every direction of the rows resolved at the extremes
 INVARIANCES = {
-    "translation": lambda Z, g: Z + 5.0 * torch.randn(Z.shape[-1], generator=g, dtype=torch.float64),
-    "isotropic_scaling": lambda Z, g: 3.7 * Z,
-    "orthogonal": lambda Z, g: Z @ _orthogonal(Z.shape[-1], g),
-    "permutation": lambda Z, g: Z[..., torch.randperm(Z.shape[-1], generator=g)],
-    # singular values 0.5 .. 2: far from orthogonal, yet it leaves every direction of the rows resolved
+    **TRANSFORMS,
     "invertible_linear": lambda Z, g: Z @ (_orthogonal(Z.shape[-1], g) * torch.linspace(0.5, 2.0, Z.shape[-1],
                                            dtype=torch.float64)) @ _orthogonal(Z.shape[-1], g),
 }

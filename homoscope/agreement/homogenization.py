@@ -66,12 +66,13 @@ def _group_index(groups, n: int) -> tuple[np.ndarray, int]:
     return inv.astype(np.int64), int(inv.max()) + 1
 
 
-def homogenization_terms(failures, groups=None) -> dict:
+def homogenization_terms(failures, groups=None, names=None) -> dict:
     """Numerators and denominators of the three homogenization metrics (see the module docstring).
 
     Args:
         failures: ``[k, n]`` 0/1 or bool, ``failures[i, x] = 1`` when system i fails individual x.
         groups: None or ``'instances'`` (each individual is its own group), or n group ids.
+        names: the k systems' names, for messages (default: ``system i``).
 
     Returns:
         dict with ``h_avg``, ``h_unif``, ``h_worst`` and their parts: ``systemic_avg``,
@@ -89,8 +90,9 @@ def homogenization_terms(failures, groups=None) -> dict:
     rates = F.mean(axis=1)
     if np.any(rates == 0):
         i = int(np.argmax(rates == 0))
+        who = f"model {names[i]!r}" if names is not None and i < len(names) else f"system {i}"
         raise ValueError(
-            f"homogenization is undefined: system {i} fails no individual (error rate 0), so the rate "
+            f"homogenization is undefined: {who} fails no individual (error rate 0), so the rate "
             "expected under independence, prod_i fail(h_i), is 0"
         )
     gi, G = _group_index(groups, n)

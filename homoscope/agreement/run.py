@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -104,17 +103,6 @@ def _set_rows(
     return rows + failure_rows(preds != y[None, :], base, groupings, y, permutations, seed, selection)
 
 
-def _named(err: ValueError, base: dict) -> str:
-    """The message of ``err`` with ``system i`` written as the i-th model's name (``base['models']``)."""
-    try:
-        names = json.loads(base.get("models", "[]"))
-    except (TypeError, ValueError):
-        return str(err)
-    return re.sub(r"\bsystem (\d+)\b",
-                  lambda m: f"model {names[int(m.group(1))]!r}" if int(m.group(1)) < len(names) else m.group(0),
-                  str(err))
-
-
 def failure_rows(
     failures: np.ndarray, base: dict, groupings: Sequence[str], labels, permutations: int, seed: int, where: str
 ) -> list[dict]:
@@ -130,9 +118,9 @@ def failure_rows(
     for grouping in groupings:
         groups = None if grouping == "instances" else labels
         try:
-            t = homogenization_terms(failures, groups)
+            t = homogenization_terms(failures, groups, names=json.loads(base.get("models", "null")))
         except ValueError as err:
-            warnings.warn(f"homogenization ({where}, groups={grouping}) left out: {_named(err, base)}", RuntimeWarning,
+            warnings.warn(f"homogenization ({where}, groups={grouping}) left out: {err}", RuntimeWarning,
                           stacklevel=3)
             continue
         null = homogenization_null(failures, groups, permutations=permutations, seed=seed) if permutations else None

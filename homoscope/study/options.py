@@ -94,9 +94,6 @@ def check_writable(folder: str | Path, what: str, hint: str) -> None:
         raise ValueError(f"{typed(what, str(folder))} is not writable{where}: {_os_reason(err)}; {hint}") from None
 
 
-_shown = brief
-
-
 def _plain(v):
     """``v`` as the plain values TOML and JSON write: paths as strings, tuples as lists, numpy scalars as
     Python numbers."""
@@ -185,7 +182,7 @@ class Option:
         """
         problem = self._problem(value)
         if problem:
-            raise ValueError(f"{label}={_shown(value)} {problem}" if label else f"{typed(self.name, value)} {problem}")
+            raise ValueError(f"{label}={brief(value)} {problem}" if label else f"{typed(self.name, value)} {problem}")
 
     def _problem(self, value: Any) -> str:
         """What is wrong with ``value`` (``'is not one of ...'``, ``'must be ...'``); '' if nothing."""
@@ -459,7 +456,7 @@ class Study:
             raise ValueError(f"{typed('measures', self.measures)} must be a list of measure names")
         for m in self.measures:
             if not isinstance(m, str):
-                raise ValueError(f"{label}: {_shown(m)} is not a known measure; valid: {', '.join(valid)}")
+                raise ValueError(f"{label}: {brief(m)} is not a known measure; valid: {', '.join(valid)}")
         twice = sorted({m for m in self.measures if self.measures.count(m) > 1})
         if twice:
             raise ValueError(f"{label}: {', '.join(map(repr, twice))} named more than once; name each measure once")
