@@ -66,6 +66,9 @@ class ModelInfo:
         quantization: how weights were dequantized, empty for float checkpoints.
         device: device the module sits on.
         license_file: path of a license text shipped in the model folder (e.g. Gemma terms), or ''.
+        recipe: the training recipe a model folder's ``homoscope_model.json`` names (``homoscope zoo`` writes
+            it, e.g. ``zoo-lstm``), '' if none: models of one recipe differ only in their seed.
+        seed: the training seed of a recipe's model (from the same file), None if not stated.
     """
 
     name: str
@@ -90,6 +93,8 @@ class ModelInfo:
     quantization: str = ""
     device: str = "cpu"
     license_file: str = ""
+    recipe: str = ""
+    seed: int | None = None
 
     def asdict(self) -> dict:
         """A JSON-ready dict of all fields."""
@@ -484,6 +489,8 @@ class _Provenance:
     quantization: str = ""
     license_file: str = ""
     notes: list[str] = field(default_factory=list)
+    recipe: str = ""
+    seed: int | None = None
 
 
 def _folder_provenance(source: ModelSource, folder: Path) -> _Provenance:
@@ -506,6 +513,9 @@ def _folder_provenance(source: ModelSource, folder: Path) -> _Provenance:
         prov.notes.append(marker.get("notes") or "")
     else:
         prov.license = _readme_license(folder) or prov.license
+    recipe, seed = marker.get("recipe"), marker.get("seed")
+    prov.recipe = recipe if isinstance(recipe, str) else ""
+    prov.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return prov
 
 
@@ -691,7 +701,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
                      location=str(source.location), fingerprint=digest, license=prov.license,
                      license_url=prov.license_url, notes=prov.notes + missing_notes, head_loaded=head_loaded,
                      quantization=prov.quantization, kind=kind)
-    info.license_file = prov.license_file
+    info.license_file, info.recipe, info.seed = prov.license_file, prov.recipe, prov.seed
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
 
 
