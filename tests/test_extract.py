@@ -6,7 +6,7 @@ from homoscope.extract import ExtractStats, RepresentationStore, extract, make_b
 from homoscope.extract.store import fingerprint_key
 from homoscope.models.tiny import tiny_model
 
-KINDS = ["bert", "gpt2", "llama", "t5", "bart"]
+KINDS = ["bert", "gpt2", "llama", "t5", "bart", "lstm", "char-lstm"]
 SHORT = "the cat sat"
 LONGER = [
     "the cat sat on the mat and looked at the dog for a very long time",

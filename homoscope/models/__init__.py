@@ -11,6 +11,10 @@ Public API:
 - ``from_module(model, tokenizer, name)`` for in-memory models; ``best_device()``.
 - ``check_model_folder(folder)``: a ValueError naming a folder file that is truncated or damaged (a
   weight file, ``config.json``, a tokenizer file); ``load_model`` and a study run it before loading.
+- ``LayeredModule`` (``homoscope.models.modules``): the adapter interface for torch modules that are not
+  transformers classes (``layers(input_ids, attention_mask)`` -> every layer), ``save_module`` /
+  ``load_module`` for folders of registered classes, ``character_tokenizer``; ``LSTMLanguageModel``
+  (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo.
 - ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
 """
 from __future__ import annotations
@@ -31,6 +35,15 @@ from .loading import (
     load_model,
     model_kind,
     sanitize_max_length,
+)
+from .lstm import LSTMLanguageModel, lstm_config
+from .modules import (
+    LayeredModule,
+    ModuleConfig,
+    character_tokenizer,
+    load_module,
+    register_module,
+    save_module,
 )
 from .registry import PACKAGED, PackagedModel, assembled_path, is_assembled, is_installed, packaged_status
 from .resolve import ModelSource, hub_offline, looks_like_hub_id, resolve
@@ -67,4 +80,12 @@ __all__ = [
     "weight_files",
     "check_model_folder",
     "damaged_file",
+    "LayeredModule",
+    "ModuleConfig",
+    "register_module",
+    "save_module",
+    "load_module",
+    "character_tokenizer",
+    "LSTMLanguageModel",
+    "lstm_config",
 ]

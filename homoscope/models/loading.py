@@ -22,6 +22,7 @@ from torch import nn
 
 from .._spelling import typed
 from .files import check_model_folder, damaged_error, damaged_file
+from .modules import LayeredModule, ModuleConfig, load_module, read_module_config
 from .fingerprint import files_fingerprint, module_fingerprint, weight_files
 from .registry import PACKAGED, is_assembled, read_marker
 from .resolve import ModelSource, resolve
@@ -176,8 +177,11 @@ def model_kind(config) -> str:
 
     Decided by ``config.is_encoder_decoder``, then ``config.architectures`` (``*ForCausalLM``/``*LMHeadModel``
     vs ``*ForMaskedLM``), then ``config.is_decoder``, then whether the model type has a masked-LM or only a
-    causal-LM class.
+    causal-LM class. A :class:`~homoscope.models.modules.ModuleConfig` states its kind (``recurrent`` for an
+    LSTM language model).
     """
+    if isinstance(config, ModuleConfig):
+        return config.kind
     if getattr(config, "is_encoder_decoder", False):
         return ENCODER_DECODER
     archs = list(getattr(config, "architectures", None) or [])
@@ -251,9 +255,10 @@ def detect_final_norm_in_last(model: nn.Module, tokenizer=None) -> bool | None:
     (False); if it differs, something (the final norm) was applied after the last block (True).
 
     Returns:
-        True / False, or None if the blocks cannot be found or the forward pass fails.
+        True / False, or None if the blocks cannot be found, the model is not a transformers model (a
+        :class:`~homoscope.models.modules.LayeredModule` has no final norm to find), or the forward pass fails.
     """
-    blocks = find_blocks(model)
+    blocks = None if isinstance(model, LayeredModule) else find_blocks(model)
     if blocks is None or len(blocks) == 0:
         return None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -390,7 +395,8 @@ def _as_dtype(dtype) -> torch.dtype:
 
 def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = None, license: str = "unknown",
                 notes: str = "") -> LoadedModel:
-    """Wrap an in-memory transformers model and its tokenizer as a ``LoadedModel``.
+    """Wrap an in-memory transformers model, or a :class:`~homoscope.models.modules.LayeredModule` (any torch
+    module behind the adapter interface), and its fast tokenizer as a ``LoadedModel``.
 
     The model is put in eval mode and stays on its device; the fingerprint hashes its ``state_dict``
     tensors (so two modules with the same weights share it). For a decoder whose tokenizer has no
@@ -403,7 +409,8 @@ def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = No
             layer count or width.
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise ValueError(f"model={type(model).__name__} must be a transformers model with a .config")
+        raise ValueError(f"model={type(model).__name__} must be a transformers model with a .config or a "
+                         "homoscope.models.LayeredModule")
     model, kind = encoder_of(model)
     model.eval()
     info = _describe(model, tokenizer, name=str(name), spec=spec or "<in-memory>", source_kind="module",
@@ -433,8 +440,10 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     param = next(base.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        # an encoder-decoder model is held as its encoder, which is built alone from its own config
-        model = type(base)(config) if loaded.info.kind == ENCODER_DECODER else AutoModel.from_config(config)
+        # an encoder-decoder model is held as its encoder, which is built alone from its own config; a module
+        # behind the adapter interface builds itself from its config
+        own = loaded.info.kind == ENCODER_DECODER or isinstance(base, LayeredModule)
+        model = type(base)(config) if own else AutoModel.from_config(config)
     model = model.to(device=param.device, dtype=param.dtype)
     out = from_module(model, loaded.tokenizer, f"{loaded.info.name} (random-init)",
                       spec=f"random-init:{loaded.info.spec}", license=loaded.info.license,
@@ -559,6 +568,9 @@ def config_shape(source: ModelSource) -> tuple[int, int] | None:
     if path is None:
         return None
     try:
+        module = read_module_config(path.parent)
+        if module is not None:
+            return module.num_hidden_layers, module.hidden_size
         config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True, trust_remote_code=False)
         return num_blocks(config), hidden_width(config)
     except Exception:  # a config transformers cannot read without the model's code: known when it loads
@@ -722,6 +734,8 @@ def _from_folder(source: ModelSource, common: dict, model_kw: dict, marks: dict)
 def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_kw: dict):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+    if common.get("local_files_only") and read_module_config(where) is not None:
+        return _module_folder(where, head, dtype)
     config = AutoConfig.from_pretrained(where, **common)
     kind = model_kind(config)
     if head and kind == ENCODER_DECODER:
@@ -735,6 +749,15 @@ def _from_pretrained(where, head: bool, dtype: torch.dtype, common: dict, model_
                                          **common, **model_kw)
     tokenizer = AutoTokenizer.from_pretrained(where, **common)
     return model, tokenizer, loading, kind
+
+
+def _module_folder(where, head: bool, dtype: torch.dtype):
+    """``_from_pretrained`` for a saved :class:`~homoscope.models.modules.LayeredModule` folder."""
+    if head:
+        raise ValueError(f"model folder {str(where)!r} holds a homoscope module: native-head agreement takes "
+                         "transformers encoders and decoders")
+    model, tokenizer = load_module(where, dtype)
+    return model, tokenizer, {"missing_keys": []}, model.config.kind
 
 
 def _hub_fingerprint(repo_id: str, mode: str = "stat", cache=None) -> str:

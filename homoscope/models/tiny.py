@@ -15,7 +15,9 @@ import torch
 
 from .loading import LoadedModel, from_module
 
-KINDS = ("bert", "gpt2", "llama", "t5", "bart")
+KINDS = ("bert", "gpt2", "llama", "t5", "bart", "lstm", "char-lstm")
+#: The tiny kinds behind the adapter interface (:class:`~homoscope.models.lstm.LSTMLanguageModel`).
+MODULE_KINDS = ("lstm", "char-lstm")
 
 TINY_TEXT: tuple[str, ...] = (
     "The cat sat on the mat and looked at the dog.",
@@ -141,8 +143,10 @@ def tiny_tokenizer(kind: str, vocab_size: int = 300):
       template, pad ``[PAD]``, mask ``[MASK]``.
     - ``gpt2``: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token (as GPT-2 ships).
     - ``llama``: Metaspace BPE, ``<s>`` prepended, eos ``</s>``, no pad token (as Llama ships).
-    - ``t5``, ``bart``: the ``bert`` tokenizer (the encoder-decoder tests need a pad token, not T5's own
-      vocabulary).
+    - ``t5``, ``bart``, ``lstm``: the ``bert`` tokenizer (the encoder-decoder tests need a pad token, not T5's
+      own vocabulary).
+    - ``char-lstm``: single characters (:func:`~homoscope.models.modules.character_tokenizer`) with Flair's
+      markers, read backward: ``" "`` before and ``"\n"`` after each text.
 
     Returns:
         a transformers fast tokenizer (``is_fast`` True, character offsets available).
@@ -152,8 +156,26 @@ def tiny_tokenizer(kind: str, vocab_size: int = 300):
     """
     _check_kind(kind)
     build = {"bert": _bert_tokenizer, "gpt2": _gpt2_tokenizer, "llama": _llama_tokenizer,
-             "t5": _bert_tokenizer, "bart": _bert_tokenizer}[kind]
+             "t5": _bert_tokenizer, "bart": _bert_tokenizer, "lstm": _bert_tokenizer, "char-lstm": _char_tokenizer}[kind]
     return build(list(TINY_TEXT), vocab_size)
+
+
+def _char_tokenizer(text: list[str], vocab_size: int):
+    from .modules import character_tokenizer
+
+    units = ["<unk>", "\n", " "] + sorted(set(_ALPHABET))
+    return character_tokenizer(units, prefix=" ", suffix="\n", unk="<unk>")
+
+
+def _module(kind: str, vocab_size: int, blocks: int, width: int):
+    """A tiny LSTM language model: ``lstm`` forward over subwords, ``char-lstm`` backward over characters with an
+    embedding half as wide as the LSTMs (zero-padded in layer 0, as Flair's)."""
+    from .lstm import LSTMLanguageModel, lstm_config
+
+    char = kind == "char-lstm"
+    return LSTMLanguageModel(lstm_config(vocab_size=vocab_size, hidden_size=width, num_layers=blocks,
+                                         embedding_size=width // 2 if char else width,
+                                         direction="backward" if char else "forward"))
 
 
 def tiny_config(kind: str, vocab_size: int, tokenizer=None, *, blocks: int = 2, width: int = 32):
@@ -198,9 +220,13 @@ def _build(kind: str, seed: int, head: bool, blocks: int, width: int):
     from transformers import (BartModel, BertForMaskedLM, BertModel, GPT2LMHeadModel, GPT2Model, LlamaForCausalLM,
                               LlamaModel, T5Model)
 
-    if head and kind in ("t5", "bart"):
-        raise ValueError(f"kind={kind!r}: tiny encoder-decoder models come without a language-model head")
+    if head and kind in ("t5", "bart", *MODULE_KINDS):
+        raise ValueError(f"kind={kind!r}: tiny encoder-decoder and LSTM models come without a language-model head")
     tok = tiny_tokenizer(kind)
+    if kind in MODULE_KINDS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return _module(kind, len(tok), blocks, width).eval(), tok
     config = tiny_config(kind, len(tok), tok, blocks=blocks, width=width)
     cls = {
         ("bert", False): BertModel, ("bert", True): BertForMaskedLM,
@@ -223,8 +249,9 @@ def tiny_model(kind: str, seed: int = 0, *, head: bool = False, blocks: int = 2,
     ``from_module``); GPT-2 pads right, Llama pads left. On CPU, float32, eval mode.
 
     Args:
-        kind: ``bert``, ``gpt2``, ``llama``, or the encoder-decoders ``t5`` and ``bart`` (held as their
-            encoder, :func:`~homoscope.models.loading.encoder_of`).
+        kind: ``bert``, ``gpt2``, ``llama``, the encoder-decoders ``t5`` and ``bart`` (held as their
+            encoder, :func:`~homoscope.models.loading.encoder_of`), or the LSTM language models ``lstm`` and
+            ``char-lstm`` (:data:`MODULE_KINDS`, behind the adapter interface).
         seed: weight seed.
         head: with the masked-LM / causal-LM head.
         blocks: number of blocks L (L + 1 layers).
@@ -248,6 +275,10 @@ def save_tiny(kind: str, folder: str | os.PathLike, seed: int = 0, *, head: bool
     model, tok = _build(_check_kind(kind), seed, head, blocks, width)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if kind in MODULE_KINDS:
+        from .modules import save_module
+
+        return save_module(model, tok, folder)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

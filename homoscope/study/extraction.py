@@ -116,7 +116,7 @@ def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
         "tokenizer": _tokenizer_digest(loaded),
         "corpus": corpus.fingerprint(),
         "unit": study.unit,
-        "pooling": study.pooling,
+        "pooling": row_pooling(study, loaded),
         # the length texts are cut to: the study's, capped at the tokenizer's model_max_length
         "max_length": effective_max_length(loaded, study.max_length),
         "dtype": study.dtype,
@@ -127,6 +127,16 @@ def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
     if study.unit == "token":
         parts.pop("pooling")
     return parts
+
+
+def row_pooling(study: Study, loaded) -> str:
+    """How a model's rows pool its units: the study's pooling, except for words of a model that names the unit
+    standing for a word (``word_pooling`` of a :class:`~homoscope.models.modules.LayeredModule`: Flair's rule
+    for character language models); ``mean`` for token rows (one unit each)."""
+    if study.unit == "token":
+        return "mean"
+    own = getattr(loaded.model, "word_pooling", None) if study.unit == "word" else None
+    return own or study.pooling
 
 
 def _plan_rows(job: _Job) -> None:
@@ -243,7 +253,7 @@ def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int]) -> dict:
         stats.dropped_words = len(uncovered)
         if any(groups[t0:t1]):
             got = extract_rows(loaded, enc.ids[t0:t1], enc.special[t0:t1], groups[t0:t1],
-                               pooling=study.pooling if study.unit == "word" else "mean",
+                               pooling=row_pooling(study, loaded),
                                batch_tokens=max(batch_tokens, max(len(x) for x in enc.ids)),
                                progress=job.progress, stats=stats)
         else:  # no planned row of this shard has a token here (sampling, uncovered words): nothing to run
@@ -278,6 +288,7 @@ def _model_record(job: _Job, info: dict, stack: ShardedStack, shards: list[dict]
     ext["notes"] = sorted({note for r in shards for note in r["extract"].get("notes", [])})
     ext["max_length_used"] = shards[0]["extract"].get("max_length_used", job.study.max_length)
     ext["shards"] = len(shards)
+    ext["pooling"] = job.parts.get("pooling", "mean")  # as the rows were pooled (a module may name its own)
     uncovered = [u for r in shards for u in r.get("uncovered", [])]
     reused = sum(r["reused"] for r in shards)
     record = {"info": info, "reused": reused == len(shards), "shards": len(shards), "shards_reused": reused,
