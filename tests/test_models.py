@@ -528,3 +528,62 @@ def test_an_encoder_decoder_model_is_measured_at_its_encoder(tmp_path, kind, enc
     assert not torch.allclose(extract(control, texts, progress=False), stack)
     with pytest.raises(ValueError, match="encoder-decoder"):
         load_model(str(tmp_path / kind), head=True)
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_the_decoder_of_an_encoder_decoder_model_is_measured_on_request_teacher_forced(tmp_path, kind):
+    from homoscope.extract import extract
+    from homoscope.models import config_shape, load_model, random_init_like, resolve
+    from homoscope.models.tiny import save_tiny
+
+    folder = str(save_tiny(kind, tmp_path / kind))
+    loaded = load_model(f"decoder:{folder}")
+    info = loaded.info
+    assert (info.kind, info.stack, info.blocks, info.name) == ("encoder-decoder", "decoder", 2, f"{kind} (decoder)")
+    assert config_shape(resolve(f"decoder:{folder}")) == (2, 32)
+    texts = ["the cat sat", "a dog and a cat went to the market", "rain"]
+    stack = extract(loaded, texts, progress=False)
+    alone = torch.cat([extract(loaded, [t], progress=False) for t in texts], dim=1)
+    left = extract(loaded, texts, progress=False, padding_side="left")
+    assert stack.shape == (3, 3, 32) and torch.isfinite(stack).all()
+    assert torch.allclose(stack, alone, atol=1e-5) and torch.allclose(stack, left, atol=1e-5)
+    assert not torch.allclose(stack, extract(load_model(folder), texts, progress=False), atol=1e-3)
+    # by hand: the decoder reads the start unit, then the text; the start unit's position is dropped
+    enc = loaded.tokenizer(texts[:1], return_tensors="pt")
+    seq2seq = loaded.model.seq2seq
+    start = torch.tensor([[seq2seq.config.decoder_start_token_id]])
+    with torch.no_grad():
+        out = seq2seq(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                      decoder_input_ids=torch.cat([start, enc["input_ids"]], 1), output_hidden_states=True)
+    by_hand = torch.stack([h[0, 1:].mean(0) for h in out.decoder_hidden_states])
+    special = torch.tensor(loaded.tokenizer.get_special_tokens_mask(enc["input_ids"][0].tolist(),
+                                                                    already_has_special_tokens=True))
+    if special.any():  # mean pooling leaves special tokens out
+        keep = ~special.bool()
+        by_hand = torch.stack([h[0, 1:][keep].mean(0) for h in out.decoder_hidden_states])
+    assert torch.allclose(stack[:, 0], by_hand, atol=1e-5)
+    control = random_init_like(loaded, seed=1)
+    assert control.info.stack == "decoder" and type(control.model).__name__ == "DecoderStack"
+    assert not torch.allclose(extract(control, texts, progress=False), stack, atol=1e-3)
+
+
+def test_decoder_is_refused_for_a_model_without_a_decoder_stack(tmp_path):
+    from homoscope.models import load_model
+    from homoscope.models.tiny import save_tiny
+
+    with pytest.raises(ValueError, match="not an encoder-decoder model"):
+        load_model(f"decoder:{save_tiny('bert', tmp_path / 'bert')}")
+
+
+def test_a_study_keeps_the_encoder_and_the_decoder_of_one_model_apart(tmp_path, corpus_file):
+    from homoscope.models.tiny import save_tiny
+    from homoscope.study import Study, run_study
+
+    folder = str(save_tiny("t5", tmp_path / "t5"))
+    study = Study(models=[folder, f"decoder:{folder}"], corpus=str(corpus_file), sentences=None,
+                  out=str(tmp_path / "out"), store=str(tmp_path / "store"), measures=["linear_cka"])
+    result = run_study(study, progress=False, log=None)
+    models = {m["name"]: m for m in result.manifest["models"]}
+    assert set(models) == {"t5", "t5 (decoder)"} and models["t5 (decoder)"]["stack"] == "decoder"
+    assert models["t5"]["store_key"] != models["t5 (decoder)"]["store_key"]
+    assert not torch.allclose(result.representations["t5"], result.representations["t5 (decoder)"], atol=1e-3)

@@ -508,7 +508,9 @@ def pad_rows(rows: Sequence[Sequence[int]], fill: int, padding_side: str = "righ
 
 def _absolute_positions(model) -> bool:
     """Whether the model adds learned absolute position embeddings (BART's encoder), which left padding would
-    shift when position ids cannot be passed."""
+    shift when position ids cannot be passed, or says it takes right padding only (``right_padding_only``)."""
+    if getattr(model, "right_padding_only", False):
+        return True
     return any("embed_positions" in n or "position_embeddings" in n for n, _ in model.named_modules())
 
 

@@ -26,6 +26,7 @@ from .modules import LayeredModule, ModuleConfig, load_module, read_module_confi
 from .fingerprint import files_fingerprint, module_fingerprint, weight_files
 from .registry import PACKAGED, is_assembled, read_marker
 from .resolve import ModelSource, resolve
+from .stacks import DecoderStack, decoder_blocks
 
 PROBE_TEXT = "The cat sat on the mat, and then it slept."
 
@@ -67,6 +68,8 @@ class ModelInfo:
         quantization: how weights were dequantized, empty for float checkpoints.
         device: device the module sits on.
         license_file: path of a license text shipped in the model folder (e.g. Gemma terms), or ''.
+        stack: ``decoder`` when an encoder-decoder model is measured at its decoder
+            (:class:`~homoscope.models.stacks.DecoderStack`), else ''.
         recipe: the training recipe a model folder's ``homoscope_model.json`` names (``homoscope zoo`` writes
             it, e.g. ``zoo-lstm``), '' if none: models of one recipe differ only in their seed.
         seed: the training seed of a recipe's model (from the same file), None if not stated.
@@ -94,6 +97,7 @@ class ModelInfo:
     quantization: str = ""
     device: str = "cpu"
     license_file: str = ""
+    stack: str = ""
     recipe: str = ""
     seed: int | None = None
 
@@ -206,8 +210,11 @@ def model_kind(config) -> str:
 
 def encoder_of(model: nn.Module) -> tuple[nn.Module, str | None]:
     """``(module to run, kind)``: an encoder-decoder model's encoder (``get_encoder()``; its layers are the
-    rows homoscope measures, the text run through the encoder alone) and :data:`ENCODER_DECODER`; any other
-    model itself and None."""
+    rows homoscope measures, the text run through the encoder alone) and :data:`ENCODER_DECODER`; a
+    :class:`~homoscope.models.stacks.DecoderStack` itself and :data:`ENCODER_DECODER`; any other model itself
+    and None."""
+    if isinstance(model, DecoderStack):
+        return model, ENCODER_DECODER
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return model.get_encoder(), ENCODER_DECODER
     return model, None
@@ -382,6 +389,7 @@ def _describe(model: nn.Module, tokenizer, *, name: str, spec: str, source_kind:
         padding_side=str(getattr(tokenizer, "padding_side", "right")) if tokenizer is not None else "right",
         quantization=quantization,
         device=str(next((p.device for p in model.parameters()), torch.device("cpu"))),
+        stack="decoder" if isinstance(model, DecoderStack) else "",
     )
 
 
@@ -442,8 +450,12 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
         torch.manual_seed(int(seed))
         # an encoder-decoder model is held as its encoder, which is built alone from its own config; a module
         # behind the adapter interface builds itself from its config
-        own = loaded.info.kind == ENCODER_DECODER or isinstance(base, LayeredModule)
-        model = type(base)(config) if own else AutoModel.from_config(config)
+        if isinstance(base, DecoderStack):
+            model = DecoderStack(AutoModel.from_config(base.seq2seq.config))
+        elif loaded.info.kind == ENCODER_DECODER or isinstance(base, LayeredModule):
+            model = type(base)(config)
+        else:
+            model = AutoModel.from_config(config)
     model = model.to(device=param.device, dtype=param.dtype)
     out = from_module(model, loaded.tokenizer, f"{loaded.info.name} (random-init)",
                       spec=f"random-init:{loaded.info.spec}", license=loaded.info.license,
@@ -572,7 +584,8 @@ def config_shape(source: ModelSource) -> tuple[int, int] | None:
         if module is not None:
             return module.num_hidden_layers, module.hidden_size
         config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True, trust_remote_code=False)
-        return num_blocks(config), hidden_width(config)
+        blocks = decoder_blocks(config) if source.stack == "decoder" else num_blocks(config)
+        return blocks, hidden_width(config)
     except Exception:  # a config transformers cannot read without the model's code: known when it loads
         return None
 
@@ -704,7 +717,7 @@ def load_model(spec_or_source: str | os.PathLike | ModelSource, *, device: str |
         where, digest, prov = str(source.location), "", _Provenance()
     model, tokenizer, loading = _load_pretrained(source, where, head, dtype, common, model_kw, progress)
     head_loaded, missing_notes = _missing_weights(model, loading, head)
-    model, kind = encoder_of(model)
+    model, kind = encoder_of(DecoderStack(model) if source.stack == "decoder" else model)
     model.eval()
     model.to(dev)
     if not digest:

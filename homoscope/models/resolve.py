@@ -6,12 +6,14 @@ hub id is accepted only if its ``config.json`` is already in the local hub cache
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .stacks import split_stack
 from .registry import PACKAGED, assembled_path, is_assembled, is_installed, read_marker
 
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
@@ -31,6 +33,8 @@ class ModelSource:
         location: assembled/local folder (``Path``) or hub id (``str``).
         meta: extra facts: for packaged models ``installed``/``assembled`` and the registry entry;
             for folders the ``homoscope_model.json`` contents if present; for hub ids ``cached``.
+        stack: ``decoder`` for a ``decoder:<spec>`` (an encoder-decoder model's decoder,
+            :mod:`homoscope.models.stacks`), else ''.
     """
 
     name: str
@@ -38,6 +42,7 @@ class ModelSource:
     kind: str
     location: Path | str
     meta: dict = field(default_factory=dict)
+    stack: str = ""
 
 
 def hub_offline() -> bool:
@@ -131,7 +136,8 @@ def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
 
     Args:
         spec: a packaged model name (``minilm-l6``; see ``PACKAGED``), a local Hugging Face folder
-            (containing ``config.json``), or a hub id (``org/name`` or ``name``).
+            (containing ``config.json``), or a hub id (``org/name`` or ``name``); any of them after
+            ``decoder:`` for an encoder-decoder model's decoder stack.
         must_exist: for a packaged name, raise if it is not assembled yet (``load_model`` passes
             False when it may install it).
 
@@ -149,6 +155,10 @@ def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
     s = spec.strip()
     if not s:
         raise ValueError("spec='' is empty; give a packaged name, a local folder or a hub id")
+    stack, inner = split_stack(s)
+    if stack:
+        source = resolve(inner, must_exist=must_exist)
+        return dataclasses.replace(source, name=f"{source.name} ({stack})", spec=spec, stack=stack)
     if s.lower() in PACKAGED:
         return _packaged_source(s.lower(), spec, must_exist)
     tried = [f"packaged names ({', '.join(PACKAGED)}): no match{_packaged_hint(s)}"]

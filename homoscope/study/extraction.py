@@ -122,6 +122,8 @@ def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
         "dtype": study.dtype,
         "padding": "right",
     }
+    if info.get("stack"):  # the decoder of an encoder-decoder model: the same weights and config as its encoder
+        parts["stack"] = info["stack"]
     if study.special_tokens == "include":
         parts["special_tokens"] = "include"
     if study.unit == "token":

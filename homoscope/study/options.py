@@ -629,7 +629,13 @@ def _line_of(text: str | None, key: str) -> str:
 
 
 def _default_name(spec: str) -> str:
-    """A model's display name from its spec: the last part of the path or hub id."""
+    """A model's display name from its spec: the last part of the path or hub id (``<name> (decoder)`` for a
+    ``decoder:<spec>``)."""
+    from ..models.stacks import split_stack
+
+    stack, inner = split_stack(spec)
+    if stack:
+        return f"{_default_name(inner)} ({stack})"
     s = spec.rstrip("/\\")
     return s.replace("\\", "/").split("/")[-1] or spec
 
