@@ -11,6 +11,9 @@ Public API:
 - ``from_module(model, tokenizer, name)`` for in-memory models; ``best_device()``.
 - ``check_model_folder(folder)``: a ValueError naming a folder file that is truncated or damaged (a
   weight file, ``config.json``, a tokenizer file); ``load_model`` and a study run it before loading.
+- ``convert_gguf`` / ``convert_onnx_bert``: a GGUF file or a BERT ONNX export converted once into a plain
+  Hugging Face folder (``homoscope.models.onnx_convert`` holds the ONNX weight mapping), checked against
+  the source's outputs.
 - ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .loading import (
     model_kind,
     sanitize_max_length,
 )
+from .onnx_convert import convert_onnx_bert
 from .registry import PACKAGED, PackagedModel, assembled_path, is_assembled, is_installed, packaged_status
 from .resolve import ModelSource, hub_offline, looks_like_hub_id, resolve
 
@@ -42,6 +46,7 @@ __all__ = [
     "install",
     "assemble",
     "convert_gguf",
+    "convert_onnx_bert",
     "is_installed",
     "is_assembled",
     "assembled_path",
