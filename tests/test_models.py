@@ -49,6 +49,7 @@ def tiny_bert_dir(tmp_path_factory):
 def test_packaged_registry_matches_spec():
     want = {
         "minilm-l6": ("bert", 6, 384, "encoder"),
+        "minilm-l3": ("bert", 3, 384, "encoder"),
         "mpnet-base": ("mpnet", 12, 768, "encoder"),
         "smollm2-135m": ("llama", 30, 576, "decoder"),
         "gemma3-270m": ("gemma3_text", 18, 640, "decoder"),
@@ -63,6 +64,8 @@ def test_packaged_registry_matches_spec():
     assert "Q4_1" in PACKAGED["smollm2-135m"].quantization
     assert "Q4_K_M" in PACKAGED["gemma3-270m"].quantization
     assert len(PACKAGED["mpnet-base"].requirements) == 5
+    l3 = PACKAGED["minilm-l3"]
+    assert l3.source_format == "onnx" and l3.extra["tokenizer_dist"] in l3.distributions
 
 
 def test_packaged_status_rows_offline():

