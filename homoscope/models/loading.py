@@ -652,7 +652,9 @@ def _missing_weights(model: nn.Module, loading: dict | None, head: bool) -> tupl
     Returns ``(head_loaded, notes)``: ``head_loaded`` is None unless a head model was asked for.
     """
     base_prefix = getattr(model, "base_model_prefix", "")
-    missing = list((loading or {}).get("missing_keys", []) or [])
+    # a pooler (BERT's) is never read: homoscope measures hidden states, so its absence is no news
+    missing = [k for k in (loading or {}).get("missing_keys", []) or []
+               if not (k.startswith("pooler.") or ".pooler." in k)]
     head_loaded: bool | None = None
     notes: list[str] = []
     if head and _is_head_model(model):
