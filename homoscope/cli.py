@@ -209,7 +209,7 @@ def cmd_models(args) -> int:
 
     if args.models_command == "list":
         rows = models.packaged_status()
-        cols = ["name", "installed", "assembled", "architecture", "blocks", "width", "license", "source"]
+        cols = ["name", "installed", "assembled", "kind", "architecture", "blocks", "width", "license", "source"]
         widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
         print("  ".join(c.ljust(widths[c]) for c in cols))
         for r in rows:
