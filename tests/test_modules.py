@@ -1,5 +1,6 @@
 """The adapter interface for torch modules that are not transformers classes, and the LSTM language model."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,14 @@ def test_a_study_takes_lstm_folders_with_word_rows_by_flairs_rule(tmp_path, corp
             assert torch.allclose(result.representations[name][:, r.row], want, atol=1e-5)
             checked += 1
     assert checked >= 10
+
+
+def test_a_study_warns_when_a_model_cuts_many_texts_at_max_length(tmp_path, corpus_file):
+    study = Study(models=[str(save_tiny("char-lstm", tmp_path / "chars")), str(save_tiny("bert", tmp_path / "bert"))],
+                  corpus=str(corpus_file), sentences=None, unit="word", max_length=40, out=str(tmp_path / "out"),
+                  store=str(tmp_path / "store"), measures=["linear_cka"])
+    result = run_study(study, progress=False, log=None)
+    said = [w for w in result.manifest["warnings"] if "model 'chars' cut" in str(w)]
+    assert len(said) == 1 and re.search(r"model 'chars' cut \d+ of 19 texts at 40 of its units \(lstm-lm\); a row "
+                                        r"past the cut is dropped for every model: raise max_length \(now 40\)",
+                                        str(said[0]))

@@ -324,6 +324,7 @@ def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progres
         ctx.timings[f"extract/{name}"] = rec["seconds"]
         log(f"model {name}: {stack.layers} layers x {stack.n} {what} x width {stack.width}, "
             f"{_how(rec)}{_lost(rec, study, len(ctx.corpus))}")
+        _warn_cut(rec, study, len(ctx.corpus))
     if ctx.plan is not None:
         _align_rows(ctx.plan, ctx.corpus, ext)
         if ext.rows_meta["dropped_words"]:
@@ -359,6 +360,24 @@ def _lost(rec: dict, study: Study, n_texts: int) -> str:
         lost += (f", {cut} of {n_texts} texts truncated to "
                  f"{rec['extract'].get('max_length_used', study.max_length)} tokens")
     return lost
+
+
+#: Share of texts a model may cut at ``max_length`` before the study warns.
+CUT_WARNING_SHARE = 0.05
+
+
+def _warn_cut(rec: dict, study: Study, n_texts: int) -> None:
+    """Warn when a model cut more than :data:`CUT_WARNING_SHARE` of the texts at ``max_length``: its units may be
+    short (characters, for a character language model), and in the word unit a word past the cut is dropped for
+    every model."""
+    cut = rec["extract"].get("truncated") or 0
+    if n_texts and cut > CUT_WARNING_SHARE * n_texts:
+        used = rec["extract"].get("max_length_used", study.max_length)
+        what = "its rows pool only the units before the cut" if study.unit == "sentence" else \
+            "a row past the cut is dropped for every model"
+        warnings.warn(f"model {rec['info'].get('name')!r} cut {cut} of {n_texts} texts at {used} of its units "
+                      f"({rec['info'].get('architecture')}); {what}: raise {typed('max_length')} (now {used})",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: list, commands) -> dict:
