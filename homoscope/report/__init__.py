@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from ._measures import MeasureInfo, resolve_measure_info
 from .analysis import (
+    CEILING_DEFINITION,
     INDEX_DEFINITION,
     NULL_RULE,
     HomogenizationIndex,
     MeasureSummary,
     compare_view,
     controls_table,
+    family_table,
     findings,
     homogenization_index,
     measure_summary,
+    seed_ceilings,
 )
 from .builder import build_document, findings_record, gather
 from .figures import plot_controls, plot_dendrogram, plot_layer_heatmap, plot_probes, plot_summary_heatmap
@@ -69,6 +72,9 @@ __all__ = [
     "findings",
     "compare_view",
     "INDEX_DEFINITION",
+    "CEILING_DEFINITION",
+    "seed_ceilings",
+    "family_table",
     "NULL_RULE",
     "escape_md",
     "MeasureInfo",

@@ -1,9 +1,10 @@
 """What the report says in words, computed from the results frame: controls, the homogenization index,
-the depth profile, the findings and the comparison of one new model with references.
+the seed ceiling, the depth profile, the findings and the comparison of one new model with references.
 
 Nothing here recomputes a measure: every number is a value, an interval, a control or a p-value of the
 results frame (and of the optional prediction-agreement frames), combined by the rules stated in
-:data:`INDEX_DEFINITION`, :data:`NULL_RULE` and :data:`MEAN_INTERVAL_RULE`, which the report prints.
+:data:`INDEX_DEFINITION`, :data:`CEILING_DEFINITION`, :data:`SEED_INDEX_DEFINITION`, :data:`NULL_RULE` and
+:data:`MEAN_INTERVAL_RULE`, which the report prints.
 
 Sentences are :class:`Text` objects: runs of fixed wording, data (model names, labels) and code
 (measure names), so that each output format escapes data its own way.
@@ -28,8 +29,10 @@ __all__ = [
     "Text", "T", "B", "C", "D", "join", "controls_table", "homogenization_index", "HomogenizationIndex", "depth_profile", "findings",
     "CompareView", "compare_view", "primary_measure", "model_kinds", "normalize_extra", "agreement_rows",
     "probe_best", "index_text", "index_details", "index_reading", "MeasureSummary", "PairBest", "measure_summary",
-    "summary_text", "AGREEMENT_LABELS",
-    "INDEX_DEFINITION", "NULL_RULE", "MEAN_INTERVAL_RULE", "VERDICT_ABOVE", "VERDICT_NS", "VERDICT_NONE",
+    "summary_text", "AGREEMENT_LABELS", "model_recipes", "seed_pair", "seed_ceilings", "pair_ceilings",
+    "family_table", "seed_text", "seed_reading", "CEILING_COLUMNS", "FAMILY_COLUMNS", "SEED_FAMILY",
+    "INDEX_DEFINITION", "CEILING_DEFINITION", "SEED_INDEX_DEFINITION", "NULL_RULE", "MEAN_INTERVAL_RULE",
+    "VERDICT_ABOVE", "VERDICT_NS", "VERDICT_NONE",
 ]
 
 VERDICT_ABOVE = "above its null"
@@ -73,6 +76,42 @@ INDEX_DEFINITION = (
     "above). Where a pair lacks the random-init control, the permutation null mean at the same layers "
     "stands in for b, and the report says so."
 )
+
+#: The seed ceiling, as the report defines it.
+CEILING_DEFINITION = (
+    "Seed ceiling of a training recipe: where the study has two or more models of one recipe (the same training "
+    "recipe run with different seeds), the mean over their pairs (the seed pairs) of each pair's score s at its "
+    "best-matching layer pair. Its interval is the mean of the seed pairs' bootstrap 95% bounds (conservative, "
+    "see the definitions), and its final-layer value the mean of their scores final layer against final layer. It "
+    "is how alike two runs of one recipe are when only the seed differs: the ceiling every cross-model score is "
+    "read against, as the random-init control is the floor. The ceiling c_ab of a pair (a, b) of models of "
+    "different recipes is the mean of the ceilings of a's and b's recipes over those that have one; a pair where "
+    "neither model's recipe has one has no ceiling. The ceiling table gives it under the primary measure, each "
+    "controls table under its own measure."
+)
+
+#: The homogenization index read between the random-init floor and the seed ceiling; the report prints it where
+#: the study has a seed ceiling.
+SEED_INDEX_DEFINITION = (
+    "Two seeds of one recipe are not a cross-model pair: H and H_seed leave such seed pairs out. H_seed reads "
+    "each cross-model pair between its floor and its ceiling: the mean over the cross-model pairs that have a "
+    "seed ceiling c (c_ab of the seed ceiling's definition) of max(0, min(1, (s \u2212 b) / (c \u2212 b))), s "
+    "and b as for H, for the primary measure. H_seed = 0: the pairs are no more alike than untrained networks "
+    "of the same shapes; H_seed = 1: they are as alike as two seeds of one recipe (or more; each pair is clipped "
+    "at 1). A pair whose score is not distinguishable from its permutation null counts 0; a pair whose ceiling "
+    "is not above its floor (c \u2264 b) has no term: it is left out and named. Interval: the same formula "
+    "applied to each pair's bootstrap 95% bounds (b and c held fixed), averaged over the pairs."
+)
+
+#: The family of a pair of two seeds of one recipe in :func:`family_table`.
+SEED_FAMILY = "same recipe (seeds)"
+
+#: Columns of :func:`seed_ceilings`, in order.
+CEILING_COLUMNS = ["recipe", "kind", "n_seeds", "seeds", "n_pairs", "ceiling", "ceiling_low", "ceiling_high",
+                   "final", "final_low", "final_high", "n_final"]
+
+#: Columns of :func:`family_table`, in order.
+FAMILY_COLUMNS = ["family", "scope", "n_pairs", "mean", "low", "high"]
 
 
 #: What each pairwise prediction-agreement measure is, for table notes.
@@ -163,6 +202,22 @@ def model_kinds(manifest: Mapping[str, Any] | None) -> dict[str, str]:
         if isinstance(m, Mapping) and m.get("name") is not None and m.get("kind"):
             out[str(m["name"])] = str(m["kind"]).lower()
     return out
+
+
+def model_recipes(manifest: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{model name: training recipe}`` from ``manifest['models']``, for the models whose ``recipe`` is a
+    non-empty text (models of one recipe differ only in their seed)."""
+    out = {}
+    for m in (manifest or {}).get("models") or []:
+        if isinstance(m, Mapping) and m.get("name") is not None and isinstance(m.get("recipe"), str) and m["recipe"]:
+            out[str(m["name"])] = m["recipe"]
+    return out
+
+
+def seed_pair(a: Any, b: Any, recipes: Mapping[str, str]) -> bool:
+    """True when models ``a`` and ``b`` are two seeds of one recipe (``recipes`` from :func:`model_recipes`)."""
+    r = recipes.get(str(a))
+    return bool(r) and str(a) != str(b) and r == recipes.get(str(b))
 
 
 def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
@@ -330,22 +385,153 @@ def summary_text(s: MeasureSummary) -> Text:
     return out + T(".")
 
 
+# ------------------------------------------------------------------------------------------ seed ceiling
+
+
+def _recipe_members(frame: pd.DataFrame, manifest: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    """The manifest's model records of each recipe with two or more models in the frame, in study order."""
+    recipes, present = model_recipes(manifest), set(model_order(frame))
+    members: dict[str, list[Mapping[str, Any]]] = {}
+    for m in manifest.get("models") or []:
+        name = str(m.get("name")) if isinstance(m, Mapping) else ""
+        if name in present and name in recipes and all(str(x.get("name")) != name
+                                                        for x in members.get(recipes[name], [])):
+            members.setdefault(recipes[name], []).append(m)
+    return {r: ms for r, ms in members.items() if len(ms) >= 2}
+
+
+def seed_ceilings(frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos: Mapping[str, MeasureInfo],
+                  measure: str | None = None, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The seed ceiling of each training recipe with two or more models in the study (see
+    :data:`CEILING_DEFINITION`).
+
+    Args:
+        frame: the results frame; manifest: the study manifest (``models`` with ``recipe``, ``seed`` and
+            ``kind`` are read); infos: :class:`MeasureInfo` of every measure of the frame.
+        measure: the measure (default: the primary measure, :func:`primary_measure`).
+        table: the :func:`controls_table` of ``measure`` where already computed.
+
+    Returns:
+        One row per recipe, in the order of its first model in the manifest, with the columns
+        :data:`CEILING_COLUMNS`: recipe, kind (the models' ``kind``; several joined by ``' / '``), n_seeds
+        (its models in the study), seeds (their seeds in study order, None where not stated), n_pairs (its seed
+        pairs with a best score; under an asymmetric measure each direction is a pair, as in the index),
+        ceiling (the mean of their best scores), ceiling_low, ceiling_high (the mean of their bootstrap bounds,
+        by :data:`MEAN_INTERVAL_RULE`; NaN where a pair has none), final, final_low, final_high, n_final (the
+        same final layer against final layer, over the pairs with a final score). Empty (with those columns)
+        where no recipe has two models in the study or no measure applies.
+    """
+    manifest = manifest or {}
+    measure = measure or primary_measure(frame, manifest, infos)
+    members = _recipe_members(frame, manifest)
+    if measure is None or not members:
+        return pd.DataFrame(columns=CEILING_COLUMNS)
+    table = table if table is not None else controls_table(frame, measure, infos[measure])
+    recipes, kinds = model_recipes(manifest), model_kinds(manifest)
+    rows = []
+    for recipe, ms in members.items():
+        mine = [seed_pair(a, b, recipes) and recipes[str(a)] == recipe for a, b in zip(table["model_a"],
+                                                                                      table["model_b"])]
+        sub = table[mine]
+        best = sub[np.isfinite(sub["best"].astype(float))]
+        fin = sub[np.isfinite(sub["final"].astype(float))]
+        names = [str(m["name"]) for m in ms]
+        kind = " / ".join(sorted({kinds[n] for n in names if n in kinds}))
+        seeds = [m.get("seed") if isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool) else None
+                 for m in ms]
+        rows.append([recipe, kind, len(ms), seeds, len(best), *_mean_ci(best, "best", "best_ci_low", "best_ci_high"),
+                     *_mean_ci(fin, "final", "final_ci_low", "final_ci_high"), len(fin)])
+    return pd.DataFrame(rows, columns=CEILING_COLUMNS)
+
+
+def pair_ceilings(table: pd.DataFrame, recipes: Mapping[str, str], ceilings: pd.DataFrame) -> np.ndarray:
+    """The seed ceiling c_ab of each row (model pair) of a controls table (see :data:`CEILING_DEFINITION`).
+
+    Args:
+        table: rows with ``model_a`` and ``model_b``; recipes: from :func:`model_recipes`; ceilings: from
+            :func:`seed_ceilings` for the table's measure.
+
+    Returns:
+        float64 array, one value per row: the mean of the ceilings of the two models' recipes over those that
+        have one; NaN for a seed pair (two seeds of one recipe) and where neither recipe has a ceiling.
+    """
+    by = {str(r.recipe): num(r.ceiling) for r in ceilings.itertuples(index=False)}
+    out = np.full(len(table), np.nan)
+    for k, (a, b) in enumerate(zip(table["model_a"], table["model_b"])):
+        if seed_pair(a, b, recipes):
+            continue
+        cs = [by[r] for r in (recipes.get(str(a)), recipes.get(str(b))) if r in by and math.isfinite(by[r])]
+        if cs:
+            out[k] = float(np.mean(cs))
+    return out
+
+
+def _family(a: Any, b: Any, kinds: Mapping[str, str], recipes: Mapping[str, str]) -> tuple[str, str]:
+    """``(family, scope)`` of a model pair: :data:`SEED_FAMILY` and ``'seeds'`` for two seeds of one recipe,
+    else the two kinds in alphabetical order (``'decoder / encoder'``; ``'unknown'`` without a kind) and
+    ``'within family'`` or ``'across families'``."""
+    if seed_pair(a, b, recipes):
+        return SEED_FAMILY, "seeds"
+    ka, kb = sorted((kinds.get(str(a), "unknown"), kinds.get(str(b), "unknown")))
+    return f"{ka} / {kb}", ("within family" if ka == kb else "across families")
+
+
+def family_table(frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos: Mapping[str, MeasureInfo],
+                 measure: str | None = None, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Model pairs grouped by family: the two models' kinds (unordered), with the pairs of two seeds of one
+    recipe as a group of their own (:data:`SEED_FAMILY`): what within-family and cross-family similarity is read
+    from.
+
+    Arguments as :func:`seed_ceilings`.
+
+    Returns:
+        One row per family with the columns :data:`FAMILY_COLUMNS`: family, scope (``'seeds'``,
+        ``'within family'`` or ``'across families'``), n_pairs (pairs with a best score), mean (of their best
+        scores), low, high (the mean of their bootstrap bounds, by :data:`MEAN_INTERVAL_RULE`; NaN where a pair
+        has none); seeds first, then within and across families, each by family name. Empty (with those
+        columns) where no measure applies or no pair has a best score.
+    """
+    manifest = manifest or {}
+    measure = measure or primary_measure(frame, manifest, infos)
+    if measure is None:
+        return pd.DataFrame(columns=FAMILY_COLUMNS)
+    table = table if table is not None else controls_table(frame, measure, infos[measure])
+    ok = table[np.isfinite(table["best"].astype(float))]
+    kinds, recipes = model_kinds(manifest), model_recipes(manifest)
+    keys = [_family(a, b, kinds, recipes) for a, b in zip(ok["model_a"], ok["model_b"])]
+    rows = []
+    for key in sorted(set(keys), key=lambda k: (["seeds", "within family", "across families"].index(k[1]), k[0])):
+        sub = ok[[k == key for k in keys]]
+        rows.append([key[0], key[1], len(sub), *_mean_ci(sub, "best", "best_ci_low", "best_ci_high")])
+    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+
+
 # ------------------------------------------------------------------------------------------ the index
 
 
 @dataclass
 class HomogenizationIndex:
-    """The homogenization index of a model set (see :data:`INDEX_DEFINITION`).
+    """The homogenization index of a model set (see :data:`INDEX_DEFINITION`) and, beside it, H_seed: the index
+    read between the random-init floor and the seed ceiling (see :data:`SEED_INDEX_DEFINITION`).
 
     Attributes:
         measure: the primary measure, or None.
         value, low, high: the index and its interval (NaN where not computed / no bootstrap).
         baseline: ``'random-init'``, ``'permutation null mean'``, ``'random-init and permutation null mean'``
             or ``''`` (not computed).
-        n_pairs: pairs averaged; n_missing: pairs left out for want of any baseline.
+        n_pairs: cross-model pairs averaged; n_missing: cross-model pairs left out for want of any baseline.
         pairs: one row per pair: model_a, model_b, best, baseline, baseline_kind, verdict, term,
-            term_low, term_high.
+            term_low, term_high, seed_pair (two seeds of one recipe: in neither index), ceiling (the pair's
+            seed ceiling c_ab, NaN where none), seed_term, seed_term_low, seed_term_high (its H_seed term and
+            the term's bounds, NaN where it has none).
         note: one line on how it was computed, or why not.
+        n_seed_pairs: pairs of two seeds of one recipe, left out of both indices.
+        seed_value, seed_low, seed_high: H_seed and its interval (NaN where not computed / no bootstrap).
+        n_ceiling_pairs: cross-model pairs averaged in H_seed.
+        below_floor: ``(model_a, model_b)`` of the pairs whose ceiling is not above their floor (c <= b), left
+            out of H_seed.
+        seed_note: one line on what H_seed left out, or why it was not computed; '' where no cross-model pair
+            has a seed ceiling.
     """
 
     measure: str | None
@@ -357,10 +543,22 @@ class HomogenizationIndex:
     n_missing: int = 0
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
     note: str = ""
+    n_seed_pairs: int = 0
+    seed_value: float = math.nan
+    seed_low: float = math.nan
+    seed_high: float = math.nan
+    n_ceiling_pairs: int = 0
+    below_floor: tuple[tuple[str, str], ...] = ()
+    seed_note: str = ""
 
     @property
     def computed(self) -> bool:
         return math.isfinite(self.value)
+
+    @property
+    def seed_computed(self) -> bool:
+        """Whether H_seed was computed."""
+        return math.isfinite(self.seed_value)
 
 
 def _term(s: float, b: float, top: float) -> float:
@@ -371,18 +569,22 @@ def _term(s: float, b: float, top: float) -> float:
     return float(np.clip((s - b) / (top - b), 0.0, 1.0))
 
 
-def homogenization_index(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
-                         infos: Mapping[str, MeasureInfo]) -> HomogenizationIndex:
-    """Compute the homogenization index of :data:`INDEX_DEFINITION` from the results frame."""
-    measure = primary_measure(frame, manifest, infos)
-    if measure is None:
-        return HomogenizationIndex(None, note="not computed: every measure of the study is a distance; the index "
-                                               "is defined for a similarity")
-    info = infos[measure]
-    table = controls_table(frame, measure, info)
-    top = info.identity
-    rows, kinds = [], set()
-    for r in table.itertuples(index=False):
+def _seed_term(s: float, b: float, c: float) -> float:
+    """A pair's H_seed term: ``max(0, min(1, (s - b) / (c - b)))``; NaN where a value is missing or c <= b."""
+    if not finite(s, b, c) or c <= b:
+        return math.nan
+    return float(np.clip((s - b) / (c - b), 0.0, 1.0))
+
+
+_PAIR_COLUMNS = ["model_a", "model_b", "best", "baseline", "baseline_kind", "verdict", "term", "term_low", "term_high",
+                 "seed_pair", "ceiling", "seed_term", "seed_term_low", "seed_term_high"]
+
+
+def _index_pairs(table: pd.DataFrame, top: float, recipes: Mapping[str, str], ceiling: np.ndarray) -> pd.DataFrame:
+    """One row per pair of the primary measure's controls table with its baseline, its H term and its H_seed
+    term (columns :data:`_PAIR_COLUMNS`); a pair not distinguishable from its null counts 0 in both."""
+    rows = []
+    for r, c in zip(table.itertuples(index=False), ceiling):
         ri, nm = num(r.best_random_init), num(r.best_null_mean)
         if math.isfinite(ri):
             b, kind = ri, "random-init"
@@ -390,43 +592,100 @@ def homogenization_index(frame: pd.DataFrame, manifest: Mapping[str, Any] | None
             b, kind = nm, "permutation null mean"
         else:
             b, kind = math.nan, ""
-        s = num(r.best)
-        t, lo, hi = _term(s, b, top), _term(num(r.best_ci_low), b, top), _term(num(r.best_ci_high), b, top)
-        if r.best_verdict == VERDICT_NS and math.isfinite(t):  # never counted as similarity
-            t, lo = 0.0, (0.0 if math.isfinite(lo) else lo)
-        if kind:
-            kinds.add(kind)
-        rows.append({"model_a": r.model_a, "model_b": r.model_b, "best": s, "baseline": b, "baseline_kind": kind,
-                     "verdict": r.best_verdict, "term": t, "term_low": lo, "term_high": hi})
-    pairs = pd.DataFrame(rows, columns=["model_a", "model_b", "best", "baseline", "baseline_kind", "verdict",
-                                        "term", "term_low", "term_high"])
-    ok = pairs[np.isfinite(pairs["term"].astype(float))]
-    missing = len(pairs) - len(ok)
+        s, s_lo, s_hi = num(r.best), num(r.best_ci_low), num(r.best_ci_high)
+        t, lo, hi = _term(s, b, top), _term(s_lo, b, top), _term(s_hi, b, top)
+        st, st_lo, st_hi = _seed_term(s, b, c), _seed_term(s_lo, b, c), _seed_term(s_hi, b, c)
+        if r.best_verdict == VERDICT_NS:  # never counted as similarity
+            if math.isfinite(t):
+                t, lo = 0.0, (0.0 if math.isfinite(lo) else lo)
+            if math.isfinite(st):
+                st, st_lo = 0.0, (0.0 if math.isfinite(st_lo) else st_lo)
+        rows.append([r.model_a, r.model_b, s, b, kind, r.best_verdict, t, lo, hi,
+                     seed_pair(r.model_a, r.model_b, recipes), float(c), st, st_lo, st_hi])
+    return pd.DataFrame(rows, columns=_PAIR_COLUMNS)
+
+
+def _mean_terms(ok: pd.DataFrame, col: str) -> tuple[float, float, float]:
+    """The mean of the terms ``col`` and of their bounds (NaN bounds where any pair lacks one)."""
+    lo, hi = ok[f"{col}_low"].astype(float), ok[f"{col}_high"].astype(float)
+    has_ci = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
+    return (float(ok[col].mean()), float(lo.mean()) if has_ci else math.nan,
+            float(hi.mean()) if has_ci else math.nan)
+
+
+def _seed_index(cross: pd.DataFrame) -> dict[str, Any]:
+    """H_seed over the cross-model pairs that have a seed ceiling, as :class:`HomogenizationIndex` fields;
+    ``{}`` where none has one."""
+    has_c = cross[np.isfinite(cross["ceiling"].astype(float))]
+    if has_c.empty:
+        return {}
+    c, b = has_c["ceiling"].astype(float), has_c["baseline"].astype(float)
+    below = has_c[np.isfinite(b) & (c <= b)]
+    floor = tuple((str(r.model_a), str(r.model_b)) for r in below.itertuples(index=False))
+    ok = has_c[np.isfinite(has_c["seed_term"].astype(float))]
+    other = len(has_c) - len(ok) - len(below)  # without a baseline or a score
+    parts = ([f"{plural(len(below), 'pair')} whose ceiling is not above its floor (c \u2264 b) left out"] if floor
+             else []) + ([f"{other} pair(s) without any baseline left out"] if other else [])
     if ok.empty:
-        return HomogenizationIndex(measure, pairs=pairs, n_missing=missing,
-                                   note="not computed: the study has neither the random-init control nor a "
-                                        "permutation null, and the index is not defined without a baseline")
-    value = float(ok["term"].mean())
-    has_ci = np.isfinite(ok["term_low"].astype(float)).all() and np.isfinite(ok["term_high"].astype(float)).all()
-    low = float(ok["term_low"].mean()) if has_ci else math.nan
-    high = float(ok["term_high"].mean()) if has_ci else math.nan
+        return {"below_floor": floor, "seed_note": "not computed: no cross-model pair with a seed ceiling has a "
+                                                   "term (" + "; ".join(parts) + ")"}
+    value, low, high = _mean_terms(ok, "seed_term")
+    if not finite(low, high):
+        parts.append("no interval (the study ran no bootstrap)")
+    return {"seed_value": value, "seed_low": low, "seed_high": high, "n_ceiling_pairs": len(ok),
+            "below_floor": floor, "seed_note": "; ".join(parts)}
+
+
+def _baseline_note(kinds: set[str], ok: pd.DataFrame) -> tuple[str, str]:
+    """The index's baseline and the start of its note, from the kinds of baseline its pairs used."""
     if kinds == {"random-init"}:
-        baseline = "random-init"
-        note = "baseline: the random-init control"
-    elif kinds == {"permutation null mean"}:
-        baseline = "permutation null mean"
-        note = ("baseline: the permutation null mean, standing in for the random-init control, which this study "
-                "did not run")
-    else:
-        baseline = "random-init and permutation null mean"
-        n_null = int((ok["baseline_kind"] == "permutation null mean").sum())
-        note = (f"baseline: the random-init control, and the permutation null mean for the {n_null} pair(s) "
-                "without it")
+        return "random-init", "baseline: the random-init control"
+    if kinds == {"permutation null mean"}:
+        return "permutation null mean", ("baseline: the permutation null mean, standing in for the random-init "
+                                         "control, which this study did not run")
+    n_null = int((ok["baseline_kind"] == "permutation null mean").sum())
+    return "random-init and permutation null mean", (f"baseline: the random-init control, and the permutation null "
+                                                     f"mean for the {n_null} pair(s) without it")
+
+
+def homogenization_index(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
+                         infos: Mapping[str, MeasureInfo]) -> HomogenizationIndex:
+    """Compute the homogenization index of :data:`INDEX_DEFINITION` from the results frame, and H_seed of
+    :data:`SEED_INDEX_DEFINITION` where a cross-model pair has a seed ceiling; pairs of two seeds of one recipe
+    (``manifest['models']``' ``recipe``) are left out of both.
+
+    Returns:
+        A :class:`HomogenizationIndex`; its value is NaN, and its note says why, where it is not computed.
+    """
+    measure = primary_measure(frame, manifest, infos)
+    if measure is None:
+        return HomogenizationIndex(None, note="not computed: every measure of the study is a distance; the index "
+                                               "is defined for a similarity")
+    info = infos[measure]
+    table = controls_table(frame, measure, info)
+    recipes = model_recipes(manifest)
+    ceiling = pair_ceilings(table, recipes, seed_ceilings(frame, manifest, infos, measure, table))
+    pairs = _index_pairs(table, info.identity, recipes, ceiling)
+    cross = pairs[~pairs["seed_pair"].astype(bool)]
+    seed: dict[str, Any] = {"n_seed_pairs": len(pairs) - len(cross), **_seed_index(cross)}
+    ok = cross[np.isfinite(cross["term"].astype(float))]
+    missing = len(cross) - len(ok)
+    if ok.empty:
+        note = ("not computed: every pair is two seeds of one recipe (the seed ceiling), so the study has no "
+                "cross-model pair" if cross.empty else
+                "not computed: the study has neither the random-init control nor a permutation null, and the "
+                "index is not defined without a baseline")
+        return HomogenizationIndex(measure, pairs=pairs, n_missing=missing, note=note, **seed)
+    value, low, high = _mean_terms(ok, "term")
+    baseline, note = _baseline_note(set(cross["baseline_kind"]) - {""}, ok)
     if missing:
         note += f"; {missing} pair(s) without any baseline left out"
-    if not has_ci:
+    if seed["n_seed_pairs"]:
+        note += (f"; {plural(seed['n_seed_pairs'], 'seed pair')} (two seeds of one recipe) left out: they make the "
+                 "seed ceiling and are not cross-model pairs")
+    if not finite(low, high):
         note += "; no interval (the study ran no bootstrap)"
-    return HomogenizationIndex(measure, value, low, high, baseline, len(ok), missing, pairs, note)
+    return HomogenizationIndex(measure, value, low, high, baseline, len(ok), missing, pairs, note, **seed)
 
 
 # ------------------------------------------------------------------------------------------ depth profile
@@ -594,7 +853,8 @@ def findings(
     In order: the homogenization index (unless ``include_index`` is False: a report that shows it
     apart); the most and least alike pair under the primary measure;
     the controls (pairs above their random-init baseline, pairs not distinguishable from their null);
-    encoders against decoders (where the manifest gives each model's kind and both kinds have pairs);
+    encoders against decoders (where the manifest gives each model's kind and both kinds have pairs; two seeds
+    of one recipe are left out: they are the seed ceiling);
     the relative depth at which models agree most; final layers against best layers; whether the other
     measures agree with the primary one on the most alike pair; and, where the agreement frames are given,
     probes, pairwise agreement, Fleiss' kappa and outcome homogenization.
@@ -644,8 +904,39 @@ def index_details(index: HomogenizationIndex) -> Text:
     """What follows the value of a computed index: ``'(interval …; 3 model pairs; primary measure …;
     baseline …). <reading>'``."""
     iv = f"interval {span(index.low, index.high)}; " if finite(index.low, index.high) else ""
-    return T(f"({iv}{plural(index.n_pairs, 'model pair')}; primary measure ", C(index.measure),
-             f"; {index.note}). ", index_reading(index.value, index.baseline, index.low))
+    out = T(f"({iv}{plural(index.n_pairs, 'model pair')}; primary measure ", C(index.measure),
+            f"; {index.note}). ", index_reading(index.value, index.baseline, index.low))
+    seed = seed_text(index)
+    return out + T(" ") + seed if seed.runs else out
+
+
+def seed_text(index: HomogenizationIndex) -> Text:
+    """H_seed in one sentence (value, interval, pairs, what was left out, reading), followed by the pairs whose
+    ceiling is not above their floor; why it was not computed; an empty :class:`Text` where no cross-model pair
+    has a seed ceiling."""
+    if not index.seed_note and not index.seed_computed:
+        return T()
+    floor = (T(" Left out of H_seed, their seed ceiling not above their floor (c \u2264 b): ",
+               join(T(B(a), " and ", B(b)) for a, b in index.below_floor), ".") if index.below_floor else T())
+    if not index.seed_computed:
+        return T(f"H_seed (between the floor and the seed ceiling): {index.seed_note}.") + floor
+    iv = f"interval {span(index.seed_low, index.seed_high)}; " if finite(index.seed_low, index.seed_high) else ""
+    note = f"; {index.seed_note}" if index.seed_note else ""
+    return T(f"Between the floor and the seed ceiling, H_seed = {f3(index.seed_value)} ({iv}"
+             f"{plural(index.n_ceiling_pairs, 'cross-model pair')} with a seed ceiling{note}): "
+             f"{seed_reading(index.seed_value, index.seed_low)}.") + floor
+
+
+def seed_reading(h: float, low: float = math.nan) -> str:
+    """H_seed in words: where the cross-model pairs lie between the floor (0) and the seed ceiling (1); an
+    interval whose lower end ``low`` is 0 (or below) is read as not distinguishable from the floor."""
+    if math.isfinite(low) and low <= 0 < h:
+        return "its interval reaches 0, so the cross-model pairs are not distinguishably above their floor"
+    if h <= 0:
+        return "the cross-model pairs are no more alike than their floor"
+    if h >= 1:
+        return "the cross-model pairs are as alike as two seeds of one recipe"
+    return f"on average the cross-model pairs lie {h:.0%} of the way from their floor to their seed ceiling"
 
 
 def _extreme_findings(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
@@ -763,13 +1054,13 @@ def _controls_clause(r: Any, where: str) -> str:
 
 
 def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: MeasureInfo) -> list[Text]:
-    kinds = model_kinds(manifest)
+    kinds, recipes = model_kinds(manifest), model_recipes(manifest)
     if not kinds:
         return []
     groups: dict[str, list[int]] = {}
     for k, r in enumerate(ok.itertuples(index=False)):
         ka, kb = kinds.get(str(r.model_a)), kinds.get(str(r.model_b))
-        if ka is None or kb is None:
+        if ka is None or kb is None or seed_pair(r.model_a, r.model_b, recipes):  # seeds: the ceiling
             continue
         key = ka if ka == kb else "mixed"
         groups.setdefault(key, []).append(k)

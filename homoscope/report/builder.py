@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,11 @@ from ._format import EMPTY, bound_txt, f3, int_txt, p_txt, params_txt, plural, s
 from ._measures import MeasureInfo, manifest_measure_info, resolve_measure_info
 from .analysis import (
     AGREEMENT_LABELS,
+    CEILING_DEFINITION,
     INDEX_DEFINITION,
     MEAN_INTERVAL_RULE,
     NULL_RULE,
+    SEED_INDEX_DEFINITION,
     VERDICT_NS,
     B,
     C,
@@ -57,14 +59,20 @@ from .analysis import (
     agreement_rows,
     compare_view,
     controls_table,
+    family_table,
     findings,
     homogenization_index,
     index_details,
     index_text,
     join,
     measure_summary,
+    model_recipes,
     normalize_extra,
+    pair_ceilings,
+    primary_measure,
     probe_best,
+    seed_ceilings,
+    seed_pair,
     summary_text,
 )
 from .document import (
@@ -108,6 +116,14 @@ RANDOM_INIT_NOTE = ("The random-init baseline is the same measure between random
 SETS_NOTE = ("fleiss_kappa: agreement of all models\u2019 predictions beyond chance (Fleiss 1971). h_avg, h_unif, "
              "h_worst: outcome homogenization (Bommasani et al. 2022), the rate at which all models fail together "
              "divided by the rate expected if they failed independently; 1 = independent, above 1 = failures shared.")
+CEILING_NOTE = ("Seed ceiling: the pair's ceiling c_ab under this measure (see Seed ceiling); \u201csame recipe\u201d "
+                "marks two seeds of one recipe, which make the ceiling; \u2013 where neither model's recipe has two "
+                "seeds in the study.")
+#: What the controls table shows as the seed ceiling of two seeds of one recipe.
+SEED_PAIR_CELL = "same recipe"
+FAMILY_NOTE = ("Family: the kinds of the two models of a pair (in alphabetical order); two seeds of one recipe are a "
+               "family of their own. mean: the mean of the pairs' best scores; interval: the mean of their bootstrap "
+               "95% bounds (see the definitions).")
 FOOTER = "Made by homoscope from the results frame, the manifest and the agreement tables alone."
 _AGREEMENT_META = ("task", "classes", "n", "n_train", "n_test", "train_documents", "test_documents", "select",
                    "bootstrap", "permutations")
@@ -130,6 +146,12 @@ class Facts:
         index, findings, view: the homogenization index, the finding sentences (without the index) and
             the comparison (None unless the study compares one model with references).
         unit, n_rows, n_note: the unit of a row, the rows per score and a note on measures that used fewer.
+        recipes: ``{model: training recipe}`` of the models that name one
+            (:func:`~homoscope.report.analysis.model_recipes`).
+        ceilings: per measure, :func:`~homoscope.report.analysis.seed_ceilings` (empty frames where no recipe
+            has two models in the study).
+        ceiling_measure: the measure of the seed ceiling and family tables (the primary measure, else the
+            first); families: :func:`~homoscope.report.analysis.family_table` under it.
     """
 
     frame: pd.DataFrame
@@ -150,6 +172,16 @@ class Facts:
     unit: str | None
     n_rows: int | None
     n_note: str
+    recipes: dict[str, str] = field(default_factory=dict)
+    ceilings: dict[str, pd.DataFrame] = field(default_factory=dict)
+    ceiling_measure: str = ""
+    families: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def seeded(self) -> bool:
+        """Whether some training recipe has two or more models (seeds) in the study: the report then reads the
+        scores against the seed ceiling."""
+        return any(not c.empty for c in self.ceilings.values())
 
 
 def gather(
@@ -186,9 +218,12 @@ def gather(
     models = model_order(frame, [str(m.get("name")) for m in model_meta if m.get("name") is not None])
     unit = study.get("unit") or (first_value(frame["unit"]) if "unit" in frame else None)
     n_rows, n_note = rows_used(frame)
+    ceilings = {m: seed_ceilings(frame, manifest, infos, m, tables[m]) for m in measures}
+    first = primary_measure(frame, manifest, infos) or measures[0]
     return Facts(frame, manifest, extra, Path(out_dir), study, corpus, model_meta, models, measures, infos, tables,
                  summaries, index, found, compare_view(frame, manifest, infos), unit,
-                 n_rows if n_rows is not None else corpus.get("n"), n_note)
+                 n_rows if n_rows is not None else corpus.get("n"), n_note, model_recipes(manifest), ceilings, first,
+                 family_table(frame, manifest, infos, first, tables[first]))
 
 
 # ----------------------------------------------------------------------------------------- findings.json
@@ -209,8 +244,10 @@ def _plain_data(obj: Any) -> Any:
 
 def findings_record(facts: Facts) -> dict[str, Any]:
     """The analysis as data, for ``findings.json``: the homogenization index (value, interval, pairs,
-    primary measure, baseline, note, sentence and definition), each finding as plain text, per measure the
-    numbers its summary sentence quotes, and the comparison's verdict where the study is one.
+    primary measure, baseline, note, sentence and definition; where some recipe has two or more seeds, H_seed
+    with its fields and definition too), each finding as plain text, per measure the numbers its summary
+    sentence quotes, the seed ceiling (ceiling and family tables, definition) where some recipe has two or more
+    seeds, and the comparison's verdict where the study is one.
 
     Missing numbers are None.
     """
@@ -219,6 +256,11 @@ def findings_record(facts: Facts) -> dict[str, Any]:
              "n_pairs": idx.n_pairs, "n_missing": idx.n_missing, "measure": idx.measure,
              "baseline": idx.baseline or None, "note": idx.note, "text": index_text(idx).plain(),
              "definition": INDEX_DEFINITION}
+    if facts.seeded:
+        index.update(n_seed_pairs=idx.n_seed_pairs, seed_value=idx.seed_value, seed_low=idx.seed_low,
+                     seed_high=idx.seed_high, n_ceiling_pairs=idx.n_ceiling_pairs,
+                     below_floor=[list(p) for p in idx.below_floor], seed_note=idx.seed_note,
+                     seed_definition=SEED_INDEX_DEFINITION)
     measures = {}
     for m, s in facts.summaries.items():
         measures[m] = {"summary": summary_text(s).plain(), "pairs": s.n_pairs,
@@ -229,6 +271,10 @@ def findings_record(facts: Facts) -> dict[str, Any]:
     record: dict[str, Any] = {**({"run": facts.manifest["run"]} if facts.manifest.get("run") else {}),
                               "homogenization_index": index, "findings": [t.plain() for t in facts.findings],
                               "measures": measures}
+    if facts.seeded:
+        record["seed_ceiling"] = {"measure": facts.ceiling_measure, "definition": CEILING_DEFINITION,
+                                  "recipes": facts.ceilings[facts.ceiling_measure].to_dict("records"),
+                                  "families": facts.families.to_dict("records")}
     if facts.view is not None:
         v = facts.view
         record["comparison"] = {"new": v.new, "references": v.references, "measure": v.measure,
@@ -290,7 +336,10 @@ def build_document(facts: Facts, figures: Mapping[str, Sequence[str | os.PathLik
     if facts.view is not None:
         sections.append(_compare_section(facts.view))
     sections += [_study_section(facts), _similarity_section(facts, figs), _layers_section(facts, figs),
-                 _controls_section(facts, figs), _agreement_section(facts, figs)]
+                 _controls_section(facts, figs)]
+    if facts.seeded:
+        sections.append(_ceiling_section(facts))
+    sections.append(_agreement_section(facts, figs))
     others = figs.rest()
     if others:
         sections.append(Section("figures", T("Other figures"), 2, others, "Other figures"))
@@ -347,7 +396,8 @@ def _findings_section(f: Facts) -> Section:
     blocks: list = [box]
     if f.findings:
         blocks.append(BulletList(tuple(f.findings), "findings"))
-    rules = (INDEX_DEFINITION, MEAN_INTERVAL_RULE, NULL_RULE, LAYER_NOTE)
+    rules = (INDEX_DEFINITION, *((SEED_INDEX_DEFINITION,) if f.seeded else ()), MEAN_INTERVAL_RULE, NULL_RULE,
+             LAYER_NOTE)
     blocks.append(Details(T("Definitions"), tuple(Paragraph(T(r)) for r in rules)))
     return Section("findings", T("Findings"), 2, tuple(blocks), "Findings")
 
@@ -482,8 +532,12 @@ def _models_section(f: Facts) -> Section:
                      Cell(_d(params_txt(m.get("n_params"))), True), Cell(_d(m.get("dtype"))),
                      cell(EMPTY if fn is None else ("yes" if fn else "no")), Cell(_d(m.get("license"))),
                      cell(*source) if source else cell(EMPTY), cell(D(m.get("notes") or ""))))
-    head = header(["model", "architecture", "kind", "blocks", "width", "parameters", "dtype", "last layer normed",
-                   "license", "source", "notes"], numeric=(3, 4, 5))
+        if f.recipes:
+            seed = m.get("seed")
+            rows[-1] += (Cell(_d(f.recipes.get(name))), num_cell(int_txt(seed) if isinstance(seed, int) else EMPTY))
+    names = ["model", "architecture", "kind", "blocks", "width", "parameters", "dtype", "last layer normed",
+             "license", "source", "notes"] + (["recipe", "seed"] if f.recipes else [])
+    head = header(names, numeric=(3, 4, 5, *((12,) if f.recipes else ())))
     return Section("", T("Models"), 3, (Table(head, tuple(rows)),))
 
 
@@ -552,22 +606,36 @@ def _layers_section(f: Facts, figs: _Figures) -> Section:
 # ---------------------------------------------------------------------------------------------- controls
 
 
-def _controls_table(t: pd.DataFrame, info: MeasureInfo) -> Table:
-    """Each pair's best and final score beside its random-init baseline, null, p, q and interval."""
+def _controls_table(t: pd.DataFrame, info: MeasureInfo, ceiling: Sequence[Cell] | None = None) -> Table:
+    """Each pair's best and final score beside its random-init baseline, null, p, q and interval; with
+    ``ceiling`` (one cell per row), the pair's seed ceiling after the best score's interval."""
     rows = []
-    for r in t.itertuples(index=False):
+    for k, r in enumerate(t.itertuples(index=False)):
         null = (f"{f3(r.best_null_mean)} \u00b1 {f3(r.best_null_std)}" if finite(r.best_null_std)
                 else f3(r.best_null_mean))
-        rows.append((_pair(r.model_a, r.model_b, info), score_cell(r.best, r.best_verdict, bold=True),
-                     num_cell(span(r.best_ci_low, r.best_ci_high)), num_cell(f3(r.best_random_init)),
+        row = [_pair(r.model_a, r.model_b, info), score_cell(r.best, r.best_verdict, bold=True),
+               num_cell(span(r.best_ci_low, r.best_ci_high))] + ([ceiling[k]] if ceiling is not None else [])
+        rows.append((*row, num_cell(f3(r.best_random_init)),
                      cell(r.best_vs_random or EMPTY), num_cell(null), num_cell(p_txt(r.best_p_value)),
                      num_cell(p_txt(r.best_q_value)), cell(r.best_verdict), score_cell(r.final, r.final_verdict),
                      num_cell(span(r.final_ci_low, r.final_ci_high)), num_cell(f3(r.final_random_init)),
                      num_cell(p_txt(r.final_q_value))))
-    head = header(["pair", "best", "95% CI", "random-init", "vs random-init", "null mean \u00b1 sd", "p", "q",
-                   "verdict", "final", "final 95% CI", "final random-init", "final q"],
-                  numeric=(1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
-    return Table(head, tuple(rows))
+    names = ["pair", "best", "95% CI", *(["seed ceiling"] if ceiling is not None else []), "random-init",
+             "vs random-init", "null mean \u00b1 sd", "p", "q", "verdict", "final", "final 95% CI", "final random-init",
+             "final q"]
+    text = {names.index(x) for x in ("pair", "vs random-init", "verdict")}
+    return Table(header(names, numeric=(k for k in range(len(names)) if k not in text)), tuple(rows))
+
+
+def _ceiling_cells(f: Facts, m: str) -> list[Cell] | None:
+    """The seed ceiling c_ab of each pair of the controls table of ``m`` (:data:`SEED_PAIR_CELL` for two seeds
+    of one recipe, :data:`EMPTY` without one); None where no recipe has two models in the study."""
+    if not f.seeded:
+        return None
+    t = f.tables[m]
+    values = pair_ceilings(t, f.recipes, f.ceilings[m])
+    return [num_cell(SEED_PAIR_CELL if seed_pair(a, b, f.recipes) else f3(c))
+            for a, b, c in zip(t["model_a"], t["model_b"], values)]
 
 
 def _controls_section(f: Facts, figs: _Figures) -> Section:
@@ -582,14 +650,42 @@ def _controls_section(f: Facts, figs: _Figures) -> Section:
                                          ("no permutation null", not have & {"null_mean", "p_value"}),
                                          ("no bootstrap intervals", "ci_low" not in have)) if absent]
     blocks: list = [Paragraph(T(NULL_RULE, " ", RANDOM_INIT_NOTE,
-                                f" In this study: {'; '.join(missing)}." if missing else ""), "note")]
+                                f" In this study: {'; '.join(missing)}." if missing else "",
+                                f" {CEILING_NOTE}" if f.seeded else ""), "note")]
     for m in f.measures:
         if not has_controls(frame, m):
             blocks.append(Section("", T(C(m)), 3, (Paragraph(T("No control computed for ", C(m), "."), "note"),)))
             continue
         grid = figs.grid([(controls_relpath(m), f"{m}: scores beside their controls")])
-        blocks.append(Section("", T(C(m)), 3, (*grid, _controls_table(f.tables[m], f.infos[m]))))
+        table = _controls_table(f.tables[m], f.infos[m], _ceiling_cells(f, m))
+        blocks.append(Section("", T(C(m)), 3, (*grid, table)))
     return Section("controls", T("Controls"), 2, tuple(blocks), "Controls")
+
+
+# ------------------------------------------------------------------------------------------ seed ceiling
+
+
+def _ceiling_section(f: Facts) -> Section:
+    """The seed ceiling of each recipe with two or more seeds and the pairs grouped by family, under the
+    primary measure, with the ceiling's definition."""
+    m, ceil = f.ceiling_measure, f.ceilings[f.ceiling_measure]
+    rows = []
+    for r in ceil.itertuples(index=False):
+        seeds = ", ".join(EMPTY if s is None else str(s) for s in r.seeds)
+        rows.append((cell(D(r.recipe)), Cell(_d(r.kind)), num_cell(f"{r.n_seeds} ({seeds})"),
+                     num_cell(int_txt(r.n_pairs)), num_cell(f3(r.ceiling), bold=True),
+                     num_cell(span(r.ceiling_low, r.ceiling_high)), num_cell(f3(r.final)),
+                     num_cell(span(r.final_low, r.final_high))))
+    head = header(["recipe", "kind", "models (seeds)", "seed pairs", "ceiling", "interval", "final", "final interval"],
+                  numeric=range(2, 8))
+    fam = tuple((cell(D(r.family)), cell(r.scope), num_cell(int_txt(r.n_pairs)), num_cell(f3(r.mean), bold=True),
+                 num_cell(span(r.low, r.high))) for r in f.families.itertuples(index=False))
+    fam_head = header(["family", "scope", "pairs", "mean best", "interval"], numeric=(2, 3, 4))
+    blocks = (Paragraph(T(CEILING_DEFINITION), "note"),
+              Section("", T("Ceiling of each recipe (", C(m), ")"), 3, (Table(head, tuple(rows)),)),
+              Section("", T("Within and across families (", C(m), ")"), 3,
+                      (Table(fam_head, fam), Paragraph(T(FAMILY_NOTE), "note"))))
+    return Section("ceiling", T("Seed ceiling"), 2, blocks, "Seed ceiling")
 
 
 # ------------------------------------------------------------------------------------ prediction agreement

@@ -130,9 +130,10 @@ def write_report_md(
     layer, with a verdict; the study (corpus, models, measures, configuration, the commands to reproduce
     and to rebuild the report); model-by-model similarity per measure (figures and table); the
     layer-by-layer heatmaps; the controls (random-init baseline, permutation null, p and q, bootstrap
-    intervals); prediction agreement and outcome homogenization (from ``extra``; a one-line note where
-    absent); any other figure; provenance (versions, fingerprints, random-init controls, timings,
-    warnings).
+    intervals; each pair's seed ceiling where some recipe has two or more seeds); the seed ceiling (each
+    recipe's ceiling and the pairs by family, only where some recipe has two or more seeds); prediction
+    agreement and outcome homogenization (from ``extra``; a one-line note where absent); any other figure;
+    provenance (versions, fingerprints, random-init controls, timings, warnings).
 
     Args:
         frame: the tidy results frame.

@@ -102,7 +102,8 @@ def write_outputs(
       ci_low, ci_high);
       ``probes.png`` where ``extra`` has probes;
     - ``findings.json``: the analysis the report quotes (homogenization index with its definition, the
-      finding sentences, per measure the most and least alike pair, mean best value and final range; see
+      finding sentences, per measure the most and least alike pair, mean best value and final range, the
+      seed ceiling and H_seed where some recipe has two or more seeds; see
       :func:`~homoscope.report.builder.findings_record`);
     - ``manifest.json`` (indent 2), ``report.md`` and the self-contained ``report.html``: two renderings
       of one document (:func:`~homoscope.report.builder.build_document`), built from the same objects as
