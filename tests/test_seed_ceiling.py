@@ -361,3 +361,14 @@ def test_a_rebuild_carries_recipe_and_seed_through_the_manifest(tmp_path):
         shutil.copy(study / name, bare / name)
     rebuild_report(bare, progress=False, dpi=30)
     assert (bare / "report.md").read_bytes() == original
+
+
+def test_most_alike_names_two_models_not_two_seeds_of_one_recipe():
+    f = seed_frame()
+    said = [t.plain() for t in findings(f, seed_manifest(), _infos(f))]
+    top = next(s for s in said if s.startswith("Most alike"))
+    # the seed pairs score 0.70-0.88; the best cross-model pair is a zoo-gpt seed with bert (0.60)
+    assert "bert" in top and "0.600" in top, top
+    f2 = seed_frame()
+    plain = [t.plain() for t in findings(f2, seed_manifest(recipes=False), _infos(f2))]
+    assert "0.880" in next(s for s in plain if s.startswith("Most alike"))  # without recipes: a pair like any other

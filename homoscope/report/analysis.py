@@ -879,7 +879,9 @@ def findings(
     table = controls_table(frame, m, info)
     ok = table[np.isfinite(table["best"].astype(float))]
     if not ok.empty:
-        out += _extreme_findings(ok, m, info)
+        recipes = model_recipes(manifest)  # two seeds of one recipe are the ceiling, not the most alike models
+        cross = ok[[not seed_pair(a, b, recipes) for a, b in zip(ok.model_a, ok.model_b)]] if recipes else ok
+        out += _extreme_findings(cross if not cross.empty else ok, m, info)
         out += _control_findings(ok, info)
         out += _kind_finding(ok, manifest, m, info)
         out += _depth_finding(frame, ok, m, info)
@@ -1053,6 +1055,11 @@ def _controls_clause(r: Any, where: str) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
+#: A model kind in the plural, as a sentence reads it.
+KIND_PLURALS = {"encoder": "encoders", "decoder": "decoders", "encoder-decoder": "encoder-decoder models",
+                "recurrent": "recurrent language models"}
+
+
 def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: MeasureInfo) -> list[Text]:
     kinds, recipes = model_kinds(manifest), model_recipes(manifest)
     if not kinds:
@@ -1067,7 +1074,8 @@ def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: M
     if not ("decoder" in groups and "encoder" in groups):
         present = sorted(set(kinds.values()))
         if len(present) == 1 and len(ok) > 0:
-            return [T(f"All models are {present[0]}s, so decoders and encoders cannot be compared here.")]
+            return [T(f"All models are {KIND_PLURALS.get(present[0], present[0] + ' models')}, so decoders and "
+                      "encoders cannot be compared here.")]
         return []
     stats = {}
     for key, idx in groups.items():
