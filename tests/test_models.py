@@ -52,6 +52,8 @@ def test_packaged_registry_matches_spec():
         "mpnet-base": ("mpnet", 12, 768, "encoder"),
         "smollm2-135m": ("llama", 30, 576, "decoder"),
         "gemma3-270m": ("gemma3_text", 18, 640, "decoder"),
+        "flair-news-forward": ("lstm-lm", 1, 1024, "recurrent"),
+        "flair-news-backward": ("lstm-lm", 1, 1024, "recurrent"),
     }
     assert set(PACKAGED) == set(want)
     for name, (arch, blocks, width, kind) in want.items():
@@ -63,6 +65,8 @@ def test_packaged_registry_matches_spec():
     assert "Q4_1" in PACKAGED["smollm2-135m"].quantization
     assert "Q4_K_M" in PACKAGED["gemma3-270m"].quantization
     assert len(PACKAGED["mpnet-base"].requirements) == 5
+    assert {PACKAGED[n].source_format for n in ("flair-news-forward", "flair-news-backward")} == {"flair"}
+    assert PACKAGED["flair-news-backward"].license == "MIT"
 
 
 def test_packaged_status_rows_offline():

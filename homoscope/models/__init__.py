@@ -14,7 +14,9 @@ Public API:
 - ``LayeredModule`` (``homoscope.models.modules``): the adapter interface for torch modules that are not
   transformers classes (``layers(input_ids, attention_mask)`` -> every layer), ``save_module`` /
   ``load_module`` for folders of registered classes, ``character_tokenizer``; ``LSTMLanguageModel``
-  (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo.
+  (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo;
+  ``homoscope.models.flair``: the restricted unpickler that converts Flair's language models once from a
+  pickled Flair model (the packaged ``flair-news-forward`` / ``flair-news-backward``).
 - ``homoscope.models.tiny``: tiny deterministic models for tests (``tiny_model``).
 """
 from __future__ import annotations
