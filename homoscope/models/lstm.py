@@ -108,3 +108,33 @@ def lstm_config(*, vocab_size: int, hidden_size: int, num_layers: int, embedding
     return ModuleConfig(module="lstm-lm", kind="recurrent", num_hidden_layers=num_layers, hidden_size=hidden_size,
                         vocab_size=vocab_size,
                         options={"embedding_size": embedding_size or hidden_size, "direction": direction})
+
+
+def bits_per_unit(model: LSTMLanguageModel, tokenizer, texts: list[str], batch_size: int = 64) -> tuple[float, int]:
+    """Bits per unit of ``model`` on ``texts`` (bits per character for a character model), read in its direction.
+
+    Each text is encoded by ``tokenizer`` with its markers; every unit read after the first (the marker the
+    model starts from, never a target) is predicted from the ones before it (:meth:`~LSTMLanguageModel.next_unit_logits`
+    against :meth:`~LSTMLanguageModel.reading_ids`), the end marker included. Returns ``(bits, units)``: the
+    mean cross-entropy in bits over all predicted units (float) and their count (int). Runs on the model's
+    device without gradients, ``batch_size`` texts of like lengths at a time. Raises ValueError for no text or a
+    text with nothing to predict.
+    """
+    if not texts:
+        raise ValueError("texts is empty: nothing to predict")
+    device = next(model.parameters()).device
+    texts = sorted(texts, key=len)  # batches of like lengths: little padding to run
+    total, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i: i + batch_size], padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        with torch.no_grad():
+            logits = model.next_unit_logits(ids, mask)[:, :-1].float()
+            targets = model.reading_ids(ids, mask)[:, 1:]
+        lengths = mask.sum(dim=1, keepdim=True)
+        keep = torch.arange(1, ids.shape[1], device=device)[None, :] < lengths  # real units read first
+        if not bool(keep.any(dim=1).all()):
+            raise ValueError("a text has no unit to predict after its first")
+        nats = nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")
+        total, count = total + float(nats), count + int(keep.sum())
+    return total / count / float(torch.log(torch.tensor(2.0))), count

