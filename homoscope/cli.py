@@ -317,7 +317,8 @@ def cmd_zoo(args) -> int:
         print("homoscope: interrupted; nothing was written to --out", file=sys.stderr)
         return 130
     out = zoo.out
-    print(f"\nwrote {len(zoo.folders)} models to {out}/ in {zoo.summary['seconds'] / 60:.1f} min: "
+    n = len(zoo.folders)
+    print(f"\nwrote {n} model{'s' * (n != 1)} to {out}/ in {zoo.summary['seconds'] / 60:.1f} min: "
           f"{', '.join(zoo.folders)}")
     for family, row in zoo.summary["families"].items():
         print(f"  {family:<5} width {row['width']:<4} {row['params']:>10,} parameters, "

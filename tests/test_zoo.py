@@ -30,10 +30,16 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def zoos(tmp_path_factory, corpus):
-    """The same zoo trained twice (seeds 0 and 1, then seed 0 alone)."""
+    """The same zoo trained twice (seeds 0 and 1, then seed 0 alone), on one thread: for models this small one
+    thread is faster than two, and is not slowed down many times over by other work on the machine."""
     root = tmp_path_factory.mktemp("zoo")
-    a = train_zoo(root / "a", corpus=corpus, **OPTIONS)
-    b = train_zoo(root / "b", corpus=corpus, **{**OPTIONS, "seeds": 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = train_zoo(root / "a", corpus=corpus, **OPTIONS)
+        b = train_zoo(root / "b", corpus=corpus, **{**OPTIONS, "seeds": 1})
+    finally:
+        torch.set_num_threads(threads)
     return a, b
 
 
@@ -193,3 +199,16 @@ def test_command_refuses_a_folder_with_files(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["zoo", "--out", str(tmp_path)]) == 2
     assert "--out=" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_study_compares_the_three_families_token_by_token(zoos, tmp_path):
+    from homoscope.study import Study, run_study
+
+    a, _ = zoos
+    models = [str(a.out / f"{family}-s0") for family in FAMILIES]
+    study = Study(models=models, corpus=str(a.out / "heldout.jsonl"), label_column="label", doc_column="doc",
+                  sentences=0, unit="token", measures=["linear_cka"], agreement="off", out=str(tmp_path / "out"),
+                  store=str(tmp_path / "store"))
+    frame = run_study(study, progress=False, log=None).frame
+    assert len(frame) == 3 * 3 * 3 and frame["value"].between(0, 1).all()
+    assert frame["n"].nunique() == 1 and frame["n"].iloc[0] > 100  # one row per token, the same tokens for all

@@ -17,7 +17,7 @@ from .._spelling import typed
 from .curves import plot_curves, write_curves
 from .data import SPECIALS, TEMPLATE, hold_out, token_windows, train_tokenizer, unigram_entropy, write_heldout
 from .families import FAMILIES, FAMILY, MATCH_TOLERANCE, choose_widths, family_config, parameter_counts
-from .training import Recipe, heldout_loss, train_model
+from .training import Recipe, heldout_losses, train_model
 
 #: The default budget of non-embedding parameters per model (Transformers of width 128, an LSTM of width 158).
 DEFAULT_PARAMS = 400_000
@@ -206,8 +206,8 @@ def _build(folder: Path, text, held: list[int], kept: list[int], plan: _Plan) ->
             trained = train_model(family, config, windows, seed, plan.recipes[family], device=plan.device,
                                   progress=plan.progress, label=name)
             if held_windows is not None:
-                trained.heldout_loss = heldout_loss(family, trained.model, held_windows,
-                                                    batch_size=plan.recipe.batch_size)
+                trained.heldout = heldout_losses(family, trained.model, held_windows,
+                                                 batch_size=plan.recipe.batch_size)
             counts[family] = parameter_counts(trained.model, len(tokenizer))
             models.append(_save_model(folder / name, family, seed, trained, tokenizer, counts[family], context))
             curves[(family, seed)] = trained.losses
@@ -221,11 +221,18 @@ def _build(folder: Path, text, held: list[int], kept: list[int], plan: _Plan) ->
     return summary
 
 
+def _held_text(losses: dict) -> str:
+    """``", held-out 4.965"`` (and ``", 6.880 at [MASK] inputs"`` for a masked LM), or '' without held-out texts."""
+    text = "" if losses.get("heldout_loss") is None else f", held-out {losses['heldout_loss']:.3f}"
+    at_mask = losses.get("heldout_loss_at_mask")
+    return text + ("" if at_mask is None else f", {at_mask:.3f} at [MASK] inputs")
+
+
 def _say(progress: bool, model: dict) -> None:
     if progress:
         from tqdm.auto import tqdm
 
-        held = "" if model["heldout_loss"] is None else f", held-out {model['heldout_loss']:.3f}"
+        held = _held_text(model)
         tqdm.write(f"{model['folder']}: {model['steps']} steps in {model['seconds']:.0f} s, final loss "
                    f"{model['final_loss']:.3f}{held} nats per token ({model['objective']})")
 
@@ -265,17 +272,21 @@ def _save_model(folder: Path, family: str, seed: int, trained, tokenizer, counts
     total, non_embedding = counts
     final = sum(trained.losses[-FINAL_STEPS:]) / len(trained.losses[-FINAL_STEPS:])
     width = model.config.hidden_size
-    held = "" if trained.heldout_loss is None else f", held-out {trained.heldout_loss:.3f}"
+    held = _held_text(trained.heldout)
     notes = (f"{fam.description} ({model.config.num_hidden_layers} blocks, width "
              f"{width}) trained by homoscope zoo, recipe zoo-{family}, seed {seed}: {train['steps']} steps of "
              f"{train['batch_size']} x {train['seq_len']} tokens of {context['corpus']['source']} (held-out "
              f"documents excluded); {total:,} parameters, {non_embedding:,} non-embedding; {fam.objective} loss "
              f"{final:.3f}{held} nats per token. License: same as the corpus ({context['corpus']['license']}).")
+    if family == "bert":
+        notes += (" Its pooler is not trained (no next-sentence objective) and not saved: loaded as a BertModel it "
+                  "is initialised at random; no layer homoscope measures passes through it.")
     marker = {"format": MARKER_FORMAT, "name": folder.name, "recipe": f"zoo-{family}", "seed": seed,
               "architecture": model.config.model_type, "kind": fam.kind, "blocks": model.config.num_hidden_layers,
               "width": width, "license": "same as the corpus", "corpus_license": context["corpus"]["license"],
               "notes": notes, "params": total, "non_embedding_params": non_embedding, "steps": train["steps"],
-              "final_loss": final, "heldout_loss": trained.heldout_loss, "objective": fam.objective,
+              "final_loss": final, "heldout_loss": trained.heldout.get("heldout_loss"), **trained.heldout,
+              "objective": fam.objective,
               "loss_unit": "nats per token", "tokenizer_sha256": context["tokenizer"]["sha256"],
               "recipe_options": {**{k: train[k] for k in dataclasses.asdict(Recipe())}, "lr": train["lr"][family]},
               "versions": _versions()}
@@ -290,7 +301,7 @@ def _save_model(folder: Path, family: str, seed: int, trained, tokenizer, counts
         (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return {"folder": folder.name, "family": family, "seed": seed, "kind": fam.kind, "recipe": f"zoo-{family}",
             "objective": fam.objective, "steps": train["steps"], "final_loss": final,
-            "heldout_loss": trained.heldout_loss, "seconds": round(trained.seconds, 1)}
+            "heldout_loss": trained.heldout.get("heldout_loss"), **trained.heldout, "seconds": round(trained.seconds, 1)}
 
 
 def _summary(context: dict, plan: _Plan, counts: dict, entropy: dict, models: list, seconds: float) -> dict:
@@ -312,6 +323,8 @@ def _summary(context: dict, plan: _Plan, counts: dict, entropy: dict, models: li
                      "final_loss": f"mean batch loss of the last {FINAL_STEPS} steps",
                      "heldout_loss": f"on up to {HELDOUT_WINDOWS} windows of the held-out texts; the masked LM on "
                                      "masks drawn once for every seed",
+                     "heldout_loss_at_mask": "the masked LM's held-out loss at the chosen tokens whose input is "
+                                             "[MASK] (80% of them), which only the context can predict",
                      "unigram_entropy": entropy},
             "models": models, "folders": [m["folder"] for m in models], "seconds": round(seconds, 1),
             "versions": _versions()}

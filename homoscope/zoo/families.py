@@ -146,20 +146,26 @@ def parameter_counts(model: nn.Module, vocab_size: int) -> tuple[int, int]:
     return total, total - sum(params[i] for i in embedding)
 
 
+def family_logits(family: str, model: nn.Module, ids: torch.Tensor, chosen: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of ``model`` on int64 ``ids`` ``[batch, units]`` (no pads): ``[batch, units, vocab]`` for ``lstm``
+    and ``gpt`` (position ``j`` predicts unit ``j + 1``), ``[chosen units, vocab]`` for ``bert`` (the masked-LM
+    head runs on the units where the bool ``chosen`` is True only)."""
+    if family == "bert":
+        return model.cls(model.bert(input_ids=ids).last_hidden_state[chosen])
+    if family == "lstm":
+        return model.next_unit_logits(ids, torch.ones_like(ids))
+    return model(input_ids=ids).logits
+
+
 def family_loss(family: str, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per-token cross-entropy in nats of ``model`` on int64 ``ids`` ``[batch, units]`` (no pads).
 
     ``lstm`` and ``gpt``: next-token prediction over units ``1 .. units - 1``. ``bert``: ``ids`` are the masked
     inputs and ``labels`` the chosen units (:data:`~homoscope.zoo.data.IGNORE` elsewhere,
-    :func:`~homoscope.zoo.data.mask_tokens`); the masked-LM head runs on the chosen units only.
+    :func:`~homoscope.zoo.data.mask_tokens`).
     """
-    ce = nn.functional.cross_entropy
     if family == "bert":
-        hidden = model.bert(input_ids=ids).last_hidden_state
         chosen = labels != IGNORE
-        return ce(model.cls(hidden[chosen]), labels[chosen])
-    if family == "lstm":
-        logits = model.next_unit_logits(ids, torch.ones_like(ids))
-    else:
-        logits = model(input_ids=ids).logits
-    return ce(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        return nn.functional.cross_entropy(family_logits(family, model, ids, chosen), labels[chosen])
+    logits = family_logits(family, model, ids)
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())

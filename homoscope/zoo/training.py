@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import IGNORE, SPECIALS, batch_order, mask_tokens, stream_seed
-from .families import build_model, family_loss
+from .families import build_model, family_logits, family_loss
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ class Recipe:
 
 @dataclass
 class Trained:
-    """A trained model (on the CPU, eval mode), its loss per step (nats per token) and the seconds it took."""
+    """A trained model (on the CPU, eval mode), its loss per step (nats per token), the seconds it took and its
+    held-out losses (:func:`heldout_losses`; empty without held-out texts)."""
 
     model: nn.Module
     losses: list[float]
     seconds: float
-    heldout_loss: float | None = None
-    extra: dict = field(default_factory=dict)
+    heldout: dict = field(default_factory=dict)
 
 
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -121,15 +121,26 @@ def train_model(family: str, config, windows: torch.Tensor, seed: int, recipe: R
 
 
 @torch.no_grad()
-def heldout_loss(family: str, model: nn.Module, windows: torch.Tensor, *, batch_size: int) -> float:
-    """Mean per-token cross-entropy in nats of ``model`` (on the CPU, eval mode) on int64 ``windows``
-    ``[n, seq_len]``, each window weighted by its predicted tokens. ``bert`` is scored on masks drawn from one
-    fixed stream (:func:`~homoscope.zoo.data.stream_seed` of ``heldout``), the same for every seed."""
+def heldout_losses(family: str, model: nn.Module, windows: torch.Tensor, *, batch_size: int) -> dict[str, float]:
+    """The mean per-token cross-entropy in nats of ``model`` (on the CPU, eval mode) on int64 ``windows``
+    ``[n, seq_len]``: ``{"heldout_loss": ...}``, and for ``bert`` also ``heldout_loss_at_mask``, the loss at the
+    chosen units whose input is ``[MASK]`` (80% of them), which only the context can predict. ``bert`` is
+    scored on masks drawn from one fixed stream (:func:`~homoscope.zoo.data.stream_seed` of ``heldout``), the
+    same for every seed."""
     masks = torch.Generator().manual_seed(stream_seed(0, "heldout"))
-    total, count = 0.0, 0
+    losses, at_mask = [], []
     for start in range(0, len(windows), batch_size):
         ids, labels = _batch(family, windows[start:start + batch_size], model.config.vocab_size, masks, "cpu")
-        n = int((labels != IGNORE).sum()) if labels is not None else ids.shape[0] * (ids.shape[1] - 1)
-        total += float(family_loss(family, model, ids, labels)) * n
-        count += n
-    return total / count
+        if family != "bert":
+            logits = family_logits(family, model, ids)
+            losses.append(nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
+                                                      reduction="none"))
+            continue
+        chosen = labels != IGNORE
+        logits = family_logits(family, model, ids, chosen)
+        losses.append(nn.functional.cross_entropy(logits, labels[chosen], reduction="none"))
+        at_mask.append(losses[-1][ids[chosen] == SPECIALS.index("[MASK]")])
+    out = {"heldout_loss": float(torch.cat(losses).mean())}
+    if at_mask:
+        out["heldout_loss_at_mask"] = float(torch.cat(at_mask).mean())
+    return out
