@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("zoo", allow_abbrev=False, help="train matched small models of three families (LSTM, GPT-2 and BERT "
-                                                      "language models), several seeds each, for a study")
+    p = sub.add_parser("zoo", allow_abbrev=False, help="train matched small models of three families (LSTM, GPT-2 "
+                                                      "and BERT language models), several seeds each, for a study")
     p.add_argument("--out", required=True, help="the folder to write: new or empty")
     for flag, _, meta, about, default in ZOO_FLAGS:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, metavar=meta,

@@ -97,10 +97,6 @@ def _corpus(spec):
     return spec if isinstance(spec, Corpus) else load_corpus(spec, sentences=None)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _versions() -> dict:
     import tokenizers
     import transformers
@@ -121,10 +117,11 @@ def train_zoo(out, *, corpus="bbc", seeds: int = 3, families=FAMILIES, steps: in
     ``bert`` (BERT masked LM); each with ``blocks`` blocks and non-embedding parameters within 10% of
     ``params``; seeds ``0 .. seeds - 1`` each. Whole documents of ``corpus`` (``bbc``, a .txt/.jsonl/.csv path
     read whole, or a :class:`~homoscope.corpora.Corpus`) are held out until at least ``holdout`` texts are
-    (``heldout.jsonl``); the rest trains one shared lowercasing byte-level BPE tokenizer of 4,096 units and every
-    model, for ``steps`` steps of ``batch_size`` windows of ``seq_len`` tokens (:class:`Recipe`; peak
-    learning rate ``lr``, or None for each family's own, :data:`~homoscope.zoo.families.FAMILY`), on ``device`` (None: cuda, then mps, then cpu). The same options and seed give
-    bit-identical weights on the CPU.
+    (``heldout.jsonl``); the rest trains one shared lowercasing byte-level BPE tokenizer of 4,096 units and
+    every model, for ``steps`` steps of ``batch_size`` windows of ``seq_len`` tokens (:class:`Recipe`; peak
+    learning rate ``lr``, or None for each family's own, :data:`~homoscope.zoo.families.FAMILY`), on
+    ``device`` (None: cuda, then mps, then cpu). The same options and seed give bit-identical weights on the
+    CPU (same torch version and thread count).
 
     Writes ``out/<family>-s<seed>/`` (a model folder :func:`homoscope.models.load_model` loads; recipe
     ``zoo-<family>``, the seed, parameter counts and losses in ``homoscope_model.json``), ``heldout.jsonl``,
@@ -133,8 +130,8 @@ def train_zoo(out, *, corpus="bbc", seeds: int = 3, families=FAMILIES, steps: in
 
     Raises:
         ValueError: naming the option: ``out`` holds files; a count below its minimum (``seeds``, ``steps``,
-            ``blocks``, ``heads``, ``batch_size`` >= 1, ``seq_len`` >= 8, ``holdout`` >= 0); an unknown or repeated
-            family; ``lr`` not a positive number; a device that is not available; a budget no width matches
+            ``blocks``, ``heads``, ``batch_size`` >= 1, ``seq_len`` >= 8, ``holdout`` >= 0); an unknown or
+            repeated family; ``lr`` not a positive number; a device that is not available; a budget no width matches
             within 10%; a holdout that leaves no text to train on; a corpus error (:func:`load_corpus`).
     """
     seeds, steps, blocks, heads = (_int(n, v, 1) for n, v in
@@ -222,10 +219,10 @@ def _build(folder: Path, text, held: list[int], kept: list[int], plan: _Plan) ->
 
 
 def _held_text(losses: dict) -> str:
-    """``", held-out 4.965"`` (and ``", 6.880 at [MASK] inputs"`` for a masked LM), or '' without held-out texts."""
+    """``", held-out 4.965"`` (and ``" (6.880 at [MASK] inputs)"`` for a masked LM), or '' without held-out texts."""
     text = "" if losses.get("heldout_loss") is None else f", held-out {losses['heldout_loss']:.3f}"
     at_mask = losses.get("heldout_loss_at_mask")
-    return text + ("" if at_mask is None else f", {at_mask:.3f} at [MASK] inputs")
+    return text + ("" if at_mask is None else f" ({at_mask:.3f} at [MASK] inputs)")
 
 
 def _say(progress: bool, model: dict) -> None:
@@ -233,8 +230,8 @@ def _say(progress: bool, model: dict) -> None:
         from tqdm.auto import tqdm
 
         held = _held_text(model)
-        tqdm.write(f"{model['folder']}: {model['steps']} steps in {model['seconds']:.0f} s, final loss "
-                   f"{model['final_loss']:.3f}{held} nats per token ({model['objective']})")
+        tqdm.write(f"{model['folder']}: {model['steps']} steps in {model['seconds']:.0f} s; {model['objective']} "
+                   f"loss {model['final_loss']:.3f} nats per token{held}")
 
 
 def _context(text, held: list[int], kept: list[int], tokenizer, windows: torch.Tensor, plan: _Plan) -> dict:
@@ -277,7 +274,7 @@ def _save_model(folder: Path, family: str, seed: int, trained, tokenizer, counts
              f"{width}) trained by homoscope zoo, recipe zoo-{family}, seed {seed}: {train['steps']} steps of "
              f"{train['batch_size']} x {train['seq_len']} tokens of {context['corpus']['source']} (held-out "
              f"documents excluded); {total:,} parameters, {non_embedding:,} non-embedding; {fam.objective} loss "
-             f"{final:.3f}{held} nats per token. License: same as the corpus ({context['corpus']['license']}).")
+             f"{final:.3f} nats per token{held}. License: same as the corpus ({context['corpus']['license']}).")
     if family == "bert":
         notes += (" Its pooler is not trained (no next-sentence objective) and not saved: loaded as a BertModel it "
                   "is initialised at random; no layer homoscope measures passes through it.")
@@ -285,7 +282,7 @@ def _save_model(folder: Path, family: str, seed: int, trained, tokenizer, counts
               "architecture": model.config.model_type, "kind": fam.kind, "blocks": model.config.num_hidden_layers,
               "width": width, "license": "same as the corpus", "corpus_license": context["corpus"]["license"],
               "notes": notes, "params": total, "non_embedding_params": non_embedding, "steps": train["steps"],
-              "final_loss": final, "heldout_loss": trained.heldout.get("heldout_loss"), **trained.heldout,
+              "final_loss": final, "heldout_loss": None, **trained.heldout,
               "objective": fam.objective,
               "loss_unit": "nats per token", "tokenizer_sha256": context["tokenizer"]["sha256"],
               "recipe_options": {**{k: train[k] for k in dataclasses.asdict(Recipe())}, "lr": train["lr"][family]},
@@ -301,7 +298,7 @@ def _save_model(folder: Path, family: str, seed: int, trained, tokenizer, counts
         (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return {"folder": folder.name, "family": family, "seed": seed, "kind": fam.kind, "recipe": f"zoo-{family}",
             "objective": fam.objective, "steps": train["steps"], "final_loss": final,
-            "heldout_loss": trained.heldout.get("heldout_loss"), **trained.heldout, "seconds": round(trained.seconds, 1)}
+            "heldout_loss": None, **trained.heldout, "seconds": round(trained.seconds, 1)}
 
 
 def _summary(context: dict, plan: _Plan, counts: dict, entropy: dict, models: list, seconds: float) -> dict:
