@@ -36,6 +36,29 @@ COMMAND_DEFAULTS = {
     "compare": {**CONTROL_DEFAULTS, "pairs": "first-vs-rest", "install": True, "out": "homoscope-compare-NEW",
                 "name": "NEW compared with REF, ..."},
 }
+# the options of `homoscope zoo`: flag, how its value is read, metavar, help, and the default, as train_zoo's
+# (tests/test_zoo.py holds them equal; written out here so that --help does not import torch)
+ZOO_FLAGS = (
+    ("--corpus", str, "SPEC", "bbc (BBC News) or a .txt/.jsonl/.csv file (text column 'text'; each text its own "
+                              "document)", "bbc"),
+    ("--seeds", int, "N", "models per family, seeds 0 .. N-1", 3),
+    ("--families", str, "A,B", "comma-separated families: lstm (LSTM LM), gpt (GPT-2 causal LM), bert (BERT masked "
+                               "LM)", "lstm,gpt,bert"),
+    ("--steps", int, "N", "optimizer steps per model", 800),
+    ("--params", int, "N", "non-embedding parameters per model: each family's width is chosen to within 10%",
+     400_000),
+    ("--blocks", int, "N", "blocks per model (LSTM layers, Transformer blocks)", 2),
+    ("--batch-size", int, "N", "windows per step", 16),
+    ("--seq-len", int, "N", "tokens per window: the models' positions and the tokenizer's max length", 64),
+    ("--lr", float, "X", "peak learning rate of every family (AdamW, 10% warmup, cosine decay to a tenth)",
+     "each family's own: lstm 0.01, gpt 0.003, bert 0.002"),
+    ("--holdout", int, "N", "texts held out from training (whole documents), written to heldout.jsonl for the study",
+     1000),
+    ("--device", str, "DEV", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N", "auto"),
+)
+ZOO_DEFAULTS = {flag[2:].replace("-", "_"): default for flag, *_, default in ZOO_FLAGS}
+
+
 def _add_study_options(p: argparse.ArgumentParser, command: str) -> None:
     """One flag per option of the study schema (but ``models``), with its help and the default of
     ``command`` (``demo``, ``run`` or ``compare``); and ``-q``."""
@@ -153,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("zoo", allow_abbrev=False, help="train matched small models of three families (LSTM, GPT-2 "
+                                                      "and BERT language models), several seeds each, for a study")
+    p.add_argument("--out", required=True, help="the folder to write: new or empty")
+    for flag, _, meta, about, default in ZOO_FLAGS:
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, metavar=meta,
+                       help=f"{about} (default: {default})".replace("%", "%%"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("doctor", allow_abbrev=False, help="report versions, device, cache and packaged models, and check that each "
                                       "installed model loads and runs (exit status 1 if a check fails)")
     p.add_argument("--no-load", dest="no_load", action="store_true", help="list the packaged models without "
@@ -257,6 +288,47 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _zoo_options(args) -> dict:
+    """The options of ``homoscope zoo`` given on the command line, as ``train_zoo`` keywords (numbers read as
+    numbers where they are; anything else is passed on for ``train_zoo`` to refuse by name)."""
+    given = {}
+    for flag, cast, *_ in ZOO_FLAGS:
+        name = flag[2:].replace("-", "_")
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        try:
+            given[name] = cast(raw)
+        except ValueError:
+            given[name] = raw
+    return given
+
+
+def cmd_zoo(args) -> int:
+    """``zoo --out DIR``: train the zoo, print where its models and held-out texts went."""
+    from ._spelling import spelled
+    from .zoo import train_zoo
+
+    labels = {name: "--" + name.replace("_", "-") for name in ZOO_DEFAULTS} | {"out": "--out"}
+    try:
+        with spelled(labels):
+            zoo = train_zoo(args.out, progress=not args.quiet, **_zoo_options(args))
+    except KeyboardInterrupt:
+        print("homoscope: interrupted; nothing was written to --out", file=sys.stderr)
+        return 130
+    out = zoo.out
+    n = len(zoo.folders)
+    print(f"\nwrote {n} model{'s' * (n != 1)} to {out}/ in {zoo.summary['seconds'] / 60:.1f} min: "
+          f"{', '.join(zoo.folders)}")
+    for family, row in zoo.summary["families"].items():
+        print(f"  {family:<5} width {row['width']:<4} {row['params']:>10,} parameters, "
+              f"{row['non_embedding_params']:>9,} non-embedding")
+    print(f"curves: {out / 'curves.png'}; details: {out / 'zoo.json'}")
+    if zoo.summary["holdout"]["file"]:
+        print(f"study them on {out / 'heldout.jsonl'} (label_column = \"label\", doc_column = \"doc\")")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     """``doctor``: versions, device, cache and a load check of each packaged model."""
     from .doctor import main as doctor_main
@@ -269,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"demo": cmd_study, "run": cmd_study, "compare": cmd_study, "models": cmd_models,
-                "measures": cmd_measures, "report": cmd_report, "doctor": cmd_doctor}
+                "measures": cmd_measures, "report": cmd_report, "doctor": cmd_doctor, "zoo": cmd_zoo}
     try:
         return handlers[args.command](args)
     except ValueError as err:
