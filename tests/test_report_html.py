@@ -303,3 +303,24 @@ def test_file_names_from_model_names_cannot_leave_the_output_folder(tmp_path):
     extra_csv = [p for p in files["tables"] if p.name.startswith("extra_")]
     assert len(extra_csv) == 1 and extra_csv[0].parent == out and re.fullmatch(r"[\w.-]+\.csv", extra_csv[0].name)
     assert np.isfinite(pd.read_csv(out / "summary.csv").best).all()
+
+
+@pytest.mark.parametrize("n", [30, 31])
+def test_a_study_of_many_pairs_shows_its_heatmaps_from_their_files(tmp_path, n):
+    from homoscope.report.analysis import T
+    from homoscope.report.document import Document, Figure, FigureGrid, Section
+    from homoscope.report.html import EMBEDDED_HEATMAPS, render_html
+
+    assert EMBEDDED_HEATMAPS == 30
+    (tmp_path / "heatmaps").mkdir()
+    figs = []
+    for i in range(n):
+        Image.new("RGB", (20, 10), (i, 0, 0)).save(tmp_path / "heatmaps" / f"m__a{i} b__vs__c.png")
+        figs.append(Figure(f"heatmaps/m__a{i} b__vs__c.png", f"pair {i}"))
+    Image.new("RGB", (20, 10)).save(tmp_path / "summary_m_best.png")
+    doc = Document(T("t"), (), (Section("s", T("s"), 2, (FigureGrid((Figure("summary_m_best.png", "sum"),)),)),
+                                Section("layers", T("l"), 2, (FigureGrid(tuple(figs)),))), T("f"))
+    page = render_html(doc, tmp_path)
+    linked = re.findall(r'src="(heatmaps/[^"]+)"', page)
+    assert page.count("data:image/png;base64,") == (1 if n > 30 else n + 1)  # the summary stays embedded
+    assert linked == ([f"heatmaps/m__a{i}%20b__vs__c.png" for i in range(n)] if n > 30 else [])

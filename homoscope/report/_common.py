@@ -194,10 +194,14 @@ def rows_used(frame: pd.DataFrame) -> tuple[int | None, str]:
 # ------------------------------------------------------------------------------ where each figure is written
 
 
+#: The folder of the layer heatmaps inside an output folder.
+HEATMAP_DIR = "heatmaps"
+
+
 def heatmap_relpath(measure: str, model_a: str, model_b: str, stems: dict[str, str]) -> str:
     """Relative path of a layer heatmap: ``heatmaps/<measure>__<a>__vs__<b>.png`` (safe names; ``stems``
     from :func:`file_stems`)."""
-    return f"heatmaps/{safe_name(measure, max_len=40)}__{stems[model_a]}__vs__{stems[model_b]}.png"
+    return f"{HEATMAP_DIR}/{safe_name(measure, max_len=40)}__{stems[model_a]}__vs__{stems[model_b]}.png"
 
 
 def summary_relpath(measure: str, how: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from jinja2 import Environment
@@ -22,10 +23,11 @@ from markupsafe import Markup
 from PIL import Image
 
 from .._paths import atomic_write_text
+from ._common import HEATMAP_DIR
 from ._templates import environment
 from .analysis import Text
 from .builder import build_document, gather
-from .document import Document
+from .document import Document, Figure, FigureGrid
 from .tables import summary_cache
 
 __all__ = ["write_report_html", "render_html", "text_html", "figure_html"]
@@ -63,19 +65,38 @@ class Embedded:
     height: int
 
 
-def embed(path: str | os.PathLike) -> Embedded:
-    """Read the PNG at ``path``: a base64 data URI, shown at its physical size (its dpi against
-    :data:`CSS_DPI`; 1 image pixel per CSS pixel where the file records no dpi).
+#: Layer heatmaps up to this many are embedded in report.html; a study with more shows them from the
+#: ``heatmaps/`` folder beside the page (embedded, 120 model pairs make a page of tens of MB).
+EMBEDDED_HEATMAPS = 30
+
+
+def embed(path: str | os.PathLike, link: str | None = None) -> Embedded:
+    """Read the PNG at ``path``: a base64 data URI (or, with ``link``, that relative address of the file beside
+    the page), shown at its physical size (its dpi against :data:`CSS_DPI`; 1 image pixel per CSS pixel where
+    the file records no dpi).
 
     Raises:
         OSError: the file cannot be read; PIL.UnidentifiedImageError: it is not an image.
     """
-    data = Path(path).read_bytes()
     with Image.open(Path(path)) as img:
         (w, h), dpi = img.size, img.info.get("dpi")
     scale = CSS_DPI / float(dpi[0]) if dpi and dpi[0] else 1.0
-    return Embedded(f"data:image/png;base64,{base64.b64encode(data).decode('ascii')}", round(w * scale),
-                    round(h * scale))
+    src = quote(link) if link is not None else \
+        f"data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+    return Embedded(src, round(w * scale), round(h * scale))
+
+
+def _figure_paths(blocks) -> list[str]:
+    """The paths of every figure in ``blocks`` (sections, details and grids searched)."""
+    found: list[str] = []
+    for b in blocks:
+        if isinstance(b, FigureGrid):
+            found += [f.path for f in b.figures]
+        elif isinstance(b, Figure):
+            found.append(b.path)
+        elif hasattr(b, "blocks"):
+            found += _figure_paths(b.blocks)
+    return found
 
 
 def _text_markup(text: Text) -> Markup:
@@ -100,9 +121,16 @@ def figure_html(path: str | os.PathLike, alt: str, caption: Text | str | None = 
 
 
 def render_html(doc: Document, out_dir: str | os.PathLike) -> str:
-    """The html page of ``doc``; figures are read from their paths relative to ``out_dir``."""
+    """The html page of ``doc``; figures are read from their paths relative to ``out_dir`` and embedded, except
+    the layer heatmaps of a study with more than :data:`EMBEDDED_HEATMAPS`, shown from their files."""
     root = Path(out_dir)
-    return _env().get_template("report.html.j2").render(doc=doc, embed=lambda rel: embed(root / rel))
+    heatmaps = [p for p in _figure_paths((*doc.head, *doc.sections)) if p.startswith(f"{HEATMAP_DIR}/")]
+    linked = len(heatmaps) > EMBEDDED_HEATMAPS
+
+    def show(rel: str) -> Embedded:
+        return embed(root / rel, rel if linked and rel.startswith(f"{HEATMAP_DIR}/") else None)
+
+    return _env().get_template("report.html.j2").render(doc=doc, embed=show)
 
 
 def write_report_html(
@@ -113,7 +141,8 @@ def write_report_html(
     """Write ``report.html`` into ``out_dir`` (atomically) and return its path.
 
     The page renders the same document as :func:`~homoscope.report.write_report_md` (see there for its
-    sections), with a table of contents and every figure in ``figures`` embedded (figures named as
+    sections), with a table of contents and every figure in ``figures`` embedded (the layer heatmaps of a study
+    with more than :data:`EMBEDDED_HEATMAPS` are shown from their files beside the page; figures named as
     :func:`~homoscope.report.write_outputs` names them beside what they show; paths absolute or relative
     to ``out_dir``); a figure not in ``figures`` is left out. The page has no script and loads nothing: it
     opens from a file, offline.
