@@ -372,3 +372,16 @@ def test_most_alike_names_two_models_not_two_seeds_of_one_recipe():
     f2 = seed_frame()
     plain = [t.plain() for t in findings(f2, seed_manifest(recipes=False), _infos(f2))]
     assert "0.880" in next(s for s in plain if s.startswith("Most alike"))  # without recipes: a pair like any other
+
+
+def test_two_runs_with_one_seed_or_models_of_another_kind_are_no_seed_pairs():
+    manifest = seed_manifest()
+    by_name = {m["name"]: m for m in manifest["models"]}
+    by_name["lstm-s2"]["seed"] = 0  # the same run as lstm-s0
+    by_name["bert"].update(recipe="zoo-gpt", seed=7)  # an encoder claimed by a decoder recipe
+    recipes = model_recipes(manifest)
+    assert "lstm-s2" not in recipes and "bert" not in recipes and recipes["lstm-s1"] == "zoo-lstm"
+    assert not seed_pair("lstm-s0", "lstm-s2", recipes) and seed_pair("lstm-s0", "lstm-s1", recipes)
+    f = seed_frame()
+    row = seed_ceilings(f, manifest, _infos(f)).set_index("recipe").loc["zoo-lstm"]
+    assert row["n_pairs"] == 1 and row["ceiling"] == pytest.approx(SEED_VALUES[("lstm-s0", "lstm-s1")])

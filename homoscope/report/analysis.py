@@ -206,11 +206,21 @@ def model_kinds(manifest: Mapping[str, Any] | None) -> dict[str, str]:
 
 def model_recipes(manifest: Mapping[str, Any] | None) -> dict[str, str]:
     """``{model name: training recipe}`` from ``manifest['models']``, for the models whose ``recipe`` is a
-    non-empty text (models of one recipe differ only in their seed)."""
-    out = {}
+    non-empty text and whose ``seed`` is an integer (models of one recipe differ only in their seed). A model
+    is left out whose seed another model of its recipe already has (the same run twice is no seed pair) or
+    whose kind differs from that of its recipe's first model (not one recipe)."""
+    out: dict[str, str] = {}
+    taken: set[tuple[str, int]] = set()
+    kinds: dict[str, Any] = {}
     for m in (manifest or {}).get("models") or []:
-        if isinstance(m, Mapping) and m.get("name") is not None and isinstance(m.get("recipe"), str) and m["recipe"]:
-            out[str(m["name"])] = m["recipe"]
+        if not (isinstance(m, Mapping) and m.get("name") is not None and isinstance(m.get("recipe"), str)
+                and m["recipe"] and isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool)):
+            continue
+        recipe, seed = m["recipe"], m["seed"]
+        if (recipe, seed) in taken or kinds.setdefault(recipe, m.get("kind")) != m.get("kind"):
+            continue
+        taken.add((recipe, seed))
+        out[str(m["name"])] = recipe
     return out
 
 
