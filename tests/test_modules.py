@@ -177,3 +177,48 @@ def test_a_study_warns_when_a_model_cuts_many_texts_at_max_length(tmp_path, corp
     assert len(said) == 1 and re.search(r"model 'chars' cut \d+ of 19 texts at 40 of its units \(lstm-lm\); a row "
                                         r"past the cut is dropped for every model: raise max_length \(now 40\)",
                                         str(said[0]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"homoscope_module": ["lstm-lm"]}, "names module"),
+    ({"options": [1, 2]}, "options=.* must be a table"),
+    ({"options": {"directon": "backward", "embedding_size": 32}}, "'directon'.* does not take"),
+    ({"max_position_embeddings": "x"}, "max_position_embeddings='x'"),
+    ({"hidden_size": 10**13}, "cannot be built"),
+    ({"hidden_size": 48}, "does not fit module .lstm-lm."),
+])
+def test_a_tampered_module_config_is_refused_in_one_line_before_anything_loads(tmp_path, change, message):
+    folder = save_tiny("lstm", tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=message):
+        load_model(str(folder))
+
+
+def test_a_module_folder_without_safetensors_or_tokenizer_is_named(tmp_path):
+    folder = save_tiny("lstm", tmp_path / "m")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="has no tokenizer.json"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("returned", [None, "ints"])
+def test_layers_that_are_not_float_tensors_are_refused(returned):
+    class Odd(MeanContext):
+        def layers(self, input_ids, attention_mask):
+            return None if returned is None else [input_ids] * 3
+
+    tok = tiny_tokenizer("bert")
+    config = ModuleConfig(module="odd", kind="encoder", num_hidden_layers=2, hidden_size=8, vocab_size=len(tok))
+    with pytest.raises(ValueError, match="floating-point tensors"):
+        extract(from_module(Odd(config), tok, "odd"), ["a text"], progress=False)
+
+
+def test_a_module_without_parameters_is_refused():
+    class Empty(LayeredModule):
+        def layers(self, input_ids, attention_mask):
+            return [torch.zeros(*input_ids.shape, 4)] * 2
+
+    config = ModuleConfig(module="empty", kind="encoder", num_hidden_layers=1, hidden_size=4, vocab_size=10)
+    with pytest.raises(ValueError, match="has no parameters"):
+        from_module(Empty(config), tiny_tokenizer("bert"), "empty")

@@ -101,3 +101,6 @@ def check_model_folder(folder: str | Path, *, packaged: str | None = None, full:
     found = damaged_file(folder, full=full)
     if found is not None:
         raise damaged_error(folder, found, packaged)
+    from .modules import read_module_config
+
+    read_module_config(folder)  # a module folder's config (class, sizes, options) is checked before loading

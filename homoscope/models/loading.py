@@ -419,6 +419,9 @@ def from_module(model: nn.Module, tokenizer, name: str, *, spec: str | None = No
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise ValueError(f"model={type(model).__name__} must be a transformers model with a .config or a "
                          "homoscope.models.LayeredModule")
+    if next(model.parameters(), None) is None:
+        raise ValueError(f"model={type(model).__name__} has no parameters: homoscope runs a model on the device of "
+                         "its parameters and builds its random-init control from them")
     model, kind = encoder_of(model)
     model.eval()
     info = _describe(model, tokenizer, name=str(name), spec=spec or "<in-memory>", source_kind="module",

@@ -19,6 +19,8 @@ from torch import nn
 from .modules import LayeredModule, ModuleConfig, register_module
 
 DIRECTIONS = ("forward", "backward")
+#: The options of an :class:`LSTMLanguageModel`'s config.
+OPTIONS = ("embedding_size", "direction")
 
 
 def reading_order(attention_mask: torch.Tensor, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +55,10 @@ class LSTMLanguageModel(LayeredModule):
     def __init__(self, config: ModuleConfig):
         super().__init__(config)
         opts = config.options
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"options holds {', '.join(map(repr, unknown))}, which an LSTM language model does "
+                             f"not take; it takes {', '.join(OPTIONS)}")
         direction, e = opts.get("direction", "forward"), opts.get("embedding_size", config.hidden_size)
         if direction not in DIRECTIONS:
             raise ValueError(f"direction={direction!r} must be one of {', '.join(DIRECTIONS)}")

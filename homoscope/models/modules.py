@@ -67,6 +67,13 @@ class ModuleConfig:
     is_encoder_decoder: ClassVar[bool] = False
 
     def __post_init__(self):
+        if not isinstance(self.module, str) or not self.module:
+            raise ValueError(f"module={self.module!r} must be the name of a registered module class")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options={self.options!r} must be a table of the class's settings")
+        limit = self.max_position_embeddings
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"max_position_embeddings={limit!r} must be a positive integer or null")
         if self.kind not in MODULE_KINDS:
             raise ValueError(f"kind={self.kind!r} must be one of {', '.join(MODULE_KINDS)}")
         for name in ("num_hidden_layers", "hidden_size", "vocab_size"):
@@ -134,6 +141,10 @@ class LayeredModule(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.layers(input_ids, attention_mask)
+        if not isinstance(states, (list, tuple)) or not all(torch.is_tensor(s) and s.is_floating_point()
+                                                            for s in states):
+            raise ValueError(f"{type(self).__name__}.layers returned {type(states).__name__}; a list of real "
+                             "floating-point tensors (one per layer) is expected")
         want = self.config.num_hidden_layers + 1
         shape = (*input_ids.shape, self.config.hidden_size)
         if len(states) != want or any(tuple(s.shape) != shape for s in states):
@@ -170,10 +181,19 @@ def read_module_config(folder: str | Path) -> ModuleConfig | None:
     if not isinstance(data, dict) or MODULE_KEY not in data:
         return None
     name = data[MODULE_KEY]
-    if name not in MODULES:
+    if not isinstance(name, str) or name not in MODULES:
         raise ValueError(f"model folder {str(folder)!r} names module {name!r}, which homoscope does not have; "
                          f"it has: {', '.join(sorted(MODULES))}")
-    return ModuleConfig.from_dict(data)
+    try:
+        config = ModuleConfig.from_dict(data)
+        with torch.device("meta"):  # the class's own checks of its options, before any memory is taken
+            MODULES[name](config)
+    except ValueError as err:
+        raise ValueError(f"config.json of model folder {str(folder)!r}: {err}") from None
+    except RuntimeError as err:  # sizes no tensor can have
+        raise ValueError(f"config.json of model folder {str(folder)!r} states sizes module {name!r} cannot be "
+                         f"built with ({str(err).splitlines()[0][:160]})") from None
+    return config
 
 
 def save_module(model: LayeredModule, tokenizer: Any, folder: str | Path, marker: dict | None = None) -> Path:
@@ -210,17 +230,39 @@ def load_module(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple
     config = read_module_config(folder)
     if config is None:
         raise ValueError(f"folder {str(folder)!r} holds no module config ({MODULE_KEY} in config.json)")
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (Path(folder) / name).is_file():
+            raise ValueError(f"module folder {str(folder)!r} has no {name}; save_module writes the weights as "
+                             "model.safetensors and the tokenizer as tokenizer.json")
+    _check_weights(folder, config)
     model = MODULES[config.module](config)
+    load_model(model, str(Path(folder) / "model.safetensors"), strict=True)
     try:
-        missing, unexpected = load_model(model, str(Path(folder) / "model.safetensors"), strict=False)
-    except RuntimeError as err:  # a tensor of the wrong shape
-        raise ValueError(f"model.safetensors in {str(folder)!r} does not fit module {config.module!r}: "
-                         f"{str(err).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise ValueError(f"model.safetensors in {str(folder)!r} does not fit module {config.module!r}: "
-                         f"missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # a damaged tokenizer file: named, in one line
+        raise ValueError(f"the tokenizer files of module folder {str(folder)!r} cannot be read "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     return model.to(dtype=dtype).eval(), tokenizer
+
+
+def _check_weights(folder: str | Path, config: ModuleConfig) -> None:
+    """Compare the tensors of ``model.safetensors`` (names, shapes, float dtypes; read from its header) with
+    those the config's class holds, before any memory is taken for them. Raises ValueError naming the file."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in MODULES[config.module](config).state_dict().items()}
+    where = f"model.safetensors in {str(folder)!r} does not fit module {config.module!r}"
+    with safe_open(str(Path(folder) / "model.safetensors"), framework="pt") as f:
+        got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    wrong = [f"{k} {got[k]} (expected {want[k]})" for k in sorted(want) if got[k] != want[k]]
+    wrong += [f"{k} of dtype {dtypes[k]}" for k in sorted(want) if not dtypes[k].startswith(("F", "BF"))]
+    if wrong:
+        raise ValueError(f"{where}: {', '.join(wrong[:3])}")
 
 
 def character_tokenizer(units: list[str], *, prefix: str | None, suffix: str | None, unk: str,
