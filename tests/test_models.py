@@ -594,3 +594,11 @@ def test_a_study_keeps_the_encoder_and_the_decoder_of_one_model_apart(tmp_path, 
     assert set(models) == {"t5", "t5 (decoder)"} and models["t5 (decoder)"]["stack"] == "decoder"
     assert models["t5"]["store_key"] != models["t5 (decoder)"]["store_key"]
     assert not torch.allclose(result.representations["t5"], result.representations["t5 (decoder)"], atol=1e-3)
+
+
+@pytest.mark.parametrize("spec", ["decoder:", "decoder: ", "decoder:decoder:t5"])
+def test_the_decoder_prefix_takes_exactly_one_spec(spec):
+    from homoscope.models import resolve
+
+    with pytest.raises(ValueError, match="is followed by one model spec"):
+        resolve(spec)

@@ -488,7 +488,9 @@ def _forward_batch(model, ids, special, batch, pad_id, padding_side, pass_positi
                 if bad:
                     raise NonFiniteHiddenStateError(
                         f"model {name!r} produced {bad} non-finite values (NaN/inf) in layer {li} "
-                        f"(0 = embeddings) on real tokens; try dtype float32 instead of float16"
+                        f"(0 = embeddings) on real tokens; "
+                        + (f"try dtype float32 instead of {str(h.dtype).replace('torch.', '')}"
+                           if h.dtype in (torch.float16, torch.bfloat16) else "its weights or its code are broken")
                     )
             # finite on every real token: the NaN/inf sat on pad positions (weight 0, but
             # 0 * NaN = NaN); pool again with the pads zeroed so they cannot leak

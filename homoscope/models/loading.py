@@ -444,6 +444,8 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     """
     from transformers import AutoModel
 
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
     base = loaded.model
     config = getattr(base, "config", None)
     if config is None:
@@ -474,14 +476,14 @@ def _installed_source(spec_or_source, auto_install: bool, progress: bool | None)
         source = spec_or_source
     else:
         source = resolve(spec_or_source, must_exist=not auto_install)
-    if source.kind == "packaged" and not is_assembled(source.name):
+    if source.kind == "packaged" and not is_assembled(source.model_name):
         if not auto_install:
-            raise ValueError(f"packaged model {source.name!r} is not installed; run "
-                             f"`homoscope models install {source.name}`")
+            raise ValueError(f"packaged model {source.model_name!r} is not installed; run "
+                             f"`homoscope models install {source.model_name}`")
         from .installer import install
 
-        install([source.name], progress=progress is not False)
-        source = resolve(source.name)
+        install([source.model_name], progress=progress is not False)
+        source = resolve(source.spec)
     return source
 
 
@@ -501,7 +503,7 @@ def _checked_weight_files(folder: Path) -> list[Path]:
 
 def _packaged_name(source: ModelSource) -> str | None:
     """The packaged model's name for a packaged source, else None (for the remedy of a damaged file)."""
-    return source.name if source.kind == "packaged" else None
+    return source.model_name if source.kind == "packaged" else None
 
 
 @dataclass
@@ -524,7 +526,7 @@ def _folder_provenance(source: ModelSource, folder: Path) -> _Provenance:
     marker = read_marker(folder) or {}
     entry = PACKAGED.get(str(marker.get("name", ""))) if marker else None
     if source.kind == "packaged":
-        entry = PACKAGED[source.name]
+        entry = PACKAGED[source.model_name]
     if entry is not None:
         prov.license, prov.license_url, prov.quantization = entry.license, entry.license_url, entry.quantization
         prov.notes.append(entry.notes)

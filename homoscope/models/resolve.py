@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,12 @@ class ModelSource:
     location: Path | str
     meta: dict = field(default_factory=dict)
     stack: str = ""
+
+    @property
+    def model_name(self) -> str:
+        """The model's own name: ``name`` without the `` (decoder)`` a ``decoder:`` spec adds."""
+        tail = f" ({self.stack})"
+        return self.name[: -len(tail)] if self.stack and self.name.endswith(tail) else self.name
 
 
 def hub_offline() -> bool:
@@ -131,6 +138,25 @@ def _hub_source(s: str, spec: str, tried: list[str]) -> ModelSource:
     return ModelSource(name=s, spec=spec, kind="hub", location=s, meta={"cached": cached, "tried": tried})
 
 
+def _stack_source(spec: str, stack: str, inner: str, must_exist: bool) -> ModelSource:
+    """The source of ``decoder:<inner>``: the inner model's, named ``<name> (decoder)``. Raises ValueError for
+    nothing or another ``decoder:`` after the prefix, and for a model whose readable config states no decoder."""
+    if not inner.strip() or split_stack(inner)[0]:
+        raise ValueError(f"spec={spec!r}: {stack}: is followed by one model spec (a packaged name, a folder or a hub "
+                         f"id), as in '{stack}:t5-small'")
+    source = resolve(inner, must_exist=must_exist)
+    config = Path(source.location) / "config.json" if source.kind != "hub" else None
+    if config is not None and config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None  # a damaged config.json is named when the folder is checked
+        if isinstance(data, dict) and not data.get("is_encoder_decoder"):
+            raise ValueError(f"spec={spec!r}: model {source.name!r} is not an encoder-decoder model (its config.json "
+                             f"states no decoder stack); {stack}: applies to models such as T5 and BART")
+    return dataclasses.replace(source, name=f"{source.name} ({stack})", spec=spec, stack=stack)
+
+
 def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
     """Resolve a model spec to a ``ModelSource`` without loading anything or touching the network.
 
@@ -157,8 +183,7 @@ def resolve(spec: str, *, must_exist: bool = True) -> ModelSource:
         raise ValueError("spec='' is empty; give a packaged name, a local folder or a hub id")
     stack, inner = split_stack(s)
     if stack:
-        source = resolve(inner, must_exist=must_exist)
-        return dataclasses.replace(source, name=f"{source.name} ({stack})", spec=spec, stack=stack)
+        return _stack_source(spec, stack, inner, must_exist)
     if s.lower() in PACKAGED:
         return _packaged_source(s.lower(), spec, must_exist)
     tried = [f"packaged names ({', '.join(PACKAGED)}): no match{_packaged_hint(s)}"]
