@@ -184,6 +184,7 @@ def test_command_defaults_are_train_zoos():
     (["--families", "lstm,rnn"], "--families=lstm,rnn names unknown family 'rnn'"),
     (["--families", "gpt,gpt"], "--families=gpt,gpt names a family twice"),
     (["--params", "50"], "--params=50 cannot be matched within 10%"),
+    (["--params", "1000000000000000000"], "--params=1000000000000000000 must be at most 1,000,000,000"),
     (["--lr", "fast"], "--lr=fast must be a positive number"),
     (["--holdout", "-1"], "--holdout=-1 must be an integer >= 0"),
     (["--device", "tpu9"], "--device=tpu9 is not a device"),
@@ -212,3 +213,19 @@ def test_a_study_compares_the_three_families_token_by_token(zoos, tmp_path):
     frame = run_study(study, progress=False, log=None).frame
     assert len(frame) == 3 * 3 * 3 and frame["value"].between(0, 1).all()
     assert frame["n"].nunique() == 1 and frame["n"].iloc[0] > 100  # one row per token, the same tokens for all
+
+
+def test_a_rerun_removes_what_a_killed_run_left_and_a_second_run_at_once_is_refused(tmp_path):
+    from filelock import FileLock
+
+    from homoscope.zoo.build import _held
+
+    target = tmp_path / "zoo"
+    (tmp_path / ".zoo.zoo-deadbeef").mkdir()
+    (tmp_path / ".zoo.zoo-deadbeef" / "heldout.jsonl").write_text("{}\n")
+    with _held(target):
+        assert not list(tmp_path.glob(".zoo.zoo-*"))
+    with FileLock(str(tmp_path / ".zoo.zoo.lock")):
+        with pytest.raises(ValueError, match="another zoo is being trained into this folder"):
+            with _held(target):
+                pass

@@ -1,6 +1,8 @@
 """``train_zoo``: hold out documents, train the shared tokenizer, train every family and seed, write the folder."""
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import hashlib
 import json
@@ -38,6 +40,10 @@ class Zoo:
     out: Path
     folders: dict[str, Path]
     summary: dict
+
+
+#: The largest non-embedding parameter budget the zoo takes.
+MAX_PARAMS = 10**9
 
 
 def _int(name: str, value, minimum: int) -> int:
@@ -90,6 +96,25 @@ def _out_folder(out) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _held(target: Path):
+    """Hold the zoo's lock (``.<name>.zoo.lock`` beside it; filelock) and remove the staging folders a killed run
+    left; a second run into the same folder is refused at once, in one line."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(target.parent / f".{target.name}.zoo.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{typed('out', str(target))}: another zoo is being trained into this folder") from None
+    try:
+        for stale in target.parent.glob(f".{target.name}.zoo-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        lock.release()
+
+
 def _corpus(spec):
     """The whole corpus ``spec`` names: a :class:`~homoscope.corpora.Corpus`, ``bbc`` or a file (every text)."""
     from ..corpora import Corpus, load_corpus
@@ -138,6 +163,8 @@ def train_zoo(out, *, corpus="bbc", seeds: int = 3, families=FAMILIES, steps: in
                                    (("seeds", seeds), ("steps", steps), ("blocks", blocks), ("heads", heads)))
     batch_size, seq_len = _int("batch_size", batch_size, 1), _int("seq_len", seq_len, 8)
     holdout, params = _int("holdout", holdout, 0), _int("params", params, 1)
+    if params > MAX_PARAMS:
+        raise ValueError(f"{typed('params', params)} must be at most {MAX_PARAMS:,}: the zoo trains small models")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
         raise ValueError(f"{typed('lr', lr)} must be a positive number")
     names, dev, target = _families(families), _device(device), _out_folder(out)
@@ -148,16 +175,17 @@ def train_zoo(out, *, corpus="bbc", seeds: int = 3, families=FAMILIES, steps: in
     held, kept = hold_out(text, holdout)
     plan = _Plan(names, seeds, widths, params, blocks, heads, recipes, dev, progress)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.zoo-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        zoo = _build(staging, text, held, kept, plan)
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _held(target):
+        staging = target.parent / f".{target.name}.zoo-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            zoo = _build(staging, text, held, kept, plan)
+            if target.exists():
+                target.rmdir()
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return Zoo(out=target, folders={k: target / k for k in zoo["folders"]}, summary=zoo)
 
 
