@@ -291,13 +291,19 @@ def compare_with_onnxruntime(onnx_path: str | os.PathLike, model, tokenizer, tex
     proto = model_proto if model_proto is not None else load_onnx(path)
     name = onnx_token_output(proto, int(model.config.num_hidden_layers), path.name)
     enc = tokenizer(list(texts), padding=True, return_tensors="np")
-    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own errors are plain Exceptions: named, in one line
+        raise ValueError(f"{path.name}: onnxruntime cannot run the graph ({str(err).splitlines()[0][:200]})") from None
     feeds = {}
     for inp in runtime.get_inputs():
         if inp.name not in enc:
             raise ValueError(f"{path.name}: the graph needs input {inp.name!r}, which the tokenizer does not give")
         feeds[inp.name] = enc[inp.name].astype(np.int64)
-    graph_out = runtime.run([name], feeds)[0]
+    try:
+        graph_out = runtime.run([name], feeds)[0]
+    except Exception as err:
+        raise ValueError(f"{path.name}: onnxruntime cannot run the graph ({str(err).splitlines()[0][:200]})") from None
     with torch.no_grad():
         ours = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
     mask = enc["attention_mask"].astype(bool)
