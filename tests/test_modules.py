@@ -222,3 +222,13 @@ def test_a_module_without_parameters_is_refused():
     config = ModuleConfig(module="empty", kind="encoder", num_hidden_layers=1, hidden_size=4, vocab_size=10)
     with pytest.raises(ValueError, match="has no parameters"):
         from_module(Empty(config), tiny_tokenizer("bert"), "empty")
+
+
+@pytest.mark.parametrize("used, advice", [(40, r"raise max_length \(now 40\)"),
+                                          (16, r"16 is the model's own limit .* below max_length=40")])
+def test_the_cut_warning_says_what_can_be_raised(used, advice):
+    from homoscope.study.run import _warn_cut
+
+    rec = {"info": {"name": "m", "architecture": "t5"}, "extract": {"truncated": 10, "max_length_used": used}}
+    with pytest.warns(RuntimeWarning, match=advice):
+        _warn_cut(rec, Study(models=["a", "b"], max_length=40), 19)

@@ -891,7 +891,7 @@ def findings(
     if not ok.empty:
         recipes = model_recipes(manifest)  # two seeds of one recipe are the ceiling, not the most alike models
         cross = ok[[not seed_pair(a, b, recipes) for a, b in zip(ok.model_a, ok.model_b)]] if recipes else ok
-        out += _extreme_findings(cross if not cross.empty else ok, m, info)
+        out += _extreme_findings(cross if not cross.empty else ok, m, info, seeds_aside=len(cross) < len(ok))
         out += _control_findings(ok, info)
         out += _kind_finding(ok, manifest, m, info)
         out += _depth_finding(frame, ok, m, info)
@@ -951,15 +951,17 @@ def seed_reading(h: float, low: float = math.nan) -> str:
     return f"on average the cross-model pairs lie {h:.0%} of the way from their floor to their seed ceiling"
 
 
-def _extreme_findings(ok: pd.DataFrame, m: str, info: MeasureInfo) -> list[Text]:
-    """The most alike pair among those above their null, and the least alike pair."""
+def _extreme_findings(ok: pd.DataFrame, m: str, info: MeasureInfo, seeds_aside: bool = False) -> list[Text]:
+    """The most alike pair among those above their null, and the least alike pair (``seeds_aside``: ``ok`` holds
+    no seed pair, and the sentences say so)."""
     sig = ok[ok["best_verdict"] != VERDICT_NS]
     hi = info.higher_is_more_alike
     if sig.empty:
         return [T("No pair's best score under ", C(m), " is distinguishable from its permutation null: "
                   "the data do not show these models to be alike.")]
     top = sig.loc[sig["best"].idxmax() if hi else sig["best"].idxmin()]
-    out = [T("Most alike: ", _pair_text(top.model_a, top.model_b, info), ", ", C(m), " ",
+    aside = " (two seeds of one recipe aside: they make the seed ceiling)" if seeds_aside else ""
+    out = [T(f"Most alike{aside}: ", _pair_text(top.model_a, top.model_b, info), ", ", C(m), " ",
              f3(top.best), f" ({interval(top.best_ci_low, top.best_ci_high)}) at layers "
              f"{int_txt(top.best_layer_a)} of {top.layers_a - 1} and {int_txt(top.best_layer_b)} of "
              f"{top.layers_b - 1} (relative depth {f3(top.best_depth_a, 2)} and "
@@ -1079,8 +1081,9 @@ def _kind_finding(ok: pd.DataFrame, manifest: Mapping[str, Any], m: str, info: M
         ka, kb = kinds.get(str(r.model_a)), kinds.get(str(r.model_b))
         if ka is None or kb is None or seed_pair(r.model_a, r.model_b, recipes):  # seeds: the ceiling
             continue
-        key = ka if ka == kb else "mixed"
-        groups.setdefault(key, []).append(k)
+        key = ka if ka == kb else ("mixed" if {ka, kb} == {"encoder", "decoder"} else None)
+        if key is not None:  # pairs with a recurrent or encoder-decoder model: the family table reads them
+            groups.setdefault(key, []).append(k)
     if not ("decoder" in groups and "encoder" in groups):
         present = sorted(set(kinds.values()))
         if len(present) == 1 and len(ok) > 0:

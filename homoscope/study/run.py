@@ -375,9 +375,11 @@ def _warn_cut(rec: dict, study: Study, n_texts: int) -> None:
         used = rec["extract"].get("max_length_used", study.max_length)
         what = "its rows pool only the units before the cut" if study.unit == "sentence" else \
             "a row past the cut is dropped for every model"
+        fix = (f"raise {typed('max_length')} (now {used})" if used >= study.max_length else
+               f"{used} is the model's own limit (its positions or its tokenizer's model_max_length), below "
+               f"{typed('max_length', study.max_length)}: shorter texts are the remedy")
         warnings.warn(f"model {rec['info'].get('name')!r} cut {cut} of {n_texts} texts at {used} of its units "
-                      f"({rec['info'].get('architecture')}); {what}: raise {typed('max_length')} (now {used})",
-                      RuntimeWarning, stacklevel=2)
+                      f"({rec['info'].get('architecture')}); {what}: {fix}", RuntimeWarning, stacklevel=2)
 
 
 def _manifest(study: Study, ctx: _Context, ext: Extracted, agreement, caught: list, commands) -> dict:
@@ -423,7 +425,8 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
     from ..report.tables import with_run
 
     run = manifest["run"]
-    files = {"study.toml": f"# homoscope run {run}\n{_reproducible(study).to_toml()}".encode()}
+    files = {"study.toml": (f"# homoscope run {run}\n# paths starting ./ are relative to the folder the study ran "
+                            f"in\n{_reproducible(study).to_toml()}").encode()}
     if ext.rows_table is not None:
         files["rows.csv"] = with_run(ext.rows_table, run).to_csv(index=False).encode()
     ctx.timings["total"] = time.perf_counter() - t_all
@@ -447,11 +450,17 @@ def _write(study, ctx: _Context, ext: Extracted, frame, manifest: dict, agreemen
 
 def _reproducible(study: Study) -> Study:
     """``study`` with a corpus file and the store as absolute paths, so that the results folder's study file
-    runs the same study from any folder (the output folder stays as given)."""
+    runs the same study from any folder, except where they lie inside the working folder: those stay relative to
+    it (a results folder kept with its project names no machine's paths; the study file says so). The output
+    folder stays as given."""
+    def shown(path: Path) -> str:
+        full, here = path.resolve(), Path.cwd().resolve()
+        return f"./{full.relative_to(here).as_posix()}" if full.is_relative_to(here) else str(full)
+
     corpus = Path(str(study.corpus))
-    changes = {"corpus": str(corpus.resolve())} if corpus.is_file() and not corpus.is_absolute() else {}
-    if study.store is not None and not Path(study.store).is_absolute():
-        changes["store"] = str(Path(study.store).resolve())
+    changes = {"corpus": shown(corpus)} if corpus.is_file() else {}
+    if study.store is not None:
+        changes["store"] = shown(Path(study.store))
     return dataclasses.replace(study, **changes) if changes else study
 
 
@@ -474,11 +483,12 @@ def run_id(manifest: dict) -> str:
 
 
 def portable_paths(obj):
-    """``obj`` (nested dicts, lists, strings) with the cache folder written ``$HOMOSCOPE_HOME`` and the
-    user's home folder ``~``, so a manifest or report can be shared without the machine's paths."""
+    """``obj`` (nested dicts, lists, strings) with the cache folder written ``$HOMOSCOPE_HOME``, the working
+    folder ``.`` and the user's home folder ``~``, so a manifest or report can be shared without the machine's
+    paths."""
     from .._paths import homoscope_home
 
-    prefixes = [(str(homoscope_home(create=False)), "$HOMOSCOPE_HOME"), (str(Path.home()), "~")]
+    prefixes = [(str(homoscope_home(create=False)), "$HOMOSCOPE_HOME"), (os.getcwd(), "."), (str(Path.home()), "~")]
 
     def walk(x):
         if isinstance(x, str):
