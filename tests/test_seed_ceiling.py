@@ -385,3 +385,23 @@ def test_two_runs_with_one_seed_or_models_of_another_kind_are_no_seed_pairs():
     f = seed_frame()
     row = seed_ceilings(f, manifest, _infos(f)).set_index("recipe").loc["zoo-lstm"]
     assert row["n_pairs"] == 1 and row["ceiling"] == pytest.approx(SEED_VALUES[("lstm-s0", "lstm-s1")])
+
+
+def test_the_lead_names_the_most_alike_models_not_two_seeds(tmp_path):
+    frame = seed_frame()
+    write_report_md(frame, seed_manifest(), tmp_path, {})
+    lead = (tmp_path / "report.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert "the most alike pair is **gpt-s0** and **bert** (0.600" in lead, lead  # ties: the first pair
+    write_report_md(frame, seed_manifest(recipes=False), tmp_path, {})
+    lead = (tmp_path / "report.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert "the most alike pair is **lstm-s1** and **lstm-s2** (0.880" in lead, lead
+
+
+@pytest.mark.parametrize("k, says", [(16, True), (4, False)])
+def test_h_avg_over_many_models_is_read_against_its_null(k, says):
+    from homoscope.report.analysis import _sets_findings
+
+    s = pd.DataFrame([dict(measure="h_avg", groups="instances", value=16151.6, k=k, null_mean=3.2, p_value=0.001)])
+    text = _sets_findings(s)[0].plain()
+    assert ("read h_avg against its null mean rather than against 1" in text) is says
+    assert f"Over {k} models" in text if says else "Over" not in text

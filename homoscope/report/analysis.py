@@ -230,6 +230,16 @@ def seed_pair(a: Any, b: Any, recipes: Mapping[str, str]) -> bool:
     return bool(r) and str(a) != str(b) and r == recipes.get(str(b))
 
 
+def cross_model_pairs(table: pd.DataFrame, manifest: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The rows of a per-pair ``table`` (``model_a``, ``model_b``) that are not two seeds of one recipe (those
+    make the seed ceiling); the whole table where that would leave none."""
+    recipes = model_recipes(manifest)
+    if not recipes or table.empty:
+        return table
+    cross = table[[not seed_pair(a, b, recipes) for a, b in zip(table["model_a"], table["model_b"])]]
+    return cross if not cross.empty else table
+
+
 def primary_measure(frame: pd.DataFrame, manifest: Mapping[str, Any] | None,
                     infos: Mapping[str, MeasureInfo]) -> str | None:
     """The primary measure: ``debiased_cka`` where the study has it (its null level is 0 at any n, where
@@ -889,15 +899,15 @@ def findings(
     table = controls_table(frame, m, info)
     ok = table[np.isfinite(table["best"].astype(float))]
     if not ok.empty:
-        recipes = model_recipes(manifest)  # two seeds of one recipe are the ceiling, not the most alike models
-        cross = ok[[not seed_pair(a, b, recipes) for a, b in zip(ok.model_a, ok.model_b)]] if recipes else ok
-        out += _extreme_findings(cross if not cross.empty else ok, m, info, seeds_aside=len(cross) < len(ok))
+        cross = cross_model_pairs(ok, manifest)  # two seeds of one recipe are the ceiling, not the most alike
+        out += _extreme_findings(cross, m, info, seeds_aside=len(cross) < len(ok))
         out += _control_findings(ok, info)
         out += _kind_finding(ok, manifest, m, info)
         out += _depth_finding(frame, ok, m, info)
         out += _final_finding(ok, m, info)
     if summaries is None:
-        summaries = {x: measure_summary(controls_table(frame, x, infos[x]), infos[x]) for x in measures_of(frame)}
+        summaries = {x: measure_summary(cross_model_pairs(controls_table(frame, x, infos[x]), manifest), infos[x])
+                     for x in measures_of(frame)}
     out += _measures_agree(m, summaries)
     out += _outlier_findings(manifest)
     out += _agreement_findings(normalize_extra(extra))
@@ -1219,8 +1229,12 @@ def _sets_findings(s: pd.DataFrame) -> list[Text]:
         reading = "failures concentrate on the same instances more than independent models' would"
     else:
         reading = "failures are no more shared than independent models' would be"
+    k = num(r.get("k"))
+    many = (f" Over {int(k)} models the rate at which all fail together, had they failed independently, is the "
+            "product of their error rates, which shrinks fast as models are added: read h_avg against its null "
+            "mean rather than against 1.") if math.isfinite(k) and k > 4 else ""
     out.append(T(f"Outcome homogenization h_avg = {f3(r['value'])} over instances (1 = failures as if "
-                 f"independent{extra_txt}): {reading}."))
+                 f"independent{extra_txt}): {reading}.{many}"))
     return out
 
 

@@ -58,6 +58,7 @@ from .analysis import (
     Text,
     agreement_rows,
     compare_view,
+    cross_model_pairs,
     controls_table,
     family_table,
     findings,
@@ -210,7 +211,7 @@ def gather(
     measures = measures_of(frame)
     infos = {m: resolve_measure_info(m, measure_info) for m in measures}
     tables = {m: controls_table(frame, m, infos[m]) for m in measures}
-    summaries = {m: measure_summary(tables[m], infos[m]) for m in measures}
+    summaries = {m: measure_summary(cross_model_pairs(tables[m], manifest), infos[m]) for m in measures}
     index = homogenization_index(frame, manifest, infos)
     found = findings(frame, manifest, infos, extra, index=index, include_index=False, summaries=summaries)
     study, corpus = dict(manifest.get("study") or {}), dict(manifest.get("corpus") or {})
