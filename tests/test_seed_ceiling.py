@@ -314,8 +314,10 @@ def test_the_report_has_the_seed_ceiling_section_and_each_pairs_ceiling(tmp_path
     _same_content(md, page)
     assert "\n## Seed ceiling\n" in md and "<h2>Seed ceiling</h2>" in page and 'href="#ceiling"' in page
     assert "Seed ceiling of a training recipe: where the study has two or more models of one recipe" in md
-    assert "| recipe | kind | models (seeds) | seed pairs | ceiling | interval | final | final interval |" in md
-    assert "| zoo-lstm | recurrent | 3 (0, 1, 2) | 3 | **0.840** | 0.820–0.860 | 0.740 | 0.720–0.760 |" in md
+    assert ("| recipe | kind | models (seeds) | seed pairs | ceiling | interval | at layers | random-init | final | "
+            "final interval |") in md
+    assert ("| zoo-lstm | recurrent | 3 (0, 1, 2) | 3 | **0.840** | 0.820–0.860 | 1/1, 1/1, 1/1 | 0.300 | 0.740 | "
+            "0.720–0.760 |") in md
     assert "| family | scope | pairs | mean best | interval |" in md
     assert "| decoder / recurrent | across families | 9 | **0.540** | 0.520–0.560 |" in md
     assert "| pair | best | 95% CI | seed ceiling | random-init |" in md

@@ -108,7 +108,7 @@ SEED_FAMILY = "same recipe (seeds)"
 
 #: Columns of :func:`seed_ceilings`, in order.
 CEILING_COLUMNS = ["recipe", "kind", "n_seeds", "seeds", "n_pairs", "ceiling", "ceiling_low", "ceiling_high",
-                   "final", "final_low", "final_high", "n_final"]
+                   "final", "final_low", "final_high", "n_final", "layers", "random_init"]
 
 #: Columns of :func:`family_table`, in order.
 FAMILY_COLUMNS = ["family", "scope", "n_pairs", "mean", "low", "high"]
@@ -438,8 +438,10 @@ def seed_ceilings(frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos
         pairs with a best score; under an asymmetric measure each direction is a pair, as in the index),
         ceiling (the mean of their best scores), ceiling_low, ceiling_high (the mean of their bootstrap bounds,
         by :data:`MEAN_INTERVAL_RULE`; NaN where a pair has none), final, final_low, final_high, n_final (the
-        same final layer against final layer, over the pairs with a final score). Empty (with those columns)
-        where no recipe has two models in the study or no measure applies.
+        same final layer against final layer, over the pairs with a final score), layers (each seed pair's
+        best-matching layers, ``a/b``, comma-separated), random_init (the mean of the seed pairs' random-init
+        control at their best layers; NaN where none). Empty (with those columns) where no recipe has two models
+        in the study or no measure applies.
     """
     manifest = manifest or {}
     measure = measure or primary_measure(frame, manifest, infos)
@@ -459,8 +461,12 @@ def seed_ceilings(frame: pd.DataFrame, manifest: Mapping[str, Any] | None, infos
         kind = " / ".join(sorted({kinds[n] for n in names if n in kinds}))
         seeds = [m.get("seed") if isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool) else None
                  for m in ms]
+        layers = ", ".join(f"{int_txt(r.best_layer_a)}/{int_txt(r.best_layer_b)}" for r in best.itertuples())
+        floor = best["best_random_init"].astype(float) if "best_random_init" in best else pd.Series(dtype=float)
+        floor = floor[np.isfinite(floor)]
         rows.append([recipe, kind, len(ms), seeds, len(best), *_mean_ci(best, "best", "best_ci_low", "best_ci_high"),
-                     *_mean_ci(fin, "final", "final_ci_low", "final_ci_high"), len(fin)])
+                     *_mean_ci(fin, "final", "final_ci_low", "final_ci_high"), len(fin), layers,
+                     float(floor.mean()) if len(floor) else math.nan])
     return pd.DataFrame(rows, columns=CEILING_COLUMNS)
 
 

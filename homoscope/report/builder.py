@@ -675,10 +675,10 @@ def _ceiling_section(f: Facts) -> Section:
         seeds = ", ".join(EMPTY if s is None else str(s) for s in r.seeds)
         rows.append((cell(D(r.recipe)), Cell(_d(r.kind)), num_cell(f"{r.n_seeds} ({seeds})"),
                      num_cell(int_txt(r.n_pairs)), num_cell(f3(r.ceiling), bold=True),
-                     num_cell(span(r.ceiling_low, r.ceiling_high)), num_cell(f3(r.final)),
-                     num_cell(span(r.final_low, r.final_high))))
-    head = header(["recipe", "kind", "models (seeds)", "seed pairs", "ceiling", "interval", "final", "final interval"],
-                  numeric=range(2, 8))
+                     num_cell(span(r.ceiling_low, r.ceiling_high)), num_cell(r.layers or EMPTY),
+                     num_cell(f3(r.random_init)), num_cell(f3(r.final)), num_cell(span(r.final_low, r.final_high))))
+    head = header(["recipe", "kind", "models (seeds)", "seed pairs", "ceiling", "interval", "at layers", "random-init",
+                   "final", "final interval"], numeric=range(2, 10))
     fam = tuple((cell(D(r.family)), cell(r.scope), num_cell(int_txt(r.n_pairs)), num_cell(f3(r.mean), bold=True),
                  num_cell(span(r.low, r.high))) for r in f.families.itertuples(index=False))
     fam_head = header(["family", "scope", "pairs", "mean best", "interval"], numeric=(2, 3, 4))
