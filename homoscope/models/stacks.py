@@ -35,7 +35,6 @@ def decoder_blocks(config) -> int:
     raise ValueError(f"config of model_type={getattr(config, 'model_type', None)!r} states no decoder layer count")
 
 
-@torch.no_grad()
 def _start_column(config, batch: int, device) -> torch.Tensor:
     start = getattr(config, "decoder_start_token_id", None)
     if start is None:
