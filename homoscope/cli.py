@@ -82,6 +82,9 @@ def _add_study_options(p: argparse.ArgumentParser, command: str) -> None:
         else:
             kind = {"metavar": {int: "N", float: "X", list: "A,B"}.get(opt.types[0], opt.name.upper())}
         g.add_argument(opt.flag, dest=opt.name, default=None, help=help_text.replace("%", "%%"), **kind)
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster: --executor ray, and --ray-address ADDRESS where given (auto: the running "
+                        "cluster; none: start one on this machine)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -97,7 +100,22 @@ def _overrides(args) -> dict:
         raw = getattr(args, opt.name, None) if opt.flag else None
         if raw is not None:
             given[opt.name] = raw if isinstance(raw, bool) else opt.parse(raw)
-    return given
+    return {**given, **_ray_flag(args, given)}
+
+
+def _ray_flag(args, given: dict) -> dict:
+    """The options ``--ray [ADDRESS]`` stands for; ValueError where another flag says otherwise."""
+    ray = getattr(args, "ray", None)
+    if ray is None:
+        return {}
+    if given.get("executor", "ray") != "ray":
+        raise ValueError(f"--ray runs on a Ray cluster but --executor={given['executor']} runs here; give one of them")
+    if ray and given.get("ray_address", ray) != ray:
+        raise ValueError(f"--ray={ray} and --ray-address={given['ray_address']} name two clusters; give one")
+    from .study.options import OPTIONS
+
+    address = next(o for o in OPTIONS if o.name == "ray_address")
+    return {"executor": "ray", **({"ray_address": address.parse(ray, "--ray")} if ray else {})}
 
 
 def build_study(args):
@@ -133,6 +151,10 @@ def option_labels(args) -> dict[str, str]:
         flagged = opt.flag is not None and getattr(args, opt.name, None) is not None
         if opt.flag is not None and (flagged or opt.name not in in_file):
             labels[opt.name] = opt.flag
+    if getattr(args, "ray", None) is not None:  # --ray [ADDRESS] sets both
+        labels["executor"] = "--ray"
+        if args.ray:
+            labels["ray_address"] = "--ray"
     return labels
 
 

@@ -178,7 +178,7 @@ def test_a_failed_run_leaves_no_folder_and_a_reused_folder_no_stale_file(root, m
     def broken(*_a, **_k):
         raise ValueError("a measure failed")
 
-    monkeypatch.setattr(run_mod, "_score", broken)
+    monkeypatch.setattr(run_mod, "score_pairs", broken)
     with pytest.raises(ValueError, match="a measure failed"):
         _run(root, models)
     assert not (root / "out").exists() and _beside(root / "out") == []
@@ -287,8 +287,8 @@ def test_kill_9_while_scoring_keeps_the_finished_pairs(root, models, monkeypatch
     assert os.listdir(root / "out") == [LOCK_NAME]  # no output of the killed run
     from homoscope.study import scoring
 
-    scored, job = [], scoring._score_job
-    monkeypatch.setattr(scoring, "_score_job", lambda plan, a, b, *r: scored.append((a, b)) or job(plan, a, b, *r))
+    scored, job = [], scoring.score_pair
+    monkeypatch.setattr(scoring, "score_pair", lambda plan, a, b, *r: scored.append((a, b)) or job(plan, a, b, *r))
     again = _run(root, models)
     assert scored == [("a", "c"), ("b", "c")]  # (a, b) was read back, not computed
     clean_models = {k: tiny_model(kind, seed=s) for k, (kind, s) in zip(NAMES, [("bert", 0), ("gpt2", 0), ("bert", 1)])}

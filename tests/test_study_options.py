@@ -20,7 +20,8 @@ COMMANDS = ("demo", "run", "compare")
 # values the schema cannot make up: known measures, model tables, a device every machine has
 # and a corpus that exists (the BBC corpus is named in any case), padded tokens that hold a text
 SAMPLES = {"models": ["a", {"name": "b", "spec": "folder/b"}], "measures": ["rbf_cka", "linear_cka"], "device": "cpu",
-           "corpus": "BBC", "batch_tokens": 4096}
+           "corpus": "BBC", "batch_tokens": 4096,
+           "ray_address": "auto"}
 
 
 def sample(opt: Option):
@@ -32,7 +33,7 @@ def sample(opt: Option):
     if bool in opt.types:
         return not opt.default
     if float in opt.types:
-        return (opt.minimum + opt.maximum) / 4
+        return (opt.minimum + opt.maximum) / 4 if opt.maximum is not None else opt.minimum + 0.5
     if int in opt.types:
         return int(opt.minimum or 0) + 7
     return f"value of {opt.name}"

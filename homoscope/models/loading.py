@@ -442,31 +442,46 @@ def random_init_like(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     Returns a ``LoadedModel`` named ``"<name> (random-init)"`` whose fingerprint hashes the new
     weights. Raises ValueError if ``loaded.model`` has no transformers config.
     """
-    from transformers import AutoModel
-
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
     base = loaded.model
-    config = getattr(base, "config", None)
-    if config is None:
-        raise ValueError(f"model {loaded.info.name!r} has no transformers config; cannot build a random-init copy")
+    recipe = architecture(loaded)
     param = next(base.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        # an encoder-decoder model is held as its encoder, which is built alone from its own config; a module
-        # behind the adapter interface builds itself from its config
-        if isinstance(base, DecoderStack):
-            model = DecoderStack(AutoModel.from_config(base.seq2seq.config))
-        elif loaded.info.kind == ENCODER_DECODER or isinstance(base, LayeredModule):
-            model = type(base)(config)
-        else:
-            model = AutoModel.from_config(config)
+        model = build_architecture(recipe)
     model = model.to(device=param.device, dtype=param.dtype)
     out = from_module(model, loaded.tokenizer, f"{loaded.info.name} (random-init)",
                       spec=f"random-init:{loaded.info.spec}", license=loaded.info.license,
                       notes=f"random weights (seed {seed}), architecture of {loaded.info.name}")
     out.info.kind = loaded.info.kind
     return out
+
+
+def architecture(loaded: LoadedModel) -> tuple:
+    """How to build the loaded model's architecture again, as plain picklable values ``(how, class, config)``
+    (:func:`build_architecture`): an encoder-decoder model is held as its encoder, built alone from its own
+    config; a module behind the adapter interface builds itself from its config; a decoder stack wraps the
+    sequence-to-sequence model. Raises ValueError if the model has no transformers config."""
+    base = loaded.model
+    config = getattr(base, "config", None)
+    if config is None:
+        raise ValueError(f"model {loaded.info.name!r} has no transformers config; cannot build a random-init copy")
+    if isinstance(base, DecoderStack):
+        return ("decoder", None, base.seq2seq.config)
+    if loaded.info.kind == ENCODER_DECODER or isinstance(base, LayeredModule):
+        return ("class", type(base), config)
+    return ("auto", None, config)
+
+
+def build_architecture(recipe: tuple) -> nn.Module:
+    """A fresh module of the recipe :func:`architecture` gave, its weights drawn by its own initialiser."""
+    from transformers import AutoModel
+
+    how, cls, config = recipe
+    if how == "decoder":
+        return DecoderStack(AutoModel.from_config(config))
+    return cls(config) if how == "class" else AutoModel.from_config(config)
 
 
 def _installed_source(spec_or_source, auto_install: bool, progress: bool | None) -> ModelSource:

@@ -87,23 +87,39 @@ def extract_model(
     own = loaded is None
     if own:
         loaded = _load(study, name, spec, device)
-    if dataclasses.is_dataclass(loaded) and dataclasses.is_dataclass(loaded.info) and loaded.info.name != name:
-        # errors from the runner name the model as the study does
-        loaded = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, name=name))
-    info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
-    info["name"] = name
+    job = open_job(study, name, loaded, corpus, store, device, plan=plan, progress=progress)
     load_s = time.perf_counter() - t0
-    job = _Job(study, name, loaded, corpus, store, device, _key_parts(study, loaded, info, corpus), info,
-               plan, progress=progress)
-    _plan_rows(job)
-    _check_fits(job)
-    stack, shard_recs = _extract_shards(job, log)
-    record = _model_record(job, info, stack, shard_recs, load_s)
+    shards = shard_plan(job)
+    bar = tqdm(total=len(corpus.texts), desc=f"{name}: {len(shards)} shards", unit="text",
+               disable=not progress or len(shards) < 2)
+    records = []
+    for shard in shards:
+        records.append(run_shard(job, shard))
+        bar.update(shard.texts[1] - shard.texts[0])
+        bar.set_postfix(reused=sum(r["reused"] for r in records))
+    bar.close()
+    stack, record = finish_job(job, shards, records, load_s, log)
     if own:
         del loaded, job
         _free(device)
     record["seconds"] = time.perf_counter() - t0
     return stack, record
+
+
+def open_job(study: Study, name: str, loaded, corpus, store: RepresentationStore, device: torch.device, *,
+             plan=None, progress: bool = True) -> "_Job":
+    """What every shard of one loaded model needs: its store key parts, its row plan (made here for a token unit
+    without one; words follow ``plan``), the checks of :func:`_check_fits`. Raises their ValueErrors."""
+    if dataclasses.is_dataclass(loaded) and dataclasses.is_dataclass(loaded.info) and loaded.info.name != name:
+        # errors from the runner name the model as the study does
+        loaded = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, name=name))
+    info = loaded.info.asdict() if hasattr(loaded.info, "asdict") else dict(vars(loaded.info))
+    info["name"] = name
+    job = _Job(study, name, loaded, corpus, store, device, _key_parts(study, loaded, info, corpus), info,
+               plan, progress=progress)
+    _plan_rows(job)
+    _check_fits(job)
+    return job
 
 
 def _key_parts(study: Study, loaded, info: dict, corpus) -> dict:
@@ -180,41 +196,54 @@ def _check_fits(job: _Job) -> None:
     check_rows_above_widths(study.measures, rows, {job.name: int(width)} if width else {}, what)
 
 
-def _extract_shards(job: _Job, log) -> tuple[ShardedStack, list[dict]]:
-    """Every shard of the job from the store or the model; returns the stack and the shard records."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One shard of a model's extraction: texts ``[t0, t1)``, its rows ``[r0, r1)`` and its store key."""
+
+    texts: tuple[int, int]
+    rows: tuple[int, int]
+    key: str
+
+
+def shard_plan(job: _Job) -> list[Shard]:
+    """The job's shards in corpus order: ``shard_size`` texts each (words or tokens: at most ``shard_size`` rows,
+    cut between texts), each keyed by the job's key parts and its text range."""
     if job.plan is None:
-        texts = shard_ranges(len(job.corpus.texts), job.study.shard_size)
-    else:  # words and tokens: shards of at most shard_size rows, cut between texts
-        per_text = [len(r) for r in job.plan.per_text()]
-        bounds = np.concatenate([[0], np.cumsum(per_text)])
-        texts = shard_ranges(len(job.corpus.texts), job.study.shard_size, rows=per_text)
-    keys, sizes, records = [], [], []
-    bar = tqdm(total=len(job.corpus.texts), desc=f"{job.name}: {len(texts)} shards", unit="text",
-               disable=not job.progress or len(texts) < 2)
-    for i, (t0, t1) in enumerate(texts):
-        rows = (int(bounds[t0]), int(bounds[t1])) if job.plan is not None else (t0, t1)
-        key = fingerprint_key(**job.parts, shard=[t0, t1])
-        rec = job.store.record(job.name, key)
-        if rec is None or not isinstance(rec.get("extract"), dict):  # absent, partial or not a shard record
-            shard = _compute_shard(job, t0, t1, rows)
-            rec = {"extract": shard["extract"], "uncovered": shard["uncovered"], "texts": [t0, t1], "rows": rows}
-            _put(job, key, shard["stack"], rec)
-            rec = {**rec, "shape": list(shard["stack"].shape), "reused": False}
-            del shard
-            return_freed_memory()  # resident memory stays flat from shard to shard
-        else:
-            rec = {**rec, "reused": True}
-        keys.append(key)
-        sizes.append(rows[1] - rows[0])
-        records.append(rec)
-        bar.update(t1 - t0)
-        bar.set_postfix(reused=sum(r["reused"] for r in records))
-    bar.close()
+        return [Shard((t0, t1), (t0, t1), fingerprint_key(**job.parts, shard=[t0, t1]))
+                for t0, t1 in shard_ranges(len(job.corpus.texts), job.study.shard_size)]
+    per_text = [len(r) for r in job.plan.per_text()]
+    bounds = np.concatenate([[0], np.cumsum(per_text)])
+    return [Shard((t0, t1), (int(bounds[t0]), int(bounds[t1])), fingerprint_key(**job.parts, shard=[t0, t1]))
+            for t0, t1 in shard_ranges(len(job.corpus.texts), job.study.shard_size, rows=per_text)]
+
+
+def run_shard(job: _Job, shard: Shard) -> dict:
+    """One shard from the store, or from the model and then into the store; returns its record (``reused``:
+    whether it was found stored; ``shape``: ``[L+1, rows, d]``)."""
+    rec = job.store.record(job.name, shard.key)
+    if rec is not None and isinstance(rec.get("extract"), dict):
+        return {**rec, "reused": True}
+    # absent, partial or not a shard record
+    (t0, t1), rows = shard.texts, shard.rows
+    got = _compute_shard(job, t0, t1, rows)
+    rec = {"extract": got["extract"], "uncovered": got["uncovered"], "texts": [t0, t1], "rows": list(rows)}
+    _put(job, shard.key, got["stack"], rec)
+    rec = {**rec, "shape": list(got["stack"].shape), "reused": False}
+    del got
+    return_freed_memory()  # resident memory stays flat from shard to shard
+    return rec
+
+
+def finish_job(job: _Job, shards: list[Shard], records: list[dict], load_s: float, log=None) -> tuple[ShardedStack, dict]:
+    """The model's stack over its stored shards and its record (:func:`_model_record`), once every shard is in
+    the store (``records``: what :func:`run_shard` returned for each, in order)."""
     reused = sum(r["reused"] for r in records)
     if log is not None and reused:
         log(f"reused {reused} of {len(records)} shards of {job.name}")
     L, d = records[0]["shape"][0], records[0]["shape"][2]
-    return ShardedStack(job.store, job.name, tuple(keys), tuple(sizes), L, d), records
+    sizes = tuple(s.rows[1] - s.rows[0] for s in shards)
+    stack = ShardedStack(job.store, job.name, tuple(s.key for s in shards), sizes, L, d)
+    return stack, _model_record(job, job.info, stack, records, load_s)
 
 
 def _put(job: _Job, key: str, stack: torch.Tensor, rec: dict) -> None:

@@ -34,6 +34,7 @@ import shlex
 import tempfile
 import tomllib
 import typing
+import warnings
 from types import NoneType, UnionType
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ UNITS = ("sentence", "word", "token")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PAIRS = ("all", "first-vs-rest")
 AGREEMENT_MODES = ("auto", "on", "off")
+EXECUTORS = ("local", "ray")
+#: options that say where the work runs, not what it computes: outside the run id, so both executors give one id
+EXECUTION_OPTIONS = ("executor", "ray_address", "gpus_per_model", "cpus_per_model", "replicas")
 
 
 class StudyWriteError(OSError):
@@ -332,6 +336,19 @@ class Study:
     dtype: str = option("float32", "dtype of the forward pass", choices=tuple(DTYPES),
                         details="Pooled vectors are always float32 and measures accumulate in float64.")
     device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
+    executor: str = option("local", "where the work runs: local (this process) or ray (a Ray cluster: an actor per "
+                           "model replica takes shards, a task per block of layer pairs scores)", choices=EXECUTORS,
+                           details="Both give the same numbers and the same run id; Ray is the optional extra "
+                                   "``pip install \"homoscope[ray]\"``. See :mod:`homoscope.study.distributed`.")
+    ray_address: str | None = option(None, "the Ray cluster to join with executor=ray: auto (the running one), "
+                                     "HOST:PORT or ray://HOST:PORT; unset: start one on this machine",
+                                     details="On a cluster the store must be a folder every node sees at the same "
+                                             "path (a shared filesystem), checked before any model loads.")
+    gpus_per_model: float = option(0.0, "GPUs each model replica's Ray actor holds (a fraction shares a GPU among "
+                                   "small models; 0: CPU); scoring tasks take as many, at most 1", minimum=0)
+    cpus_per_model: float = option(1.0, "CPU cores each model replica's Ray actor holds (its torch threads: the "
+                                   "whole part, at least 1)", minimum=0, exclusive=True)
+    replicas: int = option(1, "Ray actors per model, each holding the model and taking shards in turn", minimum=1)
     batch_tokens: int = option(0, "padded tokens per forward pass (0 = suited to the device)", minimum=0)
     shard_size: int = option(4096, "texts per stored shard (words or tokens per shard for those units): a killed "
                              "run loses at most one shard", minimum=1,
@@ -407,8 +424,27 @@ class Study:
         if self.batch_tokens and self.batch_tokens < self.max_length:
             raise ValueError(f"{typed('batch_tokens', self.batch_tokens)} must be 0 (suited to the device) or at "
                              f"least {typed('max_length', self.max_length)}, so that a text fits in a batch")
-        _check_device(self.device)
+        _check_device(self.device, here=self.executor == "local")
+        self._check_executor()
         self._check_paths()
+
+    def _check_executor(self) -> None:
+        """Ray importable for ``executor='ray'`` (found, not imported); a warning for a ``ray_address`` that a local
+        run leaves unused."""
+        import importlib.util
+
+        if self.executor == "local":
+            if self.ray_address is not None:
+                warnings.warn(f"{typed('ray_address', self.ray_address)} is unused: the study runs here "
+                              f"({typed('executor', 'local')}); set {typed('executor', 'ray')} to run it there",
+                              RuntimeWarning, stacklevel=3)
+            return
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError(f"{typed('executor', 'ray')} needs Ray, which is not installed: "
+                             "pip install \"homoscope[ray]\"")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ValueError(f"{typed('ray_address', self.ray_address)} is empty: give auto, HOST:PORT or "
+                             f"ray://HOST:PORT, or leave it out to start a cluster on this machine")
 
     def _check_paths(self) -> None:
         """``out``, ``store`` and ``corpus``: not blank, valid UTF-8; the folders not files; the corpus a file."""
@@ -560,8 +596,9 @@ def _did_you_mean(key: str, names) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_device(device: str) -> None:
-    """Raise ValueError unless ``device`` is ``auto`` or a torch device available on this machine."""
+def _check_device(device: str, here: bool = True) -> None:
+    """Raise ValueError unless ``device`` is ``auto`` or a torch device (``here``: available on this machine;
+    a Ray cluster's workers check their own)."""
     if device == "auto":
         return
     given, instead = typed("device", device), f"set {typed('device')} to auto or cpu"
@@ -569,6 +606,8 @@ def _check_device(device: str) -> None:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"{given} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if not here:
+        return
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"{given} is not available here ({torch.cuda.device_count()} CUDA devices); {instead}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -4,6 +4,7 @@ tidy results frame, figures, ``manifest.json`` and ``report.md`` into ``out``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
@@ -25,7 +26,7 @@ from .._spelling import typed
 from ..extract import RepresentationStore
 from ..report.folder import ResultsFolder
 from .extraction import RANDOM_INIT_SUFFIX, _free, _load, extract_model, random_init_seed
-from .options import Study, StudyWriteError, _os_reason, best_device, check_writable
+from .options import EXECUTION_OPTIONS, Study, StudyWriteError, _os_reason, best_device, check_writable
 from .scoring import check_rows_above_widths, model_pairs, score_pairs, warn_layer_blocks
 
 class Representations(Mapping):
@@ -121,11 +122,7 @@ def run_study(
         folder, sources = _check(study, loaded_models)
         with folder:  # the output folder is this run's until its outputs are swapped in
             ctx = _prepare(study, folder, sources, loaded_models, log)
-            ext = extract_all(study, ctx, loaded_models, progress, log)
-            # again with the rows and shapes as extracted (words some model gives no token are dropped)
-            shapes = {name: (s.layers, s.width) for name, s in ext.stacks.items()}
-            _check_plan(study, next(iter(ext.stacks.values())).n, shapes)
-            frame = _score_all(study, ctx, ext, progress, log)
+            ext, frame = _stages(study, ctx, loaded_models, progress, log)
             agreement = _run_agreement(study, Representations(ext.stacks), ctx.corpus, log)
             if agreement is not None:
                 ctx.timings["agreement"] = agreement.meta.get("seconds", {}).get("total", float("nan"))
@@ -139,27 +136,42 @@ def run_study(
                        controls=Representations(ext.controls), agreement=agreement)
 
 
+def _stages(study: Study, ctx: "_Context", loaded_models: dict | None, progress: bool, log):
+    """Extraction and scoring, here or on a Ray cluster (``executor``): ``(Extracted, frame)``."""
+    if study.executor == "ray":
+        from .distributed import run_on_ray
+
+        with _explained(study):
+            return run_on_ray(study, ctx, loaded_models, progress, log)
+    ext = extract_all(study, ctx, loaded_models, progress, log)
+    # again with the rows and shapes as extracted (words some model gives no token are dropped)
+    shapes = {name: (s.layers, s.width) for name, s in ext.stacks.items()}
+    _check_plan(study, next(iter(ext.stacks.values())).n, shapes)
+    return ext, _score_all(study, ctx, ext, progress, log)
+
+
 def _score_all(study: Study, ctx: "_Context", ext: "Extracted", progress: bool, log) -> pd.DataFrame:
     """Stage 2 over the extracted stacks, with the study's options."""
     t0 = time.perf_counter()
     names = [n for n, _ in study.model_specs()]
-    frame = _score(
-        study,
-        ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
-        permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
-        device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
-        bootstrap_groups=study.bootstrap_groups,
-        controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None, store=ctx.store,
-        log=log,
-    )
+    with _explained(study):
+        frame = score_pairs(
+            ext.stacks, model_pairs(names, study.pairs), list(study.measures), unit=study.unit,
+            permutations=study.permutations, bootstrap=study.bootstrap, groups=ext.groups, seed=study.seed,
+            device=ctx.device, progress=progress, memory_mb=study.memory_mb, pairwise_rows=study.pairwise_rows,
+            bootstrap_groups=study.bootstrap_groups,
+            controls={k[: -len(RANDOM_INIT_SUFFIX)]: v for k, v in ext.controls.items()} or None, store=ctx.store,
+            log=log,
+        )
     ctx.timings["measures"] = time.perf_counter() - t0
     return frame
 
 
-def _score(study: Study, *args, **kwargs):
-    """:func:`score_pairs`, its constant-layer error explained where the pooling makes one likely."""
+@contextlib.contextmanager
+def _explained(study: Study):
+    """Scoring's constant-layer error explained where the pooling makes one likely."""
     try:
-        return score_pairs(*args, **kwargs)
+        yield
     except ValueError as err:
         constant = "zero variance" in str(err) or "no variance above" in str(err)  # or only rounding between rows
         if constant and study.pooling in ("cls", "first", "last"):
@@ -322,15 +334,21 @@ def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progres
         ext.stacks[name] = stack
         ext.records.append(rec)
         ctx.timings[f"extract/{name}"] = rec["seconds"]
-        log(f"model {name}: {stack.layers} layers x {stack.n} {what} x width {stack.width}, "
-            f"{_how(rec)}{_lost(rec, study, len(ctx.corpus))}")
-        _warn_cut(rec, study, len(ctx.corpus))
+        report_model(study, ctx, stack, rec, log)
     if ctx.plan is not None:
         _align_rows(ctx.plan, ctx.corpus, ext)
         if ext.rows_meta["dropped_words"]:
             log(f"dropped {ext.rows_meta['dropped_words']} words that some model gives no token; "
                 f"n = {ext.rows_meta['n']} {what} for every model")
     return ext
+
+
+def report_model(study: Study, ctx: _Context, stack, rec: dict, log) -> None:
+    """Say what one model's extraction gave (layers, rows, width, reuse, losses) and warn of a cut corpus."""
+    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    log(f"model {rec['info']['name']}: {stack.layers} layers x {stack.n} {what} x width {stack.width}, "
+        f"{_how(rec)}{_lost(rec, study, len(ctx.corpus))}")
+    _warn_cut(rec, study, len(ctx.corpus))
 
 
 def _extract_control(study, ctx, ext, name, spec, given, progress, log) -> None:
@@ -466,7 +484,7 @@ def _reproducible(study: Study) -> Study:
 
 def run_id(manifest: dict) -> str:
     """The id of a run: 16 hex digits of the sha256 of what determines its numbers (the study's options but
-    its folders and the corpus path, each model's and control's stored representations, the corpus's
+    its folders, the corpus path and where it ran (``EXECUTION_OPTIONS``), each model's and control's stored representations, the corpus's
     fingerprint, the homoscope version).
 
     Two runs with the same id compute the same results, so a rerun writes the same files byte for byte; a
@@ -474,7 +492,8 @@ def run_id(manifest: dict) -> str:
     """
     from ..extract.store import fingerprint_key
 
-    study = {k: v for k, v in manifest["study"].items() if k not in ("out", "store", "corpus")}
+    skip = ("out", "store", "corpus", *EXECUTION_OPTIONS)
+    study = {k: v for k, v in manifest["study"].items() if k not in skip}
     models = [m.get("store_key") for m in manifest["models"]]
     controls = [c.get("fingerprint") for c in (manifest.get("controls") or {}).get("random_init", [])]
     corpus = manifest["corpus"].get("fingerprint")  # the texts, ids, labels and documents, however the path is spelt

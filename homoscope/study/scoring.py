@@ -23,6 +23,7 @@ rows (:mod:`homoscope.measures.nulls`; Josse, Pages & Husson 2008), at any n.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Iterator, NamedTuple
 
@@ -95,72 +96,115 @@ def score_pairs(
         ValueError: stacks with different n, and the measures' errors (naming the two models).
         StudyWriteError: a pair's scores cannot be written to ``store`` (pairs kept before are reused).
     """
-    from ..measures import MIN_BOOTSTRAP_GROUPS, get_measure
-
-    if bootstrap and (type(bootstrap_groups) is not int or bootstrap_groups < MIN_BOOTSTRAP_GROUPS):
-        raise ValueError(f"bootstrap_groups must be an integer >= {MIN_BOOTSTRAP_GROUPS}; got "
-                         f"bootstrap_groups={bootstrap_groups!r}")
     src = {k: _source(v) for k, v in stacks.items()}
     csrc = {k: _source(v) for k, v in (controls or {}).items()}
-    n = _common_n(src)
-    groups = list(groups) if groups is not None and not hasattr(groups, "__len__") else groups  # read once
-    groups = resampled_groups(groups, n) if bootstrap else groups
-    sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
-    plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
-    jobs: dict[tuple[str, str], list[str]] = {}
-    for a, b in pairs:
-        for m in measures:
-            jobs.setdefault((a, b), []).append(m)
-            if not get_measure(m).symmetric:
-                jobs.setdefault((b, a), []).append(m)
-    cache = None if store is None else ScoreCache(store, {
-        "unit": unit, "permutations": permutations, "bootstrap": bootstrap, "groups": groups_digest(groups),
-        "seed": seed, "device": str(device), "memory_mb": memory_mb, "pairwise_rows": pairwise_rows,
-        "bootstrap_groups": bootstrap_groups})
-    frames = _score_jobs(jobs, plan, cache, src, csrc if controls is not None else None, unit, progress, log)
-    frame = pd.concat(frames, ignore_index=True)
-    if "control_n" in frame:  # only where the controls used fewer rows than the value
-        frame["control_n"] = frame["control_n"].fillna(frame["n"])
-    for c in ("layer_a", "layer_b", "n", "d_a", "d_b") + (("control_n",) if "control_n" in frame else ()):
-        frame[c] = frame[c].astype("int64")
-    _flag_outside_interval(frame)
-    return frame
+    setup = PairScoring.build(_common_n(src), pairs, measures, unit=unit, permutations=permutations,
+                              bootstrap=bootstrap, groups=groups, seed=seed, device=device, progress=progress,
+                              memory_mb=memory_mb, pairwise_rows=pairwise_rows, bootstrap_groups=bootstrap_groups,
+                              store=store)
+    frames = _score_jobs(setup, src, csrc if controls is not None else None, progress, log)
+    return setup.frame(frames)
 
 
-def _score_jobs(jobs: dict, plan: "_Plan", cache: ScoreCache | None, src: dict, csrc: dict | None, unit: str,
-                progress: bool, log) -> list[pd.DataFrame]:
-    """The frames of every ordered pair in ``jobs`` (``{(a, b): measures}``): read back from ``cache`` where
-    kept, else scored and kept; each pair's warnings are raised again either way."""
+@dataclasses.dataclass
+class PairScoring:
+    """What scoring every model pair shares, fixed before the first pair: the plan (subsample, bootstrap,
+    nulls), the ordered pairs with their measures (``jobs``: ``{(a, b): measures}``; an asymmetric measure
+    both ways), the store's score cache (None: not kept) and the unit."""
+
+    plan: "_Plan"
+    jobs: dict
+    cache: ScoreCache | None
+    unit: str
+
+    @classmethod
+    def build(cls, n: int, pairs, measures, *, unit, permutations, bootstrap, groups, seed, device, progress,
+              memory_mb, pairwise_rows, bootstrap_groups, store) -> "PairScoring":
+        """The scoring of ``pairs`` over stacks of ``n`` rows; the arguments are :func:`score_pairs`'s."""
+        from ..measures import MIN_BOOTSTRAP_GROUPS, get_measure
+
+        if bootstrap and (type(bootstrap_groups) is not int or bootstrap_groups < MIN_BOOTSTRAP_GROUPS):
+            raise ValueError(f"bootstrap_groups must be an integer >= {MIN_BOOTSTRAP_GROUPS}; got "
+                             f"bootstrap_groups={bootstrap_groups!r}")
+        groups = list(groups) if groups is not None and not hasattr(groups, "__len__") else groups  # read once
+        groups = resampled_groups(groups, n) if bootstrap else groups
+        sub = None if n <= pairwise_rows else sample_rows(n, pairwise_rows, seed + SUBSAMPLE_SEED_OFFSET)
+        plan = _Plan(permutations, bootstrap, groups, seed, device, memory_mb, sub, progress, bootstrap_groups)
+        jobs: dict[tuple[str, str], list[str]] = {}
+        for a, b in pairs:
+            for m in measures:
+                jobs.setdefault((a, b), []).append(m)
+                if not get_measure(m).symmetric:
+                    jobs.setdefault((b, a), []).append(m)
+        cache = None if store is None else ScoreCache(store, {
+            "unit": unit, "permutations": permutations, "bootstrap": bootstrap, "groups": groups_digest(groups),
+            "seed": seed, "device": str(device), "memory_mb": memory_mb, "pairwise_rows": pairwise_rows,
+            "bootstrap_groups": bootstrap_groups})
+        return cls(plan, jobs, cache, unit)
+
+    def key(self, a: str, b: str, src: dict, csrc: dict | None) -> str | None:
+        """The score cache's key of the ordered pair (a, b) over these stacks (None: not kept)."""
+        if self.cache is None:
+            return None
+        return self.cache.key(a, b, (src[a], src[b], (csrc or {}).get(a), (csrc or {}).get(b)), self.jobs[a, b])
+
+    def frame(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        """The study's frame from the pairs' frames: integer columns, ``control_n`` filled, the interval check."""
+        frame = pd.concat(frames, ignore_index=True)
+        if "control_n" in frame:  # only where the controls used fewer rows than the value
+            frame["control_n"] = frame["control_n"].fillna(frame["n"])
+        for c in ("layer_a", "layer_b", "n", "d_a", "d_b") + (("control_n",) if "control_n" in frame else ()):
+            frame[c] = frame[c].astype("int64")
+        _flag_outside_interval(frame)
+        return frame
+
+
+def _score_jobs(setup: PairScoring, src: dict, csrc: dict | None, progress: bool, log) -> list[pd.DataFrame]:
+    """The frames of every ordered pair of ``setup.jobs``: read back from the cache where kept, else scored and
+    kept; each pair's warnings are raised again either way."""
     from tqdm.auto import tqdm
 
     frames, reused = [], 0
+    jobs = setup.jobs
     for (a, b), names in tqdm(list(jobs.items()), desc="scoring", unit="pair", disable=not progress, leave=False):
-        key = cache.key(a, b, (src[a], src[b], (csrc or {}).get(a), (csrc or {}).get(b)), names) if cache else None
-        kept = cache.get(key) if key is not None else None
+        key = setup.key(a, b, src, csrc)
+        kept = setup.cache.get(key) if key is not None else None
         reused += kept is not None
         if kept is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                frame = _score_job(plan, a, b, names, src, csrc, unit)
+                frame = score_pair(setup.plan, a, b, names, src, csrc, setup.unit)
             kept = (frame, [(w.category.__name__, str(w.message)) for w in caught])
-            _keep(cache, key, *kept)
-        for category, message in kept[1]:  # a pair's warnings, said whether it was computed or read back
-            warnings.warn(message, warning_category(category), stacklevel=3)
+            _keep(setup.cache, key, *kept)
+        raise_again(kept[1])
         frames.append(kept[0])
     if reused and log is not None:
         log(f"scores of {reused} of {len(jobs)} model pairs read back from the store")
     return frames
 
 
-def _score_job(plan: "_Plan", a: str, b: str, names: list[str], src: dict, csrc: dict | None, unit: str) -> pd.DataFrame:
-    """The tidy rows of ``names`` between models a and b (X) and (Y), with their controls."""
+def raise_again(caught: list[tuple[str, str]]) -> None:
+    """Warn again with the ``(category name, message)`` pairs a pair's scoring raised (computed or read back)."""
+    for category, message in caught:
+        warnings.warn(message, warning_category(category), stacklevel=3)
+
+
+def score_pair(plan: "_Plan", a: str, b: str, names: list[str], src: dict, csrc: dict | None, unit: str,
+               streamed: tuple | None = None) -> pd.DataFrame:
+    """The tidy rows of ``names`` between models a (X) and b (Y), with their controls.
+
+    ``streamed``: the streamed sums' results of the pair and of its controls (two :class:`Streamed`, from
+    :meth:`_Plan.stream_block` over every block of :meth:`_Plan.stream_blocks`, joined by
+    :meth:`Streamed.joined`) where they were computed elsewhere; None: streamed here."""
+    X, Y = src[a], src[b]
+    ours, theirs = streamed or (None, None)
     try:
-        scored = plan.score(names, src[a], src[b], keys=(a, b))
-        random = (plan.score(names, csrc[a], csrc[b], with_controls=False,
+        scored = plan.score(names, X, Y, keys=(a, b), streamed=ours)
+        random = (plan.score(names, csrc[a], csrc[b], with_controls=False, streamed=theirs,
                              keys=(f"{a} (random-init)", f"{b} (random-init)")) if csrc is not None else None)
     except ValueError as err:  # name the models: the measure only knows X and Y
         raise ValueError(f"{', '.join(names)} between {a!r} (X) and {b!r} (Y): {err}") from None
-    return pd.concat([_frame(a, b, m, scored[m], random[m] if random else None, src[a], src[b], unit) for m in names],
+    return pd.concat([_frame(a, b, m, scored[m], random[m] if random else None, X, Y, unit) for m in names],
                      ignore_index=True)
 
 
@@ -220,35 +264,68 @@ class _Plan:
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device is None else t.to(self.device)
 
-    def score(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True, keys=None) -> dict:
-        """``{measure: (value [La, Lb], n, controls or None, control n)}`` for one ordered pair.
-
-        ``keys`` name the two stacks (moment sums of the closed-form nulls are kept per name).
-        """
-        closed = with_controls and self.permutations and X.n >= ANALYTIC_MIN_N
+    def _controls(self, names: list[str], n: int, with_controls: bool) -> tuple[list, int, bool]:
+        """``(measures with a closed-form null, drawn permutations, whether any control runs)`` for n rows."""
+        closed = with_controls and self.permutations and n >= ANALYTIC_MIN_N
         analytic = [m for m in names if m in ANALYTIC_NULLS] if closed else []
         drawn = self.permutations if any(m not in analytic for m in names) else 0
-        controlled = with_controls and bool(drawn or self.bootstrap)
+        return analytic, drawn, with_controls and bool(drawn or self.bootstrap)
+
+    def _streaming(self, names: list[str], n: int, with_controls: bool) -> tuple[list, object]:
+        """``(the measures streamed over all rows, the bootstrap plan of their sums or None)``."""
+        from ..measures import STREAMING_MEASURES
+
+        if self.sub is None:
+            return [], None
+        streamed = [m for m in names if m in STREAMING_MEASURES]
+        controlled = self._controls(names, n, with_controls)[2]
+        return streamed, (self._boot_plan(n) if controlled and self.bootstrap and streamed else None)
+
+    def stream_blocks(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True) -> int:
+        """How many blocks of layer pairs the streamed sums of (X, Y) take (:func:`layer_blocks`); 0 where the
+        pair is scored in memory or streams nothing."""
+        streamed, boot = self._streaming(names, X.n, with_controls)
+        return len(_stream_blocks(X, Y, self.memory_mb, boot)) if streamed else 0
+
+    def stream_block(self, names: list[str], X: _Rows, Y: _Rows, block: int, with_controls: bool = True) -> "Streamed":
+        """The streamed measures of (X, Y) at one block of layer pairs (elsewhere NaN), as :meth:`score` computes
+        them; :meth:`Streamed.joined` puts the blocks together."""
+        streamed, boot = self._streaming(names, X.n, with_controls)
+        return stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device, boot=boot,
+                               blocks=[block])
+
+    def join_blocks(self, names: list[str], X: _Rows, Y: _Rows, parts: list, with_controls: bool = True) -> "Streamed":
+        """The pair's streamed measures from one :meth:`stream_block` result per block, in block order."""
+        streamed, boot = self._streaming(names, X.n, with_controls)
+        return Streamed.joined(parts, X, Y, self.memory_mb, boot)
+
+    def score(self, names: list[str], X: _Rows, Y: _Rows, with_controls: bool = True, keys=None,
+              streamed: "Streamed | None" = None) -> dict:
+        """``{measure: (value [La, Lb], n, controls or None, control n)}`` for one ordered pair.
+
+        ``keys`` name the two stacks (moment sums of the closed-form nulls are kept per name). ``streamed``:
+        the streamed measures' results where computed elsewhere (:meth:`stream_block`), else None.
+        """
+        analytic, drawn, controlled = self._controls(names, X.n, with_controls)
         if self.sub is None:  # every row fits: all in memory, as one call shares the work across measures
             Xm, Ym = self._to(X.load()), self._to(Y.load())
             out = {m: (*v, X.n) for m, v in self._in_memory(names, Xm, Ym, self.groups, controlled, drawn).items()}
         else:
-            out = self._streamed(names, X, Y, controlled, drawn, analytic, keys)
+            out = self._streamed(names, X, Y, controlled, drawn, analytic, keys, streamed, with_controls)
         for m in analytic:
             value, n, res, k = out[m]
             null = self._analytic(m, keys, X, Y, value)
             out[m] = (value, n, _Controls(null, res.ci if res is not None else None), k)
         return out
 
-    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int, analytic: list, keys=None) -> dict:
-        """Exact linear measures and their bootstrap streamed over all rows; the rest and the drawn nulls on
-        the subsample (``analytic``: measures whose null is in closed form, not drawn)."""
-        from ..measures import STREAMING_MEASURES
-
-        streamed = [m for m in names if m in STREAMING_MEASURES]
-        boot = self._boot_plan(X.n) if controlled and self.bootstrap and streamed else None
-        got = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
-                              progress=self.progress, boot=boot, label=" vs ".join(keys) if keys else "")
+    def _streamed(self, names, X: _Rows, Y: _Rows, controlled: bool, drawn: int, analytic: list, keys=None,
+                  got: "Streamed | None" = None, with_controls: bool = True) -> dict:
+        """Exact linear measures and their bootstrap streamed over all rows (``got``: computed elsewhere); the
+        rest and the drawn nulls on the subsample (``analytic``: measures whose null is in closed form)."""
+        streamed, boot = self._streaming(names, X.n, with_controls)
+        if got is None:
+            got = stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device,
+                                  progress=self.progress, boot=boot, label=" vs ".join(keys) if keys else "")
         cis = {m: percentile_interval(r) for m, r in (got.replicates or {}).items()}
         rest = [m for m in names if m not in streamed]
         k = len(self.sub)
@@ -305,9 +382,14 @@ class _Plan:
         return fn(mx, my, observed.double().cpu())
 
     def _stack_moments(self, key, stack: _Rows):
+        """The null moments of ``stack``, kept per model name ``key``."""
         if key not in self._moments:
             self._moments[key] = stack_moments(stack, seed=self.seed, progress=self.progress, name=key)
         return self._moments[key]
+
+    def seed_moments(self, moments: dict) -> None:
+        """Take null moments computed elsewhere (``{model name: LayerMoments}``, as :func:`stack_moments` gives)."""
+        self._moments.update(moments)
 
 
 def _fits(measure: str, k: int, da: int, db: int) -> bool:
@@ -357,10 +439,32 @@ class Streamed(NamedTuple):
     values: dict
     replicates: dict | None
 
+    @staticmethod
+    def joined(parts: list["Streamed"], X: _Rows, Y: _Rows, memory_mb: int, boot) -> "Streamed":
+        """The whole pair from ``parts[i]``, which holds block ``i`` of :func:`_stream_blocks` (one per block)."""
+        blocks = _stream_blocks(X, Y, memory_mb, boot)
+        if len(parts) != len(blocks):
+            raise ValueError(f"{len(parts)} parts for {len(blocks)} blocks of layer pairs")
+        first = parts[0]
+        values = {m: v.clone() for m, v in first.values.items()}
+        reps = None if first.replicates is None else {m: r.clone() for m, r in first.replicates.items()}
+        for part, (xs, ys) in zip(parts[1:], blocks[1:]):
+            for m in values:
+                values[m][xs, ys] = part.values[m][xs, ys]
+                if reps is not None:
+                    reps[m][:, xs, ys] = part.replicates[m][:, xs, ys]
+        return Streamed(values, reps)
+
+
+def _stream_blocks(X: _Rows, Y: _Rows, memory_mb: int, boot) -> list[tuple[slice, slice]]:
+    """The blocks of layer pairs :func:`stream_measures` takes (one set of sums per bootstrap group)."""
+    G = 1 if boot is None else int(boot[1].shape[1])
+    return layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb, copies=G)
+
 
 def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 512,
                     device: torch.device | None = None, progress: bool = False, boot=None,
-                    label: str = "") -> Streamed:
+                    label: str = "", blocks: list[int] | None = None) -> Streamed:
     """Exact linear measures of all layer pairs, and their group bootstrap, from sums streamed over both stacks.
 
     Layer pairs go in blocks whose sums (one set per bootstrap group) fit in half of ``memory_mb`` (see
@@ -372,6 +476,7 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
             :class:`~.shards.InMemoryStack`) of the same rows.
         boot: ``(unit of each row [n] int64 in 0 .. G-1, counts [R, G])`` (see :func:`bootstrap_units`);
             each replicate is the measure on the rows of the drawn units, repeated by their counts.
+        blocks: indices of the blocks of layer pairs to compute (None: all); the others are NaN.
 
     Returns a :class:`Streamed` (float64, CPU); the values equal the in-memory measures on all rows.
 
@@ -382,13 +487,15 @@ def stream_measures(names: list[str], X: _Rows, Y: _Rows, *, memory_mb: int = 51
 
     from ..measures import CrossMoments, GroupedMoments
 
-    out = {m: torch.empty(X.layers, Y.layers, dtype=torch.float64) for m in names}
+    out = {m: torch.full((X.layers, Y.layers), float("nan"), dtype=torch.float64) for m in names}
     units, W = boot if boot is not None else (None, None)
-    reps = {m: torch.empty(W.shape[0], X.layers, Y.layers, dtype=torch.float64) for m in names} if boot else None
+    reps = {m: torch.full((W.shape[0], X.layers, Y.layers), float("nan"), dtype=torch.float64)
+            for m in names} if boot else None
     if not names:
         return Streamed(out, reps)
     G = 1 if boot is None else int(W.shape[1])
-    blocks = layer_blocks(X.layers, Y.layers, X.width, Y.width, memory_mb, copies=G)
+    every = _stream_blocks(X, Y, memory_mb, boot)
+    blocks = every if blocks is None else [every[i] for i in blocks]
     one = 8 * G * (X.width * Y.width + X.width**2 + Y.width**2) / 2**20  # MiB of one layer pair's sums
     if one > memory_mb / 2:
         warnings.warn(f"{label or 'streamed scoring'}: one layer pair of widths {X.width} x {Y.width} needs "

@@ -151,3 +151,4 @@ class ShardedStack(_Rows):
         for key, size in zip(self.keys, self.sizes):
             yield (start, start + size), (lambda k=key: self.store.read(self.name, k, layers).float())
             start += size
+
