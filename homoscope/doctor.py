@@ -28,7 +28,7 @@ PROBE_TEXTS = ("The cat sat on the mat, and then it slept.", "Prices went up in 
 
 # Distributions whose versions shape the numbers or the files, shown beside the required ones.
 _SHOWN = ("safetensors", "tokenizers", "huggingface-hub", "accelerate", "pyarrow", "matplotlib", "gguf",
-          "onnx", "onnxruntime", "hypothesis")
+          "onnx", "onnxruntime", "hypothesis", "ray")
 
 
 def _check(report: dict, name: str, ok: bool, detail: str = "") -> None:

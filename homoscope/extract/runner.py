@@ -540,5 +540,7 @@ def _pool_layers(hidden, w: torch.Tensor) -> torch.Tensor:
 
 
 def suggested_batch_tokens(device: torch.device | str) -> int:
-    """A padded-token budget per forward pass: 65,536 on a GPU, 8,192 on a CPU or MPS."""
-    return 65_536 if torch.device(device).type == "cuda" else 8192
+    """A padded-token budget per forward pass: 65,536 on a GPU, 8,192 on MPS, 1,024 on a CPU (where larger batches
+    leave the caches: smollm2-135m on 300 BBC sentences runs 1.6x faster at 1,024 than at 8,192 on 2 threads)."""
+    kind = torch.device(device).type
+    return 65_536 if kind == "cuda" else 8192 if kind == "mps" else 1024

@@ -1,27 +1,31 @@
 """The study's extraction and scoring stages on a Ray cluster (``executor = "ray"``), with the local stages' results.
 
-- **Extraction.** Each model gets ``replicas`` Ray actors (:class:`ModelReplica`), each holding the loaded model
-  on its worker's device with ``cpus_per_model`` cores and ``gpus_per_model`` GPUs. The driver hands a model's
-  shards to its replicas one at a time as each finishes one; a replica runs a shard exactly as the local
-  executor does (:func:`~.extraction.run_shard`: from the store if there, else from the model into the store),
-  so a rerun reuses every finished shard. With ``random_init`` the same replicas then take the shards of the
-  model's random-init control. All models' replicas are asked for at once; Ray runs as many as the cluster's
-  resources hold.
-- **Scoring.** As soon as both models of a pair (and their controls) are stored, each ordered pair is cut into
-  blocks of layers of its first model; a Ray task scores one block against every layer of the second model
-  (:func:`~.scoring.score_block`), reading the shards from the store. The closed-form nulls' per-model
-  moments are one task per model, shared by its pairs' tasks. The driver joins the blocks into each pair's
-  rows, keeps them in the store's score cache (as the local executor does: either executor reads back what
-  the other kept) and builds the one results frame. Word and token rows are aligned over all models first.
-- **Faults.** A replica whose process dies is restarted by Ray (``MAX_RESTARTS``), loads its model again and
-  redoes the shard it had in flight; a shard is written whole or not at all (the store renames a finished
-  file under its lock), so two writers of one shard leave one intact entry.
+- **Extraction.** As many Ray actors (:class:`ModelReplica`) as the cluster holds, each on a worker slot of
+  ``cpus_per_model`` cores and ``gpus_per_model`` GPUs, each holding one model at a time. The driver hands out
+  shards one at a time: a free replica takes more shards of the model it holds, else a model no replica has
+  started (the largest first), else the model with the most shards left (at most ``replicas`` replicas on one
+  model; 0: no limit). A replica runs a shard exactly as the local executor does
+  (:func:`~.extraction.run_shard`: from the store if there, else from the model into the store), so a rerun
+  reuses every finished shard. With ``random_init`` the replica that finished a model goes on with its
+  random-init control.
+- **Scoring.** As soon as both models of a pair (and their controls) are stored, the pair's streamed sums go as
+  one Ray task per block of layer pairs (the blocks ``memory_mb`` sets, :meth:`~.scoring._Plan.stream_block`),
+  then the pair as one task (:func:`~.scoring.score_pair`: the ``n x n`` measures, the drawn nulls, the
+  closed-form nulls from one moments task per model), all reading the shards from the store. The driver keeps
+  each pair's rows in the store's score cache (as the local executor does: either executor reads back what the
+  other kept) and builds the one results frame. Word and token rows are aligned over all models first.
+- **Faults.** A replica whose process dies is restarted by Ray (``MAX_RESTARTS``) and redoes the call it had in
+  flight (loading its model again); a shard is written whole or not at all (the store renames a finished file
+  under its lock), so two writers of one shard leave one intact entry.
 
-The store must be one folder every node sees at the same path: the driver writes an id into it
-(``.homoscope-store-id``) and every replica checks it before it loads a model.
+The same frame as the local executor, to the last bit, where each process computes with as many torch threads
+(``cpus_per_model``): float32 matrix products round by the number of threads. The store must be one folder every
+node sees at the same path: the driver writes an id into it (``.homoscope-store-id``) and every replica and task
+checks it first.
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 import warnings
@@ -41,58 +45,88 @@ STORE_ID_FILE = ".homoscope-store-id"
 
 
 # ------------------------------------------------------------------------------------------ on the workers
-class ModelReplica:
-    """One replica of one model on a Ray worker: the loaded model and, with ``random_init``, its control.
+@dataclass(frozen=True)
+class ModelTask:
+    """What a replica needs to hold one model: its name and spec, and, as one-element lists of Ray references the
+    driver holds (so that a restarted replica reads them again), a :class:`Shipped` model given in memory
+    (None: load ``spec``) and the word or token plan (None: none, or made from this model)."""
 
-    Every call names its phase (``"model"`` or ``"control"``), so a replica that Ray restarted in the middle
-    of the control's shards builds the control again from the reloaded model.
+    name: str
+    spec: str
+    given: list | None = None
+    plan: list | None = None
+
+
+class ModelReplica:
+    """A Ray actor on one worker slot (``cpus_per_model`` cores, ``gpus_per_model`` GPUs) that holds one model at a
+    time: a replica of the model the driver names in each call, loaded on first use (the one held before is
+    freed), and its random-init control built from it.
+
+    Every call names the model and the phase (``"model"`` or ``"control"``), so a replica that Ray restarted
+    carries on from whatever call it is given: it loads the model again and opens the phase's job.
     """
 
-    def __init__(self, study: Study, name: str, spec: str, corpus, store_root: str, store_id: str, plan=None,
-                 loaded=None):
+    def __init__(self, study: Study, corpus: list, store_root: str, store_id: str):
+        """``corpus``: a one-element list of the Ray reference the driver holds."""
+        import ray
+
         from ..extract import RepresentationStore
-        from .extraction import _load
         from .options import best_device
 
         check_store_id(store_root, store_id)
         torch.set_num_threads(max(1, int(study.cpus_per_model)))
-        self.study, self.name, self.corpus, self.plan = study, name, corpus, plan
+        self.study, self.corpus = study, ray.get(corpus[0])
         self.store = RepresentationStore(store_root)
         self.device = best_device(study.device)
-        t0 = time.perf_counter()
-        self.loaded = loaded.load(self.device) if loaded is not None else _load(study, name, spec, self.device)
-        self.load_s = time.perf_counter() - t0
-        self.jobs: dict = {}
+        self.held: str | None = None
+        self.loaded, self.load_s, self.jobs = None, 0.0, {}
 
-    def _job(self, phase: str):
-        """``(job, shards)`` of the phase, opened on first use (the control is built from the loaded model)."""
+    def _hold(self, task: ModelTask) -> None:
+        """Hold ``task``'s model (loading it, and freeing the one held before, unless it is held already)."""
+        if self.held == task.name:
+            return
+        import ray
+
+        from .extraction import _free, _load
+
+        self.held, self.loaded, self.jobs = None, None, {}
+        _free(self.device)
+        t0 = time.perf_counter()
+        given = None if task.given is None else ray.get(task.given[0])
+        self.loaded = (given.load(self.device) if given is not None
+                       else _load(self.study, task.name, task.spec, self.device))
+        self.load_s, self.held = time.perf_counter() - t0, task.name
+
+    def _job(self, task: ModelTask, phase: str):
+        """``(job, shards)`` of the model's phase, opened on first use (the control built from the model)."""
+        self._hold(task)
         if phase not in self.jobs:
+            import ray
+
             from ..models import random_init_like
 
             if phase == "control":
                 self.jobs.pop("model", None)
-                loaded = random_init_like(self.loaded, seed=random_init_seed(self.study.seed, self.name))
-                name = self.name + RANDOM_INIT_SUFFIX
+                loaded = random_init_like(self.loaded, seed=random_init_seed(self.study.seed, task.name))
+                name = task.name + RANDOM_INIT_SUFFIX
             else:
-                loaded, name = self.loaded, self.name
-            job = open_job(self.study, name, loaded, self.corpus, self.store, self.device, plan=self.plan,
-                           progress=False)
+                loaded, name = self.loaded, task.name
+            plan = None if task.plan is None else ray.get(task.plan[0])
+            job = open_job(self.study, name, loaded, self.corpus, self.store, self.device, plan=plan, progress=False)
             self.jobs[phase] = (job, shard_plan(job))
         return self.jobs[phase]
 
-    def shards(self, phase: str):
-        """``(number of shards, the job's row plan)``; warnings raised are returned beside them."""
-        return _caught(lambda: (len(self._job(phase)[1]), self._job(phase)[0].plan))
+    def open(self, task: ModelTask, phase: str):
+        """``(number of shards, the job's row plan)`` of the model's phase; its warnings beside them."""
+        return _caught(lambda: (len(self._job(task, phase)[1]), self._job(task, phase)[0].plan))
 
-    def run(self, phase: str, index: int):
+    def run(self, task: ModelTask, phase: str, index: int):
         """Shard ``index`` of the phase from the store or the model (:func:`~.extraction.run_shard`)."""
-        job, shards = self._job(phase)
-        return _caught(lambda: run_shard(job, shards[index]))
+        return _caught(lambda: run_shard(self._job(task, phase)[0], self._job(task, phase)[1][index]))
 
-    def finish(self, phase: str, records: list):
+    def finish(self, task: ModelTask, phase: str, records: list):
         """The phase's ``(stack, record)`` once all its shards are stored (:func:`~.extraction.finish_job`)."""
-        job, shards = self._job(phase)
-        return _caught(lambda: finish_job(job, shards, records, self.load_s))
+        return _caught(lambda: finish_job(*self._job(task, phase), records, self.load_s))
 
 
 @dataclass
@@ -133,26 +167,30 @@ def _caught(fn):
     return got, [(w.category.__name__, str(w.message)) for w in caught]
 
 
-def _null_moments(plan, name: str, stack):
-    """The closed-form nulls' moments of one model's stack, computed once for all its pairs."""
+def _null_moments(store: tuple, plan, name: str, stack):
+    """The closed-form nulls' moments of one model's stack, computed once for all its pairs (``store``: the
+    store's root and id, checked first)."""
     from .scoring import stack_moments
 
+    check_store_id(*store)
     return stack_moments(stack, seed=plan.seed, progress=False, name=name)
 
 
-def _pair_task(plan, a: str, b: str, names: list, src: dict, csrc: dict | None, unit: str, streamed,
+def _pair_task(store: tuple, plan, a: str, b: str, names: list, src: dict, csrc: dict | None, unit: str, streamed,
                moments_a, moments_b, threads: int):
     """One ordered pair's rows (:func:`~.scoring.score_pair`), with its streamed sums' results where its blocks
     were tasks of their own, and the models' null moments (None: computed here where needed)."""
     from .scoring import score_pair
 
+    check_store_id(*store)
     torch.set_num_threads(threads)
     plan.seed_moments({k: v for k, v in ((a, moments_a), (b, moments_b)) if v is not None})
     return _caught(lambda: score_pair(plan, a, b, names, src, csrc, unit, streamed))
 
 
-def _block_task(plan, names: list, X, Y, block: int, with_controls: bool, threads: int):
+def _block_task(store: tuple, plan, names: list, X, Y, block: int, with_controls: bool, threads: int):
     """The streamed sums of one block of layer pairs of a pair (:meth:`~.scoring._Plan.stream_block`)."""
+    check_store_id(*store)
     torch.set_num_threads(threads)
     return _caught(lambda: plan.stream_block(names, X, Y, block, with_controls))
 
@@ -225,9 +263,10 @@ def run_on_ray(study: Study, ctx, loaded_models: dict | None, progress: bool, lo
             ray.shutdown()
 
 
-def check_resources(ray, study: Study) -> None:
-    """Raise ValueError where no node of the cluster has the CPUs and GPUs of one replica, or the cluster has not
-    those of a model's replicas together (Ray would wait for ever)."""
+def slot_count(ray, study: Study) -> int:
+    """How many replicas the cluster holds at once (each node's CPUs and GPUs over ``cpus_per_model`` and
+    ``gpus_per_model``), at most ``replicas`` per model (0: no limit). Raises ValueError, naming the option, where no node
+    holds one (Ray would wait for ever)."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for what, option in (("CPU", "cpus_per_model"), ("GPU", "gpus_per_model")):
         want = getattr(study, option)
@@ -236,11 +275,13 @@ def check_resources(ray, study: Study) -> None:
             raise ValueError(f"{typed(option, want)}: no node of the Ray cluster has {want:g} {what}s (the most on one "
                              f"node: {most:g}); lower {typed(option)}"
                              + (" (0 runs on CPUs)" if what == "GPU" else ""))
-        total = sum(n.get(what, 0) for n in nodes)
-        if want * study.replicas > total:
-            raise ValueError(f"{typed('replicas', study.replicas)} x {typed(option, want)} needs "
-                             f"{want * study.replicas:g} {what}s at once; the Ray cluster has {total:g}: lower "
-                             f"{typed('replicas')}")
+
+    def fits(node: dict) -> int:
+        cpus = math.floor(node.get("CPU", 0) / study.cpus_per_model + 1e-9)
+        gpus = math.floor(node.get("GPU", 0) / study.gpus_per_model + 1e-9) if study.gpus_per_model else cpus
+        return min(cpus, gpus)
+
+    return min(sum(fits(n) for n in nodes), (study.replicas or math.inf) * len(study.models))
 
 
 def scoring_device(study: Study) -> torch.device:
@@ -252,17 +293,39 @@ def scoring_device(study: Study) -> torch.device:
 
 @dataclass
 class _ModelRun:
-    """One model's extraction on the cluster: its replicas, the phase, the shards handed out and returned."""
+    """One model's extraction on the cluster: its phase, the shards handed out and returned, the slots on it."""
 
-    name: str
-    actors: list
-    group: object = None
-    given: object = None
+    task: ModelTask
     phase: str = "model"
-    count: int = 0
+    count: int | None = None  # the phase's shards; None: not opened yet
     handed: int = 0
     records: dict = field(default_factory=dict)
+    slots: set = field(default_factory=set)
+    busy: bool = False  # opening or finishing the phase
+    blocked: bool = False  # waiting for the token plan of the first model
+    done: bool = False
     t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def needs(self) -> str | None:
+        """What the run can take from a free slot now: ``open``, ``shard``, or None."""
+        if self.done or self.busy or self.blocked:
+            return None
+        if self.count is None:
+            return "open"
+        return "shard" if self.handed < self.count else None
+
+
+@dataclass
+class _Slot:
+    """A replica actor and the run it works for."""
+
+    actor: object
+    run: _ModelRun | None = None
+    busy: bool = False
 
 
 class _Driver:
@@ -274,16 +337,21 @@ class _Driver:
         from .run import Extracted
 
         self.ray, self.study, self.ctx, self.given, self.log = ray, study, ctx, loaded_models, log
-        check_resources(ray, study)
+        self.slot_count = slot_count(ray, study)
         self.store_id = store_id(ctx.store.root)
+        self.where = (str(ctx.store.root), self.store_id)  # what every task checks before it reads the store
         self.corpus = ray.put(ctx.corpus)
         self.ext = Extracted({}, {}, [], [], groups=ctx.corpus.doc_ids)
         self.records: dict = {}
         self.control_records: dict = {}
-        self.runs: dict[str, _ModelRun] = {}
+        self.runs: list[_ModelRun] = []
+        self.slots: list[_Slot] = []
+        self.plan = None if ctx.plan is None else ray.put(ctx.plan)  # the row plan, held here while replicas read it
+        self.scoring = None  # the reference of the scoring plan, once the rows are known
         self.waiting: dict = {}
         self.setup = None
         self.submitted: set = set()
+        self.read_back = 0
         self.blocks: dict = {}
         self.frames: dict = {}
         self.moments: dict = {}
@@ -292,16 +360,13 @@ class _Driver:
 
     # -- the loop
     def run(self):
-        """Start every model (the first alone where a token plan comes from it), then answer results until none
-        is in flight; returns ``(Extracted, frame)``."""
-        specs = self.study.model_specs()
-        first_alone = self.study.unit == "token" and self.ctx.plan is None
-        for name, spec in specs[:1] if first_alone else specs:
-            self._start(name, spec)
-        if self.study.unit == "sentence":
-            self._open_scoring()
+        """Start the replicas and hand them the models, then answer results until none is in flight; returns
+        ``(Extracted, frame)``."""
         from .scoring import raise_again
 
+        self._start()
+        if self.study.unit == "sentence":
+            self._open_scoring()
         try:
             while self.waiting:
                 ready, _ = self.ray.wait(list(self.waiting), num_returns=1)
@@ -347,85 +412,134 @@ class _Driver:
                 self.ray.cancel(ref)
             except Exception:  # noqa: BLE001 - an actor call cannot always be cancelled; its actor is killed
                 pass
-        for run in self.runs.values():
-            self._release(run)
+        for slot in list(self.slots):
+            self._retire(slot)
         self.waiting.clear()
 
-    def _release(self, run: _ModelRun) -> None:
-        """The model's replicas go and its part of the cluster is given back."""
-        from ray.util.placement_group import remove_placement_group
-
-        for actor in run.actors:
-            self.ray.kill(actor)
-        if run.group is not None:
-            remove_placement_group(run.group)
-        run.actors, run.group, run.given = [], None, None
-
     # -- extraction
-    def _start(self, name: str, spec: str) -> None:
-        """Ask for the model's replicas, placed together (a placement group: no model holds part of the cluster
-        waiting for the rest of its replicas), and its shard count (each replica loads the model as it starts)."""
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+    def _start(self) -> None:
+        """The replicas (as many as the cluster holds, at most ``replicas`` per model) and the models' runs, the
+        largest first (a token plan comes from the first model: the others wait for it)."""
         study, ray = self.study, self.ray
-        bundle = {"CPU": study.cpus_per_model, **({"GPU": study.gpus_per_model} if study.gpus_per_model else {})}
-        group = placement_group([bundle] * study.replicas, strategy="PACK")
-        given = self.given.get(name)
-        given = None if given is None else ray.put(Shipped.of(given))  # held here: a restarted replica reads it
-        actors = [ray.remote(ModelReplica).options(
+        replica = ray.remote(ModelReplica).options(
             num_cpus=study.cpus_per_model, num_gpus=study.gpus_per_model, max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_RESTARTS,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
-        ).remote(study, name, spec, self.corpus, str(self.ctx.store.root), self.store_id, self.ctx.plan, given)
-            for i in range(study.replicas)]
-        run = self.runs[name] = _ModelRun(name, actors, group=group, given=given)
-        self._call(actors[0].shards.remote(run.phase), lambda got: self._counted(run, *got))
+            max_task_retries=MAX_RESTARTS)
+        self.slots = [_Slot(replica.remote(study, [self.corpus], *self.where)) for _ in range(self.slot_count)]
+        wait_for_plan = study.unit == "token" and self.ctx.plan is None
+        specs = study.model_specs()
+        for k, (name, spec) in enumerate(specs[:1] + sorted(specs[1:], key=self._cost, reverse=True)
+                                         if wait_for_plan else sorted(specs, key=self._cost, reverse=True)):
+            given = self.given.get(name)
+            given = None if given is None else [ray.put(Shipped.of(given))]  # held here: restarts read it
+            task = ModelTask(name, spec, given, None if self.plan is None else [self.plan])
+            self.runs.append(_ModelRun(task, blocked=wait_for_plan and k > 0))
+        self._dispatch()
 
-    def _counted(self, run: _ModelRun, count: int, plan) -> None:
-        """The phase's shard count is known: hand one shard to each replica (the token plan comes from the first
-        model: the other models start once it is known)."""
-        run.count, run.handed, run.records, run.t0 = count, 0, {}, time.perf_counter()
+    def _cost(self, model: tuple[str, str]) -> float:
+        """A model's forward cost per token, blocks x width^2, from its info or config (inf where not known): the
+        largest models start first, so the last to finish is a small one."""
+        from ..models import config_shape, resolve
+
+        name, spec = model
+        info = getattr(self.given.get(name), "info", None)
+        shape = (getattr(info, "blocks", None), getattr(info, "width", None))
+        if None in shape:
+            try:
+                shape = config_shape(resolve(spec)) or (None, None)
+            except (ValueError, OSError):
+                shape = (None, None)
+        return math.inf if None in shape else float(shape[0] * shape[1] ** 2)
+
+    def _dispatch(self) -> None:
+        """Give every free slot what there is to do: more shards of the model it holds, else a model that has
+        fewer than ``replicas`` slots; retire slots that nothing is left for."""
+        for slot in self.slots:
+            if slot.busy:
+                continue
+            run = self._work_for(slot)
+            if run is None:
+                continue
+            if slot.run is not run:
+                if slot.run is not None:
+                    slot.run.slots.discard(id(slot))
+                slot.run = run
+                run.slots.add(id(slot))
+            slot.busy = True
+            if run.needs() == "open":
+                run.busy = True
+                self._call(slot.actor.open.remote(run.task, run.phase), lambda got, s=slot: self._opened(s, *got))
+            else:
+                i, run.handed = run.handed, run.handed + 1
+                self._call(slot.actor.run.remote(run.task, run.phase, i),
+                           lambda rec, s=slot, i=i: self._stored(s, i, rec))
+        if not any(r.needs() or r.busy or r.blocked or (r.phase == "model" and self.study.random_init and not r.done)
+                   for r in self.runs):
+            for slot in [s for s in self.slots if not s.busy]:
+                self._retire(slot)  # nothing left for it: its CPUs go to scoring
+
+    def _work_for(self, slot: _Slot) -> _ModelRun | None:
+        """The run a free slot works for: its own while it has work, else a model not started yet (the largest
+        first), else the model with the most shards left (two or more; at most ``replicas`` slots on one)."""
+        if slot.run is not None and slot.run.needs():
+            return slot.run
+        fresh = next((r for r in self.runs if r.needs() == "open" and not r.slots), None)
+        if fresh is not None:
+            return fresh
+        limit = self.study.replicas or math.inf
+        left = [r for r in self.runs if r.needs() == "shard" and r.count - r.handed >= 2 and len(r.slots) < limit]
+        return max(left, key=lambda r: r.count - r.handed, default=None)
+
+    def _retire(self, slot: _Slot) -> None:
+        self.ray.kill(slot.actor)
+        self.slots.remove(slot)
+        if slot.run is not None:
+            slot.run.slots.discard(id(slot))
+
+    def _opened(self, slot: _Slot, count: int, plan) -> None:
+        """A phase is open: its shard count is known (the token plan too, from the first model)."""
+        run = slot.run
+        run.count, run.handed, run.records, run.busy, slot.busy = count, 0, {}, False, False
         self.bar.total += count
         self.bar.refresh()
-        if self.ctx.plan is None and self.study.unit == "token":
-            self.ctx.plan = plan
-            for name, spec in self.study.model_specs()[1:]:
-                self._start(name, spec)
-        for actor in run.actors:
-            self._hand(run, actor)
+        if self.study.unit == "token" and self.plan is None:
+            self.ctx.plan, self.plan = plan, self.ray.put(plan)
+            for other in self.runs[1:]:
+                other.task = ModelTask(other.task.name, other.task.spec, other.task.given, [self.plan])
+                other.blocked = False
+        self._dispatch()
 
-    def _hand(self, run: _ModelRun, actor) -> None:
-        if run.handed < run.count:
-            i, run.handed = run.handed, run.handed + 1
-            self._call(actor.run.remote(run.phase, i), lambda rec: self._stored(run, actor, i, rec))
-
-    def _stored(self, run: _ModelRun, actor, i: int, rec: dict) -> None:
+    def _stored(self, slot: _Slot, i: int, rec: dict) -> None:
+        run = slot.run
         run.records[i] = rec
         self.bar.update(1)
-        if len(run.records) < run.count:
-            self._hand(run, actor)
+        if len(run.records) == run.count:  # the last shard: the slot that ran it finishes the phase
+            run.busy = True
+            records = [run.records[k] for k in range(run.count)]
+            self._call(slot.actor.finish.remote(run.task, run.phase, records),
+                       lambda got, s=slot: self._finished(s, *got))
             return
-        records = [run.records[k] for k in range(run.count)]
-        self._call(run.actors[0].finish.remote(run.phase, records), lambda got: self._finished(run, *got))
+        slot.busy = False
+        self._dispatch()
 
-    def _finished(self, run: _ModelRun, stack, record: dict) -> None:
-        """A phase of one model is stored: keep its stack and record; go on to the control or release."""
+    def _finished(self, slot: _Slot, stack, record: dict) -> None:
+        """A phase of one model is stored: keep its stack and record; go on to the control, or the model is done."""
         from .run import report_model
 
+        run, slot.busy, name = slot.run, False, slot.run.name
+        run.busy = False
         record["seconds"] = time.perf_counter() - run.t0
         self.ctx.timings[f"extract/{record['info']['name']}"] = record["seconds"]
         if run.phase == "model":
-            self.ext.stacks[run.name], self.records[run.name] = stack, record
+            self.ext.stacks[name], self.records[name] = stack, record
             report_model(self.study, self.ctx, stack, record, self.log)
-            if self.study.random_init:
-                run.phase = "control"
-                self._call(run.actors[0].shards.remote(run.phase), lambda got: self._counted(run, *got))
-                return
         else:
-            self.ext.controls[run.name + RANDOM_INIT_SUFFIX], self.control_records[run.name] = stack, record
-        self._release(run)
-        self._extracted(run.name)
+            self.ext.controls[name + RANDOM_INIT_SUFFIX], self.control_records[name] = stack, record
+        if run.phase == "model" and self.study.random_init:
+            run.phase, run.count, run.t0 = "control", None, time.perf_counter()
+        else:
+            run.done = True
+            self._extracted(name)
+        self._dispatch()
 
     def _extracted(self, name: str) -> None:
         """One model (and its control) is stored: score what is ready; after the last, align word or token rows."""
@@ -440,6 +554,7 @@ class _Driver:
                 _align_rows(self.ctx.plan, self.ctx.corpus, self.ext)
             if self.setup is None:
                 self._open_scoring()
+            self.t_scoring = time.perf_counter()  # scoring's time is what follows the last extraction
         self._submit_ready()
 
     # -- scoring
@@ -454,7 +569,7 @@ class _Driver:
             unit=study.unit, permutations=study.permutations, bootstrap=study.bootstrap, groups=self.ext.groups,
             seed=study.seed, device=self.ctx.device, progress=False, memory_mb=study.memory_mb,
             pairwise_rows=study.pairwise_rows, bootstrap_groups=study.bootstrap_groups, store=self.ctx.store)
-        self.plan = self.ray.put(self.setup.plan)
+        self.scoring = self.ray.put(self.setup.plan)
         self.t_scoring = time.perf_counter()
 
     def _ready(self, name: str) -> bool:
@@ -474,6 +589,7 @@ class _Driver:
             kept = self.setup.cache.get(key) if key is not None else None
             if kept is not None:
                 self.frames[a, b] = kept
+                self.read_back += 1
                 continue
             sides = [(src[a], src[b], True)] + ([(csrc[a], csrc[b], False)] if csrc is not None else [])
             counts = [self.setup.plan.stream_blocks(names, X, Y, ctl) for X, Y, ctl in sides]
@@ -482,7 +598,8 @@ class _Driver:
                 self._submit_pair((a, b))
             for side, ((X, Y, ctl), k) in enumerate(zip(sides, counts)):
                 for i in range(k):
-                    ref = self._task(_block_task).remote(self.plan, names, X, Y, i, ctl, self._threads())
+                    ref = self._task(_block_task).remote(self.where, self.scoring, names, X, Y, i, ctl,
+                                                         self._threads())
                     self._call(ref, lambda got, pair=(a, b), side=side, i=i: self._streamed(pair, side, i, *got),
                                relay=False)
 
@@ -512,8 +629,9 @@ class _Driver:
             streamed = tuple(plan.join_blocks(names, X, Y, p, ctl) if p else None
                              for (X, Y, ctl), p in zip(sides, parts))
             streamed = streamed + (None,) * (2 - len(streamed))
+        controls = None if csrc is None else {a: csrc[a], b: csrc[b]}
         ref = self._task(_pair_task).remote(
-            self.plan, a, b, names, {a: src[a], b: src[b]}, None if csrc is None else {a: csrc[a], b: csrc[b]},
+            self.where, self.scoring, a, b, names, {a: src[a], b: src[b]}, controls,
             self.setup.unit, None if streamed is None else self.ray.put(streamed), self._moments(a),
             self._moments(b), self._threads())
         self._call(ref, lambda got: self._scored(pair, *got), relay=False)
@@ -535,7 +653,7 @@ class _Driver:
             return None
         if name not in self.moments:
             task = self.ray.remote(_null_moments).options(num_cpus=self.study.cpus_per_model)
-            self.moments[name] = task.remote(self.plan, name, stack)
+            self.moments[name] = task.remote(self.where, self.scoring, name, stack)
         return self.moments[name]
 
     def _scored(self, pair: tuple, frame: pd.DataFrame, caught: list) -> None:
@@ -549,11 +667,12 @@ class _Driver:
 
     def _frame(self) -> pd.DataFrame:
         """The study's frame from every pair's rows, in the local executor's order."""
-        from .scoring import raise_again
+        from .scoring import log_read_back, raise_again
 
         frames = []
         for pair in self.setup.jobs:
             raise_again(self.frames[pair][1])
             frames.append(self.frames[pair][0])
         self.ctx.timings["measures"] = time.perf_counter() - self.t_scoring
+        log_read_back(self.log, self.read_back, len(self.setup.jobs))
         return self.setup.frame(frames)

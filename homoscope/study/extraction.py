@@ -234,7 +234,8 @@ def run_shard(job: _Job, shard: Shard) -> dict:
     return rec
 
 
-def finish_job(job: _Job, shards: list[Shard], records: list[dict], load_s: float, log=None) -> tuple[ShardedStack, dict]:
+def finish_job(job: _Job, shards: list[Shard], records: list[dict], load_s: float,
+               log=None) -> tuple[ShardedStack, dict]:
     """The model's stack over its stored shards and its record (:func:`_model_record`), once every shard is in
     the store (``records``: what :func:`run_shard` returned for each, in order)."""
     reused = sum(r["reused"] for r in records)
@@ -265,7 +266,7 @@ def _compute_shard(job: _Job, t0: int, t1: int, rows: tuple[int, int]) -> dict:
 
     study, loaded = job.study, job.loaded
     stats = ExtractStats()
-    batch_tokens = study.batch_tokens or suggested_batch_tokens(job.device)
+    batch_tokens = study.batch_tokens or max(suggested_batch_tokens(job.device), study.max_length)
     uncovered: list[int] = []
     if study.unit == "sentence":
         stack = extract(loaded, job.corpus.texts[t0:t1], pooling=study.pooling, max_length=study.max_length,

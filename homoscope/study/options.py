@@ -348,7 +348,11 @@ class Study:
                                    "small models; 0: CPU); scoring tasks take as many, at most 1", minimum=0)
     cpus_per_model: float = option(1.0, "CPU cores each model replica's Ray actor holds (its torch threads: the "
                                    "whole part, at least 1)", minimum=0, exclusive=True)
-    replicas: int = option(1, "Ray actors per model, each holding the model and taking shards in turn", minimum=1)
+    replicas: int = option(0, "the most Ray actors that hold one model at once, each taking its shards in turn (0: as "
+                           "many as are free)", minimum=0,
+                           details="A free actor first opens a model no actor has started; once every model is "
+                                   "started it joins the model with the most shards left (at least two): one more "
+                                   "load of that model, and no idle workers at the end.")
     batch_tokens: int = option(0, "padded tokens per forward pass (0 = suited to the device)", minimum=0)
     shard_size: int = option(4096, "texts per stored shard (words or tokens per shard for those units): a killed "
                              "run loses at most one shard", minimum=1,

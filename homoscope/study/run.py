@@ -484,8 +484,8 @@ def _reproducible(study: Study) -> Study:
 
 def run_id(manifest: dict) -> str:
     """The id of a run: 16 hex digits of the sha256 of what determines its numbers (the study's options but
-    its folders, the corpus path and where it ran (``EXECUTION_OPTIONS``), each model's and control's stored representations, the corpus's
-    fingerprint, the homoscope version).
+    its folders, the corpus path and where it ran, ``EXECUTION_OPTIONS``; each model's and control's stored
+    representations, the corpus's fingerprint, the homoscope version).
 
     Two runs with the same id compute the same results, so a rerun writes the same files byte for byte; a
     results folder whose files carry different ids mixes runs (:func:`~homoscope.report.load_results`).

@@ -178,9 +178,14 @@ def _score_jobs(setup: PairScoring, src: dict, csrc: dict | None, progress: bool
             _keep(setup.cache, key, *kept)
         raise_again(kept[1])
         frames.append(kept[0])
-    if reused and log is not None:
-        log(f"scores of {reused} of {len(jobs)} model pairs read back from the store")
+    log_read_back(log, reused, len(jobs))
     return frames
+
+
+def log_read_back(log, reused: int, total: int) -> None:
+    """Say how many ordered pairs' scores came back from the store (nothing when none did)."""
+    if reused and log is not None:
+        log(f"scores of {reused} of {total} model pairs read back from the store")
 
 
 def raise_again(caught: list[tuple[str, str]]) -> None:
