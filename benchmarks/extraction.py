@@ -15,7 +15,7 @@ load hits all of them alike; the best (minimum) of each is reported:
   same mean size, each padded to its longest text. ``bucketing speed-up = unsorted / homoscope``.
 
 Settings: the demo corpus (BBC sentences; ``sentences`` of them) and the runner's CPU token budget
-(``suggested_batch_tokens("cpu")``, 8,192) unless the spec sets ``batch_tokens``. When the corpus is
+(``suggested_batch_tokens("cpu")``, 1,024) unless the spec sets ``batch_tokens``. When the corpus is
 so small that the budget gives fewer than ``min_batches`` (default 3) sorted batches, the budget is
 halved until it gives that many (the result says so), since one or two batches say nothing about
 bucketing. The result holds the padded-token counts and padding fractions of both loaders.

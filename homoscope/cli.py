@@ -84,7 +84,7 @@ def _add_study_options(p: argparse.ArgumentParser, command: str) -> None:
         g.add_argument(opt.flag, dest=opt.name, default=None, help=help_text.replace("%", "%%"), **kind)
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster: --executor ray, and --ray-address ADDRESS where given (auto: the running "
-                        "cluster; none: start one on this machine)")
+                        "cluster; with no ADDRESS: start one on this machine for the run)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

@@ -120,6 +120,30 @@ def test_the_ray_flag_sets_the_executor_and_the_address(tmp_path):
         build_study(parse(["run", str(path), "--ray", "a:1", "--ray-address", "b:2"]))
 
 
+def test_an_address_where_no_cluster_answers_is_refused_at_once(monkeypatch):
+    """Ray retries a silent address for minutes; the study says at once that nothing answers there."""
+    import socket
+    import time
+
+    from homoscope.study.distributed import answering
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=f"^ray_address='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port} "):
+        answering(f"127.0.0.1:{port}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="ray_address='auto': .*a stale record\\? 'ray stop' clears it"):
+        answering("auto")
+    assert time.monotonic() - t0 < 10
+    for bad in ("bogus", "none", "", "host:", "ray://host"):
+        with pytest.raises(ValueError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
+            Study(models=["a", "b"], executor="ray", ray_address=bad).validate()
+    with pytest.warns(RuntimeWarning, match=r"replicas=2 is unused: the study runs here \(executor='local'\)"):
+        Study(models=["a", "b"], replicas=2).validate()
+
+
 # ------------------------------------------------------------------------------------------ on the cluster
 @pytest.mark.ray
 def test_ray_gives_the_local_results_and_reuses_every_shard(tmp_path, corpus, models, cluster):

@@ -226,27 +226,57 @@ def store_id(root: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ on the driver
 def connect(study: Study, log):
-    """``(ray, started)``: the Ray session in use, else one joined at ``ray_address`` or started on this machine
-    (``started``: this run started it and shuts it down). Raises ValueError naming ``ray_address`` where no
-    cluster answers there."""
+    """``(ray, started)``: the Ray session in use, else one joined at ``ray_address`` or a new one started on this
+    machine (``started``: this run started it and shuts it down). Raises ValueError naming ``ray_address`` where no
+    cluster answers there (checked first with a plain connection: Ray itself retries for minutes)."""
     import ray
 
     if ray.is_initialized():
         return ray, False
     quiet = dict(logging_level="ERROR", log_to_driver=False, namespace="homoscope")
+    address = study.ray_address
+    if address is not None:
+        answering(address)
     try:
-        if study.ray_address is None:
-            ray.init(include_dashboard=False, **quiet)
+        if address is None:  # "local": a new cluster of this run's own, never one found running here
+            ray.init(address="local", include_dashboard=False, **quiet)
         else:
-            ray.init(address=study.ray_address, **quiet)
-    except (ConnectionError, RuntimeError) as err:
-        raise ValueError(f"{typed('ray_address', study.ray_address)}: no Ray cluster answers there ({err}); start "
-                         "one with 'ray start --head' on the head node, or leave "
-                         f"{typed('ray_address')} out to start one on this machine") from None
-    where = "on this machine" if study.ray_address is None else f"at {study.ray_address}"
-    log(f"ray: joined a cluster {where} with {ray.cluster_resources().get('CPU', 0):g} CPUs and "
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError, ImportError) as err:
+        hint = (" (a ray:// address needs the Ray Client: pip install \"ray[client]\")" if "client" in str(err).lower()
+                else "")
+        raise ValueError(f"{typed('ray_address', address)}: Ray could not join a cluster there: {err}{hint}; start "
+                         "one with 'ray start --head' on the head node, or leave the address out (--ray alone) to "
+                         "start one on this machine") from None
+    where = "started a cluster on this machine" if address is None else \
+        f"joined the cluster at {ray.get_runtime_context().gcs_address}"
+    log(f"ray: {where} with {ray.cluster_resources().get('CPU', 0):g} CPUs and "
         f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
     return ray, True
+
+
+def answering(address: str, timeout: float = 5.0) -> None:
+    """Raise ValueError naming ``ray_address`` unless something accepts a connection at the address (``auto``: the
+    one in ``RAY_ADDRESS`` or the running cluster's record, where there is one; ``ray://HOST:PORT``: its Ray Client
+    server)."""
+    import os
+    import socket
+    import tempfile
+
+    given = address
+    if address == "auto":
+        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        address = os.environ.get("RAY_ADDRESS") or (record.read_text().strip() if record.is_file() else "")
+        if not address:
+            return  # no cluster recorded: Ray says so at once
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        stale = f" (the cluster recorded at {address}: a stale record? 'ray stop' clears it)" if given == "auto" else ""
+        raise ValueError(f"{typed('ray_address', given)}: no Ray cluster answers at {address}{stale} "
+                         f"({getattr(err, 'strerror', None) or err}); start one with 'ray start --head' on the head "
+                         "node, or leave the address out (--ray alone) to start one on this machine") from None
 
 
 def run_on_ray(study: Study, ctx, loaded_models: dict | None, progress: bool, log):
@@ -355,7 +385,10 @@ class _Driver:
         self.blocks: dict = {}
         self.frames: dict = {}
         self.moments: dict = {}
-        self.bar = tqdm(desc="ray: shards", unit="shard", total=0, disable=not progress, leave=False)
+        phases = len(study.models) * (2 if study.random_init else 1)
+        self.bar = tqdm(desc="ray: extraction", unit="model", total=phases, disable=not progress, leave=False)
+        self.shards_done = 0
+        self.log = lambda line: self._say(log, line)
         ctx.device = scoring_device(study)
 
     # -- the loop
@@ -384,6 +417,12 @@ class _Driver:
             self.bar.close()
         return self.ext, self._frame()
 
+    def _say(self, log, line: str) -> None:
+        """A line to ``log`` above the progress bar."""
+        if log is not None:
+            with self.bar.external_write_mode():
+                log(line)
+
     def _call(self, ref, then, relay: bool = True) -> None:
         """Wait for ``ref``; give its value to ``then`` (``relay``: its warnings raised here first; else
         ``then`` takes ``(value, warnings)``)."""
@@ -401,8 +440,9 @@ class _Driver:
                 raise cause from None
             raise
         except RayActorError as err:
-            raise RuntimeError(f"a Ray actor of the study died {MAX_RESTARTS + 1} times ({type(err).__name__}); "
-                               "the shards it finished are kept in the store and a rerun reuses them") from None
+            raise RuntimeError(f"a replica of the study was lost ({type(err).__name__}): its node or the cluster went "
+                               f"away, or it died more than {MAX_RESTARTS} times; the shards and pairs finished are "
+                               "kept in the store and a rerun reuses them") from None
         return got  # every call the driver waits for returns its warnings beside its value
 
     def _abort(self) -> None:
@@ -467,6 +507,8 @@ class _Driver:
             slot.busy = True
             if run.needs() == "open":
                 run.busy = True
+                if run.phase == "model":
+                    run.t0 = time.perf_counter()  # a model's time runs from its opening, not from the queue
                 self._call(slot.actor.open.remote(run.task, run.phase), lambda got, s=slot: self._opened(s, *got))
             else:
                 i, run.handed = run.handed, run.handed + 1
@@ -499,8 +541,6 @@ class _Driver:
         """A phase is open: its shard count is known (the token plan too, from the first model)."""
         run = slot.run
         run.count, run.handed, run.records, run.busy, slot.busy = count, 0, {}, False, False
-        self.bar.total += count
-        self.bar.refresh()
         if self.study.unit == "token" and self.plan is None:
             self.ctx.plan, self.plan = plan, self.ray.put(plan)
             for other in self.runs[1:]:
@@ -511,7 +551,8 @@ class _Driver:
     def _stored(self, slot: _Slot, i: int, rec: dict) -> None:
         run = slot.run
         run.records[i] = rec
-        self.bar.update(1)
+        self.shards_done += 1
+        self.bar.set_postfix(shards=self.shards_done)
         if len(run.records) == run.count:  # the last shard: the slot that ran it finishes the phase
             run.busy = True
             records = [run.records[k] for k in range(run.count)]
@@ -528,6 +569,7 @@ class _Driver:
         run, slot.busy, name = slot.run, False, slot.run.name
         run.busy = False
         record["seconds"] = time.perf_counter() - run.t0
+        self.bar.update(1)
         self.ctx.timings[f"extract/{record['info']['name']}"] = record["seconds"]
         if run.phase == "model":
             self.ext.stacks[name], self.records[name] = stack, record

@@ -346,8 +346,9 @@ class Study:
                                              "path (a shared filesystem), checked before any model loads.")
     gpus_per_model: float = option(0.0, "GPUs each model replica's Ray actor holds (a fraction shares a GPU among "
                                    "small models; 0: CPU); scoring tasks take as many, at most 1", minimum=0)
-    cpus_per_model: float = option(1.0, "CPU cores each model replica's Ray actor holds (its torch threads: the "
-                                   "whole part, at least 1)", minimum=0, exclusive=True)
+    cpus_per_model: float = option(1.0, "CPU cores each model replica's Ray actor holds; it computes with that many "
+                                   "torch threads (a fraction lets replicas share a core, each with one thread)",
+                                   minimum=0, exclusive=True)
     replicas: int = option(0, "the most Ray actors that hold one model at once, each taking its shards in turn (0: as "
                            "many as are free)", minimum=0,
                            details="A free actor first opens a model no actor has started; once every model is "
@@ -438,17 +439,19 @@ class Study:
         import importlib.util
 
         if self.executor == "local":
-            if self.ray_address is not None:
-                warnings.warn(f"{typed('ray_address', self.ray_address)} is unused: the study runs here "
-                              f"({typed('executor', 'local')}); set {typed('executor', 'ray')} to run it there",
-                              RuntimeWarning, stacklevel=3)
+            defaults = {o.name: o.default for o in OPTIONS}
+            for name in EXECUTION_OPTIONS[1:]:
+                value = getattr(self, name)
+                if value != defaults[name]:
+                    warnings.warn(f"{typed(name, value)} is unused: the study runs here ({typed('executor', 'local')}); "
+                                  f"set {typed('executor', 'ray')} to run it on Ray", RuntimeWarning, stacklevel=3)
             return
         if importlib.util.find_spec("ray") is None:
             raise ValueError(f"{typed('executor', 'ray')} needs Ray, which is not installed: "
                              "pip install \"homoscope[ray]\"")
-        if self.ray_address is not None and not self.ray_address.strip():
-            raise ValueError(f"{typed('ray_address', self.ray_address)} is empty: give auto, HOST:PORT or "
-                             f"ray://HOST:PORT, or leave it out to start a cluster on this machine")
+        if self.ray_address is not None and not re.fullmatch(r"auto|(ray://)?[^\s:/]+:\d{1,5}", self.ray_address):
+            raise ValueError(f"{typed('ray_address', self.ray_address)} is not auto, HOST:PORT or ray://HOST:PORT; leave "
+                             "it out to start a cluster on this machine")
 
     def _check_paths(self) -> None:
         """``out``, ``store`` and ``corpus``: not blank, valid UTF-8; the folders not files; the corpus a file."""
