@@ -371,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as err:
         from .extract.runner import ExtractionMemoryError  # imported late: --help stays fast
+        from .study.distributed import ReplicaLost
 
-        if not isinstance(err, ExtractionMemoryError):
+        if not isinstance(err, (ExtractionMemoryError, ReplicaLost)):
             raise
         print(f"homoscope: error: {err}", file=sys.stderr)
         return 1

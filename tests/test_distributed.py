@@ -317,9 +317,9 @@ def test_two_workers_writing_one_shard_leave_one_intact_entry(tmp_path, corpus, 
     ident = store_id(store)
     study = _study(tmp_path, corpus, "race", shard_size=114, store=str(store))
     texts = load_corpus(str(corpus), sentences=None)
-    task = ModelTask("bert", "bert", [ray.put(Shipped.of(models["bert"]))])
+    task = ModelTask("bert", "bert", [ray.put(texts)], [ray.put(Shipped.of(models["bert"]))])
     replica = ray.remote(ModelReplica).options(num_cpus=1)
-    both = [replica.remote(study, [ray.put(texts)], str(store), ident) for _ in range(2)]
+    both = [replica.remote(study, str(store), ident) for _ in range(2)]
     try:
         records = [rec for rec, _ in ray.get([r.run.remote(task, "model", 0) for r in both])]
     finally:
@@ -342,6 +342,15 @@ def test_errors_on_ray_name_the_option_or_come_as_raised_in_the_worker(tmp_path,
         with pytest.raises(ValueError, match=f"{option}={value!r}: no node of the Ray cluster has"):
             run_study(_study(tmp_path, corpus, "ray", executor="ray", **{option: value}), progress=False,
                       loaded_models=models, log=None)
+    # a worker that does not see the driver's store refuses every call with the reason (not restarted in vain)
+    from homoscope.study.distributed import ModelReplica, ModelTask
+
+    elsewhere = ray.remote(ModelReplica).options(num_cpus=1).remote(
+        _study(tmp_path, corpus, "ray"), str(tmp_path / "elsewhere"), "0" * 32)
+    with pytest.raises(ray.exceptions.RayTaskError) as refused:
+        ray.get(elsewhere.open.remote(ModelTask("bert", "bert", [ray.put(None)]), "model"))
+    assert isinstance(refused.value.cause, ValueError) and "is not the driver's" in str(refused.value.cause)
+    ray.kill(elsewhere)
     # a model's own error, raised in a worker, reaches the driver as the local executor raises it
     kw = dict(pooling="cls", random_init=False)
     with pytest.raises(ValueError) as here:

@@ -25,6 +25,7 @@ checks it first.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -38,6 +39,11 @@ import torch
 from .._spelling import typed
 from .extraction import RANDOM_INIT_SUFFIX, finish_job, open_job, random_init_seed, run_shard, shard_plan
 from .options import Study
+
+class ReplicaLost(RuntimeError):
+    """A replica's process, or its node, went away more often than Ray restarts it (the study stops; what was
+    stored is kept)."""
+
 
 #: Restarts of a replica whose process died, and retries of the call it had in flight.
 MAX_RESTARTS = 3
@@ -53,6 +59,7 @@ class ModelTask:
 
     name: str
     spec: str
+    corpus: list
     given: list | None = None
     plan: list | None = None
 
@@ -66,27 +73,33 @@ class ModelReplica:
     carries on from whatever call it is given: it loads the model again and opens the phase's job.
     """
 
-    def __init__(self, study: Study, corpus: list, store_root: str, store_id: str):
-        """``corpus``: a one-element list of the Ray reference the driver holds."""
-        import ray
-
+    def __init__(self, study: Study, store_root: str, store_id: str):
+        """A worker that does not see the driver's store refuses every call (a ValueError the driver raises as it
+        is: refused in the constructor, Ray would restart the actor in vain)."""
         from ..extract import RepresentationStore
         from .options import best_device
 
-        check_store_id(store_root, store_id)
         torch.set_num_threads(max(1, int(study.cpus_per_model)))
-        self.study, self.corpus = study, ray.get(corpus[0])
-        self.store = RepresentationStore(store_root)
+        self.study, self.corpus, self.refused = study, None, None
+        try:
+            check_store_id(store_root, store_id)
+            self.store = RepresentationStore(store_root)
+        except ValueError as err:
+            self.refused = err
         self.device = best_device(study.device)
         self.held: str | None = None
         self.loaded, self.load_s, self.jobs = None, 0.0, {}
 
     def _hold(self, task: ModelTask) -> None:
         """Hold ``task``'s model (loading it, and freeing the one held before, unless it is held already)."""
+        if self.refused is not None:
+            raise self.refused
         if self.held == task.name:
             return
         import ray
 
+        if self.corpus is None:
+            self.corpus = ray.get(task.corpus[0])
         from .extraction import _free, _load
 
         self.held, self.loaded, self.jobs = None, None, {}
@@ -188,11 +201,11 @@ def _pair_task(store: tuple, plan, a: str, b: str, names: list, src: dict, csrc:
     return _caught(lambda: score_pair(plan, a, b, names, src, csrc, unit, streamed))
 
 
-def _block_task(store: tuple, plan, names: list, X, Y, block: int, with_controls: bool, threads: int):
+def _block_task(store: tuple, plan, names: list, X, Y, block: int, with_controls: bool, threads: int, label: str):
     """The streamed sums of one block of layer pairs of a pair (:meth:`~.scoring._Plan.stream_block`)."""
     check_store_id(*store)
     torch.set_num_threads(threads)
-    return _caught(lambda: plan.stream_block(names, X, Y, block, with_controls))
+    return _caught(lambda: plan.stream_block(names, X, Y, block, with_controls, label))
 
 
 def check_store_id(root: str, expected: str) -> None:
@@ -367,7 +380,9 @@ class _Driver:
         from .run import Extracted
 
         self.ray, self.study, self.ctx, self.given, self.log = ray, study, ctx, loaded_models, log
-        self.slot_count = slot_count(ray, study)
+        # no more replicas than there can be shards to hand out (a model's shards hold at most shard_size texts)
+        most = len(study.models) * math.ceil(len(ctx.corpus) / (study.shard_size if study.unit == "sentence" else 1))
+        self.slot_count = min(slot_count(ray, study), most)
         self.store_id = store_id(ctx.store.root)
         self.where = (str(ctx.store.root), self.store_id)  # what every task checks before it reads the store
         self.corpus = ray.put(ctx.corpus)
@@ -440,7 +455,7 @@ class _Driver:
                 raise cause from None
             raise
         except RayActorError as err:
-            raise RuntimeError(f"a replica of the study was lost ({type(err).__name__}): its node or the cluster went "
+            raise ReplicaLost(f"a replica of the study was lost ({type(err).__name__}): its node or the cluster went "
                                f"away, or it died more than {MAX_RESTARTS} times; the shards and pairs finished are "
                                "kept in the store and a rerun reuses them") from None
         return got  # every call the driver waits for returns its warnings beside its value
@@ -464,14 +479,14 @@ class _Driver:
         replica = ray.remote(ModelReplica).options(
             num_cpus=study.cpus_per_model, num_gpus=study.gpus_per_model, max_restarts=MAX_RESTARTS,
             max_task_retries=MAX_RESTARTS)
-        self.slots = [_Slot(replica.remote(study, [self.corpus], *self.where)) for _ in range(self.slot_count)]
+        self.slots = [_Slot(replica.remote(study, *self.where)) for _ in range(self.slot_count)]
         wait_for_plan = study.unit == "token" and self.ctx.plan is None
         specs = study.model_specs()
         for k, (name, spec) in enumerate(specs[:1] + sorted(specs[1:], key=self._cost, reverse=True)
                                          if wait_for_plan else sorted(specs, key=self._cost, reverse=True)):
             given = self.given.get(name)
             given = None if given is None else [ray.put(Shipped.of(given))]  # held here: restarts read it
-            task = ModelTask(name, spec, given, None if self.plan is None else [self.plan])
+            task = ModelTask(name, spec, [self.corpus], given, None if self.plan is None else [self.plan])
             self.runs.append(_ModelRun(task, blocked=wait_for_plan and k > 0))
         self._dispatch()
 
@@ -544,7 +559,7 @@ class _Driver:
         if self.study.unit == "token" and self.plan is None:
             self.ctx.plan, self.plan = plan, self.ray.put(plan)
             for other in self.runs[1:]:
-                other.task = ModelTask(other.task.name, other.task.spec, other.task.given, [self.plan])
+                other.task = dataclasses.replace(other.task, plan=[self.plan])
                 other.blocked = False
         self._dispatch()
 
@@ -585,7 +600,7 @@ class _Driver:
 
     def _extracted(self, name: str) -> None:
         """One model (and its control) is stored: score what is ready; after the last, align word or token rows."""
-        from .run import _align_rows
+        from .run import _align_rows, _check_plan
 
         names = [n for n, _ in self.study.model_specs()]
         if len(self.records) == len(names) and (not self.study.random_init or len(self.control_records) == len(names)):
@@ -594,6 +609,9 @@ class _Driver:
             self.ext.stacks = {n: self.ext.stacks[n] for n in names}
             if self.ctx.plan is not None:
                 _align_rows(self.ctx.plan, self.ctx.corpus, self.ext)
+            # as the local stages check after extraction: the rows and shapes as extracted
+            _check_plan(self.study, next(iter(self.ext.stacks.values())).n,
+                        {n: (st.layers, st.width) for n, st in self.ext.stacks.items()})
             if self.setup is None:
                 self._open_scoring()
             self.t_scoring = time.perf_counter()  # scoring's time is what follows the last extraction
@@ -640,8 +658,9 @@ class _Driver:
                 self._submit_pair((a, b))
             for side, ((X, Y, ctl), k) in enumerate(zip(sides, counts)):
                 for i in range(k):
+                    label = f"{a} vs {b}" if ctl else f"{a}{RANDOM_INIT_SUFFIX} vs {b}{RANDOM_INIT_SUFFIX}"
                     ref = self._task(_block_task).remote(self.where, self.scoring, names, X, Y, i, ctl,
-                                                         self._threads())
+                                                         self._threads(), label)
                     self._call(ref, lambda got, pair=(a, b), side=side, i=i: self._streamed(pair, side, i, *got),
                                relay=False)
 

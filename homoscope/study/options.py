@@ -348,7 +348,7 @@ class Study:
                                    "small models; 0: CPU); scoring tasks take as many, at most 1", minimum=0)
     cpus_per_model: float = option(1.0, "CPU cores each model replica's Ray actor holds; it computes with that many "
                                    "torch threads (a fraction lets replicas share a core, each with one thread)",
-                                   minimum=0, exclusive=True)
+                                   minimum=0.01)
     replicas: int = option(0, "the most Ray actors that hold one model at once, each taking its shards in turn (0: as "
                            "many as are free)", minimum=0,
                            details="A free actor first opens a model no actor has started; once every model is "
@@ -449,6 +449,9 @@ class Study:
         if importlib.util.find_spec("ray") is None:
             raise ValueError(f"{typed('executor', 'ray')} needs Ray, which is not installed: "
                              "pip install \"homoscope[ray]\"")
+        if self.device.startswith("cuda") and not self.gpus_per_model:
+            raise ValueError(f"{typed('device', self.device)} on Ray needs GPUs for the replicas: set "
+                             f"{typed('gpus_per_model')} (1, or a fraction to share one), or {typed('device', 'auto')}")
         if self.ray_address is not None and not re.fullmatch(r"auto|(ray://)?[^\s:/]+:\d{1,5}", self.ray_address):
             raise ValueError(f"{typed('ray_address', self.ray_address)} is not auto, HOST:PORT or ray://HOST:PORT; leave "
                              "it out to start a cluster on this machine")
@@ -613,14 +616,14 @@ def _check_device(device: str, here: bool = True) -> None:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"{given} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
-    if not here:
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{given}: homoscope runs on cpu, cuda or mps")
+    if not here:  # a Ray cluster's workers check what they have
         return
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"{given} is not available here ({torch.cuda.device_count()} CUDA devices); {instead}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"{given} is not available here; {instead}")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{given}: homoscope runs on cpu, cuda or mps")
 
 
 def _check_entries(key: str, value, where: str) -> None:

@@ -292,12 +292,13 @@ class _Plan:
         streamed, boot = self._streaming(names, X.n, with_controls)
         return len(_stream_blocks(X, Y, self.memory_mb, boot)) if streamed else 0
 
-    def stream_block(self, names: list[str], X: _Rows, Y: _Rows, block: int, with_controls: bool = True) -> "Streamed":
+    def stream_block(self, names: list[str], X: _Rows, Y: _Rows, block: int, with_controls: bool = True,
+                     label: str = "") -> "Streamed":
         """The streamed measures of (X, Y) at one block of layer pairs (elsewhere NaN), as :meth:`score` computes
-        them; :meth:`Streamed.joined` puts the blocks together."""
+        them (``label``: the pair's name in warnings); :meth:`Streamed.joined` puts the blocks together."""
         streamed, boot = self._streaming(names, X.n, with_controls)
         return stream_measures(streamed, X, Y, memory_mb=self.memory_mb, device=self.device, boot=boot,
-                               blocks=[block])
+                               blocks=[block], label=label)
 
     def join_blocks(self, names: list[str], X: _Rows, Y: _Rows, parts: list, with_controls: bool = True) -> "Streamed":
         """The pair's streamed measures from one :meth:`stream_block` result per block, in block order."""
