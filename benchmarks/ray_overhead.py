@@ -130,8 +130,8 @@ def write(result: dict) -> None:
         *(f"- shards of {c['shard_size']} texts: **Ray's overhead {100 * c['overhead']:+.1f}% of the local wall "
           f"time** (target <= {100 * TARGET:.0f}%: {'held' if c['overhead'] <= TARGET else 'missed'}); largest "
           f"difference between the two frames {c['max_difference']:.1e}." for c in result["cases"]), "",
-        "On Ray, a model's extraction time runs from the study's start, so the sum counts the time models waited "
-        "for a replica. The frames differ in the last bits because one thread and two threads round float32 "
+        "On Ray, models are extracted side by side (each from its first replica's start), so their sum exceeds "
+        "the wall time; a model a free replica joins is loaded once more. The frames differ in the last bits because one thread and two threads round float32 "
         "products differently (at equal threads they are identical, which the tests check). A model's shards "
         "are its unit of work: with one shard per model (4,096 texts per shard, 1,000 sentences) the last model "
         "runs on one replica while the other has nothing left; with four shards per model a free replica joins "
