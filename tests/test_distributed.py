@@ -2,6 +2,7 @@
 of a shard, two writers of one shard), and its errors. A local Ray cluster of 2 CPUs, started once."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import signal
@@ -168,15 +169,9 @@ def test_ray_gives_the_local_results_and_reuses_every_shard(tmp_path, corpus, mo
     assert "scores of 1 of 1 model pairs read back from the store" in logs
     assert _max_difference(first.frame, again.frame) == 0.0
     # the local executor reads back what Ray stored, and the other way round
-    here = _local(dataclasses_replace(study, executor="local", out=str(tmp_path / "out-here")), models)
+    here = _local(dataclasses.replace(study, executor="local", out=str(tmp_path / "out-here")), models)
     assert [m["shards_reused"] for m in here.manifest["models"]] == [8, 8]
     assert _max_difference(first.frame, here.frame) == 0.0
-
-
-def dataclasses_replace(study: Study, **kw) -> Study:
-    import dataclasses
-
-    return dataclasses.replace(study, **kw)
 
 
 @pytest.mark.ray

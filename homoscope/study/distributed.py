@@ -135,7 +135,11 @@ class ModelReplica:
 
     def run(self, task: ModelTask, phase: str, index: int):
         """Shard ``index`` of the phase from the store or the model (:func:`~.extraction.run_shard`)."""
-        return _caught(lambda: run_shard(self._job(task, phase)[0], self._job(task, phase)[1][index]))
+        def one():
+            job, shards = self._job(task, phase)
+            return run_shard(job, shards[index])
+
+        return _caught(one)
 
     def finish(self, task: ModelTask, phase: str, records: list):
         """The phase's ``(stack, record)`` once all its shards are stored (:func:`~.extraction.finish_job`)."""

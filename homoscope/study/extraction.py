@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .._memory import return_freed_memory
 from .._spelling import typed
 from ..extract import ExtractStats, OutlierMoments, RepresentationStore, extract, fingerprint_key, suggested_batch_tokens
-from .options import DTYPES, Study, StudyWriteError, _os_reason
+from .options import DTYPES, ROWS_CALLED, Study, StudyWriteError, _os_reason
 from .shards import ShardedStack, shard_ranges
 
 # random-init controls draw their weights from seed + this offset, so that a control never shares
@@ -191,7 +191,7 @@ def _check_fits(job: _Job) -> None:
                          f"text in {typed('max_length', study.max_length)} tokens{capped}; raise "
                          f"{typed('max_length')}")
     rows = len(job.plan.rows) if job.plan is not None else len(job.corpus.texts)
-    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    what = ROWS_CALLED[study.unit]
     width = job.info.get("width")
     check_rows_above_widths(study.measures, rows, {job.name: int(width)} if width else {}, what)
 

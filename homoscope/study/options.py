@@ -52,6 +52,8 @@ from ..models.fingerprint import FINGERPRINTS
 PACKAGED_DEMO_MODELS = ("minilm-l6", "mpnet-base", "smollm2-135m", "gemma3-270m")
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka")
 UNITS = ("sentence", "word", "token")
+#: what a row of each unit is called in messages
+ROWS_CALLED = {"sentence": "texts", "word": "words", "token": "tokens"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PAIRS = ("all", "first-vs-rest")
 AGREEMENT_MODES = ("auto", "on", "off")

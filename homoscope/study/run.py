@@ -26,7 +26,7 @@ from .._spelling import typed
 from ..extract import RepresentationStore
 from ..report.folder import ResultsFolder
 from .extraction import RANDOM_INIT_SUFFIX, _free, _load, extract_model, random_init_seed
-from .options import EXECUTION_OPTIONS, Study, StudyWriteError, _os_reason, best_device, check_writable
+from .options import EXECUTION_OPTIONS, ROWS_CALLED, Study, StudyWriteError, _os_reason, best_device, check_writable
 from .scoring import check_rows_above_widths, model_pairs, score_pairs, warn_layer_blocks
 
 class Representations(Mapping):
@@ -307,7 +307,7 @@ def _check_plan(study: Study, rows: int | None, shapes: dict) -> None:
 
     if rows is None:
         return
-    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    what = ROWS_CALLED[study.unit]
     check_rows_above_widths(study.measures, rows, {name: d for name, (_, d) in shapes.items()}, what)
     if study.bootstrap and rows > study.pairwise_rows and any(m in STREAMING_MEASURES for m in study.measures):
         pairs = model_pairs([name for name, _ in study.model_specs()], study.pairs)
@@ -317,7 +317,7 @@ def _check_plan(study: Study, rows: int | None, shapes: dict) -> None:
 def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progress: bool, log) -> Extracted:
     """Stage: every model (and its random-init control) into the store, shard by shard; rows aligned."""
     ext = Extracted({}, {}, [], [], groups=ctx.corpus.doc_ids)
-    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    what = ROWS_CALLED[study.unit]
     for name, spec in study.model_specs():
         given = (loaded_models or {}).get(name)
         if study.random_init and given is None:
@@ -345,7 +345,7 @@ def extract_all(study: Study, ctx: _Context, loaded_models: dict | None, progres
 
 def report_model(study: Study, ctx: _Context, stack, rec: dict, log) -> None:
     """Say what one model's extraction gave (layers, rows, width, reuse, losses) and warn of a cut corpus."""
-    what = {"sentence": "texts", "word": "words", "token": "tokens"}[study.unit]
+    what = ROWS_CALLED[study.unit]
     log(f"model {rec['info']['name']}: {stack.layers} layers x {stack.n} {what} x width {stack.width}, "
         f"{_how(rec)}{_lost(rec, study, len(ctx.corpus))}")
     _warn_cut(rec, study, len(ctx.corpus))
